@@ -1,0 +1,83 @@
+"""``flight-writer serve`` runs the service until SIGTERM/SIGINT; ``flight-writer check`` asks a running
+server for its status and exits 0 if it answers (1 otherwise)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+from loguru import logger
+
+from flight_writer.config import ConfigError, load_settings
+from flight_writer.log import configure_logging
+from flight_writer.service import Service
+from flight_writer.storage import StorageError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flight-writer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the Flight ingestion server")
+    serve.add_argument("--config", help="a TOML settings file (see configs/settings.toml)")
+    check = sub.add_parser("check", help="exit 0 if a server answers the status action")
+    check.add_argument("--location", default="grpc://127.0.0.1:8815")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return _check(args.location)
+    return _serve(args.config)
+
+
+def _serve(config: str | None) -> int:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        print(f"flight-writer: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    service = Service(settings)
+    try:
+        service.start()
+    except (StorageError, OSError) as exc:
+        print(f"flight-writer: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # e.g. the port is taken: one line, not a traceback
+        print(f"flight-writer: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            logger.warning("second {}: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        logger.info("{}: stopping gracefully (send it again to exit at once)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(0.5):
+        pass
+    service.stop()
+    return 0
+
+
+def _check(location: str) -> int:
+    import pyarrow.flight as flight
+
+    try:
+        client = flight.connect(location)
+        result = next(iter(client.do_action(flight.Action("status", b""),
+                                            flight.FlightCallOptions(timeout=5))))
+        print(json.dumps(json.loads(result.body.to_pybytes()), indent=2))
+        return 0
+    except Exception as exc:
+        print(f"flight-writer: no answer from {location}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

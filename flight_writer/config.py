@@ -1,0 +1,244 @@
+"""Settings: read once at the edge, validated into frozen dataclasses, passed down.
+
+Sources, lowest precedence first:
+
+1. the defaults below (``configs/settings.toml`` lists the same values with a comment each; a test
+   keeps the two in step);
+2. a TOML file given with ``flight-writer serve --config FILE`` (or ``load_settings(config_file=...)``);
+3. the seed's variables ``QUEUE_TYPE``, ``STORAGE_TYPE`` and ``STORAGE_PATH`` (queue.type, storage.type,
+   storage.root), unless the matching variable of the next line is set;
+4. ``FLIGHT_WRITER_<SECTION>__<KEY>``, e.g. ``FLIGHT_WRITER_QUEUE__MAX_BYTES=256MiB`` (values parsed as TOML,
+   as dynaconf does);
+5. ``overrides`` passed by a library user.
+
+Sizes take an integer or a string with a unit (``"64MiB"``, ``"1GB"``); durations are seconds.
+Any invalid value raises :class:`ConfigError` naming the setting; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "none")
+QUEUE_TYPES = ("memory",)
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+ENV_PREFIX = "FLIGHT_WRITER"
+SEED_VARIABLES = {"QUEUE_TYPE": ("queue", "type"), "STORAGE_TYPE": ("storage", "type"),
+                  "STORAGE_PATH": ("storage", "root")}
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    location: str = "grpc://0.0.0.0:8815"
+    ack_history: int = 100_000
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    type: str = "memory"
+    max_bytes: int = 512 * MiB
+    put_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    max_file_bytes: int = 128 * MiB
+    max_file_rows: int = 10_000_000
+    row_group_rows: int = 1_048_576
+    flush_interval: float = 10.0
+    compression: str = "zstd"
+    compression_level: int = 0
+    threads: int = 2
+    retry_initial_delay: float = 0.2
+    retry_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    type: str = "fs"
+    root: str = "./data"
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    writer: WriterSettings = field(default_factory=WriterSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data with secret-looking storage options replaced by ``***``."""
+        data = dataclasses.asdict(self)
+        data["storage"]["options"] = {
+            k: ("***" if _SECRET_KEY.search(k) else v) for k, v in self.storage.options.items()
+        }
+        return data
+
+
+_SECRET_KEY = re.compile(r"secret|password|token|credential|key|sas", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+_SIZE_FIELDS = {"max_bytes", "max_file_bytes"}
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read the file, the environment and ``overrides`` into a validated :class:`Settings`."""
+    from dynaconf import Dynaconf
+
+    files = []
+    if config_file is not None:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"config file {os.fspath(config_file)!r} does not exist")
+        files.append(os.fspath(config_file))
+    try:
+        # dynaconf merges the file with FLIGHT_WRITER_<SECTION>__<KEY> variables (parsed as TOML values)
+        conf = Dynaconf(settings_files=files, environments=False, envvar_prefix=ENV_PREFIX,
+                        merge_enabled=True)
+        raw: dict[str, Any] = {}
+        _merge(raw, conf.as_dict())
+    except Exception as exc:  # dynaconf wraps TOML errors in several types
+        raise ConfigError(f"config file {files[0] if files else ''!r} cannot be read: {exc}") from None
+    for var, (section, key) in SEED_VARIABLES.items():
+        # the seed's variables rank below our own prefixed ones
+        if os.environ.get(var) and f"{ENV_PREFIX}_{section}__{key}".upper() not in os.environ:
+            _merge(raw, {section: {key: os.environ[var]}})
+    if overrides:
+        _merge(raw, {s: dict(v) for s, v in overrides.items()})
+    return build_settings(raw)
+
+
+def build_settings(raw: Mapping[str, Mapping[str, Any]]) -> Settings:
+    """Validate plain data (section -> key -> value) into :class:`Settings`."""
+    sections = {f.name: f for f in dataclasses.fields(Settings)}
+    built: dict[str, Any] = {}
+    for name, values in raw.items():
+        name = name.lower()
+        if name not in sections:
+            raise ConfigError(f"unknown settings section [{name}] (known: {', '.join(sections)})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{name}] must be a table of settings, got {values!r}")
+        built[name] = _build_section(name, sections[name].default_factory, values)  # type: ignore[misc]
+    settings = Settings(**built)
+    _check(settings)
+    return settings
+
+
+def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        key = key.lower()
+        if key not in hints:
+            raise ConfigError(f"unknown setting {section}.{key}")
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if hint is int:
+        return _to_int(name, value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return str(value)
+    # Mapping[str, str]: OpenDAL wants every option value as a string.
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a table of key = value, got {value!r}")
+    return {str(k).lower(): _option_str(v) for k, v in value.items()}
+
+
+def _option_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _to_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        if re.fullmatch(r"\s*-?\d+\s*", value):
+            return int(value)
+        if name.rsplit(".", 1)[-1] in _SIZE_FIELDS and (m := _SIZE.match(value)):
+            unit = m.group(2).lower()
+            if unit in _UNITS:
+                return int(float(m.group(1)) * _UNITS[unit])
+    raise ConfigError(f"{name} must be an integer, got {value!r}")
+
+
+def _check(s: Settings) -> None:
+    def positive(name: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value!r}")
+
+    if not s.server.location.startswith(("grpc://", "grpc+tcp://", "grpc+tls://", "grpc+unix://")):
+        raise ConfigError(f"server.location must be a grpc:// URI, got {s.server.location!r}")
+    positive("server.ack_history", s.server.ack_history)
+    if s.queue.type not in QUEUE_TYPES:
+        raise ConfigError(f"queue.type must be one of {', '.join(QUEUE_TYPES)}, got {s.queue.type!r}")
+    positive("queue.max_bytes", s.queue.max_bytes)
+    if s.queue.put_timeout < 0:
+        raise ConfigError(f"queue.put_timeout must be >= 0, got {s.queue.put_timeout!r}")
+    w = s.writer
+    for key in ("max_file_bytes", "max_file_rows", "row_group_rows", "flush_interval", "threads",
+                "retry_initial_delay", "retry_max_delay"):
+        positive(f"writer.{key}", getattr(w, key))
+    if w.compression not in COMPRESSIONS:
+        raise ConfigError(f"writer.compression must be one of {', '.join(COMPRESSIONS)}, got {w.compression!r}")
+    if w.compression_level < 0:
+        raise ConfigError(f"writer.compression_level must be >= 0 (0 = codec default), got {w.compression_level}")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", s.storage.type):
+        raise ConfigError(f"storage.type must be an OpenDAL service name such as fs, s3, memory; "
+                          f"got {s.storage.type!r}")
+    if s.log.level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
+
+
+def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        key = key.lower()
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value

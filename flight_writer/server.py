@@ -1,0 +1,216 @@
+"""The Flight surface: validate, enqueue, acknowledge. Everything slow happens in the writer.
+
+Errors a client can cause are ``FlightServerError`` with a message naming the problem; a full queue is
+``FlightUnavailableError``. Neither affects other calls or data already acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+
+from flight_writer.queue import Queue, QueueClosed, QueueFull
+from flight_writer.tracker import DurabilityTracker
+from flight_writer.writer import Writer
+
+ACK_HEADER = "x-flight-writer-ack"
+ACK_LEVELS = ("queued", "durable")
+MAX_WAIT_MS = 3_600_000
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def dataset_from_path(segments: list[str]) -> str:
+    """Validate 1-3 path segments and join them into a dataset name (``ValueError`` saying why not)."""
+    if not 1 <= len(segments) <= 3:
+        raise ValueError(f"a dataset path has 1 to 3 segments, got {len(segments)}")
+    for seg in segments:
+        if seg in (".", "..") or not _SEGMENT.fullmatch(seg):
+            raise ValueError(
+                f"invalid dataset path segment {seg!r}: use 1-128 characters from [A-Za-z0-9_.-], "
+                "starting with a letter or digit"
+            )
+    return "/".join(segments)
+
+
+def parquet_problem(schema: pa.Schema) -> str | None:
+    """Why Parquet cannot store this schema, naming the column; None if it can."""
+    def refuses(s: pa.Schema) -> str | None:
+        try:
+            pq.ParquetWriter(pa.BufferOutputStream(), s).close()
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            return str(exc)
+        return None
+
+    if refuses(schema) is None:
+        return None
+    for f in schema:
+        if (reason := refuses(pa.schema([f]))) is not None:
+            return f"column {f.name!r} of type {f.type} cannot be stored in Parquet: {reason}"
+    return f"schema cannot be stored in Parquet: {refuses(schema)}"
+
+
+class _AckLevel(flight.ServerMiddleware):
+    def __init__(self, level: str) -> None:
+        self.level = level
+
+
+class _AckLevelFactory(flight.ServerMiddlewareFactory):
+    """Reads ``x-flight-writer-ack`` before the call starts, so a bad value costs no data."""
+
+    def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> _AckLevel | None:
+        values = headers.get(ACK_HEADER)
+        if not values:
+            return None
+        level = values[0].strip().lower() if isinstance(values[0], str) else values[0].decode().strip().lower()
+        if level not in ACK_LEVELS:
+            raise flight.FlightServerError(
+                f"header {ACK_HEADER} must be one of {', '.join(ACK_LEVELS)}, got {values[0]!r}")
+        return _AckLevel(level)
+
+
+class FlightWriterServer(flight.FlightServerBase):
+    def __init__(self, location: str, queue: Queue, writer: Writer, tracker: DurabilityTracker,
+                 status: Callable[[], dict[str, Any]], put_timeout: float, **kwargs: Any) -> None:
+        super().__init__(location, middleware={"ack": _AckLevelFactory()}, **kwargs)
+        self._queue = queue
+        self._writer = writer
+        self._tracker = tracker
+        self._status = status
+        self._put_timeout = put_timeout
+        self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any]]]] = {
+            "ack": ("Durability of seqs: {\"seqs\": [..]} or {\"seq\": n}, optional \"wait_ms\"", self._ack),
+            "status": ("Server counters: received and durable seqs, pending data, files written, errors",
+                       lambda body: self._status()),
+            "flush": ("Write out everything received so far (optional {\"dataset\": name}); "
+                      "returns once durable", self._flush),
+        }
+
+    # -- do_put ----------------------------------------------------------------------------------------
+    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+               reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
+        if descriptor.descriptor_type != flight.DescriptorType.PATH:
+            raise flight.FlightServerError("do_put needs a PATH descriptor naming the dataset, "
+                                           f"got a {descriptor.descriptor_type.name} descriptor")
+        try:
+            dataset = dataset_from_path([p.decode("utf-8", "replace") for p in descriptor.path])
+        except ValueError as exc:
+            raise flight.FlightServerError(str(exc)) from None
+        schema = reader.schema
+        if (problem := parquet_problem(schema)) is not None:
+            raise flight.FlightServerError(problem)
+        level = context.get_middleware("ack")
+        durable = level is not None and level.level == "durable"
+        schema_key = schema.serialize().to_pybytes()
+        put, timeout, reply = self._queue.put, self._put_timeout, writer.write
+        seqs: list[int] = []
+        for chunk in reader:
+            batch = chunk.data
+            if batch is None:  # a metadata-only message carries no rows
+                continue
+            try:
+                seq = put(dataset, schema_key, batch, timeout)
+            except QueueFull as exc:
+                raise flight.FlightUnavailableError(str(exc)) from None
+            except QueueClosed:
+                raise flight.FlightUnavailableError("server is shutting down") from None
+            if durable:
+                seqs.append(seq)
+            reply(pa.py_buffer(_queued_reply(seq, batch.num_rows, chunk.app_metadata)))
+        if durable:
+            self._writer.flush(dataset)
+            self._tracker.wait(seqs, None)
+            final = {"state": "durable", "durable_through": self._tracker.durable_through,
+                     "files": self._tracker.files_of(seqs)}
+            failed = [d for s in seqs if (d := self._tracker.describe(s, s))["state"] == "failed"]
+            if failed:
+                final["failed"] = failed
+            reply(pa.py_buffer(json.dumps(final).encode()))
+
+    # -- do_action -------------------------------------------------------------------------------------
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return [(name, description) for name, (description, _) in self._actions.items()]
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> list[bytes]:
+        entry = self._actions.get(action.type)
+        if entry is None:
+            raise flight.FlightServerError(
+                f"unknown action {action.type!r}; known: {', '.join(self._actions)}")
+        body = action.body.to_pybytes() if action.body is not None else b""
+        try:
+            result = entry[1](body)
+        except ValueError as exc:
+            raise flight.FlightServerError(f"{action.type}: {exc}") from None
+        return [json.dumps(result).encode()]
+
+    def _ack(self, body: bytes) -> dict[str, Any]:
+        request = _json_object(body, required=True)
+        if "seqs" in request:
+            seqs = request["seqs"]
+            if not isinstance(seqs, list) or not all(_is_int(s) for s in seqs):
+                raise ValueError('"seqs" must be a list of integers')
+        elif "seq" in request:
+            if not _is_int(request["seq"]):
+                raise ValueError('"seq" must be an integer')
+            seqs = [request["seq"]]
+        else:
+            raise ValueError('body needs "seqs": [<int>, ...] or "seq": <int>')
+        wait_ms = request.get("wait_ms", 0)
+        if not _is_int(wait_ms) or not 0 <= wait_ms <= MAX_WAIT_MS:
+            raise ValueError(f'"wait_ms" must be an integer from 0 to {MAX_WAIT_MS}')
+        last = self._queue.last_seq
+        if wait_ms:
+            self._tracker.wait([s for s in seqs if 1 <= s <= last], wait_ms / 1000)
+        return {"acks": [self._tracker.describe(s, last) for s in seqs],
+                "durable_through": self._tracker.durable_through}
+
+    def _flush(self, body: bytes) -> dict[str, Any]:
+        request = _json_object(body, required=False)
+        dataset = request.get("dataset")
+        if dataset is not None:
+            if not isinstance(dataset, str):
+                raise ValueError('"dataset" must be a string')
+            dataset = dataset_from_path(dataset.split("/"))
+        self._writer.flush(dataset)
+        return {"durable_through": self._tracker.durable_through}
+
+
+def _queued_reply(seq: int, rows: int, client_metadata: pa.Buffer | None) -> bytes:
+    if client_metadata is not None and client_metadata.size:
+        client_id = _client_id(client_metadata)
+        if client_id is not None:
+            return json.dumps({"seq": seq, "rows": rows, "state": "queued", "id": client_id}).encode()
+    return b'{"seq": %d, "rows": %d, "state": "queued"}' % (seq, rows)
+
+
+def _client_id(metadata: pa.Buffer) -> str | None:
+    try:
+        value = json.loads(metadata.to_pybytes())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return value["id"]
+    return None
+
+
+def _json_object(body: bytes, required: bool) -> dict[str, Any]:
+    if not body.strip():
+        if required:
+            raise ValueError("body must be a JSON object")
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,115 @@
+"""The service: queue + writer + Flight server wired together, with a start/stop lifecycle.
+
+``Service(settings)`` builds every part from settings; ``Service(settings, queue=..., storage=...)``
+takes parts a library user made. ``start()`` opens in order storage -> writer -> server; ``stop()`` is
+the mirror image: stop taking calls and let in-flight ones finish, drain the queue and write every
+buffer, then close the queue. After a graceful stop every batch that got a PutResult is in Parquet.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import opendal
+from loguru import logger
+
+from flight_writer._version import __version__
+from flight_writer.config import Settings
+from flight_writer.queue import Queue, make_queue
+from flight_writer.server import FlightWriterServer
+from flight_writer.storage import Storage
+from flight_writer.tracker import DurabilityTracker
+from flight_writer.writer import Writer
+
+
+class Service:
+    def __init__(self, settings: Settings | None = None, *, queue: Queue | None = None,
+                 storage: Storage | opendal.Operator | None = None) -> None:
+        self.settings = settings or Settings()
+        self._queue_arg = queue
+        self._storage_arg = storage
+        self._state = "unopened"
+        self.queue: Queue
+        self.storage: Storage
+        self.tracker: DurabilityTracker
+        self.writer: Writer
+        self.server: FlightWriterServer
+        self._started_at = 0.0
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def location(self) -> str:
+        """Where clients connect: the configured host, or 127.0.0.1 when listening on all interfaces."""
+        scheme, _, rest = self.settings.server.location.partition("://")
+        host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+        if host in ("0.0.0.0", "", "[::]"):
+            host = "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}"
+
+    def start(self) -> Service:
+        if self._state != "unopened":
+            raise RuntimeError(f"cannot start a service that is {self._state}")
+        s = self.settings
+        given = self._storage_arg
+        if isinstance(given, opendal.Operator):
+            given = Storage(given, "opendal", "")
+        self.storage = given or Storage.from_settings(s.storage)
+        self.queue = self._queue_arg or make_queue(s.queue)
+        self.tracker = DurabilityTracker(s.server.ack_history, durable_through=self.queue.last_seq)
+        self.writer = Writer(self.queue, self.storage, self.tracker, s.writer).start()
+        try:
+            self.server = FlightWriterServer(s.server.location, self.queue, self.writer, self.tracker,
+                                             self.status, s.queue.put_timeout)
+        except Exception:
+            self.writer.close()
+            raise
+        self._started_at = time.monotonic()
+        self._state = "opened"
+        logger.info("flight-writer {} listening on {} (port {}) queue={} storage={}:{} settings={}",
+                    __version__, s.server.location, self.port, self.queue.type, self.storage.service,
+                    self.storage.root, s.masked())
+        return self
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Graceful stop. False if the writer could not store everything within ``timeout``."""
+        if self._state != "opened":
+            return True
+        self._state = "closing"
+        logger.info("stopping: finishing calls in flight")
+        self.server.shutdown()
+        logger.info("stopping: writing {} pending batches", self.queue.stats()["pending_batches"])
+        finished = self.writer.close(timeout)
+        self.queue.close()
+        self._state = "closed"
+        logger.info("stopped: durable through seq {}", self.tracker.durable_through)
+        return finished
+
+    def abort(self) -> None:
+        """Stop retrying storage now; used by a second signal."""
+        if self._state in ("opened", "closing"):
+            self.writer.abort()
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self) -> dict[str, Any]:
+        q = self.queue.stats()
+        return {
+            "version": __version__,
+            "received_seq": self.queue.last_seq,
+            "durable_through": self.tracker.durable_through,
+            "pending_batches": q["pending_batches"],
+            "pending_bytes": q["pending_bytes"],
+            **self.writer.stats(),
+            "queue": self.queue.type,
+            "queue_max_bytes": self.settings.queue.max_bytes,
+            "storage": self.storage.describe(),
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+        }

@@ -1,0 +1,94 @@
+"""Durability position: which seqs are stored, which failed, and how far everything is settled.
+
+A seq is *pending* from ``put`` until the writer resolves it: ``durable`` once the Parquet object holding
+it is fully stored, or ``failed`` when the encoder rejected it for good (its data then lies under
+``_failed/``). ``durable_through`` is the largest seq such that every seq up to it is resolved; it only
+moves forward, and only after storage confirmed the write.
+
+The file of each seq is remembered for the last ``history`` resolved seqs; an older durable seq is
+still reported ``durable``, just without its file. Failed seqs are remembered for the process's life.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+
+class DurabilityTracker:
+    def __init__(self, history: int = 100_000, durable_through: int = 0) -> None:
+        self._history = history
+        self._cond = threading.Condition()
+        self._through = durable_through
+        self._above: set[int] = set()  # resolved seqs > _through
+        self._files: OrderedDict[int, str] = OrderedDict()
+        self._failed: dict[int, str] = {}
+
+    @property
+    def durable_through(self) -> int:
+        return self._through
+
+    def mark_durable(self, seqs: Iterable[int], file: str | None) -> None:
+        """``file`` is None for batches that needed no file (zero rows)."""
+        with self._cond:
+            for seq in seqs:
+                if file is not None:
+                    self._files[seq] = file
+                self._resolve(seq)
+            while len(self._files) > self._history:
+                self._files.popitem(last=False)
+            self._advance()
+
+    def mark_failed(self, seqs: Iterable[int], error: str) -> None:
+        with self._cond:
+            for seq in seqs:
+                self._failed[seq] = error
+                self._resolve(seq)
+            self._advance()
+
+    def _resolve(self, seq: int) -> None:
+        if seq > self._through:
+            self._above.add(seq)
+
+    def _advance(self) -> None:
+        while self._through + 1 in self._above:
+            self._through += 1
+            self._above.discard(self._through)
+        self._cond.notify_all()
+
+    def _is_resolved(self, seq: int) -> bool:
+        return seq <= self._through or seq in self._above
+
+    def wait(self, seqs: Iterable[int], timeout: float | None) -> bool:
+        """Wait until every seq is resolved; False if ``timeout`` s passed first."""
+        pending = list(seqs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                pending = [s for s in pending if not self._is_resolved(s)]
+                if not pending:
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+
+    def describe(self, seq: int, last_seq: int) -> dict[str, Any]:
+        """One ``ack`` entry: state ``queued``, ``durable``, ``failed`` or ``unknown``."""
+        with self._cond:
+            if seq < 1 or seq > last_seq:
+                return {"seq": seq, "state": "unknown"}
+            if seq in self._failed:
+                return {"seq": seq, "state": "failed", "error": self._failed[seq]}
+            if not self._is_resolved(seq):
+                return {"seq": seq, "state": "queued"}
+            file = self._files.get(seq)
+            return {"seq": seq, "state": "durable", "file": file} if file else {"seq": seq, "state": "durable"}
+
+    def files_of(self, seqs: Iterable[int]) -> list[str]:
+        """The distinct files holding these seqs, in first-seen order (as far as history reaches)."""
+        with self._cond:
+            return list(dict.fromkeys(f for s in seqs if (f := self._files.get(s)) is not None))

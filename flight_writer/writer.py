@@ -1,0 +1,329 @@
+"""The writer: drains the queue into Parquet objects and marks their seqs durable.
+
+One loop thread owns the buffers, one per (dataset, schema, hour received). A buffer is sealed into a
+file job when it reaches ``max_file_bytes`` (Arrow bytes) or ``max_file_rows``, when its oldest batch is
+``flush_interval`` seconds old, on ``flush``, and on close. ``threads`` workers encode and upload jobs in
+parallel (Parquet encoding releases the GIL). A job encodes the whole file into memory first, so a failed
+upload is retried with backoff without encoding again, under the same object name: a retry after an
+ambiguous failure overwrites the same object rather than adding a second copy.
+
+Only after storage confirmed the object are its seqs marked durable and their queue capacity released.
+A batch the encoder rejects is kept as an Arrow IPC file under ``_failed/{dataset}/`` and marked failed;
+the other batches of its file are written as usual.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from loguru import logger
+
+from flight_writer._version import __version__
+from flight_writer.config import WriterSettings
+from flight_writer.queue import Entry, Queue
+from flight_writer.storage import Storage
+from flight_writer.tracker import DurabilityTracker
+
+GET_BATCH = 4096  # entries taken from the queue per call: amortizes locking for small batches
+MAX_IDLE_WAIT = 1.0
+PARQUET_TYPE = "application/vnd.apache.parquet"
+ARROW_TYPE = "application/vnd.apache.arrow.file"
+
+
+class Aborted(Exception):
+    """The writer was told to give up (hard stop); pending data was not written."""
+
+
+@dataclass(slots=True)
+class _Buffer:
+    dataset: str
+    hour: int  # hours since the epoch, UTC
+    oldest: float
+    entries: list[Entry] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+
+
+@dataclass(slots=True)
+class _FlushRequest:
+    dataset: str | None
+    ready: threading.Event = field(default_factory=threading.Event)
+    futures: list[Future[None]] = field(default_factory=list)
+
+
+class Writer:
+    def __init__(self, queue: Queue, storage: Storage, tracker: DurabilityTracker,
+                 settings: WriterSettings | None = None) -> None:
+        self._queue = queue
+        self._storage = storage
+        self._tracker = tracker
+        self._settings = s = settings or WriterSettings()
+        self._compression = s.compression
+        self._level = s.compression_level or None
+        self._buffers: dict[tuple[str, bytes, int], _Buffer] = {}
+        self._lock = threading.Lock()  # guards _inflight, _requests and the counters
+        self._inflight: dict[Future[None], str] = {}
+        self._requests: list[_FlushRequest] = []
+        self._stopping = threading.Event()
+        self._abort = threading.Event()
+        self._executor = ThreadPoolExecutor(s.threads, thread_name_prefix="flight-writer-file")
+        self._thread = threading.Thread(target=self._run, name="flight-writer-loop", daemon=True)
+        self.files_written = 0
+        self.rows_written = 0
+        self.bytes_written = 0
+        self.batches_failed = 0
+        self.retries = 0
+        self.last_error: str | None = None
+        self.error_since: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Drain the queue, write every buffer, wait for uploads. False if ``timeout`` ran out first,
+        in which case retries are abandoned and what was not stored stays un-durable."""
+        self._stopping.set()
+        self._queue.wake()
+        self._thread.join(timeout)
+        finished = not self._thread.is_alive()
+        if not finished:
+            self._abort.set()
+            self._thread.join()
+        self._executor.shutdown(wait=True)
+        return finished
+
+    def abort(self) -> None:
+        """Stop retrying now (a second signal): un-durable data is left as it is."""
+        self._abort.set()
+
+    def __enter__(self) -> Writer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- flush -----------------------------------------------------------------------------------------
+    def flush(self, dataset: str | None = None, timeout: float | None = None) -> bool:
+        """Write out everything received before this call (for ``dataset``, or all) and wait until it is
+        resolved. False if ``timeout`` s passed first."""
+        if not self._thread.is_alive():
+            raise RuntimeError("writer is not running")
+        request = _FlushRequest(dataset)
+        with self._lock:
+            self._requests.append(request)
+        self._queue.wake()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not request.ready.wait(timeout):
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        _, not_done = wait_futures(request.futures, remaining)
+        return not not_done
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                stopping = self._stopping.is_set()
+                entries = self._queue.get(GET_BATCH, 0.0 if stopping else self._idle_wait())
+                self._add(entries)
+                with self._lock:
+                    requests, self._requests = self._requests, []
+                if requests:
+                    self._drain()
+                    for request in requests:
+                        self._seal(lambda b, ds=request.dataset: ds is None or b.dataset == ds)
+                        with self._lock:
+                            request.futures = [f for f, ds in self._inflight.items()
+                                               if request.dataset is None or ds == request.dataset]
+                        request.ready.set()
+                if stopping and not entries:
+                    self._seal(lambda b: True)
+                    break
+                cutoff = time.time() - self._settings.flush_interval
+                self._seal(lambda b: b.oldest <= cutoff)
+        except Exception:
+            logger.exception("writer loop crashed")
+            self._set_error("writer loop crashed; see the log")
+            raise
+        finally:
+            with self._lock:
+                futures = list(self._inflight)
+                for request in self._requests:  # arrived during the last round
+                    request.futures = futures
+                    request.ready.set()
+            wait_futures(futures)
+
+    def _idle_wait(self) -> float:
+        if not self._buffers:
+            return MAX_IDLE_WAIT
+        oldest = min(b.oldest for b in self._buffers.values())
+        return max(0.0, min(MAX_IDLE_WAIT, oldest + self._settings.flush_interval - time.time()))
+
+    def _drain(self) -> None:
+        while entries := self._queue.get(GET_BATCH, 0.0):
+            self._add(entries)
+
+    def _add(self, entries: list[Entry]) -> None:
+        s = self._settings
+        for e in entries:
+            if e.batch.num_rows == 0:  # acknowledged, nothing to store
+                self._tracker.mark_durable([e.seq], None)
+                self._queue.done([e])
+                continue
+            hour = int(e.received_at // 3600)
+            key = (e.dataset, e.schema_key, hour)
+            buf = self._buffers.get(key)
+            if buf is None:
+                buf = self._buffers[key] = _Buffer(e.dataset, hour, e.received_at)
+            buf.entries.append(e)
+            buf.rows += e.batch.num_rows
+            buf.nbytes += e.nbytes
+            if buf.nbytes >= s.max_file_bytes or buf.rows >= s.max_file_rows:
+                del self._buffers[key]
+                self._submit(buf)
+
+    def _seal(self, predicate: Callable[[_Buffer], bool]) -> None:
+        for key in [k for k, b in self._buffers.items() if predicate(b)]:
+            self._submit(self._buffers.pop(key))
+
+    def _submit(self, buf: _Buffer) -> None:
+        future = self._executor.submit(self._write_file, buf)
+        with self._lock:
+            self._inflight[future] = buf.dataset
+        future.add_done_callback(self._job_done)
+
+    def _job_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._inflight.pop(future, None)
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, Aborted):
+            logger.opt(exception=exc).error("file job crashed")
+
+    # -- one file --------------------------------------------------------------------------------------
+    def _write_file(self, buf: _Buffer) -> None:
+        started = time.monotonic()
+        entries = buf.entries
+        try:
+            data = self._encode(entries)
+        except pa.ArrowException:
+            entries = self._set_aside_rejected(entries)
+            if not entries:
+                return
+            data = self._encode(entries)
+        seqs = [e.seq for e in entries]
+        day = time.strftime("%Y-%m-%d", time.gmtime(buf.hour * 3600))
+        path = (f"{buf.dataset}/date={day}/hour={buf.hour % 24:02d}/"
+                f"part-{seqs[0]:012d}-{uuid.uuid4().hex[:12]}.parquet")
+        self._with_retries(f"upload {path}", lambda: self._storage.write(path, data, PARQUET_TYPE))
+        rows = sum(e.batch.num_rows for e in entries)
+        self._tracker.mark_durable(seqs, path)
+        self._queue.done(entries)
+        with self._lock:
+            self.files_written += 1
+            self.rows_written += rows
+            self.bytes_written += data.size
+        logger.info("wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s", path, buf.dataset,
+                    rows, data.size, seqs[0], seqs[-1], len(seqs), time.monotonic() - started)
+
+    def _encode(self, entries: list[Entry]) -> pa.Buffer:
+        schema = entries[0].batch.schema
+        seqs = [e.seq for e in entries]
+        metadata = dict(schema.metadata or {})
+        metadata.update({
+            b"flight_writer.dataset": entries[0].dataset.encode(),
+            b"flight_writer.seq_min": str(seqs[0]).encode(),
+            b"flight_writer.seq_max": str(seqs[-1]).encode(),
+            b"flight_writer.seqs": seq_ranges(seqs).encode(),
+            b"flight_writer.version": __version__.encode(),
+        })
+        schema = schema.with_metadata(metadata)
+        table = pa.Table.from_batches([e.batch for e in entries]).replace_schema_metadata(metadata)
+        sink = pa.BufferOutputStream()
+        with pq.ParquetWriter(sink, schema, compression=self._compression,
+                              compression_level=self._level) as writer:
+            writer.write_table(table, row_group_size=self._settings.row_group_rows)
+        return sink.getvalue()
+
+    def _set_aside_rejected(self, entries: list[Entry]) -> list[Entry]:
+        """Find the batches the encoder rejects on their own; store them under ``_failed/`` as Arrow IPC
+        and mark them failed. Returns the batches that encode."""
+        good: list[Entry] = []
+        for e in entries:
+            try:
+                self._encode([e])
+            except pa.ArrowException as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                path = f"_failed/{e.dataset}/seq-{e.seq:012d}.arrow"
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_file(sink, e.batch.schema) as ipc:
+                    ipc.write_batch(e.batch)
+                data = sink.getvalue()
+                self._with_retries(f"store rejected batch {path}", lambda p=path, d=data: self._storage.write(
+                    p, d, ARROW_TYPE))
+                self._tracker.mark_failed([e.seq], f"{error} (batch kept at {path})")
+                self._queue.done([e])
+                with self._lock:
+                    self.batches_failed += 1
+                logger.error("dataset={} seq={} rejected by the Parquet encoder: {}; kept at {}",
+                             e.dataset, e.seq, error, path)
+            else:
+                good.append(e)
+        return good
+
+    def _with_retries(self, what: str, action: Callable[[], None]) -> None:
+        delay = self._settings.retry_initial_delay
+        while True:
+            try:
+                action()
+            except Exception as exc:
+                with self._lock:
+                    self.retries += 1
+                message = f"{what} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                self._set_error(message)
+                logger.warning("{}; retrying in {:.1f}s", message, delay)
+                if self._abort.wait(delay):
+                    raise Aborted(what) from exc
+                delay = min(delay * 2, self._settings.retry_max_delay)
+            else:
+                if self.last_error is not None:
+                    with self._lock:
+                        self.last_error, self.error_since = None, None
+                return
+
+    def _set_error(self, message: str) -> None:
+        with self._lock:
+            self.last_error = message
+            if self.error_since is None:
+                self.error_since = time.time()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"files_written": self.files_written, "rows_written": self.rows_written,
+                    "bytes_written": self.bytes_written, "batches_failed": self.batches_failed,
+                    "retries": self.retries, "last_error": self.last_error,
+                    "error_for_s": None if self.error_since is None else round(time.time() - self.error_since, 3)}
+
+
+def seq_ranges(seqs: list[int]) -> str:
+    """``[1, 2, 3, 7, 9, 10]`` -> ``"1-3,7,9-10"`` (seqs ascending)."""
+    parts: list[str] = []
+    start = prev = seqs[0]
+    for s in seqs[1:] + [None]:  # type: ignore[list-item]
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if s is not None:
+            start = prev = s
+    return ",".join(parts)
