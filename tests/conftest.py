@@ -1,0 +1,138 @@
+"""Shared fixtures: a real server on a loopback port, real Flight clients, Parquet read back from disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import pytest
+
+from flight_writer import ACK_HEADER, Service
+from flight_writer.config import build_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def settings_for(root: Path, **sections: dict[str, Any]):
+    raw: dict[str, dict[str, Any]] = {
+        "server": {"location": "grpc://127.0.0.1:0"},
+        "storage": {"type": "fs", "root": str(root)},
+        # long enough that only flush/size/shutdown write files, unless a test says otherwise
+        "writer": {"flush_interval": 600, "retry_initial_delay": 0.05, "retry_max_delay": 0.2},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return build_settings(raw)
+
+
+@contextmanager
+def running(root: Path, **sections: dict[str, Any]) -> Iterator[Service]:
+    with Service(settings_for(root, **sections)) as service:
+        yield service
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def service(data_root: Path) -> Iterator[Service]:
+    with running(data_root) as svc:
+        yield svc
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[flight.FlightClient]:
+    with flight.connect(service.location) as c:
+        yield c
+
+
+def put(client: flight.FlightClient, dataset: str | Sequence[str], batches: Sequence[pa.RecordBatch],
+        ids: Sequence[str] | None = None, ack: str | None = None,
+        schema: pa.Schema | None = None) -> list[dict[str, Any]]:
+    """One do_put stream; returns every PutResult's JSON, in order."""
+    path = dataset.split("/") if isinstance(dataset, str) else list(dataset)
+    options = flight.FlightCallOptions(headers=[(ACK_HEADER.encode(), ack.encode())] if ack else [])
+    schema = schema or batches[0].schema
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path(*path), schema, options=options)
+    replies = []
+    for i, batch in enumerate(batches):
+        if ids is None:
+            writer.write_batch(batch)
+        else:
+            writer.write_with_metadata(batch, pa.py_buffer(json.dumps({"id": ids[i]}).encode()))
+        replies.append(json.loads(reader.read().to_pybytes()))
+    writer.done_writing()
+    while (buf := reader.read()) is not None:
+        replies.append(json.loads(buf.to_pybytes()))
+    writer.close()
+    return replies
+
+
+def action(client: flight.FlightClient, name: str, body: Any = None) -> dict[str, Any]:
+    raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    results = list(client.do_action(flight.Action(name, raw)))
+    assert len(results) == 1
+    return json.loads(results[0].body.to_pybytes())
+
+
+def parquet_files(root: Path, dataset: str = "") -> list[Path]:
+    return sorted((root / dataset).rglob("*.parquet")) if (root / dataset).exists() else []
+
+
+def read_dataset(root: Path, dataset: str, sort_by: str | None = None) -> pa.Table:
+    files = parquet_files(root, dataset)
+    assert files, f"no Parquet files for {dataset!r} under {root}"
+    table = pa.concat_tables([pq.read_table(f).replace_schema_metadata(None) for f in files])
+    return table.sort_by(sort_by) if sort_by else table
+
+
+def without_metadata(table: pa.Table) -> pa.Table:
+    return table.replace_schema_metadata(None)
+
+
+def spawn_server(config: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    """``flight-writer serve`` in a subprocess; returns it and the port its startup line names."""
+    proc = subprocess.Popen([sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, **(env or {})})
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if m := re.search(r"\(port (\d+)\)", line):
+            # keep draining stderr so the server never blocks on a full pipe; the lines stay readable
+            proc.log_lines = lines  # type: ignore[attr-defined]
+            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+            return proc, int(m.group(1))
+    proc.kill()
+    raise AssertionError("server did not start:\n" + "".join(lines))
+
+
+def write_config(path: Path, root: Path, extra: str = "") -> Path:
+    path.write_text(f"""
+[server]
+location = "grpc://127.0.0.1:0"
+[storage]
+type = "fs"
+root = "{root}"
+{extra}
+""")
+    return path
