@@ -60,7 +60,8 @@ class Service:
         self.storage = given or Storage.from_settings(s.storage)
         self.queue = self._queue_arg or make_queue(s.queue)
         self.tracker = DurabilityTracker(s.server.ack_history, durable_through=self.queue.last_seq)
-        self.writer = Writer(self.queue, self.storage, self.tracker, s.writer).start()
+        self.writer = Writer(self.queue, self.storage, self.tracker, s.writer,
+                             buffer_limit=s.queue.max_bytes // 2).start()
         try:
             self.server = FlightWriterServer(s.server.location, self.queue, self.writer, self.tracker,
                                              self.status, s.queue.put_timeout)

@@ -2,7 +2,9 @@
 
 One loop thread owns the buffers, one per (dataset, schema, hour received). A buffer is sealed into a
 file job when it reaches ``max_file_bytes`` (Arrow bytes) or ``max_file_rows``, when its oldest batch is
-``flush_interval`` seconds old, on ``flush``, and on close. ``threads`` workers encode and upload jobs in
+``flush_interval`` seconds old, on ``flush``, and on close; and when all buffers together hold more than
+``buffer_limit`` bytes (half of ``queue.max_bytes``), the largest is written early, so a full queue always
+drains without waiting for ``flush_interval``. ``threads`` workers encode and upload jobs in
 parallel (Parquet encoding releases the GIL). A job encodes the whole file into memory first, so a failed
 upload is retried with backoff without encoding again, under the same object name: a retry after an
 ambiguous failure overwrites the same object rather than adding a second copy.
@@ -62,7 +64,7 @@ class _FlushRequest:
 
 class Writer:
     def __init__(self, queue: Queue, storage: Storage, tracker: DurabilityTracker,
-                 settings: WriterSettings | None = None) -> None:
+                 settings: WriterSettings | None = None, buffer_limit: int | None = None) -> None:
         self._queue = queue
         self._storage = storage
         self._tracker = tracker
@@ -70,6 +72,8 @@ class Writer:
         self._compression = s.compression
         self._level = s.compression_level or None
         self._buffers: dict[tuple[str, bytes, int], _Buffer] = {}
+        self._buffered_bytes = 0
+        self._buffer_limit = buffer_limit
         self._lock = threading.Lock()  # guards _inflight, _requests and the counters
         self._inflight: dict[Future[None], str] = {}
         self._requests: list[_FlushRequest] = []
@@ -189,15 +193,20 @@ class Writer:
             buf.entries.append(e)
             buf.rows += e.batch.num_rows
             buf.nbytes += e.nbytes
+            self._buffered_bytes += e.nbytes
             if buf.nbytes >= s.max_file_bytes or buf.rows >= s.max_file_rows:
-                del self._buffers[key]
-                self._submit(buf)
+                self._submit(self._buffers.pop(key))
+            while self._buffer_limit is not None and self._buffered_bytes > self._buffer_limit:
+                # producers would soon wait on a full queue for data that only age would write out
+                largest = max(self._buffers, key=lambda k: self._buffers[k].nbytes)
+                self._submit(self._buffers.pop(largest))
 
     def _seal(self, predicate: Callable[[_Buffer], bool]) -> None:
         for key in [k for k, b in self._buffers.items() if predicate(b)]:
             self._submit(self._buffers.pop(key))
 
     def _submit(self, buf: _Buffer) -> None:
+        self._buffered_bytes -= buf.nbytes
         future = self._executor.submit(self._write_file, buf)
         with self._lock:
             self._inflight[future] = buf.dataset
