@@ -29,8 +29,11 @@ COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "none")
 QUEUE_TYPES = ("memory",)
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 ENV_PREFIX = "FLIGHT_WRITER"
-SEED_VARIABLES = {"QUEUE_TYPE": ("queue", "type"), "STORAGE_TYPE": ("storage", "type"),
-                  "STORAGE_PATH": ("storage", "root")}
+SEED_VARIABLES = {
+    "QUEUE_TYPE": ("queue", "type"),
+    "STORAGE_TYPE": ("storage", "type"),
+    "STORAGE_PATH": ("storage", "root"),
+}
 MiB = 1024 * 1024
 
 
@@ -96,8 +99,22 @@ class Settings:
 
 _SECRET_KEY = re.compile(r"secret|password|token|credential|key|sas", re.IGNORECASE)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
 _SIZE_FIELDS = {"max_bytes", "max_file_bytes"}
 
 
@@ -116,8 +133,9 @@ def load_settings(
         files.append(os.fspath(config_file))
     try:
         # dynaconf merges the file with FLIGHT_WRITER_<SECTION>__<KEY> variables (parsed as TOML values)
-        conf = Dynaconf(settings_files=files, environments=False, envvar_prefix=ENV_PREFIX,
-                        merge_enabled=True)
+        conf = Dynaconf(
+            settings_files=files, environments=False, envvar_prefix=ENV_PREFIX, merge_enabled=True
+        )
         raw: dict[str, Any] = {}
         _merge(raw, conf.as_dict())
     except Exception as exc:  # dynaconf wraps TOML errors in several types
@@ -221,16 +239,28 @@ def _check(s: Settings) -> None:
     if s.queue.put_timeout < 0:
         raise ConfigError(f"queue.put_timeout must be >= 0, got {s.queue.put_timeout!r}")
     w = s.writer
-    for key in ("max_file_bytes", "max_file_rows", "row_group_rows", "flush_interval", "threads",
-                "retry_initial_delay", "retry_max_delay"):
+    for key in (
+        "max_file_bytes",
+        "max_file_rows",
+        "row_group_rows",
+        "flush_interval",
+        "threads",
+        "retry_initial_delay",
+        "retry_max_delay",
+    ):
         positive(f"writer.{key}", getattr(w, key))
     if w.compression not in COMPRESSIONS:
-        raise ConfigError(f"writer.compression must be one of {', '.join(COMPRESSIONS)}, got {w.compression!r}")
+        raise ConfigError(
+            f"writer.compression must be one of {', '.join(COMPRESSIONS)}, got {w.compression!r}"
+        )
     if w.compression_level < 0:
-        raise ConfigError(f"writer.compression_level must be >= 0 (0 = codec default), got {w.compression_level}")
+        raise ConfigError(
+            f"writer.compression_level must be >= 0 (0 = codec default), got {w.compression_level}"
+        )
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", s.storage.type):
-        raise ConfigError(f"storage.type must be an OpenDAL service name such as fs, s3, memory; "
-                          f"got {s.storage.type!r}")
+        raise ConfigError(
+            f"storage.type must be an OpenDAL service name such as fs, s3, memory; got {s.storage.type!r}"
+        )
     if s.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
 

@@ -13,5 +13,11 @@ FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level: <7} {message}"
 
 def configure_logging(settings: LogSettings) -> None:
     logger.remove()
-    logger.add(sys.stderr, level=settings.level.upper(), serialize=settings.json,
-               format=FORMAT, backtrace=False, diagnose=False)
+    logger.add(
+        sys.stderr,
+        level=settings.level.upper(),
+        serialize=settings.json,
+        format=FORMAT,
+        backtrace=False,
+        diagnose=False,
+    )

@@ -40,6 +40,7 @@ def dataset_from_path(segments: list[str]) -> str:
 
 def parquet_problem(schema: pa.Schema) -> str | None:
     """Why Parquet cannot store this schema, naming the column; None if it can."""
+
     def refuses(s: pa.Schema) -> str | None:
         try:
             pq.ParquetWriter(pa.BufferOutputStream(), s).close()
@@ -67,16 +68,27 @@ class _AckLevelFactory(flight.ServerMiddlewareFactory):
         values = headers.get(ACK_HEADER)
         if not values:
             return None
-        level = values[0].strip().lower() if isinstance(values[0], str) else values[0].decode().strip().lower()
+        level = (
+            values[0].strip().lower() if isinstance(values[0], str) else values[0].decode().strip().lower()
+        )
         if level not in ACK_LEVELS:
             raise flight.FlightServerError(
-                f"header {ACK_HEADER} must be one of {', '.join(ACK_LEVELS)}, got {values[0]!r}")
+                f"header {ACK_HEADER} must be one of {', '.join(ACK_LEVELS)}, got {values[0]!r}"
+            )
         return _AckLevel(level)
 
 
 class FlightWriterServer(flight.FlightServerBase):
-    def __init__(self, location: str, queue: Queue, writer: Writer, tracker: DurabilityTracker,
-                 status: Callable[[], dict[str, Any]], put_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        location: str,
+        queue: Queue,
+        writer: Writer,
+        tracker: DurabilityTracker,
+        status: Callable[[], dict[str, Any]],
+        put_timeout: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(location, middleware={"ack": _AckLevelFactory()}, **kwargs)
         self._queue = queue
         self._writer = writer
@@ -84,19 +96,30 @@ class FlightWriterServer(flight.FlightServerBase):
         self._status = status
         self._put_timeout = put_timeout
         self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any]]]] = {
-            "ack": ("Durability of seqs: {\"seqs\": [..]} or {\"seq\": n}, optional \"wait_ms\"", self._ack),
-            "status": ("Server counters: received and durable seqs, pending data, files written, errors",
-                       lambda body: self._status()),
-            "flush": ("Write out everything received so far (optional {\"dataset\": name}); "
-                      "returns once durable", self._flush),
+            "ack": ('Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms"', self._ack),
+            "status": (
+                "Server counters: received and durable seqs, pending data, files written, errors",
+                lambda body: self._status(),
+            ),
+            "flush": (
+                'Write out everything received so far (optional {"dataset": name}); returns once durable',
+                self._flush,
+            ),
         }
 
     # -- do_put ----------------------------------------------------------------------------------------
-    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
-               reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
         if descriptor.descriptor_type != flight.DescriptorType.PATH:
-            raise flight.FlightServerError("do_put needs a PATH descriptor naming the dataset, "
-                                           f"got a {descriptor.descriptor_type.name} descriptor")
+            raise flight.FlightServerError(
+                "do_put needs a PATH descriptor naming the dataset, "
+                f"got a {descriptor.descriptor_type.name} descriptor"
+            )
         try:
             dataset = dataset_from_path([p.decode("utf-8", "replace") for p in descriptor.path])
         except ValueError as exc:
@@ -125,8 +148,11 @@ class FlightWriterServer(flight.FlightServerBase):
         if durable:
             self._writer.flush(dataset)
             self._tracker.wait(seqs, None)
-            final = {"state": "durable", "durable_through": self._tracker.durable_through,
-                     "files": self._tracker.files_of(seqs)}
+            final = {
+                "state": "durable",
+                "durable_through": self._tracker.durable_through,
+                "files": self._tracker.files_of(seqs),
+            }
             failed = [d for s in seqs if (d := self._tracker.describe(s, s))["state"] == "failed"]
             if failed:
                 final["failed"] = failed
@@ -140,7 +166,8 @@ class FlightWriterServer(flight.FlightServerBase):
         entry = self._actions.get(action.type)
         if entry is None:
             raise flight.FlightServerError(
-                f"unknown action {action.type!r}; known: {', '.join(self._actions)}")
+                f"unknown action {action.type!r}; known: {', '.join(self._actions)}"
+            )
         body = action.body.to_pybytes() if action.body is not None else b""
         try:
             result = entry[1](body)
@@ -166,8 +193,10 @@ class FlightWriterServer(flight.FlightServerBase):
         last = self._queue.last_seq
         if wait_ms:
             self._tracker.wait([s for s in seqs if 1 <= s <= last], wait_ms / 1000)
-        return {"acks": [self._tracker.describe(s, last) for s in seqs],
-                "durable_through": self._tracker.durable_through}
+        return {
+            "acks": [self._tracker.describe(s, last) for s in seqs],
+            "durable_through": self._tracker.durable_through,
+        }
 
     def _flush(self, body: bytes) -> dict[str, Any]:
         request = _json_object(body, required=False)

@@ -24,8 +24,13 @@ from flight_writer.writer import Writer
 
 
 class Service:
-    def __init__(self, settings: Settings | None = None, *, queue: Queue | None = None,
-                 storage: Storage | opendal.Operator | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        queue: Queue | None = None,
+        storage: Storage | opendal.Operator | None = None,
+    ) -> None:
         self.settings = settings or Settings()
         self._queue_arg = queue
         self._storage_arg = storage
@@ -60,19 +65,28 @@ class Service:
         self.storage = given or Storage.from_settings(s.storage)
         self.queue = self._queue_arg or make_queue(s.queue)
         self.tracker = DurabilityTracker(s.server.ack_history, durable_through=self.queue.last_seq)
-        self.writer = Writer(self.queue, self.storage, self.tracker, s.writer,
-                             buffer_limit=s.queue.max_bytes // 2).start()
+        self.writer = Writer(
+            self.queue, self.storage, self.tracker, s.writer, buffer_limit=s.queue.max_bytes // 2
+        ).start()
         try:
-            self.server = FlightWriterServer(s.server.location, self.queue, self.writer, self.tracker,
-                                             self.status, s.queue.put_timeout)
+            self.server = FlightWriterServer(
+                s.server.location, self.queue, self.writer, self.tracker, self.status, s.queue.put_timeout
+            )
         except Exception:
             self.writer.close()
             raise
         self._started_at = time.monotonic()
         self._state = "opened"
-        logger.info("flight-writer {} listening on {} (port {}) queue={} storage={}:{} settings={}",
-                    __version__, s.server.location, self.port, self.queue.type, self.storage.service,
-                    self.storage.root, s.masked())
+        logger.info(
+            "flight-writer {} listening on {} (port {}) queue={} storage={}:{} settings={}",
+            __version__,
+            s.server.location,
+            self.port,
+            self.queue.type,
+            self.storage.service,
+            self.storage.root,
+            s.masked(),
+        )
         return self
 
     def stop(self, timeout: float | None = None) -> bool:

@@ -8,6 +8,7 @@ multipart upload); a failed upload commits nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from typing import Any
@@ -42,7 +43,9 @@ class Storage:
         try:
             operator = opendal.Operator(settings.type, **options)
         except opendal.exceptions.Unsupported as exc:
-            raise StorageError(f"storage.type {settings.type!r} is not an OpenDAL service this build has") from exc
+            raise StorageError(
+                f"storage.type {settings.type!r} is not an OpenDAL service this build has"
+            ) from exc
         except opendal.exceptions.Error as exc:
             first = str(exc).strip().splitlines()[0]
             raise StorageError(f"storage.type {settings.type!r}: invalid storage options: {first}") from exc
@@ -61,10 +64,8 @@ class Storage:
             self.operator.write(tmp, data)
             self.operator.rename(tmp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # the original error is the one worth reporting
                 self.operator.delete(tmp)
-            except Exception:  # the original error is the one worth reporting
-                pass
             raise
 
     def read(self, path: str) -> bytes:

@@ -63,8 +63,14 @@ class _FlushRequest:
 
 
 class Writer:
-    def __init__(self, queue: Queue, storage: Storage, tracker: DurabilityTracker,
-                 settings: WriterSettings | None = None, buffer_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        storage: Storage,
+        tracker: DurabilityTracker,
+        settings: WriterSettings | None = None,
+        buffer_limit: int | None = None,
+    ) -> None:
         self._queue = queue
         self._storage = storage
         self._tracker = tracker
@@ -148,14 +154,17 @@ class Writer:
                     for request in requests:
                         self._seal(lambda b, ds=request.dataset: ds is None or b.dataset == ds)
                         with self._lock:
-                            request.futures = [f for f, ds in self._inflight.items()
-                                               if request.dataset is None or ds == request.dataset]
+                            request.futures = [
+                                f
+                                for f, ds in self._inflight.items()
+                                if request.dataset is None or ds == request.dataset
+                            ]
                         request.ready.set()
                 if stopping and not entries:
                     self._seal(lambda b: True)
                     break
                 cutoff = time.time() - self._settings.flush_interval
-                self._seal(lambda b: b.oldest <= cutoff)
+                self._seal(lambda b, cutoff=cutoff: b.oldest <= cutoff)
         except Exception:
             logger.exception("writer loop crashed")
             self._set_error("writer loop crashed; see the log")
@@ -232,8 +241,10 @@ class Writer:
             data = self._encode(entries)
         seqs = [e.seq for e in entries]
         day = time.strftime("%Y-%m-%d", time.gmtime(buf.hour * 3600))
-        path = (f"{buf.dataset}/date={day}/hour={buf.hour % 24:02d}/"
-                f"part-{seqs[0]:012d}-{uuid.uuid4().hex[:12]}.parquet")
+        path = (
+            f"{buf.dataset}/date={day}/hour={buf.hour % 24:02d}/"
+            f"part-{seqs[0]:012d}-{uuid.uuid4().hex[:12]}.parquet"
+        )
         self._with_retries(f"upload {path}", lambda: self._storage.write(path, data, PARQUET_TYPE))
         rows = sum(e.batch.num_rows for e in entries)
         self._tracker.mark_durable(seqs, path)
@@ -242,25 +253,37 @@ class Writer:
             self.files_written += 1
             self.rows_written += rows
             self.bytes_written += data.size
-        logger.info("wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s", path, buf.dataset,
-                    rows, data.size, seqs[0], seqs[-1], len(seqs), time.monotonic() - started)
+        logger.info(
+            "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
+            path,
+            buf.dataset,
+            rows,
+            data.size,
+            seqs[0],
+            seqs[-1],
+            len(seqs),
+            time.monotonic() - started,
+        )
 
     def _encode(self, entries: list[Entry]) -> pa.Buffer:
         schema = entries[0].batch.schema
         seqs = [e.seq for e in entries]
         metadata = dict(schema.metadata or {})
-        metadata.update({
-            b"flight_writer.dataset": entries[0].dataset.encode(),
-            b"flight_writer.seq_min": str(seqs[0]).encode(),
-            b"flight_writer.seq_max": str(seqs[-1]).encode(),
-            b"flight_writer.seqs": seq_ranges(seqs).encode(),
-            b"flight_writer.version": __version__.encode(),
-        })
+        metadata.update(
+            {
+                b"flight_writer.dataset": entries[0].dataset.encode(),
+                b"flight_writer.seq_min": str(seqs[0]).encode(),
+                b"flight_writer.seq_max": str(seqs[-1]).encode(),
+                b"flight_writer.seqs": seq_ranges(seqs).encode(),
+                b"flight_writer.version": __version__.encode(),
+            }
+        )
         schema = schema.with_metadata(metadata)
         table = pa.Table.from_batches([e.batch for e in entries]).replace_schema_metadata(metadata)
         sink = pa.BufferOutputStream()
-        with pq.ParquetWriter(sink, schema, compression=self._compression,
-                              compression_level=self._level) as writer:
+        with pq.ParquetWriter(
+            sink, schema, compression=self._compression, compression_level=self._level
+        ) as writer:
             writer.write_table(table, row_group_size=self._settings.row_group_rows)
         return sink.getvalue()
 
@@ -278,14 +301,21 @@ class Writer:
                 with pa.ipc.new_file(sink, e.batch.schema) as ipc:
                     ipc.write_batch(e.batch)
                 data = sink.getvalue()
-                self._with_retries(f"store rejected batch {path}", lambda p=path, d=data: self._storage.write(
-                    p, d, ARROW_TYPE))
+                self._with_retries(
+                    f"store rejected batch {path}",
+                    lambda p=path, d=data: self._storage.write(p, d, ARROW_TYPE),
+                )
                 self._tracker.mark_failed([e.seq], f"{error} (batch kept at {path})")
                 self._queue.done([e])
                 with self._lock:
                     self.batches_failed += 1
-                logger.error("dataset={} seq={} rejected by the Parquet encoder: {}; kept at {}",
-                             e.dataset, e.seq, error, path)
+                logger.error(
+                    "dataset={} seq={} rejected by the Parquet encoder: {}; kept at {}",
+                    e.dataset,
+                    e.seq,
+                    error,
+                    path,
+                )
             else:
                 good.append(e)
         return good
@@ -318,21 +348,25 @@ class Writer:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"files_written": self.files_written, "rows_written": self.rows_written,
-                    "bytes_written": self.bytes_written, "batches_failed": self.batches_failed,
-                    "retries": self.retries, "last_error": self.last_error,
-                    "error_for_s": None if self.error_since is None else round(time.time() - self.error_since, 3)}
+            return {
+                "files_written": self.files_written,
+                "rows_written": self.rows_written,
+                "bytes_written": self.bytes_written,
+                "batches_failed": self.batches_failed,
+                "retries": self.retries,
+                "last_error": self.last_error,
+                "error_for_s": None if self.error_since is None else round(time.time() - self.error_since, 3),
+            }
 
 
 def seq_ranges(seqs: list[int]) -> str:
     """``[1, 2, 3, 7, 9, 10]`` -> ``"1-3,7,9-10"`` (seqs ascending)."""
     parts: list[str] = []
     start = prev = seqs[0]
-    for s in seqs[1:] + [None]:  # type: ignore[list-item]
-        if s is not None and s == prev + 1:
-            prev = s
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if s is not None:
-            start = prev = s
+    for s in seqs[1:]:
+        if s != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = s
+        prev = s
+    parts.append(str(start) if start == prev else f"{start}-{prev}")
     return ",".join(parts)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,14 @@ def client(service: Service) -> Iterator[flight.FlightClient]:
         yield c
 
 
-def put(client: flight.FlightClient, dataset: str | Sequence[str], batches: Sequence[pa.RecordBatch],
-        ids: Sequence[str] | None = None, ack: str | None = None,
-        schema: pa.Schema | None = None) -> list[dict[str, Any]]:
+def put(
+    client: flight.FlightClient,
+    dataset: str | Sequence[str],
+    batches: Sequence[pa.RecordBatch],
+    ids: Sequence[str] | None = None,
+    ack: str | None = None,
+    schema: pa.Schema | None = None,
+) -> list[dict[str, Any]]:
     """One do_put stream; returns every PutResult's JSON, in order."""
     path = dataset.split("/") if isinstance(dataset, str) else list(dataset)
     options = flight.FlightCallOptions(headers=[(ACK_HEADER.encode(), ack.encode())] if ack else [])
@@ -104,26 +109,75 @@ def without_metadata(table: pa.Table) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
-def spawn_server(config: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
-    """``flight-writer serve`` in a subprocess; returns it and the port its startup line names."""
-    proc = subprocess.Popen([sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)],
-                            stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, **(env or {})})
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if m := re.search(r"\(port (\d+)\)", line):
-            # keep draining stderr so the server never blocks on a full pipe; the lines stay readable
-            proc.log_lines = lines  # type: ignore[attr-defined]
-            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
-            return proc, int(m.group(1))
-    proc.kill()
-    raise AssertionError("server did not start:\n" + "".join(lines))
+class ServerProcess:
+    """``flight-writer serve`` in a subprocess; its port is read from the startup line and its stderr is
+    drained by a thread (so the server never blocks on a full pipe) into ``lines``."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        line = self.wait_for_log("(port ", 60)
+        self.port = int(re.search(r"\(port (\d+)\)", line).group(1))  # type: ignore[union-attr]
+        self.location = f"grpc://127.0.0.1:{self.port}"
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append("")  # EOF marker
+            self._changed.notify_all()
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> str:
+        """The first log line containing ``text``; fails if the process exits or time runs out first."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if self.lines and self.lines[-1] == "":
+                    raise AssertionError(f"server exited without logging {text!r}:\n{self.log}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no log line with {text!r} in {timeout} s:\n{self.log}")
+                self._changed.wait(remaining)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> ServerProcess:
+        started.append(ServerProcess(config, env))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
 
 
 def write_config(path: Path, root: Path, extra: str = "") -> Path:

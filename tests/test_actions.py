@@ -32,7 +32,12 @@ def test_ack_reports_queued_then_durable_with_file(client, data_root):
     action(client, "flush")
     after = action(client, "ack", {"seqs": [*seqs, seqs[-1] + 1000, 0]})
     states = [(a["seq"], a["state"]) for a in after["acks"]]
-    assert states == [(seqs[0], "durable"), (seqs[1], "durable"), (seqs[-1] + 1000, "unknown"), (0, "unknown")]
+    assert states == [
+        (seqs[0], "durable"),
+        (seqs[1], "durable"),
+        (seqs[-1] + 1000, "unknown"),
+        (0, "unknown"),
+    ]
     [f] = parquet_files(data_root, "acked")
     assert after["acks"][0]["file"] == f.relative_to(data_root).as_posix()
     assert after["durable_through"] == seqs[-1]

@@ -11,10 +11,15 @@ from conftest import action, parquet_files, put
 GOOD = pa.record_batch({"i": pa.array([1, 2, 3], pa.int64())})
 
 
-def send(client: flight.FlightClient, descriptor: flight.FlightDescriptor, batch: pa.RecordBatch,
-         headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    writer, reader = client.do_put(descriptor, batch.schema,
-                                   options=flight.FlightCallOptions(headers=headers or []))
+def send(
+    client: flight.FlightClient,
+    descriptor: flight.FlightDescriptor,
+    batch: pa.RecordBatch,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    writer, reader = client.do_put(
+        descriptor, batch.schema, options=flight.FlightCallOptions(headers=headers or [])
+    )
     writer.write_batch(batch)
     writer.done_writing()
     reader.read()
@@ -31,18 +36,21 @@ def still_serving(client, data_root):
     assert len(parquet_files(data_root, "after")) == 1
 
 
-@pytest.mark.parametrize(("path", "message"), [
-    ([], "1 to 3 segments"),
-    (["a", "b", "c", "d"], "1 to 3 segments"),
-    ([".."], "invalid dataset path segment '..'"),
-    (["."], "invalid dataset path segment '.'"),
-    (["ok", ".."], "invalid dataset path segment '..'"),
-    (["has space"], "invalid dataset path segment 'has space'"),
-    (["_hidden"], "invalid dataset path segment '_hidden'"),
-    (["a/b"], "invalid dataset path segment 'a/b'"),
-    (["x" * 129], "invalid dataset path segment"),
-    ([""], "invalid dataset path segment ''"),
-])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ([], "1 to 3 segments"),
+        (["a", "b", "c", "d"], "1 to 3 segments"),
+        ([".."], "invalid dataset path segment '..'"),
+        (["."], "invalid dataset path segment '.'"),
+        (["ok", ".."], "invalid dataset path segment '..'"),
+        (["has space"], "invalid dataset path segment 'has space'"),
+        (["_hidden"], "invalid dataset path segment '_hidden'"),
+        (["a/b"], "invalid dataset path segment 'a/b'"),
+        (["x" * 129], "invalid dataset path segment"),
+        ([""], "invalid dataset path segment ''"),
+    ],
+)
 def test_invalid_dataset_paths(client, path, message):
     with pytest.raises(flight.FlightServerError, match=message):
         send(client, flight.FlightDescriptor.for_path(*path), GOOD)
@@ -71,20 +79,23 @@ def test_unknown_action(client):
         action(client, "explode")
 
 
-@pytest.mark.parametrize(("name", "body", "message"), [
-    ("ack", b"", "body must be a JSON object"),
-    ("ack", b"{not json", "body is not valid JSON"),
-    ("ack", b"[1, 2]", "body must be a JSON object, got list"),
-    ("ack", b'{"x": 1}', 'body needs "seqs"'),
-    ("ack", b'{"seqs": [1, "2"]}', '"seqs" must be a list of integers'),
-    ("ack", b'{"seqs": 3}', '"seqs" must be a list of integers'),
-    ("ack", b'{"seq": true}', '"seq" must be an integer'),
-    ("ack", b'{"seq": 1, "wait_ms": -5}', '"wait_ms" must be an integer'),
-    ("ack", b'{"seq": 1, "wait_ms": 1.5}', '"wait_ms" must be an integer'),
-    ("flush", b'{"dataset": 7}', '"dataset" must be a string'),
-    ("flush", b'{"dataset": "../etc"}', "invalid dataset path segment '..'"),
-    ("flush", b"\xff\xfe", "body is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("name", "body", "message"),
+    [
+        ("ack", b"", "body must be a JSON object"),
+        ("ack", b"{not json", "body is not valid JSON"),
+        ("ack", b"[1, 2]", "body must be a JSON object, got list"),
+        ("ack", b'{"x": 1}', 'body needs "seqs"'),
+        ("ack", b'{"seqs": [1, "2"]}', '"seqs" must be a list of integers'),
+        ("ack", b'{"seqs": 3}', '"seqs" must be a list of integers'),
+        ("ack", b'{"seq": true}', '"seq" must be an integer'),
+        ("ack", b'{"seq": 1, "wait_ms": -5}', '"wait_ms" must be an integer'),
+        ("ack", b'{"seq": 1, "wait_ms": 1.5}', '"wait_ms" must be an integer'),
+        ("flush", b'{"dataset": 7}', '"dataset" must be a string'),
+        ("flush", b'{"dataset": "../etc"}', "invalid dataset path segment '..'"),
+        ("flush", b"\xff\xfe", "body is not valid JSON"),
+    ],
+)
 def test_malformed_action_bodies(client, name, body, message):
     with pytest.raises(flight.FlightServerError, match=message):
         action(client, name, body)

@@ -49,7 +49,9 @@ def test_failing_storage_is_retried_and_loses_nothing(data_root):
         assert "flaky/date=" in status["last_error"] and "failed" in status["last_error"]
         assert status["error_for_s"] >= 0
         assert [a["state"] for a in action(c, "ack", {"seqs": [r["seq"] for r in replies]})["acks"]] == [
-            "queued", "queued"]
+            "queued",
+            "queued",
+        ]
         blocker.unlink()  # storage comes back
         flusher.join(60)
         assert not flusher.is_alive()
@@ -64,14 +66,16 @@ def test_failing_storage_is_retried_and_loses_nothing(data_root):
 def test_full_queue_blocks_producers_then_fails_with_unavailable(data_root):
     blocker = block(data_root, "slow")
     max_bytes = 100_000  # 12 batches of 8,000 bytes
-    with running(data_root, queue={"max_bytes": max_bytes, "put_timeout": 1.0}) as svc, \
-            flight.connect(svc.location) as c:
+    with (
+        running(data_root, queue={"max_bytes": max_bytes, "put_timeout": 1.0}) as svc,
+        flight.connect(svc.location) as c,
+    ):
         acked: list[int] = []
         writer, reader = c.do_put(flight.FlightDescriptor.for_path("slow"), batch(0).schema)
         with pytest.raises(flight.FlightUnavailableError, match="queue full"):
             for k in range(1000):
                 writer.write_batch(batch(k * 1000))
-                if (buf := reader.read()) is not None:
+                if reader.read() is not None:
                     acked.append(k)
             writer.close()
         status = action(c, "status")
@@ -87,8 +91,10 @@ def test_full_queue_blocks_producers_then_fails_with_unavailable(data_root):
 def test_blocked_producer_resumes_when_room_appears(data_root):
     """Backpressure, not failure: a producer waiting for room goes on once the writer catches up."""
     blocker = block(data_root, "paced")
-    with running(data_root, queue={"max_bytes": 40_000, "put_timeout": 60}) as svc, \
-            flight.connect(svc.location) as c:
+    with (
+        running(data_root, queue={"max_bytes": 40_000, "put_timeout": 60}) as svc,
+        flight.connect(svc.location) as c,
+    ):
         done = threading.Event()
         result: list[list[dict]] = []
 

@@ -13,20 +13,27 @@ from conftest import action, parquet_files, put, read_dataset, without_metadata
 
 def rich_batch(start: int, n: int) -> pa.RecordBatch:
     ids = list(range(start, start + n))
-    tz_ts = pa.array([dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i) for i in ids],
-                     pa.timestamp("us", tz="Europe/Paris"))
-    return pa.record_batch({
-        "id": pa.array(ids, pa.int64()),
-        "name": pa.array([f"span-{i}" if i % 7 else None for i in ids]),
-        "ts": tz_ts,
-        "tags": pa.array([[f"t{i % 3}", "x"] if i % 5 else [] for i in ids], pa.list_(pa.string())),
-        "attrs": pa.array([{"k": i, "v": f"v{i}", "ok": i % 2 == 0} for i in ids],
-                          pa.struct([("k", pa.int32()), ("v", pa.string()), ("ok", pa.bool_())])),
-        "labels": pa.array([[("host", f"h{i % 4}"), ("zone", "z")] for i in ids],
-                           pa.map_(pa.string(), pa.string())),
-        "service": pa.array([f"svc-{i % 3}" for i in ids]).dictionary_encode(),
-        "value": pa.array([i * 0.5 for i in ids], pa.float64()),
-    })
+    tz_ts = pa.array(
+        [dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i) for i in ids],
+        pa.timestamp("us", tz="Europe/Paris"),
+    )
+    return pa.record_batch(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "name": pa.array([f"span-{i}" if i % 7 else None for i in ids]),
+            "ts": tz_ts,
+            "tags": pa.array([[f"t{i % 3}", "x"] if i % 5 else [] for i in ids], pa.list_(pa.string())),
+            "attrs": pa.array(
+                [{"k": i, "v": f"v{i}", "ok": i % 2 == 0} for i in ids],
+                pa.struct([("k", pa.int32()), ("v", pa.string()), ("ok", pa.bool_())]),
+            ),
+            "labels": pa.array(
+                [[("host", f"h{i % 4}"), ("zone", "z")] for i in ids], pa.map_(pa.string(), pa.string())
+            ),
+            "service": pa.array([f"svc-{i % 3}" for i in ids]).dictionary_encode(),
+            "value": pa.array([i * 0.5 for i in ids], pa.float64()),
+        }
+    )
 
 
 def test_rich_types_round_trip_value_for_value(client, data_root):
@@ -65,9 +72,14 @@ def test_several_datasets_and_hive_layout_readable_by_duckdb(client, data_root):
         assert rel.name.startswith("part-") and rel.suffix == ".parquet"
         assert rel.parts[0] in (f"date={today:%Y-%m-%d}", f"date={today - dt.timedelta(hours=1):%Y-%m-%d}")
         glob = str(data_root / ds / "**" / "*.parquet")
-        [(count, n_dates, hour)] = duckdb.connect().execute(
-            f"select count(*), count(distinct date), any_value(hour) "
-            f"from read_parquet('{glob}', hive_partitioning = true)").fetchall()
+        [(count, n_dates, hour)] = (
+            duckdb.connect()
+            .execute(
+                f"select count(*), count(distinct date), any_value(hour) "
+                f"from read_parquet('{glob}', hive_partitioning = true)"
+            )
+            .fetchall()
+        )
         assert count == rows and n_dates == 1 and 0 <= int(hour) < 24
 
 
@@ -88,11 +100,14 @@ def test_small_batches_share_row_groups_and_metadata_records_seqs(client, data_r
 
 
 def test_row_group_size_and_compression_follow_settings(data_root):
-    from conftest import running
     import pyarrow.flight as flight
 
-    with running(data_root, writer={"row_group_rows": 1000, "compression": "snappy"}) as svc, \
-            flight.connect(svc.location) as c:
+    from conftest import running
+
+    with (
+        running(data_root, writer={"row_group_rows": 1000, "compression": "snappy"}) as svc,
+        flight.connect(svc.location) as c,
+    ):
         put(c, "rg", [pa.record_batch({"i": pa.array(range(2500), pa.int64())})])
         action(c, "flush")
     [f] = parquet_files(data_root, "rg")
@@ -102,21 +117,30 @@ def test_row_group_size_and_compression_follow_settings(data_root):
 
 
 def test_files_roll_by_rows_and_by_bytes(data_root):
-    from conftest import running
     import pyarrow.flight as flight
 
+    from conftest import running
+
     batch = pa.record_batch({"i": pa.array(range(1000), pa.int64())})  # 8,000 Arrow bytes
-    with running(data_root, writer={"max_file_rows": 3000, "max_file_bytes": 1 << 30}) as svc, \
-            flight.connect(svc.location) as c:
+    with (
+        running(data_root, writer={"max_file_rows": 3000, "max_file_bytes": 1 << 30}) as svc,
+        flight.connect(svc.location) as c,
+    ):
         put(c, "byrows", [batch] * 7)
         action(c, "flush")
     assert sorted(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(data_root, "byrows")) == [
-        1000, 3000, 3000]
+        1000,
+        3000,
+        3000,
+    ]
     with running(data_root, writer={"max_file_bytes": 16_000}) as svc, flight.connect(svc.location) as c:
         put(c, "bybytes", [batch] * 5)
         action(c, "flush")
     assert sorted(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(data_root, "bybytes")) == [
-        1000, 2000, 2000]
+        1000,
+        2000,
+        2000,
+    ]
 
 
 def test_a_different_schema_starts_a_new_file(client, data_root):
@@ -132,8 +156,9 @@ def test_a_different_schema_starts_a_new_file(client, data_root):
 
 
 def test_flush_interval_writes_without_a_flush_call(data_root):
-    from conftest import running
     import pyarrow.flight as flight
+
+    from conftest import running
 
     with running(data_root, writer={"flush_interval": 0.2}) as svc, flight.connect(svc.location) as c:
         [reply] = put(c, "aged", [pa.record_batch({"i": [1, 2, 3]})])

@@ -44,7 +44,7 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def get(self, max_items: int, timeout: float) -> list[Entry]:
-        """Up to ``max_items`` entries in seq order; waits up to ``timeout`` s for the first (``[]`` if none)."""
+        """Up to ``max_items`` entries in seq order, waiting up to ``timeout`` s for one (``[]`` if none)."""
 
     @abc.abstractmethod
     def done(self, entries: list[Entry]) -> None:

@@ -89,5 +89,9 @@ class MemoryQueue(Queue):
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"pending_batches": self._pending_batches, "pending_bytes": self._pending_bytes,
-                    "queued_batches": len(self._items), "max_bytes": self._max_bytes}
+            return {
+                "pending_batches": self._pending_batches,
+                "pending_bytes": self._pending_bytes,
+                "queued_batches": len(self._items),
+                "max_bytes": self._max_bytes,
+            }

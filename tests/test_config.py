@@ -1,0 +1,163 @@
+"""Settings: defaults, file, environment overrides, the seed's variables, and clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+import flight_writer
+from flight_writer.config import ConfigError, Settings, load_settings
+
+from conftest import REPO
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for var in ("QUEUE_TYPE", "STORAGE_TYPE", "STORAGE_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    import os
+
+    for var in [v for v in os.environ if v.startswith("FLIGHT_WRITER_")]:
+        monkeypatch.delenv(var)
+
+
+def test_configs_settings_toml_lists_every_default():
+    assert load_settings(REPO / "configs" / "settings.toml") == Settings()
+    text = (REPO / "configs" / "settings.toml").read_text()
+    for section in dataclasses.fields(Settings):
+        for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            assert f"\n{f.name} =" in text or f"[{section.name}.{f.name}]" in text, (
+                f"{section.name}.{f.name} missing from configs/settings.toml"
+            )
+
+
+def test_environment_overrides_file(monkeypatch, tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[writer]\ncompression = "lz4"\nthreads = 3\n[queue]\nmax_bytes = "64MiB"\n')
+    monkeypatch.setenv("FLIGHT_WRITER_WRITER__COMPRESSION", "snappy")
+    monkeypatch.setenv("FLIGHT_WRITER_QUEUE__PUT_TIMEOUT", "2.5")
+    monkeypatch.setenv("FLIGHT_WRITER_LOG__JSON", "true")
+    monkeypatch.setenv("FLIGHT_WRITER_STORAGE__OPTIONS__BUCKET", "events")
+    s = load_settings(cfg)
+    assert s.writer.compression == "snappy" and s.writer.threads == 3
+    assert s.queue.max_bytes == 64 * 1024 * 1024 and s.queue.put_timeout == 2.5
+    assert s.log.json is True
+    assert s.storage.options == {"bucket": "events"}
+
+
+def test_seed_variables(monkeypatch):
+    monkeypatch.setenv("QUEUE_TYPE", "memory")
+    monkeypatch.setenv("STORAGE_TYPE", "memory")
+    monkeypatch.setenv("STORAGE_PATH", "/lake")
+    s = load_settings()
+    assert (s.queue.type, s.storage.type, s.storage.root) == ("memory", "memory", "/lake")
+    monkeypatch.setenv("FLIGHT_WRITER_STORAGE__ROOT", "/ours")  # our own prefix ranks above the seed's
+    assert load_settings().storage.root == "/ours"
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"queue": {"type": "kafka"}}, "queue.type must be one of memory, got 'kafka'"),
+        ({"queue": {"max_bytes": -1}}, "queue.max_bytes must be positive"),
+        ({"queue": {"max_bytes": "lots"}}, "queue.max_bytes must be an integer, got 'lots'"),
+        ({"writer": {"compression": "brotli2"}}, "writer.compression must be one of zstd, snappy"),
+        ({"writer": {"flush_interval": 0}}, "writer.flush_interval must be positive"),
+        ({"writer": {"threads": "two"}}, "writer.threads must be an integer"),
+        ({"writer": {"max_file_byte": 1}}, "unknown setting writer.max_file_byte"),
+        ({"storage": {"type": "S3 bucket"}}, "storage.type must be an OpenDAL service name"),
+        ({"log": {"json": "maybe"}}, "log.json must be true or false"),
+        ({"sever": {"location": "x"}}, r"unknown settings section \[sever\]"),
+        ({"server": {"location": "http://x:1"}}, "server.location must be a grpc:// URI"),
+    ],
+)
+def test_invalid_values_name_the_setting(sections, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(overrides=sections)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_WRITER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "flight_writer.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**clean, **(env or {})},
+        timeout=60,
+    )
+
+
+def test_invalid_value_stops_startup_with_one_line():
+    done = run_cli("serve", env={"FLIGHT_WRITER_WRITER__COMPRESSION": "brotli2"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "flight-writer: invalid configuration: writer.compression must be one of zstd, snappy, lz4, gzip, "
+        "none, got 'brotli2'"
+    ]
+
+
+def test_unknown_storage_service_stops_startup_with_one_line():
+    done = run_cli(
+        "serve", env={"STORAGE_TYPE": "nosuchstore", "FLIGHT_WRITER_SERVER__LOCATION": "grpc://127.0.0.1:0"}
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "flight-writer: cannot start: storage.type 'nosuchstore' is not an OpenDAL service this build has"
+    ]
+
+
+def test_missing_config_file():
+    done = run_cli("serve", "--config", "/nonexistent.toml")
+    assert done.returncode == 2 and "config file '/nonexistent.toml' does not exist" in done.stderr
+
+
+def test_check_command(tmp_path, server_process):
+    from conftest import write_config
+
+    server = server_process(write_config(tmp_path / "s.toml", tmp_path / "data"))
+    ok = run_cli("check", "--location", server.location)
+    assert ok.returncode == 0 and '"received_seq": 0' in ok.stdout
+    server.close()
+    assert run_cli("check", "--location", server.location).returncode == 1
+
+
+def test_json_logs_and_masked_secrets(tmp_path, server_process):
+    import json
+
+    from conftest import write_config
+
+    cfg = write_config(tmp_path / "s.toml", tmp_path / "data", "[log]\njson = true\n")
+    server = server_process(cfg, env={"FLIGHT_WRITER_STORAGE__OPTIONS__SECRET_ACCESS_KEY": "hunter2"})
+    line = server.wait_for_log("listening on")
+    record = json.loads(line)
+    assert "listening on" in record["text"]
+    assert "hunter2" not in server.log and "'secret_access_key': '***'" in line
+
+
+def test_public_names_are_pinned():
+    assert sorted(flight_writer.__all__) == sorted(
+        [
+            "ACK_HEADER",
+            "ConfigError",
+            "DurabilityTracker",
+            "FlightWriterServer",
+            "MemoryQueue",
+            "Queue",
+            "QueueFull",
+            "Service",
+            "Settings",
+            "Storage",
+            "StorageError",
+            "Writer",
+            "__version__",
+            "load_settings",
+        ]
+    )
+    for name in flight_writer.__all__:
+        assert hasattr(flight_writer, name)

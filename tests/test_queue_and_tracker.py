@@ -1,0 +1,99 @@
+"""The queue seam and the durability position, on their own."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pytest
+
+from flight_writer.queue import MemoryQueue, QueueClosed, QueueFull
+from flight_writer.tracker import DurabilityTracker
+from flight_writer.writer import seq_ranges
+
+BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64())})  # 800 bytes
+
+
+def test_memory_queue_assigns_increasing_seqs_in_fifo_order():
+    q = MemoryQueue(max_bytes=10_000)
+    seqs = [q.put("ds", b"k", BATCH, 1) for _ in range(5)]
+    assert seqs == [1, 2, 3, 4, 5] and q.last_seq == 5
+    got = q.get(3, 0) + q.get(10, 0)
+    assert [e.seq for e in got] == seqs
+    assert q.stats()["pending_bytes"] == 4000  # capacity is held until done, not until get
+    q.done(got)
+    assert q.stats()["pending_bytes"] == 0 and q.stats()["pending_batches"] == 0
+
+
+def test_memory_queue_bound_and_timeout():
+    q = MemoryQueue(max_bytes=1600)
+    q.put("ds", b"k", BATCH, 1)
+    q.put("ds", b"k", BATCH, 1)
+    with pytest.raises(QueueFull, match=r"queue full: 1600 of 1600 bytes pending, waited 0\.05 s"):
+        q.put("ds", b"k", BATCH, 0.05)
+
+
+def test_memory_queue_put_waits_for_done():
+    q = MemoryQueue(max_bytes=800)
+    q.put("ds", b"k", BATCH, 1)
+    entries = q.get(1, 0)
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(q.put("ds", b"k", BATCH, 30)))
+    t.start()
+    t.join(0.1)
+    assert t.is_alive() and result == []  # held back by the bound
+    q.done(entries)
+    t.join(30)
+    assert result == [2]
+
+
+def test_memory_queue_admits_an_oversized_batch_when_empty():
+    q = MemoryQueue(max_bytes=10)
+    assert q.put("ds", b"k", BATCH, 0) == 1
+
+
+def test_memory_queue_wake_and_close():
+    q = MemoryQueue(max_bytes=10_000)
+    result: list[list] = []
+    t = threading.Thread(target=lambda: result.append(q.get(10, 60)))
+    t.start()
+    q.wake()
+    t.join(30)
+    assert result == [[]]
+    q.close()
+    with pytest.raises(QueueClosed):
+        q.put("ds", b"k", BATCH, 1)
+
+
+def test_tracker_watermark_advances_only_over_resolved_seqs():
+    t = DurabilityTracker()
+    t.mark_durable([2, 3], "b.parquet")
+    assert t.durable_through == 0
+    t.mark_failed([1], "bad")
+    assert t.durable_through == 3
+    t.mark_durable([5], "c.parquet")
+    assert t.durable_through == 3
+    assert t.describe(1, 5) == {"seq": 1, "state": "failed", "error": "bad"}
+    assert t.describe(2, 5) == {"seq": 2, "state": "durable", "file": "b.parquet"}
+    assert t.describe(4, 5) == {"seq": 4, "state": "queued"}
+    assert t.describe(6, 5) == {"seq": 6, "state": "unknown"}
+    assert t.files_of([2, 3, 5]) == ["b.parquet", "c.parquet"]
+
+
+def test_tracker_history_is_bounded():
+    t = DurabilityTracker(history=2)
+    t.mark_durable([1, 2, 3], "a.parquet")
+    assert t.describe(1, 3) == {"seq": 1, "state": "durable"}  # file forgotten, state still right
+    assert t.describe(3, 3)["file"] == "a.parquet"
+
+
+def test_tracker_wait():
+    t = DurabilityTracker()
+    assert t.wait([1], 0.01) is False
+    threading.Timer(0.05, t.mark_durable, args=([1], "a")).start()
+    assert t.wait([1], 30) is True
+
+
+def test_seq_ranges():
+    assert seq_ranges([1, 2, 3, 7, 9, 10]) == "1-3,7,9-10"
+    assert seq_ranges([4]) == "4"
