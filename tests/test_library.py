@@ -1,0 +1,58 @@
+"""Library use: a service built from parts (a queue and an OpenDAL operator), and the memory backend."""
+
+from __future__ import annotations
+
+import io
+
+import opendal
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import action, put, settings_for
+from flight_writer import MemoryQueue, Service, Storage
+
+
+def read_all(storage: Storage, dataset: str) -> pa.Table:
+    paths = [p for p in storage.list(dataset + "/") if p.endswith(".parquet")]
+    return pa.concat_tables([pq.read_table(io.BytesIO(storage.read(p))) for p in paths])
+
+
+def test_service_from_a_queue_and_an_operator(tmp_path):
+    operator = opendal.Operator("memory")
+    queue = MemoryQueue(max_bytes=1 << 20)
+    with Service(settings_for(tmp_path), queue=queue, storage=operator) as svc:
+        assert svc.queue is queue
+        with flight.connect(svc.location) as c:
+            put(c, "lib", [pa.record_batch({"x": [1, 2, 3]})])
+            action(c, "flush")
+        table = read_all(svc.storage, "lib")
+    assert table.column("x").to_pylist() == [1, 2, 3]
+    assert not list(tmp_path.iterdir())  # nothing went to the local disk
+
+
+def test_memory_storage_from_settings(tmp_path):
+    with Service(settings_for(tmp_path, storage={"type": "memory", "root": "/lake"})) as svc:
+        assert svc.status()["storage"] == {"service": "memory", "root": "/lake"}
+        with flight.connect(svc.location) as c:
+            put(c, "a/b", [pa.record_batch({"x": [1]}), pa.record_batch({"x": [2]})], ack="durable")
+        assert read_all(svc.storage, "a/b").column("x").to_pylist() == [1, 2]
+        assert svc.storage.list("_tmp/") == []  # memory cannot rename: objects are written in place
+
+
+@pytest.mark.parametrize("codec", ["zstd", "snappy", "lz4", "gzip", "none"])
+def test_every_compression_setting(tmp_path, codec):
+    with Service(settings_for(tmp_path, writer={"compression": codec})) as svc, flight.connect(svc.location) as c:
+        put(c, "c", [pa.record_batch({"s": ["abc"] * 100})])
+        action(c, "flush")
+    [f] = (tmp_path / "c").rglob("*.parquet")
+    expected = {"none": "UNCOMPRESSED", "lz4": "LZ4"}.get(codec, codec.upper())
+    assert pq.ParquetFile(f).metadata.row_group(0).column(0).compression == expected
+
+
+def test_lifecycle_refuses_restart(tmp_path):
+    svc = Service(settings_for(tmp_path)).start()
+    svc.stop()
+    with pytest.raises(RuntimeError, match="cannot start a service that is closed"):
+        svc.start()
