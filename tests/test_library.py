@@ -10,8 +10,9 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import action, put, settings_for
 from flight_writer import MemoryQueue, Service, Storage
+
+from conftest import action, put, settings_for
 
 
 def read_all(storage: Storage, dataset: str) -> pa.Table:
@@ -43,7 +44,10 @@ def test_memory_storage_from_settings(tmp_path):
 
 @pytest.mark.parametrize("codec", ["zstd", "snappy", "lz4", "gzip", "none"])
 def test_every_compression_setting(tmp_path, codec):
-    with Service(settings_for(tmp_path, writer={"compression": codec})) as svc, flight.connect(svc.location) as c:
+    with (
+        Service(settings_for(tmp_path, writer={"compression": codec})) as svc,
+        flight.connect(svc.location) as c,
+    ):
         put(c, "c", [pa.record_batch({"s": ["abc"] * 100})])
         action(c, "flush")
     [f] = (tmp_path / "c").rglob("*.parquet")
