@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "none")
-QUEUE_TYPES = ("memory",)
+QUEUE_TYPES = ("memory", "wal")
+FSYNC_POLICIES = ("always", "interval", "never")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 ENV_PREFIX = "FLIGHT_WRITER"
 SEED_VARIABLES = {
@@ -52,6 +53,11 @@ class QueueSettings:
     type: str = "memory"
     max_bytes: int = 512 * MiB
     put_timeout: float = 30.0
+    dedupe_window: int = 100_000
+    path: str = "./wal"
+    segment_bytes: int = 64 * MiB
+    fsync: str = "always"
+    fsync_interval_ms: int = 100
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ _UNITS = {
     "tb": 1000**4,
     "tib": 1024**4,
 }
-_SIZE_FIELDS = {"max_bytes", "max_file_bytes"}
+_SIZE_FIELDS = {"max_bytes", "max_file_bytes", "segment_bytes"}
 
 
 def load_settings(
@@ -235,7 +241,10 @@ def _check(s: Settings) -> None:
     positive("server.ack_history", s.server.ack_history)
     if s.queue.type not in QUEUE_TYPES:
         raise ConfigError(f"queue.type must be one of {', '.join(QUEUE_TYPES)}, got {s.queue.type!r}")
-    positive("queue.max_bytes", s.queue.max_bytes)
+    for key in ("max_bytes", "dedupe_window", "segment_bytes", "fsync_interval_ms"):
+        positive(f"queue.{key}", getattr(s.queue, key))
+    if s.queue.fsync not in FSYNC_POLICIES:
+        raise ConfigError(f"queue.fsync must be one of {', '.join(FSYNC_POLICIES)}, got {s.queue.fsync!r}")
     if s.queue.put_timeout < 0:
         raise ConfigError(f"queue.put_timeout must be >= 0, got {s.queue.put_timeout!r}")
     w = s.writer

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
-from flight_writer.queue import Queue, QueueClosed, QueueFull
+from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.tracker import DurabilityTracker
 from flight_writer.writer import Writer
 
@@ -131,20 +131,32 @@ class FlightWriterServer(flight.FlightServerBase):
         durable = level is not None and level.level == "durable"
         schema_key = schema.serialize().to_pybytes()
         put, timeout, reply = self._queue.put, self._put_timeout, writer.write
+        state = self._queue.ack_state.encode()
         seqs: list[int] = []
         for chunk in reader:
             batch = chunk.data
             if batch is None:  # a metadata-only message carries no rows
                 continue
+            meta = chunk.app_metadata
+            client_id = _client_id(meta) if meta is not None and meta.size else None
             try:
-                seq = put(dataset, schema_key, batch, timeout)
+                seq, duplicate = put(dataset, schema_key, batch, timeout, client_id)
             except QueueFull as exc:
                 raise flight.FlightUnavailableError(str(exc)) from None
             except QueueClosed:
                 raise flight.FlightUnavailableError("server is shutting down") from None
+            except QueueWriteError as exc:
+                raise flight.FlightServerError(f"batch not accepted: {exc}") from None
             if durable:
                 seqs.append(seq)
-            reply(pa.py_buffer(_queued_reply(seq, batch.num_rows, chunk.app_metadata)))
+            if client_id is None:
+                reply(pa.py_buffer(b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, state)))
+            else:
+                answer = {"seq": seq, "rows": batch.num_rows, "state": state.decode(), "id": client_id}
+                if duplicate:  # accepted before: nothing stored again; say where the original stands
+                    answer["state"] = self._tracker.describe(seq, seq)["state"]
+                    answer["duplicate"] = True
+                reply(pa.py_buffer(json.dumps(answer).encode()))
         if durable:
             self._writer.flush(dataset)
             self._tracker.wait(seqs, None)
@@ -207,14 +219,6 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path(dataset.split("/"))
         self._writer.flush(dataset)
         return {"durable_through": self._tracker.durable_through}
-
-
-def _queued_reply(seq: int, rows: int, client_metadata: pa.Buffer | None) -> bytes:
-    if client_metadata is not None and client_metadata.size:
-        client_id = _client_id(client_metadata)
-        if client_id is not None:
-            return json.dumps({"seq": seq, "rows": rows, "state": "queued", "id": client_id}).encode()
-    return b'{"seq": %d, "rows": %d, "state": "queued"}' % (seq, rows)
 
 
 def _client_id(metadata: pa.Buffer) -> str | None:

@@ -64,7 +64,12 @@ class Service:
             given = Storage(given, "opendal", "")
         self.storage = given or Storage.from_settings(s.storage)
         self.queue = self._queue_arg or make_queue(s.queue)
-        self.tracker = DurabilityTracker(s.server.ack_history, durable_through=self.queue.last_seq)
+        through, resolved, failed = self.queue.recovered()
+        self.tracker = DurabilityTracker(s.server.ack_history, through, pending_state=self.queue.ack_state)
+        self.tracker.mark_durable(resolved, None)
+        for seq, error in failed.items():
+            self.tracker.mark_failed([seq], error)
+        self.storage.remove_partials()
         self.writer = Writer(
             self.queue, self.storage, self.tracker, s.writer, buffer_limit=s.queue.max_bytes // 2
         ).start()
@@ -120,9 +125,11 @@ class Service:
             "version": __version__,
             "received_seq": self.queue.last_seq,
             "durable_through": self.tracker.durable_through,
-            "pending_batches": q["pending_batches"],
-            "pending_bytes": q["pending_bytes"],
+            **q,
             **self.writer.stats(),
+            "oldest_pending_seq": self.tracker.durable_through + 1
+            if self.tracker.durable_through < self.queue.last_seq
+            else None,
             "queue": self.queue.type,
             "queue_max_bytes": self.settings.queue.max_bytes,
             "storage": self.storage.describe(),

@@ -68,6 +68,14 @@ class Storage:
                 self.operator.delete(tmp)
             raise
 
+    def remove_partials(self) -> None:
+        """Delete what a crash left under ``_tmp/`` (one server per storage root)."""
+        if not self._can_rename:
+            return
+        for path in self.list(TMP_DIR):
+            with contextlib.suppress(Exception):
+                self.operator.delete(path)
+
     def read(self, path: str) -> bytes:
         return bytes(self.operator.read(path))
 

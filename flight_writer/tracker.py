@@ -19,8 +19,9 @@ from typing import Any
 
 
 class DurabilityTracker:
-    def __init__(self, history: int = 100_000, durable_through: int = 0) -> None:
+    def __init__(self, history: int = 100_000, durable_through: int = 0, pending_state: str = "queued") -> None:
         self._history = history
+        self._pending_state = pending_state  # "logged" when pending batches are already on disk
         self._cond = threading.Condition()
         self._through = durable_through
         self._above: set[int] = set()  # resolved seqs > _through
@@ -77,14 +78,14 @@ class DurabilityTracker:
                 self._cond.wait(remaining)
 
     def describe(self, seq: int, last_seq: int) -> dict[str, Any]:
-        """One ``ack`` entry: state ``queued``, ``durable``, ``failed`` or ``unknown``."""
+        """One ``ack`` entry: state ``queued`` (or ``logged``), ``durable``, ``failed`` or ``unknown``."""
         with self._cond:
             if seq < 1 or seq > last_seq:
                 return {"seq": seq, "state": "unknown"}
             if seq in self._failed:
                 return {"seq": seq, "state": "failed", "error": self._failed[seq]}
             if not self._is_resolved(seq):
-                return {"seq": seq, "state": "queued"}
+                return {"seq": seq, "state": self._pending_state}
             file = self._files.get(seq)
             return (
                 {"seq": seq, "state": "durable", "file": file} if file else {"seq": seq, "state": "durable"}

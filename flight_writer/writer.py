@@ -31,7 +31,8 @@ from loguru import logger
 
 from flight_writer._version import __version__
 from flight_writer.config import WriterSettings
-from flight_writer.queue import Entry, Queue
+from flight_writer.queue import Entry, Plan, Queue
+from flight_writer.seqs import seq_ranges
 from flight_writer.storage import Storage
 from flight_writer.tracker import DurabilityTracker
 
@@ -78,6 +79,7 @@ class Writer:
         self._compression = s.compression
         self._level = s.compression_level or None
         self._buffers: dict[tuple[str, bytes, int], _Buffer] = {}
+        self._replans: dict[str, _Buffer] = {}  # recovered plans, collected until complete
         self._buffered_bytes = 0
         self._buffer_limit = buffer_limit
         self._lock = threading.Lock()  # guards _inflight, _requests and the counters
@@ -190,9 +192,15 @@ class Writer:
     def _add(self, entries: list[Entry]) -> None:
         s = self._settings
         for e in entries:
+            if e.plan is not None:  # recovered: store exactly this plan again
+                buf = self._replans.setdefault(e.plan.path, _Buffer(e.dataset, 0, e.received_at))
+                buf.entries.append(e)
+                if len(buf.entries) == len(e.plan.seqs):
+                    self._submit(self._replans.pop(e.plan.path), counted=False)
+                continue
             if e.batch.num_rows == 0:  # acknowledged, nothing to store
                 self._tracker.mark_durable([e.seq], None)
-                self._queue.done([e])
+                self._with_retries("confirm an empty batch", lambda e=e: self._queue.done([e]))
                 continue
             hour = int(e.received_at // 3600)
             key = (e.dataset, e.schema_key, hour)
@@ -214,8 +222,9 @@ class Writer:
         for key in [k for k, b in self._buffers.items() if predicate(b)]:
             self._submit(self._buffers.pop(key))
 
-    def _submit(self, buf: _Buffer) -> None:
-        self._buffered_bytes -= buf.nbytes
+    def _submit(self, buf: _Buffer, counted: bool = True) -> None:
+        if counted:
+            self._buffered_bytes -= buf.nbytes
         future = self._executor.submit(self._write_file, buf)
         with self._lock:
             self._inflight[future] = buf.dataset
@@ -232,38 +241,36 @@ class Writer:
     def _write_file(self, buf: _Buffer) -> None:
         started = time.monotonic()
         entries = buf.entries
-        try:
-            data = self._encode(entries)
-        except pa.ArrowException:
-            entries = self._set_aside_rejected(entries)
-            if not entries:
-                return
-            data = self._encode(entries)
-        seqs = [e.seq for e in entries]
-        day = time.strftime("%Y-%m-%d", time.gmtime(buf.hour * 3600))
-        path = (
-            f"{buf.dataset}/date={day}/hour={buf.hour % 24:02d}/"
-            f"part-{seqs[0]:012d}-{uuid.uuid4().hex[:12]}.parquet"
-        )
+        plan = entries[0].plan
+        if plan is not None and plan.kind == "failed":
+            self._store_rejected(entries[0], plan)
+            return
+        if plan is None:
+            try:
+                data = self._encode(entries)
+            except pa.ArrowException:
+                entries = self._set_aside_rejected(entries)
+                if not entries:
+                    return
+                data = self._encode(entries)
+            day = time.strftime("%Y-%m-%d", time.gmtime(buf.hour * 3600))
+            path = (f"{buf.dataset}/date={day}/hour={buf.hour % 24:02d}/"
+                    f"part-{entries[0].seq:012d}-{uuid.uuid4().hex[:12]}.parquet")
+            plan = Plan(path, "parquet", tuple(e.seq for e in entries))
+            self._with_retries(f"record the plan for {path}", lambda: self._queue.plan(plan))
+        else:
+            data = self._encode(entries)  # the same batches as before the restart, to the same path
+        path = plan.path
         self._with_retries(f"upload {path}", lambda: self._storage.write(path, data, PARQUET_TYPE))
         rows = sum(e.batch.num_rows for e in entries)
-        self._tracker.mark_durable(seqs, path)
-        self._queue.done(entries)
+        self._tracker.mark_durable(plan.seqs, path)
+        self._with_retries(f"confirm {path}", lambda: self._queue.done(entries))
         with self._lock:
             self.files_written += 1
             self.rows_written += rows
             self.bytes_written += data.size
-        logger.info(
-            "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
-            path,
-            buf.dataset,
-            rows,
-            data.size,
-            seqs[0],
-            seqs[-1],
-            len(seqs),
-            time.monotonic() - started,
-        )
+        logger.info("wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s", path, buf.dataset,
+                    rows, data.size, plan.seqs[0], plan.seqs[-1], len(entries), time.monotonic() - started)
 
     def _encode(self, entries: list[Entry]) -> pa.Buffer:
         schema = entries[0].batch.schema
@@ -288,37 +295,33 @@ class Writer:
         return sink.getvalue()
 
     def _set_aside_rejected(self, entries: list[Entry]) -> list[Entry]:
-        """Find the batches the encoder rejects on their own; store them under ``_failed/`` as Arrow IPC
-        and mark them failed. Returns the batches that encode."""
+        """Find the batches the encoder rejects on their own and store each as rejected. Returns the rest."""
         good: list[Entry] = []
         for e in entries:
             try:
                 self._encode([e])
             except pa.ArrowException as exc:
-                error = f"{type(exc).__name__}: {exc}"
                 path = f"_failed/{e.dataset}/seq-{e.seq:012d}.arrow"
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_file(sink, e.batch.schema) as ipc:
-                    ipc.write_batch(e.batch)
-                data = sink.getvalue()
-                self._with_retries(
-                    f"store rejected batch {path}",
-                    lambda p=path, d=data: self._storage.write(p, d, ARROW_TYPE),
-                )
-                self._tracker.mark_failed([e.seq], f"{error} (batch kept at {path})")
-                self._queue.done([e])
-                with self._lock:
-                    self.batches_failed += 1
-                logger.error(
-                    "dataset={} seq={} rejected by the Parquet encoder: {}; kept at {}",
-                    e.dataset,
-                    e.seq,
-                    error,
-                    path,
-                )
+                plan = Plan(path, "failed", (e.seq,), f"{type(exc).__name__}: {exc} (batch kept at {path})")
+                self._with_retries(f"record the plan for {path}", lambda p=plan: self._queue.plan(p))
+                self._store_rejected(e, plan)
             else:
                 good.append(e)
         return good
+
+    def _store_rejected(self, e: Entry, plan: Plan) -> None:
+        """Keep a batch the Parquet encoder rejects as an Arrow IPC file and mark it failed."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, e.batch.schema) as ipc:
+            ipc.write_batch(e.batch)
+        data = sink.getvalue()
+        self._with_retries(f"store rejected batch {plan.path}",
+                           lambda: self._storage.write(plan.path, data, ARROW_TYPE))
+        self._tracker.mark_failed([e.seq], plan.error or "rejected by the Parquet encoder")
+        self._with_retries(f"confirm {plan.path}", lambda: self._queue.done([e]))
+        with self._lock:
+            self.batches_failed += 1
+        logger.error("dataset={} seq={} rejected by the Parquet encoder: {}", e.dataset, e.seq, plan.error)
 
     def _with_retries(self, what: str, action: Callable[[], None]) -> None:
         delay = self._settings.retry_initial_delay
@@ -357,16 +360,3 @@ class Writer:
                 "last_error": self.last_error,
                 "error_for_s": None if self.error_since is None else round(time.time() - self.error_since, 3),
             }
-
-
-def seq_ranges(seqs: list[int]) -> str:
-    """``[1, 2, 3, 7, 9, 10]`` -> ``"1-3,7,9-10"`` (seqs ascending)."""
-    parts: list[str] = []
-    start = prev = seqs[0]
-    for s in seqs[1:]:
-        if s != prev + 1:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-            start = s
-        prev = s
-    parts.append(str(start) if start == prev else f"{start}-{prev}")
-    return ",".join(parts)

@@ -9,14 +9,14 @@ import pytest
 
 from flight_writer.queue import MemoryQueue, QueueClosed, QueueFull
 from flight_writer.tracker import DurabilityTracker
-from flight_writer.writer import seq_ranges
+from flight_writer.seqs import parse_ranges, seq_ranges
 
 BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64())})  # 800 bytes
 
 
 def test_memory_queue_assigns_increasing_seqs_in_fifo_order():
     q = MemoryQueue(max_bytes=10_000)
-    seqs = [q.put("ds", b"k", BATCH, 1) for _ in range(5)]
+    seqs = [q.put("ds", b"k", BATCH, 1).seq for _ in range(5)]
     assert seqs == [1, 2, 3, 4, 5] and q.last_seq == 5
     got = q.get(3, 0) + q.get(10, 0)
     assert [e.seq for e in got] == seqs
@@ -38,7 +38,7 @@ def test_memory_queue_put_waits_for_done():
     q.put("ds", b"k", BATCH, 1)
     entries = q.get(1, 0)
     result: list[int] = []
-    t = threading.Thread(target=lambda: result.append(q.put("ds", b"k", BATCH, 30)))
+    t = threading.Thread(target=lambda: result.append(q.put("ds", b"k", BATCH, 30).seq))
     t.start()
     t.join(0.1)
     assert t.is_alive() and result == []  # held back by the bound
@@ -49,7 +49,17 @@ def test_memory_queue_put_waits_for_done():
 
 def test_memory_queue_admits_an_oversized_batch_when_empty():
     q = MemoryQueue(max_bytes=10)
-    assert q.put("ds", b"k", BATCH, 0) == 1
+    assert q.put("ds", b"k", BATCH, 0) == (1, False)
+
+
+def test_duplicate_client_ids_return_the_original_seq():
+    q = MemoryQueue(max_bytes=10_000, dedupe_window=2)
+    assert q.put("ds", b"k", BATCH, 1, "a") == (1, False)
+    assert q.put("ds", b"k", BATCH, 1, "a") == (1, True)
+    assert q.stats()["pending_batches"] == 1  # the duplicate stored nothing
+    q.put("ds", b"k", BATCH, 1, "b")
+    q.put("ds", b"k", BATCH, 1, "c")  # "a" leaves the window
+    assert q.put("ds", b"k", BATCH, 1, "a") == (4, False)
 
 
 def test_memory_queue_wake_and_close():
@@ -97,3 +107,5 @@ def test_tracker_wait():
 def test_seq_ranges():
     assert seq_ranges([1, 2, 3, 7, 9, 10]) == "1-3,7,9-10"
     assert seq_ranges([4]) == "4"
+    assert list(parse_ranges("1-3,7,9-10")) == [1, 2, 3, 7, 9, 10]
+    assert list(parse_ranges("")) == []

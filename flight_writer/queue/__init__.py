@@ -4,14 +4,30 @@
 from __future__ import annotations
 
 from flight_writer.config import QueueSettings
-from flight_writer.queue.base import Entry, Queue, QueueClosed, QueueFull
+from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.queue.memory import MemoryQueue
+from flight_writer.queue.wal import WalQueue
 
-__all__ = ["Entry", "MemoryQueue", "Queue", "QueueClosed", "QueueFull", "make_queue"]
+__all__ = [
+    "Accepted",
+    "Entry",
+    "MemoryQueue",
+    "Plan",
+    "Queue",
+    "QueueClosed",
+    "QueueFull",
+    "QueueWriteError",
+    "WalQueue",
+    "make_queue",
+]
 
 
 def make_queue(settings: QueueSettings) -> Queue:
     """The queue that ``queue.type`` names."""
     if settings.type == "memory":
-        return MemoryQueue(settings.max_bytes)
+        return MemoryQueue(settings.max_bytes, settings.dedupe_window)
+    if settings.type == "wal":
+        return WalQueue(settings.path, settings.max_bytes, segment_bytes=settings.segment_bytes,
+                        fsync=settings.fsync, fsync_interval_ms=settings.fsync_interval_ms,
+                        dedupe_window=settings.dedupe_window)
     raise ValueError(f"unknown queue.type {settings.type!r}")

@@ -1,4 +1,4 @@
-"""In-memory queue: fast, bounded, and lost with the process (a WAL queue keeps acks across crashes)."""
+"""In-memory queue: fast, bounded, and lost with the process (the WAL queue keeps acks across crashes)."""
 
 from __future__ import annotations
 
@@ -9,34 +9,50 @@ from typing import Any
 
 import pyarrow as pa
 
-from flight_writer.queue.base import Entry, Queue, QueueClosed, QueueFull
+from flight_writer.queue.base import Accepted, Entry, IdWindow, Queue, QueueClosed, QueueFull
 
 
 class MemoryQueue(Queue):
     """Implements :class:`Queue` with a deque under one lock.
 
     A batch larger than ``max_bytes`` is admitted when nothing else is pending, so it can never wait forever.
+    Subclasses make it durable through three hooks: ``_record`` (under the lock, before the batch is
+    accepted), ``_committed`` (after the lock, before ``put`` returns) and ``_finished`` (after ``done``).
     """
 
     type = "memory"
 
-    def __init__(self, max_bytes: int, first_seq: int = 1) -> None:
+    def __init__(self, max_bytes: int, dedupe_window: int = 100_000, last_seq: int = 0) -> None:
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
         self._items: deque[Entry] = deque()
-        self._last_seq = first_seq - 1
+        self._last_seq = last_seq
         self._pending_bytes = 0
         self._pending_batches = 0
+        self._ids = IdWindow(dedupe_window)
         self._woken = False
         self._closed = False
 
-    def put(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> int:
+    def put(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batch: pa.RecordBatch,
+        timeout: float,
+        client_id: str | None = None,
+    ) -> Accepted:
         nbytes = batch.nbytes
         with self._lock:
             deadline = None
-            while self._pending_bytes and self._pending_bytes + nbytes > self._max_bytes and not self._closed:
+            while True:
+                if client_id is not None and (seq := self._ids.get(client_id)) is not None:
+                    return Accepted(seq, True)
+                if self._closed:
+                    raise QueueClosed("queue is closed")
+                if not self._pending_bytes or self._pending_bytes + nbytes <= self._max_bytes:
+                    break
                 if deadline is None:
                     deadline = time.monotonic() + timeout
                 remaining = deadline - time.monotonic()
@@ -46,14 +62,30 @@ class MemoryQueue(Queue):
                         f"waited {timeout:g} s"
                     )
                 self._has_room.wait(remaining)
-            if self._closed:
-                raise QueueClosed("queue is closed")
-            self._last_seq += 1
-            self._items.append(Entry(self._last_seq, dataset, schema_key, batch, time.time(), nbytes))
-            self._pending_bytes += nbytes
-            self._pending_batches += 1
-            self._not_empty.notify()
-            return self._last_seq
+            entry = Entry(self._last_seq + 1, dataset, schema_key, batch, time.time(), nbytes, client_id)
+            token = self._record(entry)
+            self._accept(entry)
+        self._committed(token)
+        return Accepted(entry.seq, False)
+
+    def _accept(self, entry: Entry) -> None:
+        """Under the lock: make the entry visible to ``get`` and count it."""
+        self._last_seq = max(self._last_seq, entry.seq)
+        self._items.append(entry)
+        self._pending_bytes += entry.nbytes
+        self._pending_batches += 1
+        if entry.client_id is not None:
+            self._ids.add(entry.client_id, entry.seq)
+        self._not_empty.notify()
+
+    def _record(self, entry: Entry) -> Any:
+        return None
+
+    def _committed(self, token: Any) -> None:
+        pass
+
+    def _finished(self, entries: list[Entry]) -> None:
+        pass
 
     def get(self, max_items: int, timeout: float) -> list[Entry]:
         with self._lock:
@@ -66,6 +98,7 @@ class MemoryQueue(Queue):
     def done(self, entries: list[Entry]) -> None:
         if not entries:
             return
+        self._finished(entries)
         with self._lock:
             self._pending_bytes -= sum(e.nbytes for e in entries)
             self._pending_batches -= len(entries)
@@ -93,5 +126,5 @@ class MemoryQueue(Queue):
                 "pending_batches": self._pending_batches,
                 "pending_bytes": self._pending_bytes,
                 "queued_batches": len(self._items),
-                "max_bytes": self._max_bytes,
+                "dedupe_ids": len(self._ids),
             }

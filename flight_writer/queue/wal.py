@@ -1,0 +1,503 @@
+"""Write-ahead-log queue: an acknowledged batch survives a crash, and lands in Parquet exactly once.
+
+On disk, under ``queue.path``::
+
+    LOCK                      flock'ed while a server uses the directory (one server per WAL)
+    seg-<first seq>.wal       batch records, appended; a new segment at start and every segment_bytes
+    manifest.log              the writer's plans and confirmations, plus client ids of deleted segments
+
+A batch record is ``magic "FWR1" | u32 length | u32 crc32 | payload`` with payload
+``u64 seq | f64 received_at | u16 len(dataset) | u32 len(client id) | dataset | client id | Arrow IPC
+stream`` (schema, dictionaries, the batch). The magic lets recovery find the next intact record after a
+damaged one. A manifest line is ``<crc32 hex> <json>``: ``{"plan": path, "kind", "seqs": "1-3,7",
+"error"}`` before an upload, ``{"done": "1-3,7"}`` after storage confirmed it, ``{"ids": [[id, seq]...]}``.
+
+Durability: ``fsync = always`` fsyncs before ``put`` returns (many puts share one fsync: a syncer thread
+covers everything written so far, so concurrent producers commit as a group) and the reply says
+``logged``; ``interval`` fsyncs every ``fsync_interval_ms``; ``never`` leaves it to the OS. Every policy
+writes the record before the reply, so a killed *process* loses nothing; the policy decides what a power
+loss can take. A plan is fsynced (unless ``never``) before its upload starts.
+
+Recovery, before the server takes calls: read the manifest, then every segment. A damaged record at the
+very end of the newest segment is a torn write and is cut off with a warning. Damage anywhere else moves the
+segment to ``.corrupt`` with an error naming what was lost; every intact record in it (found again by the
+magic) is logged anew. Batches not confirmed are handed to the writer again; those of a plan without its
+confirmation come back with that plan, so the writer stores the same object under the same name again
+instead of a second copy. A segment is deleted once all its batches are durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from loguru import logger
+
+from flight_writer.queue.base import Entry, Plan, QueueWriteError
+from flight_writer.queue.memory import MemoryQueue
+from flight_writer.seqs import parse_ranges, seq_ranges
+
+MAGIC = b"FWR1"
+HEADER = struct.Struct("<4sII")  # magic, payload length, crc32(payload)
+BATCH = struct.Struct("<QdHI")  # seq, received_at, len(dataset), len(client id)
+NO_ID = 0xFFFFFFFF
+FSYNC_POLICIES = ("always", "interval", "never")
+MANIFEST = "manifest.log"
+
+
+@dataclass
+class _Segment:
+    first_seq: int
+    path: Path
+    fd: int = -1
+    size: int = 0
+    outstanding: int = 0  # records not yet done
+    ids: list[tuple[str, int]] = field(default_factory=list)
+
+
+class WalQueue(MemoryQueue):
+    """Implements :class:`Queue` on a local write-ahead log (see the module docstring)."""
+
+    type = "wal"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int,
+        *,
+        segment_bytes: int = 64 << 20,
+        fsync: str = "always",
+        fsync_interval_ms: int = 100,
+        dedupe_window: int = 100_000,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        super().__init__(max_bytes, dedupe_window)
+        self.ack_state = "logged" if fsync == "always" else "queued"
+        self._dir = Path(path)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self._dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise QueueWriteError(f"WAL directory {self._dir} is in use by another server") from None
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync
+        self._interval = fsync_interval_ms / 1000
+        self._segments: dict[int, _Segment] = {}
+        self._active: _Segment | None = None
+        self._written = 0  # bytes appended since start; the syncer's and waiters' clock
+        self._synced = 0
+        self._retired: list[int] = []  # fds of rotated segments the syncer must still fsync and close
+        self._sync_error: str | None = None
+        self._synced_cond = threading.Condition(self._lock)  # waiters: "my record is fsynced"
+        self._sync_wanted = threading.Condition(self._lock)  # the syncer: "something to fsync"
+        self._manifest_lock = threading.Lock()
+        self._manifest_fd = -1
+        self._stopping = False
+        self.recovery: dict[str, Any] = {}
+        self._recovered_state: tuple[int, list[int], dict[int, str]] = (0, [], {})
+        self._recover()
+        self._syncer: threading.Thread | None = None
+        if fsync != "never":
+            self._syncer = threading.Thread(target=self._sync_loop, name="flight-writer-wal-sync", daemon=True)
+            self._syncer.start()
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def _record(self, entry: Entry) -> int:
+        """Under the queue lock: append the record; returns the log position to wait for."""
+        if self._sync_error is not None:
+            raise QueueWriteError(f"WAL fsync failed earlier: {self._sync_error}")
+        parts = _encode_record(entry)
+        active = self._active
+        assert active is not None
+        if active.size >= self._segment_bytes:
+            active = self._rotate(entry.seq)
+        self._append(active, parts)
+        entry.segment = active.first_seq
+        active.outstanding += 1
+        if entry.client_id is not None:
+            active.ids.append((entry.client_id, entry.seq))
+        return self._written
+
+    def _append(self, seg: _Segment, parts: list[Any]) -> None:
+        total = sum(len(memoryview(p)) for p in parts)
+        try:
+            written = os.writev(seg.fd, parts)
+            if written != total:  # a short write: the rest would fail the same way, or complete it
+                rest = b"".join(bytes(memoryview(p)) for p in parts)[written:]
+                os.write(seg.fd, rest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # leave no partial record behind to append after
+                os.ftruncate(seg.fd, seg.size)
+            raise QueueWriteError(f"cannot write the WAL segment {seg.path}: {exc.strerror or exc}") from exc
+        seg.size += total
+        self._written += total
+
+    def _rotate(self, first_seq: int) -> _Segment:
+        old = self._active
+        seg = self._open_segment(first_seq)
+        if old is not None:
+            if self._syncer is not None:
+                self._retired.append(old.fd)
+            else:
+                os.close(old.fd)
+            old.fd = -1
+            if old.outstanding == 0:
+                self._delete_segment(old)
+        return seg
+
+    def _open_segment(self, first_seq: int) -> _Segment:
+        path = self._dir / f"seg-{first_seq:020d}.wal"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        seg = _Segment(first_seq, path, fd, os.fstat(fd).st_size)
+        self._segments[first_seq] = seg
+        self._active = seg
+        _fsync_dir(self._dir)
+        return seg
+
+    def _committed(self, token: int) -> None:
+        if self._fsync != "always":
+            return
+        with self._lock:
+            self._sync_wanted.notify()
+            while self._synced < token and self._sync_error is None:
+                self._synced_cond.wait()
+            if self._synced < token:
+                raise QueueWriteError(f"WAL fsync failed: {self._sync_error}")
+
+    def _sync_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._fsync == "always":
+                    while self._synced == self._written and not self._retired and not self._stopping:
+                        self._sync_wanted.wait()
+                elif not self._stopping:
+                    self._sync_wanted.wait(self._interval)
+                if self._synced == self._written and not self._retired:
+                    if self._stopping:
+                        return
+                    continue
+                target = self._written
+                retired, self._retired = self._retired, []
+                active_fd = self._active.fd if self._active is not None else -1
+            try:
+                for fd in [*retired, active_fd]:
+                    if fd >= 0:
+                        os.fsync(fd)
+            except OSError as exc:
+                logger.error("WAL fsync failed: {}", exc)
+                with self._lock:
+                    self._sync_error = str(exc)
+                    self._synced_cond.notify_all()
+                return
+            finally:
+                for fd in retired:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            with self._lock:
+                self._synced = max(self._synced, target)
+                self._synced_cond.notify_all()
+
+    # -- the writer's side -----------------------------------------------------------------------------
+    def plan(self, plan: Plan) -> None:
+        record = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
+        if plan.error is not None:
+            record["error"] = plan.error
+        self._manifest_append([record], sync=self._fsync != "never")
+
+    def _finished(self, entries: list[Entry]) -> None:
+        self._manifest_append([{"done": seq_ranges(sorted(e.seq for e in entries))}], sync=False)
+        with self._lock:
+            emptied = []
+            for e in entries:
+                seg = self._segments.get(e.segment)
+                if seg is not None:
+                    seg.outstanding -= 1
+                    if seg.outstanding == 0 and seg is not self._active:
+                        emptied.append(seg)
+            for seg in emptied:
+                self._delete_segment(seg)
+            self.recovery["replayed"] = self.recovery.get("replayed", 0) + sum(
+                1 for e in entries if e.seq <= self.recovery.get("last_recovered_seq", 0)
+            )
+
+    def _delete_segment(self, seg: _Segment) -> None:
+        """Under the queue lock. Its client ids move to the manifest, so duplicates are still caught."""
+        if seg.ids:
+            self._manifest_append([{"ids": seg.ids}], sync=False)
+        if self._fsync != "never":  # the confirmations must outlive the records they cover
+            self._manifest_sync()
+        del self._segments[seg.first_seq]
+        with contextlib.suppress(FileNotFoundError):
+            seg.path.unlink()
+
+    def _manifest_append(self, records: list[dict[str, Any]], sync: bool) -> None:
+        data = b"".join(_manifest_line(r) for r in records)
+        with self._manifest_lock:
+            try:
+                os.write(self._manifest_fd, data)
+                if sync:
+                    os.fsync(self._manifest_fd)
+            except OSError as exc:
+                raise QueueWriteError(f"cannot write {self._dir / MANIFEST}: {exc.strerror or exc}") from exc
+
+    def _manifest_sync(self) -> None:
+        with self._manifest_lock:
+            os.fsync(self._manifest_fd)
+
+    # -- lifecycle and state ---------------------------------------------------------------------------
+    def close(self) -> None:
+        super().close()
+        with self._lock:
+            self._stopping = True
+            self._sync_wanted.notify_all()
+        if self._syncer is not None:
+            self._syncer.join()
+        with self._lock:
+            for seg in self._segments.values():
+                if seg.fd >= 0:
+                    with contextlib.suppress(OSError):
+                        if self._fsync != "never":
+                            os.fsync(seg.fd)
+                        os.close(seg.fd)
+                    seg.fd = -1
+        with self._manifest_lock:
+            if self._manifest_fd >= 0:
+                os.close(self._manifest_fd)
+                self._manifest_fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def recovered(self) -> tuple[int, list[int], dict[int, str]]:
+        return self._recovered_state
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        with self._lock:
+            stats.update({
+                "wal_bytes": sum(s.size for s in self._segments.values()),
+                "wal_segments": len(self._segments),
+                "fsync": self._fsync,
+                "wal_written_bytes": self._written,  # since start
+                "wal_synced_bytes": self._synced,
+                "recovery": dict(self.recovery),
+            })
+        return stats
+
+    # -- recovery --------------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        manifest_path = self._dir / MANIFEST
+        plans, done, failed_errors, ids = _read_manifest(manifest_path)
+        segment_paths = sorted(self._dir.glob("seg-*.wal"))
+        entries: list[Entry] = []
+        to_relog: list[Entry] = []
+        last_seq = max((int(p.stem[4:]) - 1 for p in segment_paths), default=0)
+        report = {"segments": len(segment_paths), "records": 0, "torn_bytes": 0, "quarantined": []}
+        for i, seg_path in enumerate(segment_paths):
+            newest = i == len(segment_paths) - 1
+            records, damage = _scan_segment(seg_path)
+            report["records"] += len(records)
+            if damage is not None:
+                start, end, found_after = damage
+                if newest and not found_after:
+                    logger.warning("WAL {}: cut off a torn record at its end ({} bytes at offset {})",
+                                   seg_path.name, end - start, start)
+                    report["torn_bytes"] += end - start
+                    os.truncate(seg_path, start)
+                else:
+                    corrupt = seg_path.with_suffix(".wal.corrupt")
+                    logger.error("WAL {} is damaged at bytes {}..{}: kept its {} intact records, lost what "
+                                 "lay in that range; moved it to {}", seg_path.name, start, end,
+                                 len(records), corrupt.name)
+                    report["quarantined"].append(corrupt.name)
+                    seg_path.rename(corrupt)
+            seg_first = int(seg_path.stem[4:])
+            for entry in records:
+                last_seq = max(last_seq, entry.seq)
+                if entry.client_id is not None:
+                    ids.append((entry.client_id, entry.seq))
+                if entry.seq in done:
+                    continue
+                entry.segment = seg_first
+                entries.append(entry)
+                if damage is not None and not (newest and not damage[2]):
+                    entry.segment = -1  # its segment is quarantined: log it again below
+                    to_relog.append(entry)
+        last_seq = max([last_seq, *(max(p.seqs) for p in plans.values() if p.seqs), *(s for _, s in ids)])
+        entries.sort(key=lambda e: e.seq)
+        pending = {e.seq for e in entries}
+        by_seq = {e.seq: e for e in entries}
+        for plan in plans.values():  # an unconfirmed plan whose batches are all here is redone exactly
+            if any(s not in done for s in plan.seqs) and all(s in pending for s in plan.seqs):
+                for s in plan.seqs:
+                    by_seq[s].plan = plan
+        for client_id, seq in ids:
+            self._ids.add(client_id, seq)
+        self._last_seq = last_seq
+        # segments: keep those with pending records, delete the rest; then a fresh active segment
+        live = {e.segment for e in entries}
+        for seg_path in sorted(self._dir.glob("seg-*.wal")):
+            first = int(seg_path.stem[4:])
+            if first in live:
+                seg = _Segment(first, seg_path, -1, seg_path.stat().st_size)
+                seg.outstanding = sum(1 for e in entries if e.segment == first)
+                self._segments[first] = seg
+            else:
+                seg_path.unlink()
+        self._open_segment(last_seq + 1)
+        for entry in to_relog:  # intact records of a quarantined segment, logged again with their seq
+            self._append(self._active, _encode_record(entry))  # type: ignore[arg-type]
+            entry.segment = self._active.first_seq  # type: ignore[union-attr]
+            self._active.outstanding += 1  # type: ignore[union-attr]
+        self._rewrite_manifest(manifest_path, [p for p in plans.values() if any(
+            s in pending for s in p.seqs)], self._ids.items())
+        with self._lock:
+            for entry in entries:
+                self._accept(entry)
+        through = (entries[0].seq - 1) if entries else last_seq
+        resolved_above = sorted(set(range(through + 1, last_seq + 1)) - pending)
+        self._recovered_state = (through, resolved_above,
+                                 {s: e for s, e in failed_errors.items() if s > through})
+        self.recovery = {**report, "pending": len(entries), "replanned": sum(1 for e in entries if e.plan),
+                         "last_recovered_seq": last_seq, "replayed": 0}
+        if report["segments"]:
+            logger.info("WAL recovered: {} segments, {} records, {} batches to write ({} as planned files), "
+                        "next seq {}", report["segments"], report["records"], len(entries),
+                        self.recovery["replanned"], last_seq + 1)
+
+    def _rewrite_manifest(self, path: Path, plans: list[Plan], ids: list[tuple[str, int]]) -> None:
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            for plan in plans:
+                record: dict[str, Any] = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
+                if plan.error is not None:
+                    record["error"] = plan.error
+                f.write(_manifest_line(record))
+            if ids:
+                f.write(_manifest_line({"ids": ids}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self._dir)
+        self._manifest_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+
+def _encode_record(entry: Entry) -> list[Any]:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, entry.batch.schema) as w:
+        w.write_batch(entry.batch)
+    ipc = sink.getvalue()
+    dataset = entry.dataset.encode()
+    cid = entry.client_id.encode() if entry.client_id is not None else b""
+    head = BATCH.pack(entry.seq, entry.received_at, len(dataset),
+                      NO_ID if entry.client_id is None else len(cid)) + dataset + cid
+    crc = zlib.crc32(ipc, zlib.crc32(head))
+    return [HEADER.pack(MAGIC, len(head) + ipc.size, crc) + head, ipc]
+
+
+def _decode_payload(payload: pa.Buffer) -> Entry:
+    view = memoryview(payload)
+    seq, received_at, ds_len, id_len = BATCH.unpack_from(view)
+    pos = BATCH.size
+    dataset = bytes(view[pos : pos + ds_len]).decode()
+    pos += ds_len
+    client_id = None
+    if id_len != NO_ID:
+        client_id = bytes(view[pos : pos + id_len]).decode()
+        pos += id_len
+    reader = pa.ipc.open_stream(payload.slice(pos))
+    batch = reader.read_next_batch()
+    schema_key = batch.schema.serialize().to_pybytes()
+    return Entry(seq, dataset, schema_key, batch, received_at, batch.nbytes, client_id)
+
+
+def _scan_segment(path: Path) -> tuple[list[Entry], tuple[int, int, bool] | None]:
+    """Intact records, and the damage as (first bad byte, end of the last bad stretch, whether an intact
+    record follows the first bad byte)."""
+    blob = path.read_bytes()
+    data = pa.py_buffer(blob)  # batches decoded from it share its memory
+    records: list[Entry] = []
+    damage: tuple[int, int, bool] | None = None
+    pos, n = 0, len(blob)
+    while pos < n:
+        if (length := _intact_at(blob, pos)) is not None:
+            records.append(_decode_payload(data.slice(pos + HEADER.size, length)))
+            if damage is not None:
+                damage = (damage[0], damage[1], True)
+            pos += HEADER.size + length
+            continue
+        nxt = blob.find(MAGIC, pos + 1)
+        while nxt != -1 and _intact_at(blob, nxt) is None:
+            nxt = blob.find(MAGIC, nxt + 1)
+        end = n if nxt == -1 else nxt
+        damage = (pos, end, False) if damage is None else (damage[0], end, damage[2])
+        pos = end
+    return records, damage
+
+
+def _intact_at(blob: bytes, pos: int) -> int | None:
+    """The payload length of an intact record at ``pos``, else None."""
+    if pos + HEADER.size > len(blob):
+        return None
+    magic, length, crc = HEADER.unpack_from(blob, pos)
+    body = pos + HEADER.size
+    if magic != MAGIC or length < BATCH.size or body + length > len(blob):
+        return None
+    return length if zlib.crc32(memoryview(blob)[body : body + length]) == crc else None
+
+
+def _manifest_line(record: dict[str, Any]) -> bytes:
+    body = json.dumps(record, separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, Plan], set[int], dict[int, str], list[tuple[str, int]]]:
+    plans: dict[str, Plan] = {}
+    done: set[int] = set()
+    failed: dict[int, str] = {}
+    ids: list[tuple[str, int]] = []
+    if not path.exists():
+        return plans, done, failed, ids
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        crc, _, body = line.partition(b" ")
+        try:
+            if int(crc, 16) != zlib.crc32(body):
+                raise ValueError("checksum mismatch")
+            record = json.loads(body)
+        except ValueError as exc:
+            if number < len(lines) - 1:  # not the last line: damage, not a torn append
+                logger.error("WAL manifest line {} is damaged ({}); skipped", number, exc)
+            continue
+        if "plan" in record:
+            seqs = tuple(parse_ranges(record["seqs"]))
+            plans[record["plan"]] = Plan(record["plan"], record["kind"], seqs, record.get("error"))
+            if record["kind"] == "failed" and record.get("error"):
+                failed.update(dict.fromkeys(seqs, record["error"]))
+        elif "done" in record:
+            done.update(parse_ranges(record["done"]))
+        elif "ids" in record:
+            ids.extend((str(i), int(s)) for i, s in record["ids"])
+    return plans, done, {s: e for s, e in failed.items() if s in done}, ids
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
