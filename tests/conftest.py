@@ -43,6 +43,26 @@ def running(root: Path, **sections: dict[str, Any]) -> Iterator[Service]:
         yield service
 
 
+class LogCapture:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def caplog_loguru() -> Iterator[LogCapture]:
+    """What the code logged through loguru during the test."""
+    from loguru import logger
+
+    capture = LogCapture()
+    sink = logger.add(capture.lines.append, format="{level} {message}", level="DEBUG")
+    yield capture
+    logger.remove(sink)
+
+
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     return tmp_path / "data"

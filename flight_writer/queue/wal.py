@@ -303,6 +303,7 @@ class WalQueue(MemoryQueue):
         segment_paths = sorted(self._dir.glob("seg-*.wal"))
         entries: list[Entry] = []
         to_relog: list[Entry] = []
+        confirmed_here: dict[int, list[int]] = {}  # per segment: its records already confirmed
         last_seq = max((int(p.stem[4:]) - 1 for p in segment_paths), default=0)
         report = {"segments": len(segment_paths), "records": 0, "torn_bytes": 0, "quarantined": []}
         for i, seg_path in enumerate(segment_paths):
@@ -329,6 +330,7 @@ class WalQueue(MemoryQueue):
                 if entry.client_id is not None:
                     ids.append((entry.client_id, entry.seq))
                 if entry.seq in done:
+                    confirmed_here.setdefault(seg_first, []).append(entry.seq)
                     continue
                 entry.segment = seg_first
                 entries.append(entry)
@@ -361,8 +363,9 @@ class WalQueue(MemoryQueue):
             self._append(self._active, _encode_record(entry))  # type: ignore[arg-type]
             entry.segment = self._active.first_seq  # type: ignore[union-attr]
             self._active.outstanding += 1  # type: ignore[union-attr]
+        still_confirmed = sorted(s for first in self._segments for s in confirmed_here.get(first, []))
         self._rewrite_manifest(manifest_path, [p for p in plans.values() if any(
-            s in pending for s in p.seqs)], self._ids.items())
+            s in pending for s in p.seqs)], still_confirmed, self._ids.items())
         with self._lock:
             for entry in entries:
                 self._accept(entry)
@@ -377,7 +380,9 @@ class WalQueue(MemoryQueue):
                         "next seq {}", report["segments"], report["records"], len(entries),
                         self.recovery["replanned"], last_seq + 1)
 
-    def _rewrite_manifest(self, path: Path, plans: list[Plan], ids: list[tuple[str, int]]) -> None:
+    def _rewrite_manifest(self, path: Path, plans: list[Plan], confirmed: list[int],
+                          ids: list[tuple[str, int]]) -> None:
+        """The manifest anew, holding only what the live segments still need."""
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             for plan in plans:
@@ -385,6 +390,8 @@ class WalQueue(MemoryQueue):
                 if plan.error is not None:
                     record["error"] = plan.error
                 f.write(_manifest_line(record))
+            if confirmed:
+                f.write(_manifest_line({"done": seq_ranges(confirmed)}))
             if ids:
                 f.write(_manifest_line({"ids": ids}))
             f.flush()

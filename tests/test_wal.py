@@ -1,0 +1,198 @@
+"""The WAL queue on real files: records, fsync policies, recovery from torn and corrupt logs, plans, ids."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from conftest import action, put, read_dataset, running
+from flight_writer.queue import Plan, WalQueue
+from flight_writer.queue.wal import HEADER
+
+BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64()), "s": pa.array(["x"] * 100)})
+
+
+def wal(path: Path, **kw) -> WalQueue:
+    return WalQueue(path, 1 << 30, **kw)
+
+
+def fill(q: WalQueue, n: int, ids: bool = False) -> list[int]:
+    return [q.put("ds", b"k", BATCH, 1, f"id{i}" if ids else None).seq for i in range(n)]
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob("seg-*.wal"))
+
+
+def test_records_come_back_after_reopen_and_seqs_continue(tmp_path):
+    q = wal(tmp_path)
+    assert fill(q, 3) == [1, 2, 3]
+    q.close()
+    q = wal(tmp_path)
+    got = q.get(10, 0)
+    assert [e.seq for e in got] == [1, 2, 3]
+    assert all(e.batch.equals(BATCH) and e.dataset == "ds" for e in got)
+    assert q.put("ds", b"k", BATCH, 1).seq == 4
+    assert q.recovered() == (0, [], {})
+    q.done(got)
+    q.close()
+    q = wal(tmp_path)
+    assert [e.seq for e in q.get(10, 0)] == [4]  # the confirmed ones are gone
+    assert q.recovered() == (3, [], {})
+    q.close()
+
+
+def record_size(tmp_path: Path) -> int:
+    q = wal(tmp_path / "probe")
+    fill(q, 1)
+    q.close()
+    return segments(tmp_path / "probe")[0].stat().st_size
+
+
+def test_segments_rotate_and_are_deleted_when_durable(tmp_path):
+    q = wal(tmp_path, segment_bytes=2 * record_size(tmp_path))  # two records per segment
+    fill(q, 6)
+    assert len(segments(tmp_path)) == 3
+    entries = q.get(10, 0)
+    q.done(entries[:4])
+    assert [p.name for p in segments(tmp_path)] == ["seg-00000000000000000005.wal"]
+    assert q.stats()["wal_segments"] == 1
+    q.close()
+
+
+def test_fsync_always_replies_logged_only_after_fsync(tmp_path):
+    q = wal(tmp_path, fsync="always")
+    assert q.ack_state == "logged"
+    for _ in range(20):
+        q.put("ds", b"k", BATCH, 1)
+        stats = q.stats()
+        assert stats["wal_synced_bytes"] == stats["wal_written_bytes"] > 0
+    q.close()
+
+
+def test_fsync_interval_and_never(tmp_path):
+    q = wal(tmp_path / "interval", fsync="interval", fsync_interval_ms=50)
+    assert q.ack_state == "queued"
+    q.put("ds", b"k", BATCH, 1)
+    written = q.stats()["wal_written_bytes"]
+    deadline = time.monotonic() + 10
+    while q.stats()["wal_synced_bytes"] < written and time.monotonic() < deadline:
+        time.sleep(0.01)  # the interval syncer is a clock by design: observe it catching up
+    assert q.stats()["wal_synced_bytes"] == written
+    q.close()
+    q = wal(tmp_path / "never", fsync="never")
+    q.put("ds", b"k", BATCH, 1)
+    assert q.stats()["wal_synced_bytes"] == 0 and q.stats()["wal_written_bytes"] > 0
+    q.close()
+    assert len(wal(tmp_path / "never").get(10, 0)) == 1  # written to the OS: a process crash loses nothing
+
+
+def test_torn_tail_is_cut_off_keeping_every_intact_record(tmp_path, caplog_loguru):
+    q = wal(tmp_path)
+    fill(q, 5)
+    q.close()
+    [seg] = segments(tmp_path)
+    whole = seg.read_bytes()
+    seg.write_bytes(whole[:-700])  # the last record half-written
+    q = wal(tmp_path)
+    assert [e.seq for e in q.get(10, 0)] == [1, 2, 3, 4]
+    assert q.recovery["torn_bytes"] > 0
+    assert "cut off a torn record" in caplog_loguru.text
+    q.close()
+
+
+def test_flipped_byte_in_the_middle_quarantines_the_segment_and_keeps_the_rest(tmp_path, caplog_loguru):
+    q = wal(tmp_path, segment_bytes=1 << 20)
+    fill(q, 5)
+    q.close()
+    [seg] = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    record = len(data) // 5
+    data[record + HEADER.size + 40] ^= 0xFF  # inside the payload of record 2: its checksum fails
+    seg.write_bytes(bytes(data))
+    q = wal(tmp_path)
+    assert [e.seq for e in q.get(10, 0)] == [1, 3, 4, 5]
+    corrupt = tmp_path / (seg.stem + ".wal.corrupt")
+    assert corrupt.exists() and q.recovery["quarantined"] == [corrupt.name]
+    assert f"WAL {seg.name} is damaged at bytes {record}..{2 * record}" in caplog_loguru.text
+    assert q.put("ds", b"k", BATCH, 1).seq == 6
+    q.close()
+    q = wal(tmp_path)  # the kept records were logged anew: still there after another restart
+    assert [e.seq for e in q.get(10, 0)] == [1, 3, 4, 5, 6]
+    q.close()
+
+
+def test_flipped_length_field_is_not_mistaken_for_a_torn_tail(tmp_path):
+    q = wal(tmp_path)
+    fill(q, 3)
+    q.close()
+    [seg] = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[4:8] = (10**9).to_bytes(4, "little")  # record 1 now claims to run past the end of the file
+    seg.write_bytes(bytes(data))
+    q = wal(tmp_path)
+    assert [e.seq for e in q.get(10, 0)] == [2, 3]
+    assert q.recovery["quarantined"] and q.recovery["torn_bytes"] == 0
+    q.close()
+
+
+def test_unconfirmed_plan_comes_back_as_the_same_plan(tmp_path):
+    q = wal(tmp_path)
+    fill(q, 4)
+    entries = q.get(10, 0)
+    q.plan(Plan("ds/date=2026-01-01/hour=00/part-1.parquet", "parquet", (1, 2)))
+    q.plan(Plan("ds/date=2026-01-01/hour=00/part-3.parquet", "parquet", (3,)))
+    q.done([entries[2]])  # part-3 confirmed, part-1 not
+    q.close()
+    q = wal(tmp_path)
+    got = {e.seq: e.plan for e in q.get(10, 0)}
+    assert set(got) == {1, 2, 4}
+    assert got[1] == got[2] == Plan("ds/date=2026-01-01/hour=00/part-1.parquet", "parquet", (1, 2))
+    assert got[4] is None
+    q.close()
+
+
+def test_client_ids_survive_restarts_and_segment_deletion(tmp_path):
+    q = wal(tmp_path, segment_bytes=2 * record_size(tmp_path))
+    fill(q, 6, ids=True)
+    q.done(q.get(10, 0))  # all durable: old segments deleted, their ids kept in the manifest
+    q.close()
+    q = wal(tmp_path)
+    assert q.put("ds", b"k", BATCH, 1, "id0") == (1, True)
+    assert q.put("ds", b"k", BATCH, 1, "id5") == (6, True)
+    assert q.put("ds", b"k", BATCH, 1, "new") == (7, False)
+    q.close()
+
+
+def test_a_second_server_cannot_use_the_same_wal(tmp_path):
+    q = wal(tmp_path)
+    with pytest.raises(Exception, match="in use by another server"):
+        wal(tmp_path)
+    q.close()
+
+
+def test_end_to_end_restart_writes_pending_batches_once(tmp_path):
+    root = tmp_path / "data"
+    queue = {"type": "wal", "path": str(tmp_path / "wal")}
+    root.mkdir()
+    (root / "w").write_text("blocks the dataset directory: uploads fail")
+    with running(root, queue=queue) as svc, flight.connect(svc.location) as c:
+        replies = put(c, "w", [BATCH] * 3, ids=["a", "b", "c"])
+        assert [r["state"] for r in replies] == ["logged"] * 3
+        assert action(c, "ack", {"seqs": [1]})["acks"][0]["state"] == "logged"
+        svc.writer.abort()  # the stop plans the file, fails to upload it and gives up, as a crash would
+    (root / "w").unlink()
+    with running(root, queue=queue) as svc, flight.connect(svc.location) as c:
+        status = action(c, "status")
+        assert status["recovery"]["pending"] == 3 and status["recovery"]["replanned"] == 3
+        assert status["oldest_pending_seq"] == 1
+        again = put(c, "w", [BATCH] * 4, ids=["a", "b", "c", "d"])
+        assert [(r["seq"], r.get("duplicate", False)) for r in again] == [
+            (1, True), (2, True), (3, True), (4, False)]
+        assert action(c, "flush")["durable_through"] == 4
+        assert action(c, "status")["recovery"]["replayed"] == 3
+    assert len(read_dataset(root, "w")) == 4 * len(BATCH)
