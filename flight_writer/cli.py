@@ -70,9 +70,7 @@ def _check(location: str) -> int:
 
     try:
         client = flight.connect(location)
-        result = next(
-            iter(client.do_action(flight.Action("status", b""), flight.FlightCallOptions(timeout=5)))
-        )
+        result = next(iter(client.do_action(flight.Action("status", b""), flight.FlightCallOptions(timeout=5))))
         print(json.dumps(json.loads(result.body.to_pybytes()), indent=2))
         return 0
     except Exception as exc:

@@ -139,9 +139,7 @@ def load_settings(
         files.append(os.fspath(config_file))
     try:
         # dynaconf merges the file with FLIGHT_WRITER_<SECTION>__<KEY> variables (parsed as TOML values)
-        conf = Dynaconf(
-            settings_files=files, environments=False, envvar_prefix=ENV_PREFIX, merge_enabled=True
-        )
+        conf = Dynaconf(settings_files=files, environments=False, envvar_prefix=ENV_PREFIX, merge_enabled=True)
         raw: dict[str, Any] = {}
         _merge(raw, conf.as_dict())
     except Exception as exc:  # dynaconf wraps TOML errors in several types
@@ -259,13 +257,9 @@ def _check(s: Settings) -> None:
     ):
         positive(f"writer.{key}", getattr(w, key))
     if w.compression not in COMPRESSIONS:
-        raise ConfigError(
-            f"writer.compression must be one of {', '.join(COMPRESSIONS)}, got {w.compression!r}"
-        )
+        raise ConfigError(f"writer.compression must be one of {', '.join(COMPRESSIONS)}, got {w.compression!r}")
     if w.compression_level < 0:
-        raise ConfigError(
-            f"writer.compression_level must be >= 0 (0 = codec default), got {w.compression_level}"
-        )
+        raise ConfigError(f"writer.compression_level must be >= 0 (0 = codec default), got {w.compression_level}")
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", s.storage.type):
         raise ConfigError(
             f"storage.type must be an OpenDAL service name such as fs, s3, memory; got {s.storage.type!r}"

@@ -68,9 +68,7 @@ class _AckLevelFactory(flight.ServerMiddlewareFactory):
         values = headers.get(ACK_HEADER)
         if not values:
             return None
-        level = (
-            values[0].strip().lower() if isinstance(values[0], str) else values[0].decode().strip().lower()
-        )
+        level = values[0].strip().lower() if isinstance(values[0], str) else values[0].decode().strip().lower()
         if level not in ACK_LEVELS:
             raise flight.FlightServerError(
                 f"header {ACK_HEADER} must be one of {', '.join(ACK_LEVELS)}, got {values[0]!r}"
@@ -117,8 +115,7 @@ class FlightWriterServer(flight.FlightServerBase):
     ) -> None:
         if descriptor.descriptor_type != flight.DescriptorType.PATH:
             raise flight.FlightServerError(
-                "do_put needs a PATH descriptor naming the dataset, "
-                f"got a {descriptor.descriptor_type.name} descriptor"
+                f"do_put needs a PATH descriptor naming the dataset, got a {descriptor.descriptor_type.name} descriptor"
             )
         try:
             dataset = dataset_from_path([p.decode("utf-8", "replace") for p in descriptor.path])
@@ -177,9 +174,7 @@ class FlightWriterServer(flight.FlightServerBase):
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> list[bytes]:
         entry = self._actions.get(action.type)
         if entry is None:
-            raise flight.FlightServerError(
-                f"unknown action {action.type!r}; known: {', '.join(self._actions)}"
-            )
+            raise flight.FlightServerError(f"unknown action {action.type!r}; known: {', '.join(self._actions)}")
         body = action.body.to_pybytes() if action.body is not None else b""
         try:
             result = entry[1](body)

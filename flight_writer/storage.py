@@ -43,9 +43,7 @@ class Storage:
         try:
             operator = opendal.Operator(settings.type, **options)
         except opendal.exceptions.Unsupported as exc:
-            raise StorageError(
-                f"storage.type {settings.type!r} is not an OpenDAL service this build has"
-            ) from exc
+            raise StorageError(f"storage.type {settings.type!r} is not an OpenDAL service this build has") from exc
         except opendal.exceptions.Error as exc:
             first = str(exc).strip().splitlines()[0]
             raise StorageError(f"storage.type {settings.type!r}: invalid storage options: {first}") from exc

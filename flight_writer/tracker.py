@@ -87,9 +87,7 @@ class DurabilityTracker:
             if not self._is_resolved(seq):
                 return {"seq": seq, "state": self._pending_state}
             file = self._files.get(seq)
-            return (
-                {"seq": seq, "state": "durable", "file": file} if file else {"seq": seq, "state": "durable"}
-            )
+            return {"seq": seq, "state": "durable", "file": file} if file else {"seq": seq, "state": "durable"}
 
     def files_of(self, seqs: Iterable[int]) -> list[str]:
         """The distinct files holding these seqs, in first-seen order (as far as history reaches)."""

@@ -254,8 +254,10 @@ class Writer:
                     return
                 data = self._encode(entries)
             day = time.strftime("%Y-%m-%d", time.gmtime(buf.hour * 3600))
-            path = (f"{buf.dataset}/date={day}/hour={buf.hour % 24:02d}/"
-                    f"part-{entries[0].seq:012d}-{uuid.uuid4().hex[:12]}.parquet")
+            path = (
+                f"{buf.dataset}/date={day}/hour={buf.hour % 24:02d}/"
+                f"part-{entries[0].seq:012d}-{uuid.uuid4().hex[:12]}.parquet"
+            )
             plan = Plan(path, "parquet", tuple(e.seq for e in entries))
             self._with_retries(f"record the plan for {path}", lambda: self._queue.plan(plan))
         else:
@@ -269,8 +271,17 @@ class Writer:
             self.files_written += 1
             self.rows_written += rows
             self.bytes_written += data.size
-        logger.info("wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s", path, buf.dataset,
-                    rows, data.size, plan.seqs[0], plan.seqs[-1], len(entries), time.monotonic() - started)
+        logger.info(
+            "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
+            path,
+            buf.dataset,
+            rows,
+            data.size,
+            plan.seqs[0],
+            plan.seqs[-1],
+            len(entries),
+            time.monotonic() - started,
+        )
 
     def _encode(self, entries: list[Entry]) -> pa.Buffer:
         schema = entries[0].batch.schema
@@ -288,9 +299,7 @@ class Writer:
         schema = schema.with_metadata(metadata)
         table = pa.Table.from_batches([e.batch for e in entries]).replace_schema_metadata(metadata)
         sink = pa.BufferOutputStream()
-        with pq.ParquetWriter(
-            sink, schema, compression=self._compression, compression_level=self._level
-        ) as writer:
+        with pq.ParquetWriter(sink, schema, compression=self._compression, compression_level=self._level) as writer:
             writer.write_table(table, row_group_size=self._settings.row_group_rows)
         return sink.getvalue()
 
@@ -315,8 +324,9 @@ class Writer:
         with pa.ipc.new_file(sink, e.batch.schema) as ipc:
             ipc.write_batch(e.batch)
         data = sink.getvalue()
-        self._with_retries(f"store rejected batch {plan.path}",
-                           lambda: self._storage.write(plan.path, data, ARROW_TYPE))
+        self._with_retries(
+            f"store rejected batch {plan.path}", lambda: self._storage.write(plan.path, data, ARROW_TYPE)
+        )
         self._tracker.mark_failed([e.seq], plan.error or "rejected by the Parquet encoder")
         self._with_retries(f"confirm {plan.path}", lambda: self._queue.done([e]))
         with self._lock:

@@ -17,9 +17,7 @@ def send(
     batch: pa.RecordBatch,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    writer, reader = client.do_put(
-        descriptor, batch.schema, options=flight.FlightCallOptions(headers=headers or [])
-    )
+    writer, reader = client.do_put(descriptor, batch.schema, options=flight.FlightCallOptions(headers=headers or []))
     writer.write_batch(batch)
     writer.done_writing()
     reader.read()

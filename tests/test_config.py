@@ -103,9 +103,7 @@ def test_invalid_value_stops_startup_with_one_line():
 
 
 def test_unknown_storage_service_stops_startup_with_one_line():
-    done = run_cli(
-        "serve", env={"STORAGE_TYPE": "nosuchstore", "FLIGHT_WRITER_SERVER__LOCATION": "grpc://127.0.0.1:0"}
-    )
+    done = run_cli("serve", env={"STORAGE_TYPE": "nosuchstore", "FLIGHT_WRITER_SERVER__LOCATION": "grpc://127.0.0.1:0"})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "flight-writer: cannot start: storage.type 'nosuchstore' is not an OpenDAL service this build has"

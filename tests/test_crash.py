@@ -61,8 +61,9 @@ class Producers:
                         client_id = ids[0]
                         with self.lock:
                             self.sent.add(client_id)
-                        writer.write_with_metadata(batch_for(client_id),
-                                                   pa.py_buffer(json.dumps({"id": client_id}).encode()))
+                        writer.write_with_metadata(
+                            batch_for(client_id), pa.py_buffer(json.dumps({"id": client_id}).encode())
+                        )
                         reply = reader.read()
                         if reply is None:
                             return
@@ -93,15 +94,19 @@ def test_sigkill_loop_exactly_once(tmp_path: Path, server_process):
     print(f"CRASH_SEED={seed}")
     rng = random.Random(seed)
     root = tmp_path / "data"
-    config = write_config(tmp_path / "s.toml", root, f"""
+    config = write_config(
+        tmp_path / "s.toml",
+        root,
+        f"""
 [queue]
 type = "wal"
-path = "{tmp_path / 'wal'}"
+path = "{tmp_path / "wal"}"
 segment_bytes = 65536
 [writer]
 flush_interval = 0.05
 max_file_rows = 400
-""")
+""",
+    )
     producers = Producers()
     kinds = Counter()
     for n in range(ROUNDS):

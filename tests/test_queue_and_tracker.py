@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from flight_writer.queue import MemoryQueue, QueueClosed, QueueFull
-from flight_writer.tracker import DurabilityTracker
 from flight_writer.seqs import parse_ranges, seq_ranges
+from flight_writer.tracker import DurabilityTracker
 
 BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64())})  # 800 bytes
 

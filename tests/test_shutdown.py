@@ -66,9 +66,7 @@ def test_second_signal_exits_at_once_even_with_storage_down(tmp_path, server_pro
     root.mkdir()
     (root / "stuck").write_text("blocks the dataset directory: every upload fails")
     server = server_process(
-        write_config(
-            tmp_path / "s.toml", root, "[writer]\nretry_initial_delay = 0.05\nretry_max_delay = 0.1\n"
-        )
+        write_config(tmp_path / "s.toml", root, "[writer]\nretry_initial_delay = 0.05\nretry_max_delay = 0.1\n")
     )
     with flight.connect(server.location) as c:
         writer, reader = c.do_put(flight.FlightDescriptor.for_path("stuck"), pa.schema([("x", pa.int64())]))

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import action, put, read_dataset, running
 from flight_writer.queue import Plan, WalQueue
 from flight_writer.queue.wal import HEADER
+
+from conftest import action, put, read_dataset, running
 
 BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64()), "s": pa.array(["x"] * 100)})
 
@@ -189,10 +194,63 @@ def test_end_to_end_restart_writes_pending_batches_once(tmp_path):
     with running(root, queue=queue) as svc, flight.connect(svc.location) as c:
         status = action(c, "status")
         assert status["recovery"]["pending"] == 3 and status["recovery"]["replanned"] == 3
-        assert status["oldest_pending_seq"] == 1
         again = put(c, "w", [BATCH] * 4, ids=["a", "b", "c", "d"])
         assert [(r["seq"], r.get("duplicate", False)) for r in again] == [
-            (1, True), (2, True), (3, True), (4, False)]
+            (1, True),
+            (2, True),
+            (3, True),
+            (4, False),
+        ]
         assert action(c, "flush")["durable_through"] == 4
         assert action(c, "status")["recovery"]["replayed"] == 3
     assert len(read_dataset(root, "w")) == 4 * len(BATCH)
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs): a disk that fills up."""
+    mountpoint = tmp_path / "small_disk"
+    mountpoint.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {done.stderr.strip()}")
+        pytest.skip(f"mounting a tmpfs needs root: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_disk_full_is_a_clear_error_and_recovers_by_itself(tmp_path, small_disk):
+    root = tmp_path / "data"
+    root.mkdir()
+    blocker = root / "full"
+    blocker.write_text("uploads fail, so the WAL keeps everything and fills its disk")
+    queue = {"type": "wal", "path": str(small_disk / "wal"), "segment_bytes": 65536, "max_bytes": "1GiB"}
+    big = pa.record_batch({"i": pa.array(range(2000), pa.int64())})  # ~16 KB per record
+    with running(root, queue=queue) as svc, flight.connect(svc.location) as c:
+        acked: list[str] = []
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("full"), big.schema)
+        with pytest.raises(
+            flight.FlightServerError, match=r"batch not accepted: .*(No space left on device|disk full)"
+        ):
+            for n in range(1000):
+                writer.write_with_metadata(big, pa.py_buffer(json.dumps({"id": f"f{n}"}).encode()))
+                if reader.read() is None:
+                    break
+                acked.append(f"f{n}")
+            writer.close()
+        assert 50 < len(acked) < 1000
+        status = action(c, "status")  # the server goes on serving
+        assert status["received_seq"] == len(acked) and status["oldest_pending_seq"] == 1
+        assert status["wal_segments"] > 1 and status["wal_bytes"] > 1_000_000
+
+        blocker.unlink()  # storage works again: the WAL empties, space returns
+        assert action(c, "flush")["durable_through"] == len(acked)
+        [r] = put(c, "full", [big], ids=["after"])  # and new batches are taken again
+        assert r["state"] == "logged" and r["seq"] == len(acked) + 1
+        action(c, "flush")
+    assert len(read_dataset(root, "full")) == (len(acked) + 1) * len(big)

@@ -27,7 +27,12 @@ def make_queue(settings: QueueSettings) -> Queue:
     if settings.type == "memory":
         return MemoryQueue(settings.max_bytes, settings.dedupe_window)
     if settings.type == "wal":
-        return WalQueue(settings.path, settings.max_bytes, segment_bytes=settings.segment_bytes,
-                        fsync=settings.fsync, fsync_interval_ms=settings.fsync_interval_ms,
-                        dedupe_window=settings.dedupe_window)
+        return WalQueue(
+            settings.path,
+            settings.max_bytes,
+            segment_bytes=settings.segment_bytes,
+            fsync=settings.fsync,
+            fsync_interval_ms=settings.fsync_interval_ms,
+            dedupe_window=settings.dedupe_window,
+        )
     raise ValueError(f"unknown queue.type {settings.type!r}")

@@ -58,8 +58,7 @@ class MemoryQueue(Queue):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise QueueFull(
-                        f"queue full: {self._pending_bytes} of {self._max_bytes} bytes pending, "
-                        f"waited {timeout:g} s"
+                        f"queue full: {self._pending_bytes} of {self._max_bytes} bytes pending, waited {timeout:g} s"
                     )
                 self._has_room.wait(remaining)
             entry = Entry(self._last_seq + 1, dataset, schema_key, batch, time.time(), nbytes, client_id)

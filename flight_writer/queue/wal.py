@@ -3,6 +3,7 @@
 On disk, under ``queue.path``::
 
     LOCK                      flock'ed while a server uses the directory (one server per WAL)
+    RESERVE                   256 KiB of ballast, deleted to make room for the manifest when the disk is full
     seg-<first seq>.wal       batch records, appended; a new segment at start and every segment_bytes
     manifest.log              the writer's plans and confirmations, plus client ids of deleted segments
 
@@ -29,6 +30,7 @@ instead of a second copy. A segment is deleted once all its batches are durable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -52,6 +54,8 @@ BATCH = struct.Struct("<QdHI")  # seq, received_at, len(dataset), len(client id)
 NO_ID = 0xFFFFFFFF
 FSYNC_POLICIES = ("always", "interval", "never")
 MANIFEST = "manifest.log"
+RESERVE = "RESERVE"
+RESERVE_BYTES = 256 << 10  # freed when the disk is full, so confirmations can still be written
 
 
 @dataclass
@@ -107,7 +111,9 @@ class WalQueue(MemoryQueue):
         self._stopping = False
         self.recovery: dict[str, Any] = {}
         self._recovered_state: tuple[int, list[int], dict[int, str]] = (0, [], {})
+        self._reserve_ok = False
         self._recover()
+        self._ensure_reserve()
         self._syncer: threading.Thread | None = None
         if fsync != "never":
             self._syncer = threading.Thread(target=self._sync_loop, name="flight-writer-wal-sync", daemon=True)
@@ -118,6 +124,11 @@ class WalQueue(MemoryQueue):
         """Under the queue lock: append the record; returns the log position to wait for."""
         if self._sync_error is not None:
             raise QueueWriteError(f"WAL fsync failed earlier: {self._sync_error}")
+        if not self._reserve_ok and not self._ensure_reserve():
+            raise QueueWriteError(
+                f"disk full: no room for the WAL in {self._dir} (kept {RESERVE_BYTES} bytes "
+                "for confirming what is already logged)"
+            )
         parts = _encode_record(entry)
         active = self._active
         assert active is not None
@@ -245,12 +256,46 @@ class WalQueue(MemoryQueue):
     def _manifest_append(self, records: list[dict[str, Any]], sync: bool) -> None:
         data = b"".join(_manifest_line(r) for r in records)
         with self._manifest_lock:
-            try:
-                os.write(self._manifest_fd, data)
-                if sync:
-                    os.fsync(self._manifest_fd)
-            except OSError as exc:
-                raise QueueWriteError(f"cannot write {self._dir / MANIFEST}: {exc.strerror or exc}") from exc
+            size = os.fstat(self._manifest_fd).st_size
+            for attempt in (1, 2):
+                try:
+                    if os.write(self._manifest_fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    if sync:
+                        os.fsync(self._manifest_fd)
+                    return
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._manifest_fd, size)
+                    if exc.errno == errno.ENOSPC and attempt == 1 and self._release_reserve():
+                        continue
+                    raise QueueWriteError(f"cannot write {self._dir / MANIFEST}: {exc.strerror or exc}") from exc
+
+    def _ensure_reserve(self) -> bool:
+        """Create the ballast file if it is missing; False when the disk has no room for it."""
+        path = self._dir / RESERVE
+        try:
+            if not path.exists() or path.stat().st_size < RESERVE_BYTES:
+                with open(path, "wb") as f:
+                    f.write(bytes(RESERVE_BYTES))
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self._reserve_ok = False
+            return False
+        self._reserve_ok = True
+        return True
+
+    def _release_reserve(self) -> bool:
+        try:
+            (self._dir / RESERVE).unlink()
+        except FileNotFoundError:
+            return False
+        self._reserve_ok = False
+        logger.warning("WAL disk {} is full: released the reserve to record confirmations", self._dir)
+        return True
 
     def _manifest_sync(self) -> None:
         with self._manifest_lock:
@@ -286,14 +331,16 @@ class WalQueue(MemoryQueue):
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
         with self._lock:
-            stats.update({
-                "wal_bytes": sum(s.size for s in self._segments.values()),
-                "wal_segments": len(self._segments),
-                "fsync": self._fsync,
-                "wal_written_bytes": self._written,  # since start
-                "wal_synced_bytes": self._synced,
-                "recovery": dict(self.recovery),
-            })
+            stats.update(
+                {
+                    "wal_bytes": sum(s.size for s in self._segments.values()),
+                    "wal_segments": len(self._segments),
+                    "fsync": self._fsync,
+                    "wal_written_bytes": self._written,  # since start
+                    "wal_synced_bytes": self._synced,
+                    "recovery": dict(self.recovery),
+                }
+            )
         return stats
 
     # -- recovery --------------------------------------------------------------------------------------
@@ -313,15 +360,25 @@ class WalQueue(MemoryQueue):
             if damage is not None:
                 start, end, found_after = damage
                 if newest and not found_after:
-                    logger.warning("WAL {}: cut off a torn record at its end ({} bytes at offset {})",
-                                   seg_path.name, end - start, start)
+                    logger.warning(
+                        "WAL {}: cut off a torn record at its end ({} bytes at offset {})",
+                        seg_path.name,
+                        end - start,
+                        start,
+                    )
                     report["torn_bytes"] += end - start
                     os.truncate(seg_path, start)
                 else:
                     corrupt = seg_path.with_suffix(".wal.corrupt")
-                    logger.error("WAL {} is damaged at bytes {}..{}: kept its {} intact records, lost what "
-                                 "lay in that range; moved it to {}", seg_path.name, start, end,
-                                 len(records), corrupt.name)
+                    logger.error(
+                        "WAL {} is damaged at bytes {}..{}: kept its {} intact records, lost what "
+                        "lay in that range; moved it to {}",
+                        seg_path.name,
+                        start,
+                        end,
+                        len(records),
+                        corrupt.name,
+                    )
                     report["quarantined"].append(corrupt.name)
                     seg_path.rename(corrupt)
             seg_first = int(seg_path.stem[4:])
@@ -364,29 +421,51 @@ class WalQueue(MemoryQueue):
             entry.segment = self._active.first_seq  # type: ignore[union-attr]
             self._active.outstanding += 1  # type: ignore[union-attr]
         still_confirmed = sorted(s for first in self._segments for s in confirmed_here.get(first, []))
-        self._rewrite_manifest(manifest_path, [p for p in plans.values() if any(
-            s in pending for s in p.seqs)], still_confirmed, self._ids.items())
+        self._rewrite_manifest(
+            manifest_path,
+            [p for p in plans.values() if any(s in pending for s in p.seqs)],
+            still_confirmed,
+            self._ids.items(),
+        )
         with self._lock:
             for entry in entries:
                 self._accept(entry)
         through = (entries[0].seq - 1) if entries else last_seq
         resolved_above = sorted(set(range(through + 1, last_seq + 1)) - pending)
-        self._recovered_state = (through, resolved_above,
-                                 {s: e for s, e in failed_errors.items() if s > through})
-        self.recovery = {**report, "pending": len(entries), "replanned": sum(1 for e in entries if e.plan),
-                         "last_recovered_seq": last_seq, "replayed": 0}
+        self._recovered_state = (
+            through,
+            resolved_above,
+            {s: e for s, e in failed_errors.items() if s > through},
+        )
+        self.recovery = {
+            **report,
+            "pending": len(entries),
+            "replanned": sum(1 for e in entries if e.plan),
+            "last_recovered_seq": last_seq,
+            "replayed": 0,
+        }
         if report["segments"]:
-            logger.info("WAL recovered: {} segments, {} records, {} batches to write ({} as planned files), "
-                        "next seq {}", report["segments"], report["records"], len(entries),
-                        self.recovery["replanned"], last_seq + 1)
+            logger.info(
+                "WAL recovered: {} segments, {} records, {} batches to write ({} as planned files), next seq {}",
+                report["segments"],
+                report["records"],
+                len(entries),
+                self.recovery["replanned"],
+                last_seq + 1,
+            )
 
-    def _rewrite_manifest(self, path: Path, plans: list[Plan], confirmed: list[int],
-                          ids: list[tuple[str, int]]) -> None:
+    def _rewrite_manifest(
+        self, path: Path, plans: list[Plan], confirmed: list[int], ids: list[tuple[str, int]]
+    ) -> None:
         """The manifest anew, holding only what the live segments still need."""
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             for plan in plans:
-                record: dict[str, Any] = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
+                record: dict[str, Any] = {
+                    "plan": plan.path,
+                    "kind": plan.kind,
+                    "seqs": seq_ranges(list(plan.seqs)),
+                }
                 if plan.error is not None:
                     record["error"] = plan.error
                 f.write(_manifest_line(record))
@@ -408,8 +487,11 @@ def _encode_record(entry: Entry) -> list[Any]:
     ipc = sink.getvalue()
     dataset = entry.dataset.encode()
     cid = entry.client_id.encode() if entry.client_id is not None else b""
-    head = BATCH.pack(entry.seq, entry.received_at, len(dataset),
-                      NO_ID if entry.client_id is None else len(cid)) + dataset + cid
+    head = (
+        BATCH.pack(entry.seq, entry.received_at, len(dataset), NO_ID if entry.client_id is None else len(cid))
+        + dataset
+        + cid
+    )
     crc = zlib.crc32(ipc, zlib.crc32(head))
     return [HEADER.pack(MAGIC, len(head) + ipc.size, crc) + head, ipc]
 
