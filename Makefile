@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 IMAGE ?= flight-writer
 
-.PHONY: serve test lint image clean
+.PHONY: serve test lint image emulators clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,5 +26,10 @@ lint: $(STAMP)
 image:
 	docker build -t $(IMAGE) .
 
+# Azurite (Azure Blob emulator) for the cloud tests; the S3 and GCS emulators come with the dev extras
+emulators: .emulators/node_modules/.bin/azurite-blob
+.emulators/node_modules/.bin/azurite-blob:
+	npm install --prefix .emulators --no-audit --no-fund --silent azurite@3
+
 clean:
-	rm -rf $(VENV) data wal .pytest_cache
+	rm -rf $(VENV) data wal .pytest_cache .emulators

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,6 +78,15 @@ class WriterSettings:
 class StorageSettings:
     type: str = "fs"
     root: str = "./data"
+    bucket: str = ""  # the bucket (s3, gcs) or container (azblob)
+    endpoint: str = ""
+    region: str = ""
+    upload_chunk_bytes: int = 8 * MiB
+    upload_concurrency: int = 4
+    multipart_threshold: int = 256 * MiB
+    timeout: float = 30.0
+    io_timeout: float = 60.0
+    startup_check: bool = True
     options: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -103,7 +113,7 @@ class Settings:
         return data
 
 
-_SECRET_KEY = re.compile(r"secret|password|token|credential|key|sas", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"secret|password|token|credential|account_key|sas|private_key", re.IGNORECASE)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,
@@ -121,7 +131,7 @@ _UNITS = {
     "tb": 1000**4,
     "tib": 1024**4,
 }
-_SIZE_FIELDS = {"max_bytes", "max_file_bytes", "segment_bytes"}
+_SIZE_FIELDS = {"max_bytes", "max_file_bytes", "segment_bytes", "upload_chunk_bytes", "multipart_threshold"}
 
 
 def load_settings(
@@ -137,6 +147,7 @@ def load_settings(
         if not os.path.isfile(config_file):
             raise ConfigError(f"config file {os.fspath(config_file)!r} does not exist")
         files.append(os.fspath(config_file))
+        _refuse_secrets_in(config_file)
     try:
         # dynaconf merges the file with FLIGHT_WRITER_<SECTION>__<KEY> variables (parsed as TOML values)
         conf = Dynaconf(settings_files=files, environments=False, envvar_prefix=ENV_PREFIX, merge_enabled=True)
@@ -151,6 +162,22 @@ def load_settings(
     if overrides:
         _merge(raw, {s: dict(v) for s, v in overrides.items()})
     return build_settings(raw)
+
+
+def _refuse_secrets_in(path: str | os.PathLike[str]) -> None:
+    """Secrets come from the environment only: a file is copied, committed and shown around."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return  # dynaconf reports unreadable files
+    options = data.get("storage", {}).get("options", {})
+    for key in options if isinstance(options, dict) else ():
+        if _SECRET_KEY.search(key):
+            var = f"{ENV_PREFIX}_STORAGE__OPTIONS__{key.upper()}"
+            raise ConfigError(
+                f"storage.options.{key} is a secret: set it in the environment ({var}), not in {os.fspath(path)}"
+            )
 
 
 def build_settings(raw: Mapping[str, Mapping[str, Any]]) -> Settings:
@@ -260,6 +287,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"writer.compression must be one of {', '.join(COMPRESSIONS)}, got {w.compression!r}")
     if w.compression_level < 0:
         raise ConfigError(f"writer.compression_level must be >= 0 (0 = codec default), got {w.compression_level}")
+    for key in ("upload_chunk_bytes", "upload_concurrency", "multipart_threshold", "timeout", "io_timeout"):
+        positive(f"storage.{key}", getattr(s.storage, key))
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", s.storage.type):
         raise ConfigError(
             f"storage.type must be an OpenDAL service name such as fs, s3, memory; got {s.storage.type!r}"

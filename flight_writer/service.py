@@ -18,7 +18,7 @@ from flight_writer._version import __version__
 from flight_writer.config import Settings
 from flight_writer.queue import Queue, make_queue
 from flight_writer.server import FlightWriterServer
-from flight_writer.storage import Storage
+from flight_writer.storage import Storage, StorageError
 from flight_writer.tracker import DurabilityTracker
 from flight_writer.writer import Writer
 
@@ -63,6 +63,14 @@ class Service:
         if isinstance(given, opendal.Operator):
             given = Storage(given, "opendal", "")
         self.storage = given or Storage.from_settings(s.storage)
+        check_error = None
+        try:
+            self.storage.check()
+        except StorageError as exc:
+            if s.storage.startup_check:
+                raise
+            check_error = str(exc)
+            logger.error("{} (storage.startup_check = false: starting anyway)", exc)
         self.queue = self._queue_arg or make_queue(s.queue)
         through, resolved, failed = self.queue.recovered()
         self.tracker = DurabilityTracker(s.server.ack_history, through, pending_state=self.queue.ack_state)
@@ -73,6 +81,8 @@ class Service:
         self.writer = Writer(
             self.queue, self.storage, self.tracker, s.writer, buffer_limit=s.queue.max_bytes // 2
         ).start()
+        if check_error is not None:
+            self.writer.report_error(check_error)
         try:
             self.server = FlightWriterServer(
                 s.server.location, self.queue, self.writer, self.tracker, self.status, s.queue.put_timeout

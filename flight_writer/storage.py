@@ -1,9 +1,18 @@
 """The storage seam: whole objects written through one OpenDAL operator, visible only when complete.
 
 Where the service can rename (``fs``), an object is written under ``_tmp/`` and renamed into place, so a
-reader listing the dataset never sees a half-written file. Elsewhere one ``write`` call uploads the
-object, which the service makes visible only once the upload completed (single PUT or a completed
-multipart upload); a failed upload commits nothing.
+reader listing the dataset never sees a half-written file. Elsewhere one ``write`` call uploads the object,
+which the service shows only once the upload completed: a single request for objects up to
+``multipart_threshold``, a multipart upload (``upload_chunk_bytes`` parts, ``upload_concurrency`` at once)
+above it, on services that have one (s3, azblob). GCS uploads are always single requests (the GCS emulator
+has no multipart API). Every write sets a content type (GCS listings need one).
+
+A failed single-request upload leaves nothing behind. A failed multipart upload leaves no object, but
+OpenDAL's Python binding cannot abort it, so on S3 its parts stay until a bucket lifecycle rule
+(``AbortIncompleteMultipartUpload``) removes them; Azure drops uncommitted blocks by itself.
+
+Every operation is bounded by ``timeout`` (``io_timeout`` for reads and writes), so a stalled connection
+becomes an error the writer retries instead of a hang.
 """
 
 from __future__ import annotations
@@ -14,22 +23,39 @@ import uuid
 from typing import Any
 
 import opendal
+from opendal.layers import TimeoutLayer
 
 from flight_writer.config import StorageSettings
 
 TMP_DIR = "_tmp/"
+PROBE_DIR = "_tmp/probe-"
+# OpenDAL's exception classes do not share a base class (0.47): name them all
+OPENDAL_ERRORS: tuple[type[Exception], ...] = tuple(
+    cls for cls in vars(opendal.exceptions).values() if isinstance(cls, type) and issubclass(cls, Exception)
+)
+# errors that retrying cannot fix: the writer keeps the data and says so
+PERMANENT_ERRORS = (
+    opendal.exceptions.PermissionDenied,
+    opendal.exceptions.ConfigInvalid,
+    opendal.exceptions.NotFound,
+)
 
 
 class StorageError(Exception):
-    """The operator could not be built from the settings."""
+    """The operator could not be built from the settings, or the startup check failed."""
 
 
 class Storage:
-    def __init__(self, operator: opendal.Operator, service: str = "", root: str = "") -> None:
+    def __init__(
+        self, operator: opendal.Operator, service: str = "", root: str = "", settings: StorageSettings | None = None
+    ) -> None:
         self.operator = operator
         self.service = service
         self.root = root
+        self._settings = s = settings or StorageSettings()
+        self.bucket = s.bucket
         self._can_rename = bool(operator.capability().rename)
+        self._multipart = bool(operator.capability().write_can_multi) and service != "gcs"
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> Storage:
@@ -40,22 +66,51 @@ class Storage:
             os.makedirs(root, exist_ok=True)
         if root:
             options["root"] = root
+        if settings.bucket:
+            options["container" if settings.type == "azblob" else "bucket"] = settings.bucket
+        if settings.endpoint:
+            options["endpoint"] = settings.endpoint
+        if settings.region:
+            options["region"] = settings.region
         try:
             operator = opendal.Operator(settings.type, **options)
         except opendal.exceptions.Unsupported as exc:
             raise StorageError(f"storage.type {settings.type!r} is not an OpenDAL service this build has") from exc
-        except opendal.exceptions.Error as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise StorageError(f"storage.type {settings.type!r}: invalid storage options: {first}") from exc
-        return cls(operator, settings.type, root)
+        except OPENDAL_ERRORS as exc:
+            raise StorageError(f"storage.type {settings.type!r}: invalid storage settings: {first_line(exc)}") from exc
+        operator = operator.layer(TimeoutLayer(timeout=settings.timeout, io_timeout=settings.io_timeout))
+        return cls(operator, settings.type, root, settings)
 
     def describe(self) -> dict[str, Any]:
-        return {"service": self.service, "root": self.root}
+        """Where data goes, without credentials."""
+        where: dict[str, Any] = {"service": self.service, "root": self.root}
+        if self.bucket:
+            where["bucket"] = self.bucket
+        if self._settings.endpoint:
+            where["endpoint"] = self._settings.endpoint
+        return where
+
+    def check(self) -> None:
+        """Write, read back and delete a small probe object; StorageError with one clear line if any fails."""
+        path = f"{PROBE_DIR}{uuid.uuid4().hex}"
+        where = (
+            f"{self.service}:{self.bucket}/{self.root.lstrip('/')}" if self.bucket else f"{self.service}:{self.root}"
+        )
+        try:
+            self.operator.write(path, b"flight-writer probe", content_type="text/plain")
+            if bytes(self.operator.read(path)) != b"flight-writer probe":
+                raise StorageError(f"storage check failed at {where}: the probe object read back differently")
+            self.operator.delete(path)
+        except OPENDAL_ERRORS as exc:
+            raise StorageError(f"storage check failed at {where}: {type(exc).__name__}: {first_line(exc)}") from exc
 
     def write(self, path: str, data: Any, content_type: str = "application/octet-stream") -> None:
         """Store ``data`` (bytes or a buffer) at ``path``; on error nothing appears at ``path``."""
         if not self._can_rename:
-            self.operator.write(path, data, content_type=content_type)
+            options: dict[str, Any] = {"content_type": content_type}
+            if self._multipart and len(memoryview(data)) > self._settings.multipart_threshold:
+                options.update(chunk=self._settings.upload_chunk_bytes, concurrent=self._settings.upload_concurrency)
+            self.operator.write(path, data, **options)
             return
         tmp = f"{TMP_DIR}{uuid.uuid4().hex}.partial"
         try:
@@ -83,3 +138,9 @@ class Storage:
 
     def delete(self, path: str) -> None:
         self.operator.delete(path)
+
+
+def first_line(exc: BaseException) -> str:
+    """OpenDAL messages run over many lines of context; the first says what happened."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

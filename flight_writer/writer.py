@@ -33,7 +33,7 @@ from flight_writer._version import __version__
 from flight_writer.config import WriterSettings
 from flight_writer.queue import Entry, Plan, Queue
 from flight_writer.seqs import seq_ranges
-from flight_writer.storage import Storage
+from flight_writer.storage import PERMANENT_ERRORS, Storage, first_line
 from flight_writer.tracker import DurabilityTracker
 
 GET_BATCH = 4096  # entries taken from the queue per call: amortizes locking for small batches
@@ -341,9 +341,15 @@ class Writer:
             except Exception as exc:
                 with self._lock:
                     self.retries += 1
-                message = f"{what} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                message = f"{what} failed: {type(exc).__name__}: {first_line(exc)}"
+                if isinstance(exc, PERMANENT_ERRORS):
+                    # retrying cannot fix it (credentials, bucket): keep the data, try again now and then
+                    message += " (needs fixing: check the bucket and credentials; the data is kept)"
+                    delay = self._settings.retry_max_delay
+                    logger.error("{}; retrying in {:.1f}s", message, delay)
+                else:
+                    logger.warning("{}; retrying in {:.1f}s", message, delay)
                 self._set_error(message)
-                logger.warning("{}; retrying in {:.1f}s", message, delay)
                 if self._abort.wait(delay):
                     raise Aborted(what) from exc
                 delay = min(delay * 2, self._settings.retry_max_delay)
@@ -352,6 +358,10 @@ class Writer:
                     with self._lock:
                         self.last_error, self.error_since = None, None
                 return
+
+    def report_error(self, message: str) -> None:
+        """Show a problem found outside the writer (e.g. the storage check) in ``last_error``."""
+        self._set_error(message)
 
     def _set_error(self, message: str) -> None:
         with self._lock:

@@ -1,0 +1,179 @@
+"""Local protocol servers for the cloud storage tests, each on a free 127.0.0.1 port, stopped by its PID.
+
+- S3: ``moto_server`` (pip ``moto[s3] flask flask-cors``, in the dev extras)
+- GCS: ``gcp-storage-emulator`` (pip, in the dev extras)
+- Azure Blob: ``azurite-blob`` (npm ``azurite``; ``make emulators`` installs it under ``.emulators/``)
+
+A missing server skips its tests with a reason saying how to install it, except under CI (``CI=true``),
+where it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flight_writer.config import StorageSettings
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+# Azurite's published development account (not a secret: it is in Microsoft's documentation)
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+BUCKET = "flight-writer-tests"
+INSTALL_HINTS = {
+    "moto_server": "pip install 'moto[s3]' flask flask-cors (make test installs the dev extras)",
+    "gcp-storage-emulator": "pip install gcp-storage-emulator (make test installs the dev extras)",
+    "azurite-blob": "make emulators (npm install --prefix .emulators azurite)",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"emulator exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # polling a port that has no readiness signal
+    raise RuntimeError(f"emulator did not listen on port {port} within {timeout} s")
+
+
+def find_binary(name: str) -> str | None:
+    for candidate in (VENV_BIN / name, REPO / ".emulators" / "node_modules" / ".bin" / name):
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which(name)
+
+
+def require_binary(name: str) -> str:
+    path = find_binary(name)
+    if path is None:
+        message = f"{name} is not installed: {INSTALL_HINTS[name]}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class Emulator:
+    service: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}" + (f"/{AZURITE_ACCOUNT}" if self.service == "azblob" else "")
+
+    def settings(self, endpoint: str | None = None, **overrides: Any) -> StorageSettings:
+        """Settings for a fresh key prefix in the shared bucket, so tests do not see each other's objects."""
+        values: dict[str, Any] = {
+            "type": self.service,
+            "root": f"/t-{uuid.uuid4().hex[:12]}/",
+            "bucket": BUCKET,
+            "endpoint": endpoint or self.endpoint,
+            "options": dict(self.options),
+        }
+        if self.service == "s3":
+            values["region"] = "us-east-1"
+        values.update(overrides)
+        return StorageSettings(**values)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start(service: str) -> Emulator:
+    port = free_port()
+    if service == "s3":
+        cmd = [require_binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        options = {
+            "access_key_id": "test",
+            "secret_access_key": "test",
+            "disable_config_load": "true",
+            "disable_ec2_metadata": "true",
+        }
+    elif service == "gcs":
+        cmd = [
+            require_binary("gcp-storage-emulator"),
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--default-bucket",
+            BUCKET,
+        ]
+        options = {"skip_signature": "true"}
+    elif service == "azblob":
+        cmd = [
+            require_binary("azurite-blob"),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+        ]
+        options = {"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}
+    else:
+        raise ValueError(service)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    emulator = Emulator(service, proc, port, options)
+    try:
+        wait_for_port(port, proc)
+        create_bucket(emulator)
+    except Exception:
+        emulator.stop()
+        raise
+    return emulator
+
+
+def create_bucket(emulator: Emulator) -> None:
+    if emulator.service == "s3":
+        s3_client(emulator).create_bucket(Bucket=BUCKET)
+    elif emulator.service == "azblob":
+        from azure.storage.blob import BlobServiceClient
+
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={emulator.endpoint};"
+        )
+        BlobServiceClient.from_connection_string(conn).create_container(BUCKET)
+    # gcs: --default-bucket made it
+
+
+def s3_client(emulator: Emulator) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=emulator.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )

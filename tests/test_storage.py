@@ -1,0 +1,220 @@
+"""Storage backends: one contract run against fs, memory, S3 (moto), Azure Blob (Azurite) and GCS
+(gcp-storage-emulator); then end to end per cloud, outages, and startup checks."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import emulators
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import pytest
+
+from flight_writer import Service, Storage, StorageError
+from flight_writer.config import StorageSettings
+from flight_writer.storage import OPENDAL_ERRORS
+
+from conftest import action, put, settings_for
+
+CLOUDS = ["s3", "azblob", "gcs"]
+
+
+@pytest.fixture(scope="session")
+def running_emulators() -> Iterator[dict[str, emulators.Emulator]]:
+    """Started on first use, one per service for the whole session; stopped by PID at the end."""
+    started: dict[str, emulators.Emulator] = {}
+    yield started
+    for emulator in started.values():
+        emulator.stop()
+
+
+@pytest.fixture
+def emulator_for(running_emulators):
+    def get(service: str) -> emulators.Emulator:
+        if service not in running_emulators:
+            running_emulators[service] = emulators.start(service)
+        return running_emulators[service]
+
+    return get
+
+
+@pytest.fixture(params=["fs", "memory", *CLOUDS])
+def backend(request, tmp_path, emulator_for) -> Storage:
+    service = request.param
+    if service == "fs":
+        return Storage.from_settings(StorageSettings(type="fs", root=str(tmp_path / "fs")))
+    if service == "memory":
+        return Storage.from_settings(StorageSettings(type="memory", root="/m/"))
+    settings = emulator_for(service).settings(multipart_threshold=8 << 20, upload_chunk_bytes=5 << 20)
+    return Storage.from_settings(settings)
+
+
+# -- the contract ----------------------------------------------------------------------------------------
+def test_write_read_list_delete(backend):
+    backend.check()
+    backend.write("ds/date=2026-01-01/hour=00/a.parquet", b"first", "application/vnd.apache.parquet")
+    backend.write("ds/date=2026-01-01/hour=01/b.parquet", memoryview(b"second"))
+    backend.write("other/c.bin", pa.py_buffer(b"third"))
+    assert backend.read("ds/date=2026-01-01/hour=00/a.parquet") == b"first"
+    assert backend.list("ds/") == ["ds/date=2026-01-01/hour=00/a.parquet", "ds/date=2026-01-01/hour=01/b.parquet"]
+    backend.write("other/c.bin", b"replaced")  # same name: overwritten, never a second object
+    assert backend.read("other/c.bin") == b"replaced" and backend.list("other/") == ["other/c.bin"]
+    backend.delete("ds/date=2026-01-01/hour=00/a.parquet")
+    assert backend.list("ds/") == ["ds/date=2026-01-01/hour=01/b.parquet"]
+    assert [p for p in backend.list() if not p.startswith("_tmp/")] == [
+        "ds/date=2026-01-01/hour=01/b.parquet",
+        "other/c.bin",
+    ]
+
+
+def test_large_object(backend):
+    data = os.urandom(20 << 20)  # above the 8 MiB threshold: multipart where the service has it
+    backend.write("big/object.bin", data)
+    assert backend.read("big/object.bin") == data
+
+
+@contextmanager
+def paused(emulator: emulators.Emulator) -> Iterator[None]:
+    """The storage server stops answering (SIGSTOP) without losing what it holds, then resumes."""
+    emulator.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        emulator.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.parametrize("service", CLOUDS)
+@pytest.mark.parametrize("size", [3 << 20, 20 << 20], ids=["single", "multipart"])
+def test_failed_upload_leaves_no_partial_object(emulator_for, service, size):
+    emulator = emulator_for(service)
+    settings = emulator.settings(multipart_threshold=8 << 20, upload_chunk_bytes=5 << 20)
+    stalling = Storage.from_settings(dataclasses.replace(settings, timeout=1, io_timeout=1))
+    data = os.urandom(size)
+    with paused(emulator), pytest.raises(OPENDAL_ERRORS, match="timeout"):
+        stalling.write("broken/object.bin", data)
+    storage = Storage.from_settings(settings)
+    # the server may still finish a request whose body it had whole; never a part of one
+    assert storage.list("broken/") == [] or storage.read("broken/object.bin") == data
+    if service == "s3" and size < settings.multipart_threshold:  # and a single request leaves no upload
+        assert emulators.s3_client(emulator).list_multipart_uploads(Bucket=emulators.BUCKET).get("Uploads", []) == []
+
+
+def test_failed_fs_write_leaves_no_object(tmp_path):
+    storage = Storage.from_settings(StorageSettings(type="fs", root=str(tmp_path)))
+    (tmp_path / "blocked").write_text("a file where a directory must go")
+    with pytest.raises(Exception):  # noqa: B017
+        storage.write("blocked/x.parquet", b"data")
+    assert storage.list() == [] or all(not p.endswith(".partial") for p in storage.list())
+    assert not list((tmp_path / "_tmp").glob("*.partial"))
+
+
+# -- startup checks --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("service", CLOUDS)
+def test_missing_bucket_fails_the_startup_check_in_one_line(emulator_for, service):
+    storage = Storage.from_settings(emulator_for(service).settings(bucket="no-such-bucket-here"))
+    with pytest.raises(StorageError, match=f"storage check failed at {service}:no-such-bucket-here/") as info:
+        storage.check()
+    assert "\n" not in str(info.value)
+
+
+def test_bad_credentials_fail_the_startup_check(emulator_for):
+    emulator = emulator_for("azblob")
+    wrong = dict(emulator.options, account_key=base64.b64encode(os.urandom(64)).decode())
+    storage = Storage.from_settings(emulator.settings(options=wrong))
+    with pytest.raises(StorageError, match=r"storage check failed at azblob:.*PermissionDenied"):
+        storage.check()
+
+
+def test_startup_check_off_starts_and_reports_then_writes_once_fixed(tmp_path, emulator_for):
+    emulator = emulator_for("s3")
+    bucket = f"late-{os.urandom(4).hex()}"
+    storage = emulator.settings(bucket=bucket, startup_check=False)
+    with Service(settings_for(tmp_path, storage=storage.__dict__)) as svc, flight.connect(svc.location) as c:
+        fixed = False
+        try:
+            status = action(c, "status")
+            assert status["last_error"].startswith(f"storage check failed at s3:{bucket}/")
+            [r] = put(c, "late", [pa.record_batch({"x": [1, 2]})])
+            svc.writer.flush("late", timeout=0)  # start writing it out, without waiting
+            deadline = time.monotonic() + 30
+            while "needs fixing" not in (action(c, "status")["last_error"] or "") and time.monotonic() < deadline:
+                time.sleep(0.02)  # waiting for the writer to report, which no action can wait on
+            assert "NoSuchBucket" in action(c, "status")["last_error"]
+            assert action(c, "ack", {"seq": r["seq"]})["acks"][0]["state"] == "queued"  # kept
+            emulators.s3_client(emulator).create_bucket(Bucket=bucket)  # fixed: the kept data goes out
+            fixed = True
+            assert action(c, "ack", {"seq": r["seq"], "wait_ms": 30_000})["acks"][0]["state"] == "durable"
+            assert action(c, "status")["last_error"] is None
+        finally:
+            if not fixed:  # let the stop drain instead of retrying forever
+                emulators.s3_client(emulator).create_bucket(Bucket=bucket)
+
+
+def test_secrets_are_masked_in_status_and_log(tmp_path, emulator_for, caplog_loguru):
+    storage = emulator_for("s3").settings()
+    with Service(settings_for(tmp_path, storage=storage.__dict__)) as svc, flight.connect(svc.location) as c:
+        status = action(c, "status")
+    assert status["storage"] == {
+        "service": "s3",
+        "root": storage.root,
+        "bucket": emulators.BUCKET,
+        "endpoint": storage.endpoint,
+    }
+    assert "'secret_access_key': '***'" in caplog_loguru.text
+    assert "secret_access_key': 'test'" not in caplog_loguru.text
+
+
+# -- end to end per cloud --------------------------------------------------------------------------------
+@pytest.mark.parametrize("service", CLOUDS)
+def test_end_to_end_parquet_in_the_bucket(tmp_path, emulator_for, service):
+    storage = emulator_for(service).settings()
+    batches = [pa.record_batch({"i": pa.array(range(k * 100, k * 100 + 100)), "s": ["v"] * 100}) for k in range(5)]
+    with Service(settings_for(tmp_path, storage=storage.__dict__)) as svc, flight.connect(svc.location) as c:
+        put(c, "events/app", batches)
+        action(c, "flush")
+        paths = svc.storage.list("events/app/")
+        assert paths and all(p.endswith(".parquet") and "/date=" in p and "/hour=" in p for p in paths)
+        table = pa.concat_tables(pq.read_table(io.BytesIO(svc.storage.read(p))) for p in paths)
+    assert table.sort_by("i").replace_schema_metadata(None).equals(pa.Table.from_batches(batches))
+
+
+# -- outage ----------------------------------------------------------------------------------------------
+def test_s3_outage_mid_ingest_loses_nothing_and_duplicates_nothing(tmp_path, emulator_for):
+    emulator = emulator_for("s3")
+    storage = emulator.settings(timeout=1, io_timeout=1)
+    sections = {
+        "storage": storage.__dict__,
+        "writer": {"flush_interval": 0.05, "max_file_rows": 500, "retry_initial_delay": 0.05, "retry_max_delay": 0.2},
+    }
+    with Service(settings_for(tmp_path, **sections)) as svc, flight.connect(svc.location) as c:
+        sent: list[int] = []
+
+        def produce(rounds: int) -> None:
+            for _ in range(rounds):
+                start = len(sent) * 100
+                put(c, "outage", [pa.record_batch({"i": pa.array(range(start, start + 100))})])
+                sent.append(start)
+
+        produce(10)
+        with paused(emulator):  # S3 stops answering in the middle of the ingest
+            produce(20)  # producers keep going: the queue holds the data
+            deadline = time.monotonic() + 30
+            while not action(c, "status")["last_error"] and time.monotonic() < deadline:
+                time.sleep(0.02)  # waiting for an upload to time out, which no action can wait on
+            status = action(c, "status")
+            assert "timeout" in status["last_error"] and status["error_for_s"] >= 0
+            assert status["durable_through"] < status["received_seq"]
+        produce(10)  # S3 is back, on the same port, with everything it had
+        assert action(c, "flush")["durable_through"] == len(sent)
+        assert action(c, "status")["last_error"] is None
+        paths = svc.storage.list("outage/")
+        rows = [v for p in paths for v in pq.read_table(io.BytesIO(svc.storage.read(p))).column("i").to_pylist()]
+    assert sorted(rows) == list(range(len(sent) * 100))  # every row, exactly once
