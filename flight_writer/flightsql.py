@@ -1,0 +1,211 @@
+"""Flight SQL, as much as bulk ingestion needs: ``CommandStatementIngest`` (what ADBC's ``adbc_ingest`` sends),
+``CommandGetSqlInfo`` (asked on connect) and the ``CloseSession`` action.
+
+Messages are decoded and encoded by hand: a handful of protobuf fields, defined here after Arrow's
+``FlightSql.proto`` (field numbers) rather than generated, so the server needs no protobuf runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from flight_writer._version import __version__
+
+TYPE_PREFIX = "type.googleapis.com/arrow.flight.protocol.sql."
+INGEST = "CommandStatementIngest"
+GET_SQL_INFO = "CommandGetSqlInfo"
+
+# CommandStatementIngest.TableDefinitionOptions
+IF_NOT_EXIST = {0: "unspecified", 1: "create", 2: "fail"}
+IF_EXISTS = {0: "unspecified", 1: "fail", 2: "append", 3: "replace"}
+
+SQL_INFO_VALUE = pa.dense_union([
+    pa.field("string_value", pa.string()),
+    pa.field("bool_value", pa.bool_()),
+    pa.field("bigint_value", pa.int64()),
+    pa.field("int32_bitmask", pa.int32()),
+    pa.field("string_list", pa.list_(pa.string())),
+    pa.field("int32_to_int32_list_map", pa.map_(pa.int32(), pa.list_(pa.int32()))),
+])
+SQL_INFO_SCHEMA = pa.schema([pa.field("info_name", pa.uint32(), nullable=False), pa.field("value", SQL_INFO_VALUE)])
+_STRING, _BOOL, _INT32 = 0, 1, 3
+# SqlInfo ids -> (union member, value): what an ingest-only server can truthfully say about itself
+SQL_INFO: dict[int, tuple[int, object]] = {
+    0: (_STRING, "flight-writer"),  # FLIGHT_SQL_SERVER_NAME
+    1: (_STRING, __version__),  # FLIGHT_SQL_SERVER_VERSION
+    2: (_STRING, pa.__version__),  # FLIGHT_SQL_SERVER_ARROW_VERSION
+    3: (_BOOL, False),  # FLIGHT_SQL_SERVER_READ_ONLY
+    4: (_BOOL, False),  # FLIGHT_SQL_SERVER_SQL: no SQL queries
+    5: (_BOOL, False),  # FLIGHT_SQL_SERVER_SUBSTRAIT
+    8: (_INT32, 0),  # FLIGHT_SQL_SERVER_TRANSACTION: SQL_SUPPORTED_TRANSACTION_NONE
+    9: (_BOOL, False),  # FLIGHT_SQL_SERVER_CANCEL
+    10: (_BOOL, True),  # FLIGHT_SQL_SERVER_BULK_INGESTION
+    11: (_BOOL, False),  # FLIGHT_SQL_SERVER_INGEST_TRANSACTIONS_SUPPORTED
+}
+
+
+class ProtobufError(ValueError):
+    """Bytes that are not the protobuf message they should be."""
+
+
+@dataclass
+class IngestCommand:
+    table: str = ""
+    schema: str | None = None
+    catalog: str | None = None
+    temporary: bool = False
+    transaction_id: bytes | None = None
+    if_not_exist: str = "unspecified"
+    if_exists: str = "unspecified"
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> list[str]:
+        return [p for p in (self.catalog, self.schema) if p] + [self.table]
+
+
+def unpack_any(data: bytes) -> tuple[str, bytes]:
+    """``google.protobuf.Any`` -> (message name under Flight SQL's prefix, or the full type URL; value)."""
+    fields = decode(data)
+    url = _text(fields, 1)
+    value = _bytes(fields, 2) or b""
+    return (url[len(TYPE_PREFIX):] if url.startswith(TYPE_PREFIX) else url), value
+
+
+def pack_any(name: str, value: bytes) -> bytes:
+    return _field_bytes(1, (TYPE_PREFIX + name).encode()) + _field_bytes(2, value)
+
+
+def parse_ingest(value: bytes) -> IngestCommand:
+    fields = decode(value)
+    cmd = IngestCommand(table=_text(fields, 2), schema=_text(fields, 3) or None, catalog=_text(fields, 4) or None,
+                        temporary=bool(_int(fields, 5)), transaction_id=_bytes(fields, 6))
+    if (options := _bytes(fields, 1)) is not None:
+        table_options = decode(options)
+        cmd.if_not_exist = IF_NOT_EXIST.get(_int(table_options, 1), "unspecified")
+        cmd.if_exists = IF_EXISTS.get(_int(table_options, 2), "unspecified")
+    for entry in fields.get(1000, []):
+        if isinstance(entry, bytes):
+            kv = decode(entry)
+            cmd.options[_text(kv, 1)] = _text(kv, 2)
+    return cmd
+
+
+def parse_sql_info_request(value: bytes) -> list[int]:
+    """The ``info`` ids asked for (packed or not); empty means all."""
+    ids: list[int] = []
+    for item in decode(value).get(1, []):
+        if isinstance(item, int):
+            ids.append(item)
+        else:  # packed repeated uint32
+            pos = 0
+            while pos < len(item):
+                number, pos = _read_varint(item, pos)
+                ids.append(number)
+    return ids
+
+
+def sql_info_table(ids: list[int]) -> pa.Table:
+    wanted = [i for i in (ids or SQL_INFO) if i in SQL_INFO]
+    children: list[list[object]] = [[] for _ in SQL_INFO_VALUE]
+    type_codes, offsets = [], []
+    for info in wanted:
+        member, value = SQL_INFO[info]
+        type_codes.append(member)
+        offsets.append(len(children[member]))
+        children[member].append(value)
+    arrays = [pa.array(values, type=f.type) for values, f in zip(children, SQL_INFO_VALUE, strict=True)]
+    union = pa.UnionArray.from_dense(pa.array(type_codes, pa.int8()), pa.array(offsets, pa.int32()), arrays,
+                                     [f.name for f in SQL_INFO_VALUE])
+    return pa.Table.from_arrays([pa.array(wanted, pa.uint32()), union], schema=SQL_INFO_SCHEMA)
+
+
+def update_result(record_count: int) -> bytes:
+    """``DoPutUpdateResult { int64 record_count = 1 }``."""
+    return _field_varint(1, record_count)
+
+
+def close_session_result() -> bytes:
+    """``CloseSessionResult { status = CLOSED (1) }``."""
+    return _field_varint(1, 1)
+
+
+# -- protobuf wire format: varints and length-delimited fields are all these messages use ---------------
+def decode(data: bytes) -> dict[int, list[int | bytes]]:
+    fields: dict[int, list[int | bytes]] = {}
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _read_varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = _read_varint(data, pos)
+            elif wire == 2:
+                length, pos = _read_varint(data, pos)
+                if pos + length > len(data):
+                    raise ProtobufError("length runs past the end")
+                value, pos = data[pos : pos + length], pos + length
+            elif wire == 1:
+                value, pos = int.from_bytes(data[pos : pos + 8], "little"), pos + 8
+            elif wire == 5:
+                value, pos = int.from_bytes(data[pos : pos + 4], "little"), pos + 4
+            else:
+                raise ProtobufError(f"unsupported wire type {wire}")
+            fields.setdefault(number, []).append(value)
+    except IndexError:
+        raise ProtobufError("truncated message") from None
+    return fields
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ProtobufError("varint too long")
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int64 as protobuf does
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field_varint(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def _field_bytes(number: int, value: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _bytes(fields: dict[int, list[int | bytes]], number: int) -> bytes | None:
+    values = [v for v in fields.get(number, []) if isinstance(v, bytes)]
+    return values[-1] if values else None
+
+
+def _text(fields: dict[int, list[int | bytes]], number: int) -> str:
+    value = _bytes(fields, number)
+    try:
+        return value.decode() if value is not None else ""
+    except UnicodeDecodeError:
+        raise ProtobufError(f"field {number} is not UTF-8") from None
+
+
+def _int(fields: dict[int, list[int | bytes]], number: int) -> int:
+    values = [v for v in fields.get(number, []) if isinstance(v, int)]
+    return values[-1] if values else 0
