@@ -91,6 +91,12 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class FlightSqlSettings:
+    ack: str = "durable"
+    allow_schema_change: bool = False
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
     json: bool = False
@@ -102,6 +108,7 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     writer: WriterSettings = field(default_factory=WriterSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    flight_sql: FlightSqlSettings = field(default_factory=FlightSqlSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def masked(self) -> dict[str, Any]:
@@ -293,6 +300,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             f"storage.type must be an OpenDAL service name such as fs, s3, memory; got {s.storage.type!r}"
         )
+    if s.flight_sql.ack not in ("durable", "queued"):
+        raise ConfigError(f"flight_sql.ack must be durable or queued, got {s.flight_sql.ack!r}")
     if s.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
 

@@ -7,6 +7,8 @@ Messages are decoded and encoded by hand: a handful of protobuf fields, defined 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -16,19 +18,44 @@ from flight_writer._version import __version__
 TYPE_PREFIX = "type.googleapis.com/arrow.flight.protocol.sql."
 INGEST = "CommandStatementIngest"
 GET_SQL_INFO = "CommandGetSqlInfo"
+GET_CATALOGS = "CommandGetCatalogs"
+GET_DB_SCHEMAS = "CommandGetDbSchemas"
+GET_TABLES = "CommandGetTables"
+GET_TABLE_TYPES = "CommandGetTableTypes"
+CATALOG_COMMANDS = (GET_CATALOGS, GET_DB_SCHEMAS, GET_TABLES, GET_TABLE_TYPES)
+
+# Flight SQL's actions other than CloseSession: answered UNIMPLEMENTED, not "unknown action"
+SQL_ACTIONS = frozenset(
+    {
+        "CreatePreparedStatement",
+        "CreatePreparedSubstraitPlan",
+        "ClosePreparedStatement",
+        "BeginTransaction",
+        "BeginSavepoint",
+        "EndTransaction",
+        "EndSavepoint",
+        "CancelQuery",
+        "CancelFlightInfo",
+        "RenewFlightEndpoint",
+        "SetSessionOptions",
+        "GetSessionOptions",
+    }
+)
 
 # CommandStatementIngest.TableDefinitionOptions
 IF_NOT_EXIST = {0: "unspecified", 1: "create", 2: "fail"}
 IF_EXISTS = {0: "unspecified", 1: "fail", 2: "append", 3: "replace"}
 
-SQL_INFO_VALUE = pa.dense_union([
-    pa.field("string_value", pa.string()),
-    pa.field("bool_value", pa.bool_()),
-    pa.field("bigint_value", pa.int64()),
-    pa.field("int32_bitmask", pa.int32()),
-    pa.field("string_list", pa.list_(pa.string())),
-    pa.field("int32_to_int32_list_map", pa.map_(pa.int32(), pa.list_(pa.int32()))),
-])
+SQL_INFO_VALUE = pa.dense_union(
+    [
+        pa.field("string_value", pa.string()),
+        pa.field("bool_value", pa.bool_()),
+        pa.field("bigint_value", pa.int64()),
+        pa.field("int32_bitmask", pa.int32()),
+        pa.field("string_list", pa.list_(pa.string())),
+        pa.field("int32_to_int32_list_map", pa.map_(pa.int32(), pa.list_(pa.int32()))),
+    ]
+)
 SQL_INFO_SCHEMA = pa.schema([pa.field("info_name", pa.uint32(), nullable=False), pa.field("value", SQL_INFO_VALUE)])
 _STRING, _BOOL, _INT32 = 0, 1, 3
 # SqlInfo ids -> (union member, value): what an ingest-only server can truthfully say about itself
@@ -44,6 +71,69 @@ SQL_INFO: dict[int, tuple[int, object]] = {
     10: (_BOOL, True),  # FLIGHT_SQL_SERVER_BULK_INGESTION
     11: (_BOOL, False),  # FLIGHT_SQL_SERVER_INGEST_TRANSACTIONS_SUPPORTED
 }
+
+
+def catalog_schema(name: str, value: bytes) -> pa.Schema:
+    """The result schema of a catalog command (GetTables adds ``table_schema`` when asked to)."""
+    text, required = pa.string(), False
+    if name == GET_CATALOGS:
+        return pa.schema([pa.field("catalog_name", text, nullable=required)])
+    if name == GET_TABLE_TYPES:
+        return pa.schema([pa.field("table_type", text, nullable=required)])
+    fields = [pa.field("catalog_name", text), pa.field("db_schema_name", text, nullable=name == GET_TABLES)]
+    if name == GET_TABLES:
+        fields += [pa.field("table_name", text, nullable=required), pa.field("table_type", text, nullable=required)]
+        if _int(decode(value), 5):
+            fields.append(pa.field("table_schema", pa.binary(), nullable=required))
+    return pa.schema(fields)
+
+
+def catalog_rows(
+    name: str, value: bytes, datasets: list[str], schema_of: Callable[[str], pa.Schema | None]
+) -> pa.Table:
+    """Answer a catalog command from dataset names: ``catalog/schema/table``, ``schema/table`` or ``table``."""
+    fields = decode(value) if name in (GET_DB_SCHEMAS, GET_TABLES) else {}
+    catalog = _text(fields, 1) if _bytes(fields, 1) is not None else None
+    schema_like = _like(_text(fields, 2)) if _bytes(fields, 2) is not None else None
+    table_like = _like(_text(fields, 3)) if _bytes(fields, 3) is not None else None
+    types = [t.decode() for t in fields.get(4, []) if isinstance(t, bytes)]
+    out_schema = catalog_schema(name, value)
+    if name == GET_TABLE_TYPES:
+        return pa.Table.from_pylist([{"table_type": "TABLE"}], schema=out_schema)
+    rows: list[dict[str, object]] = []
+    for dataset in datasets:
+        *parents, table = dataset.split("/")
+        # a one-segment dataset lives in the schema "" (a schema name cannot be null in these results)
+        cat, sch = (parents[0] if len(parents) == 2 else None), (parents[-1] if parents else "")
+        if name == GET_CATALOGS:
+            if cat is not None:
+                rows.append({"catalog_name": cat})
+            continue
+        if catalog is not None and (cat or "") != catalog:
+            continue
+        if schema_like is not None and not schema_like.fullmatch(sch):
+            continue
+        if name == GET_DB_SCHEMAS:
+            rows.append({"catalog_name": cat, "db_schema_name": sch})
+            continue
+        if (table_like is not None and not table_like.fullmatch(table)) or (types and "TABLE" not in types):
+            continue
+        row: dict[str, object] = {
+            "catalog_name": cat,
+            "db_schema_name": sch,
+            "table_name": table,
+            "table_type": "TABLE",
+        }
+        if "table_schema" in out_schema.names:
+            row["table_schema"] = (schema_of(dataset) or pa.schema([])).serialize().to_pybytes()
+        rows.append(row)
+    unique = [dict(r) for r in {tuple(sorted(r.items(), key=lambda kv: kv[0])): r for r in rows}.values()]
+    return pa.Table.from_pylist(unique, schema=out_schema)
+
+
+def _like(pattern: str) -> re.Pattern[str]:
+    """SQL LIKE (``%`` any run, ``_`` one character) as a regular expression."""
+    return re.compile("".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern))
 
 
 class ProtobufError(ValueError):
@@ -71,7 +161,7 @@ def unpack_any(data: bytes) -> tuple[str, bytes]:
     fields = decode(data)
     url = _text(fields, 1)
     value = _bytes(fields, 2) or b""
-    return (url[len(TYPE_PREFIX):] if url.startswith(TYPE_PREFIX) else url), value
+    return (url[len(TYPE_PREFIX) :] if url.startswith(TYPE_PREFIX) else url), value
 
 
 def pack_any(name: str, value: bytes) -> bytes:
@@ -80,8 +170,13 @@ def pack_any(name: str, value: bytes) -> bytes:
 
 def parse_ingest(value: bytes) -> IngestCommand:
     fields = decode(value)
-    cmd = IngestCommand(table=_text(fields, 2), schema=_text(fields, 3) or None, catalog=_text(fields, 4) or None,
-                        temporary=bool(_int(fields, 5)), transaction_id=_bytes(fields, 6))
+    cmd = IngestCommand(
+        table=_text(fields, 2),
+        schema=_text(fields, 3) or None,
+        catalog=_text(fields, 4) or None,
+        temporary=bool(_int(fields, 5)),
+        transaction_id=_bytes(fields, 6),
+    )
     if (options := _bytes(fields, 1)) is not None:
         table_options = decode(options)
         cmd.if_not_exist = IF_NOT_EXIST.get(_int(table_options, 1), "unspecified")
@@ -117,8 +212,9 @@ def sql_info_table(ids: list[int]) -> pa.Table:
         offsets.append(len(children[member]))
         children[member].append(value)
     arrays = [pa.array(values, type=f.type) for values, f in zip(children, SQL_INFO_VALUE, strict=True)]
-    union = pa.UnionArray.from_dense(pa.array(type_codes, pa.int8()), pa.array(offsets, pa.int32()), arrays,
-                                     [f.name for f in SQL_INFO_VALUE])
+    union = pa.UnionArray.from_dense(
+        pa.array(type_codes, pa.int8()), pa.array(offsets, pa.int32()), arrays, [f.name for f in SQL_INFO_VALUE]
+    )
     return pa.Table.from_arrays([pa.array(wanted, pa.uint32()), union], schema=SQL_INFO_SCHEMA)
 
 

@@ -15,7 +15,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
+from flight_writer import flightsql
+from flight_writer.config import FlightSqlSettings
+from flight_writer.datasets import Datasets, parquet_schema_of
 from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
+from flight_writer.storage import Storage
 from flight_writer.tracker import DurabilityTracker
 from flight_writer.writer import Writer
 
@@ -85,6 +89,8 @@ class FlightWriterServer(flight.FlightServerBase):
         tracker: DurabilityTracker,
         status: Callable[[], dict[str, Any]],
         put_timeout: float,
+        storage: Storage,
+        flight_sql: FlightSqlSettings | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(location, middleware={"ack": _AckLevelFactory()}, **kwargs)
@@ -93,6 +99,9 @@ class FlightWriterServer(flight.FlightServerBase):
         self._tracker = tracker
         self._status = status
         self._put_timeout = put_timeout
+        self._storage = storage
+        self._datasets = Datasets(storage)
+        self._flight_sql = flight_sql or FlightSqlSettings()
         self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any]]]] = {
             "ack": ('Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms"', self._ack),
             "status": (
@@ -103,9 +112,10 @@ class FlightWriterServer(flight.FlightServerBase):
                 'Write out everything received so far (optional {"dataset": name}); returns once durable',
                 self._flush,
             ),
+            "CloseSession": ("Flight SQL session close (sessions hold nothing here)", lambda body: None),
         }
 
-    # -- do_put ----------------------------------------------------------------------------------------
+    # -- do_put: two front doors, one ingest path -------------------------------------------------------
     def do_put(
         self,
         context: flight.ServerCallContext,
@@ -113,6 +123,10 @@ class FlightWriterServer(flight.FlightServerBase):
         reader: flight.MetadataRecordBatchReader,
         writer: flight.FlightMetadataWriter,
     ) -> None:
+        level = context.get_middleware("ack")
+        if descriptor.descriptor_type == flight.DescriptorType.CMD:
+            self._sql_ingest(descriptor.command, level.level if level else None, reader, writer)
+            return
         if descriptor.descriptor_type != flight.DescriptorType.PATH:
             raise flight.FlightServerError(
                 f"do_put needs a PATH descriptor naming the dataset, got a {descriptor.descriptor_type.name} descriptor"
@@ -121,15 +135,25 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path([p.decode("utf-8", "replace") for p in descriptor.path])
         except ValueError as exc:
             raise flight.FlightServerError(str(exc)) from None
+        seqs, _ = self._ingest(dataset, reader, writer)
+        if level is not None and level.level == "durable":
+            final: dict[str, Any] = {"state": "durable", **self._make_durable(dataset, seqs)}
+            writer.write(pa.py_buffer(json.dumps(final).encode()))
+
+    def _ingest(
+        self, dataset: str, reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter | None
+    ) -> tuple[list[int], int]:
+        """Enqueue the stream batch by batch; a PutResult per batch when ``writer`` is given.
+        Returns the seqs and the number of rows taken."""
         schema = reader.schema
         if (problem := parquet_problem(schema)) is not None:
             raise flight.FlightServerError(problem)
-        level = context.get_middleware("ack")
-        durable = level is not None and level.level == "durable"
         schema_key = schema.serialize().to_pybytes()
-        put, timeout, reply = self._queue.put, self._put_timeout, writer.write
+        put, timeout = self._queue.put, self._put_timeout
+        reply = writer.write if writer is not None else None
         state = self._queue.ack_state.encode()
         seqs: list[int] = []
+        rows = 0
         for chunk in reader:
             batch = chunk.data
             if batch is None:  # a metadata-only message carries no rows
@@ -144,8 +168,10 @@ class FlightWriterServer(flight.FlightServerBase):
                 raise flight.FlightUnavailableError("server is shutting down") from None
             except QueueWriteError as exc:
                 raise flight.FlightServerError(f"batch not accepted: {exc}") from None
-            if durable:
-                seqs.append(seq)
+            seqs.append(seq)
+            rows += batch.num_rows
+            if reply is None:
+                continue
             if client_id is None:
                 reply(pa.py_buffer(b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, state)))
             else:
@@ -154,18 +180,106 @@ class FlightWriterServer(flight.FlightServerBase):
                     answer["state"] = self._tracker.describe(seq, seq)["state"]
                     answer["duplicate"] = True
                 reply(pa.py_buffer(json.dumps(answer).encode()))
-        if durable:
-            self._writer.flush(dataset)
-            self._tracker.wait(seqs, None)
-            final = {
-                "state": "durable",
-                "durable_through": self._tracker.durable_through,
-                "files": self._tracker.files_of(seqs),
-            }
-            failed = [d for s in seqs if (d := self._tracker.describe(s, s))["state"] == "failed"]
-            if failed:
-                final["failed"] = failed
-            reply(pa.py_buffer(json.dumps(final).encode()))
+        return seqs, rows
+
+    def _make_durable(self, dataset: str, seqs: list[int]) -> dict[str, Any]:
+        """Write out the dataset and wait until these seqs are resolved; what a durable reply says."""
+        self._writer.flush(dataset)
+        self._tracker.wait(seqs, None)
+        result: dict[str, Any] = {
+            "durable_through": self._tracker.durable_through,
+            "files": self._tracker.files_of(seqs),
+        }
+        failed = [d for s in seqs if (d := self._tracker.describe(s, s))["state"] == "failed"]
+        if failed:
+            result["failed"] = failed
+        return result
+
+    # -- Flight SQL: bulk ingestion for ADBC clients ----------------------------------------------------
+    def _sql_ingest(
+        self,
+        command: bytes,
+        ack_header: str | None,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        try:
+            name, value = flightsql.unpack_any(command)
+            if name != flightsql.INGEST:
+                raise NotImplementedError(
+                    f"Flight SQL command {name or '(none)'} is not supported: "
+                    "this server only ingests (CommandStatementIngest)"
+                )
+            cmd = flightsql.parse_ingest(value)
+        except flightsql.ProtobufError as exc:
+            raise flight.FlightServerError(f"do_put command is not a Flight SQL command: {exc}") from None
+        if cmd.temporary:
+            raise NotImplementedError("temporary tables are not supported")
+        if cmd.transaction_id:
+            raise NotImplementedError("transactions are not supported")
+        try:
+            dataset = dataset_from_path(cmd.path)
+        except ValueError as exc:
+            raise flight.FlightServerError(f"table {'.'.join(cmd.path)!r}: {exc}") from None
+        self._writer.flush(dataset)  # buffered data of this dataset counts as existing
+        existing = self._datasets.objects(dataset)
+        if existing and cmd.if_exists == "fail":
+            raise flight.FlightServerError(f"ALREADY_EXISTS: table {dataset!r} already has data")
+        if not existing and cmd.if_not_exist == "fail":
+            raise flight.FlightServerError(f"NOT_FOUND: table {dataset!r} does not exist")
+        replace = bool(existing) and cmd.if_exists == "replace"
+        if existing and not replace and not self._flight_sql.allow_schema_change:
+            current = self._datasets.parquet_schema(dataset)
+            if current is not None and not current.equals(parquet_schema_of(reader.schema)):
+                raise flight.FlightServerError(
+                    f"table {dataset!r} has schema ({_short(current.to_arrow_schema())}); the data has "
+                    f"({_short(reader.schema)}). Set flight_sql.allow_schema_change = true to allow it"
+                )
+        durable = (ack_header or self._flight_sql.ack) == "durable"
+        seqs, rows = self._ingest(dataset, reader, None)
+        if durable or replace:  # a replace removes the old data only once the new data is safe
+            result = self._make_durable(dataset, seqs)
+            if result.get("failed"):
+                raise flight.FlightServerError(
+                    f"{len(result['failed'])} batches could not be stored in Parquet: {result['failed'][0]['error']}"
+                )
+            for path in existing if replace else ():
+                self._storage.delete(path)
+        writer.write(pa.py_buffer(flightsql.update_result(rows)))
+
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        command = descriptor.command if descriptor.descriptor_type == flight.DescriptorType.CMD else b""
+        name, value = self._sql_command(command)
+        if name == flightsql.GET_SQL_INFO:
+            schema = flightsql.SQL_INFO_SCHEMA
+        elif name in flightsql.CATALOG_COMMANDS:
+            schema = flightsql.catalog_schema(name, value)
+        else:
+            raise NotImplementedError(
+                f"get_flight_info: Flight SQL command {name or '(none)'} is not supported; "
+                "this server ingests (do_put) and describes its datasets, it runs no queries"
+            )
+        return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(command, [])], -1, -1)
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
+        name, value = self._sql_command(ticket.ticket)
+        if name == flightsql.GET_SQL_INFO:
+            return flight.RecordBatchStream(flightsql.sql_info_table(flightsql.parse_sql_info_request(value)))
+        if name in flightsql.CATALOG_COMMANDS:
+            names = self._datasets.names() if name != flightsql.GET_TABLE_TYPES else []
+            return flight.RecordBatchStream(flightsql.catalog_rows(name, value, names, self._datasets.schema))
+        raise NotImplementedError(
+            "do_get: this server stores data, it does not serve reads; read the Parquet files from storage"
+        )
+
+    @staticmethod
+    def _sql_command(data: bytes) -> tuple[str, bytes]:
+        try:
+            return flightsql.unpack_any(data) if data else ("", b"")
+        except flightsql.ProtobufError as exc:
+            raise flight.FlightServerError(f"not a Flight SQL command: {exc}") from None
 
     # -- do_action -------------------------------------------------------------------------------------
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
@@ -173,6 +287,11 @@ class FlightWriterServer(flight.FlightServerBase):
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> list[bytes]:
         entry = self._actions.get(action.type)
+        if entry is None and action.type in flightsql.SQL_ACTIONS:
+            raise NotImplementedError(
+                f"Flight SQL action {action.type} is not supported: this server only ingests "
+                "(adbc_ingest / CommandStatementIngest)"
+            )
         if entry is None:
             raise flight.FlightServerError(f"unknown action {action.type!r}; known: {', '.join(self._actions)}")
         body = action.body.to_pybytes() if action.body is not None else b""
@@ -180,6 +299,8 @@ class FlightWriterServer(flight.FlightServerBase):
             result = entry[1](body)
         except ValueError as exc:
             raise flight.FlightServerError(f"{action.type}: {exc}") from None
+        if result is None:  # CloseSession answers in protobuf, as Flight SQL clients expect
+            return [flightsql.close_session_result()]
         return [json.dumps(result).encode()]
 
     def _ack(self, body: bytes) -> dict[str, Any]:
@@ -214,6 +335,10 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path(dataset.split("/"))
         self._writer.flush(dataset)
         return {"durable_through": self._tracker.durable_through}
+
+
+def _short(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
 
 
 def _client_id(metadata: pa.Buffer) -> str | None:

@@ -85,7 +85,14 @@ class Service:
             self.writer.report_error(check_error)
         try:
             self.server = FlightWriterServer(
-                s.server.location, self.queue, self.writer, self.tracker, self.status, s.queue.put_timeout
+                s.server.location,
+                self.queue,
+                self.writer,
+                self.tracker,
+                self.status,
+                s.queue.put_timeout,
+                self.storage,
+                s.flight_sql,
             )
         except Exception:
             self.writer.close()

@@ -16,7 +16,7 @@ def batch(n: int, start: int = 0) -> pa.RecordBatch:
 
 def test_list_actions_names_each_action_with_a_description(client):
     actions = {a.type: a.description for a in client.list_actions()}
-    assert set(actions) == {"ack", "status", "flush"}
+    assert set(actions) == {"ack", "status", "flush", "CloseSession"}
     assert all(actions.values())
 
 

@@ -54,9 +54,17 @@ def test_invalid_dataset_paths(client, path, message):
         send(client, flight.FlightDescriptor.for_path(*path), GOOD)
 
 
-def test_command_descriptor_is_refused(client):
-    with pytest.raises(flight.FlightServerError, match="needs a PATH descriptor"):
+def test_command_descriptor_that_is_not_flight_sql_is_refused(client):
+    with pytest.raises(flight.FlightServerError, match="do_put command is not a Flight SQL command"):
         send(client, flight.FlightDescriptor.for_command(b"select 1"), GOOD)
+
+
+def test_flight_sql_command_other_than_ingest_is_unimplemented(client):
+    from flight_writer import flightsql
+
+    query = flightsql.pack_any("CommandStatementUpdate", b"\n\x08delete *")
+    with pytest.raises(pa.ArrowNotImplementedError, match="Flight SQL command CommandStatementUpdate is not supported"):
+        send(client, flight.FlightDescriptor.for_command(query), GOOD)
 
 
 def test_union_column_is_refused_naming_the_column(client):
@@ -73,7 +81,8 @@ def test_bad_ack_header_is_refused_before_data(client):
 
 
 def test_unknown_action(client):
-    with pytest.raises(flight.FlightServerError, match="unknown action 'explode'; known: ack, status, flush"):
+    known = "ack, status, flush, CloseSession"
+    with pytest.raises(flight.FlightServerError, match=f"unknown action 'explode'; known: {known}"):
         action(client, "explode")
 
 

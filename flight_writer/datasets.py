@@ -1,0 +1,67 @@
+"""What storage holds for a dataset: its Parquet objects and their schema (for Flight SQL's table modes).
+
+A dataset ``a`` owns the objects under ``a/date=...``; ``a/b`` is another dataset, not part of ``a``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flight_writer.storage import Storage
+
+
+class Datasets:
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def names(self) -> list[str]:
+        """Every dataset in storage: directories up to three levels deep that hold ``date=`` partitions.
+        Lists directories only (one level at a time), never every object."""
+        found: list[str] = []
+        level = [""]
+        for depth in range(4):  # a dataset has 1 to 3 segments; its own listing shows its date= folders
+            deeper = []
+            for prefix in level:
+                children = [e.path for e in self._storage.operator.list(prefix) if e.path != prefix]
+                names = [c[len(prefix) :].rstrip("/") for c in children if c.endswith("/")]
+                if prefix and any(n.startswith("date=") for n in names):
+                    found.append(prefix.rstrip("/"))
+                if depth < 3:
+                    deeper += [f"{prefix}{n}/" for n in names if not n.startswith(("date=", "_", "."))]
+            level = deeper
+        return sorted(found)
+
+    def objects(self, dataset: str) -> list[str]:
+        prefix = dataset + "/"
+        return [
+            p for p in self._storage.list(prefix) if p.endswith(".parquet") and p[len(prefix) :].startswith("date=")
+        ]
+
+    def schema(self, dataset: str) -> pa.Schema | None:
+        """The Arrow schema of the dataset's newest object (part names start with their first seq)."""
+        footer = self._footer(dataset)
+        return footer.schema.to_arrow_schema().remove_metadata() if footer is not None else None
+
+    def parquet_schema(self, dataset: str) -> pq.ParquetSchema | None:
+        """The Parquet schema of the newest object: what readers see, so ``string`` and ``large_string``
+        (or a dictionary and its values) are the same column type here."""
+        footer = self._footer(dataset)
+        return footer.schema if footer is not None else None
+
+    def _footer(self, dataset: str) -> pq.FileMetaData | None:
+        objects = self.objects(dataset)
+        if not objects:
+            return None
+        newest = max(objects, key=lambda p: p.rsplit("/", 1)[-1])
+        with self._storage.operator.open(newest, "rb") as f:  # reads the footer, not the whole object
+            return pq.ParquetFile(io.BufferedReader(f)).metadata
+
+
+def parquet_schema_of(schema: pa.Schema) -> pq.ParquetSchema:
+    """How Parquet would store ``schema`` (written as an empty file, as the writer would)."""
+    sink = pa.BufferOutputStream()
+    pq.ParquetWriter(sink, schema).close()
+    return pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
