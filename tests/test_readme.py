@@ -54,3 +54,17 @@ def test_library_example(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"grpc://127\.0\.0\.1:\d+\n", done.stdout)
+
+
+def test_adbc_example(tmp_path, server_process):
+    server = server_process(write_config(tmp_path / "s.toml", tmp_path / "data"))
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", block("python", "<!-- adbc example")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"FLIGHT_WRITER_URL": server.location, "PATH": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "2\n"
+    assert len(list((tmp_path / "data" / "spans").rglob("*.parquet"))) == 1
