@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 import opendal
+import pyarrow as pa
 from opendal.layers import TimeoutLayer
 
 from flight_writer.config import StorageSettings
@@ -106,9 +107,13 @@ class Storage:
 
     def write(self, path: str, data: Any, content_type: str = "application/octet-stream") -> None:
         """Store ``data`` (bytes or a buffer) at ``path``; on error nothing appears at ``path``."""
+        if not isinstance(data, bytes):
+            # OpenDAL 0.47 copies anything but bytes element by element: 40 MB as a pyarrow Buffer took
+            # 3.6 s, as bytes 0.03 s (plus 0.1 s for the copy into bytes). Measured in bench/ notes.
+            data = data.to_pybytes() if isinstance(data, pa.Buffer) else bytes(data)
         if not self._can_rename:
             options: dict[str, Any] = {"content_type": content_type}
-            if self._multipart and len(memoryview(data)) > self._settings.multipart_threshold:
+            if self._multipart and len(data) > self._settings.multipart_threshold:
                 options.update(chunk=self._settings.upload_chunk_bytes, concurrent=self._settings.upload_concurrency)
             self.operator.write(path, data, **options)
             return

@@ -1,0 +1,409 @@
+"""The benchmark: flight-writer against the limits around it, on the same data and the same disk.
+
+Contenders, per scenario (batch rows x producers x datasets):
+  discard  a Flight server that reads and drops every batch: the transport limit
+  direct   the client writes Parquet itself with pyarrow (zstd, same row groups), one writer per dataset
+  memory   flight-writer end to end (queue.type = memory): do_put, then `flush` until everything is durable
+  wal      the same with queue.type = wal (fsync = always)
+
+Servers run as separate processes on 127.0.0.1; producers are threads of this process. Throughput is Arrow
+bytes (and rows) of the spans sent, per second of wall time. Also: durable-ack latency at a steady load for a
+few flush intervals, and the server's peak RSS while 10 x queue.max_bytes goes through a slowed storage.
+
+    make bench                      # BENCH_SCALE=1: 1 GiB of Arrow data per measurement
+    BENCH_SCALE=0.1 make bench      # a quick run
+
+Writes bench/results.json and bench/results.png, and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+BYTES_PER_RUN = int((1 << 30) * SCALE)
+ROW_GROUP_ROWS = 1_048_576
+MiB = 1 << 20
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+def make_spans(rows: int, seed: int = 7) -> pa.Table:
+    """Observability spans: what our users send."""
+    rng = np.random.default_rng(seed)
+    services = np.array([f"service-{i}" for i in range(12)], dtype=object)
+    names = np.array([f"GET /api/v1/resource/{i}" for i in range(200)], dtype=object)
+    statuses = np.array(["OK", "ERROR", "UNSET"], dtype=object)
+    start = 1_764_000_000_000_000_000
+    keys = pa.array(np.tile(np.array(["http.method", "http.status_code", "host.name", "region"], dtype=object), rows))
+    values = pa.array(np.stack([
+        rng.choice(np.array(["GET", "POST", "PUT"], dtype=object), rows),
+        rng.choice(np.array(["200", "404", "500"], dtype=object), rows),
+        np.char.add("host-", rng.integers(0, 500, rows).astype(str)).astype(object),
+        rng.choice(np.array(["eu-west-1", "us-east-1"], dtype=object), rows),
+    ], axis=1).reshape(-1))
+    attributes = pa.MapArray.from_arrays(pa.array(np.arange(0, 4 * rows + 1, 4, dtype=np.int32)), keys, values)
+    return pa.table({
+        "timestamp": pa.array(start + np.cumsum(rng.integers(1_000, 1_000_000, rows)), pa.timestamp("ns", "UTC")),
+        "service": pa.array(rng.choice(services, rows)),
+        "trace_id": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(rng.bytes(16 * rows))]),
+        "span_id": pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), rows, [None, pa.py_buffer(rng.bytes(8 * rows))]),
+        "name": pa.array(rng.choice(names, rows)),
+        "duration_ns": pa.array(rng.lognormal(13, 2, rows).astype(np.int64)),
+        "status": pa.array(rng.choice(statuses, rows, p=[0.9, 0.05, 0.05])),
+        "attributes": attributes,
+    })
+
+
+class Workload:
+    """Batches of one size, cycled from a base table until ``BYTES_PER_RUN`` bytes have been handed out."""
+
+    def __init__(self, base: pa.Table, batch_rows: int) -> None:
+        self.batches = base.combine_chunks().to_batches(max_chunksize=batch_rows)
+        self.batch_bytes = sum(b.nbytes for b in self.batches) / len(self.batches)
+        self.count = max(1, int(BYTES_PER_RUN / self.batch_bytes))
+        self.rows = sum(self.batches[i % len(self.batches)].num_rows for i in range(self.count))
+        self.nbytes = sum(self.batches[i % len(self.batches)].nbytes for i in range(self.count))
+
+    def share(self, producer: int, producers: int) -> list[pa.RecordBatch]:
+        return [self.batches[i % len(self.batches)] for i in range(producer, self.count, producers)]
+
+
+# -- servers ------------------------------------------------------------------------------------------------
+DISCARD_SERVER = """
+import sys, pyarrow.flight as flight
+class Discard(flight.FlightServerBase):
+    def do_put(self, context, descriptor, reader, writer):
+        for chunk in reader:
+            pass
+server = Discard("grpc://127.0.0.1:0")
+print(server.port, flush=True)
+server.serve()
+"""
+
+
+class Server:
+    def __init__(self, cmd: list[str], port_pattern: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                     env={**os.environ, **(env or {})})
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if m := re.search(port_pattern, line):
+                self.port = int(m.group(1))
+                break
+        else:
+            raise RuntimeError("server did not start")
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+        self.location = f"grpc://127.0.0.1:{self.port}"
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def discard_server() -> Server:
+    return Server([sys.executable, "-c", DISCARD_SERVER], r"^(\d+)$")
+
+
+def flight_writer_server(root: Path, queue: str, env: dict[str, str] | None = None) -> Server:
+    """flight-writer serve with the bench's settings; ``env`` overrides any (FLIGHT_WRITER_...)."""
+    config = root / "bench.toml"
+    config.write_text(f"""
+[server]
+location = "grpc://127.0.0.1:0"
+[queue]
+type = "{queue}"
+path = "{root / 'wal'}"
+max_bytes = "1GiB"
+[writer]
+row_group_rows = {ROW_GROUP_ROWS}
+flush_interval = 10.0
+[storage]
+root = "{root / 'data'}"
+""")
+    return Server([sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)],
+                  r"\(port (\d+)\)", env=env)
+
+
+# -- contenders ---------------------------------------------------------------------------------------------
+def run_producers(location: str, work: Workload, producers: int, datasets: int) -> None:
+    def produce(p: int) -> None:
+        with flight.connect(location) as client:
+            batches = work.share(p, producers)
+            writer, reader = client.do_put(flight.FlightDescriptor.for_path(f"ds{p % datasets}"), batches[0].schema)
+            drain = threading.Thread(target=drain_replies, args=(reader,))
+            drain.start()  # read the PutResults as they come, as a real producer would
+            for batch in batches:
+                writer.write_batch(batch)
+            writer.done_writing()
+            drain.join()
+            writer.close()
+
+    threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def drain_replies(reader: flight.FlightMetadataReader) -> None:
+    while reader.read() is not None:
+        pass
+
+
+def flush(location: str) -> None:
+    with flight.connect(location) as client:
+        list(client.do_action(flight.Action("flush", b"")))
+
+
+def measure_discard(work: Workload, producers: int, datasets: int, tmp: Path) -> float:
+    server = discard_server()
+    try:
+        start = time.perf_counter()
+        run_producers(server.location, work, producers, datasets)
+        return time.perf_counter() - start
+    finally:
+        server.stop()
+
+
+def measure_direct(work: Workload, producers: int, datasets: int, tmp: Path) -> float:
+    """What a user does without us: write the same batches to Parquet, one file per dataset (rolled at
+    the same size as the server's), zstd, the same row groups."""
+    out = tmp / "direct"
+    out.mkdir()
+
+    def write(d: int) -> None:
+        mine = [b for p in range(producers) if p % datasets == d for b in work.share(p, producers)]
+        acc: list[pa.RecordBatch] = []
+        size, part = 0, 0
+        for batch in [*mine, None]:
+            if batch is not None:
+                acc.append(batch)
+                size += batch.nbytes
+            if acc and (batch is None or size >= 128 * MiB):
+                pq.write_table(pa.Table.from_batches(acc), out / f"d{d}-{part}.parquet",
+                               compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                acc, size, part = [], 0, part + 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=write, args=(d,)) for d in range(datasets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
+def measure_flight_writer(queue: str):
+    def measure(work: Workload, producers: int, datasets: int, tmp: Path) -> float:
+        server = flight_writer_server(tmp, queue)
+        try:
+            start = time.perf_counter()
+            run_producers(server.location, work, producers, datasets)
+            flush(server.location)  # everything durable
+            return time.perf_counter() - start
+        finally:
+            server.stop()
+    return measure
+
+
+CONTENDERS = {"discard": measure_discard, "direct": measure_direct,
+              "memory": measure_flight_writer("memory"), "wal": measure_flight_writer("wal")}
+SCENARIOS = [  # (batch rows, producers, datasets)
+    (100, 1, 1), (8192, 1, 1), (65536, 1, 1), (8192, 4, 4), (65536, 4, 4), (8192, 4, 1),
+]
+
+
+def throughput(base: pa.Table) -> list[dict]:
+    results = []
+    for batch_rows, producers, datasets in SCENARIOS:
+        work = Workload(base, batch_rows)
+        row = {"batch_rows": batch_rows, "producers": producers, "datasets": datasets,
+               "mb": round(work.nbytes / 1e6, 1), "rows": work.rows}
+        for name, measure in CONTENDERS.items():
+            with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+                seconds = measure(work, producers, datasets, Path(tmp))
+            row[name] = {"seconds": round(seconds, 3), "mb_s": round(work.nbytes / 1e6 / seconds, 1),
+                         "rows_s": round(work.rows / seconds)}
+            print(f"  {batch_rows:>6} rows x{producers}p x{datasets}d  {name:<8} {row[name]['mb_s']:>8.1f} MB/s",
+                  flush=True)
+        row["memory_vs_direct"] = round(row["direct"]["seconds"] / row["memory"]["seconds"], 2)
+        row["memory_vs_discard"] = round(row["discard"]["seconds"] / row["memory"]["seconds"], 2)
+        row["wal_vs_memory"] = round(row["memory"]["seconds"] / row["wal"]["seconds"], 2)
+        results.append(row)
+    return results
+
+
+# -- latency and memory -------------------------------------------------------------------------------------
+def latency(base: pa.Table) -> list[dict]:
+    """Send one 8,192-row batch every 50 ms for a few seconds; time each batch to its durable ack."""
+    batches = base.slice(0, 8192 * 40).combine_chunks().to_batches(max_chunksize=8192)
+    results = []
+    for interval in (0.1, 0.5, 1.0):
+        with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+            server = flight_writer_server(Path(tmp), "memory", {"FLIGHT_WRITER_WRITER__FLUSH_INTERVAL": str(interval)})
+            waits: list[float] = []
+            lock = threading.Lock()
+            try:
+                with flight.connect(server.location) as client:
+                    writer, reader = client.do_put(flight.FlightDescriptor.for_path("lat"), batches[0].schema)
+                    waiters = []
+                    for batch in batches:
+                        sent = time.perf_counter()
+                        writer.write_batch(batch)
+                        seq = json.loads(reader.read().to_pybytes())["seq"]
+
+                        def wait(seq: int = seq, sent: float = sent) -> None:
+                            with flight.connect(server.location) as c:
+                                body = json.dumps({"seq": seq, "wait_ms": 60_000}).encode()
+                                list(c.do_action(flight.Action("ack", body)))
+                            with lock:
+                                waits.append(time.perf_counter() - sent)
+
+                        waiters.append(threading.Thread(target=wait))
+                        waiters[-1].start()
+                        time.sleep(0.05)  # the steady load itself: one batch every 50 ms
+                    writer.done_writing()
+                    writer.close()
+                    for t in waiters:
+                        t.join()
+            finally:
+                server.stop()
+        waits.sort()
+        results.append({"flush_interval": interval, "batches": len(waits),
+                        "p50_ms": round(1000 * waits[len(waits) // 2], 1),
+                        "p99_ms": round(1000 * waits[min(len(waits) - 1, int(len(waits) * 0.99))], 1)})
+        print(f"  latency flush_interval={interval}s p50={results[-1]['p50_ms']} ms p99={results[-1]['p99_ms']} ms",
+              flush=True)
+    return results
+
+
+def peak_memory(base: pa.Table) -> dict:
+    """10 x queue.max_bytes sent to a server whose storage (S3 on moto) is paused 80% of the time."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import emulators
+
+    queue_mb, file_mb = 64, 32
+    s3 = emulators.start("s3")
+    stop = threading.Event()
+
+    def slow_storage() -> None:
+        while not stop.is_set():
+            s3.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.08)
+            s3.proc.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+
+    storage = s3.settings()
+    env = {"FLIGHT_WRITER_QUEUE__MAX_BYTES": f"{queue_mb}MiB", "FLIGHT_WRITER_WRITER__MAX_FILE_BYTES": f"{file_mb}MiB",
+           "FLIGHT_WRITER_QUEUE__PUT_TIMEOUT": "600", "STORAGE_TYPE": "s3", "STORAGE_PATH": storage.root,
+           "FLIGHT_WRITER_STORAGE__BUCKET": storage.bucket, "FLIGHT_WRITER_STORAGE__ENDPOINT": storage.endpoint,
+           "FLIGHT_WRITER_STORAGE__REGION": storage.region,
+           **{f"FLIGHT_WRITER_STORAGE__OPTIONS__{k.upper()}": v for k, v in storage.options.items()}}
+    batches = base.combine_chunks().to_batches(max_chunksize=65536)
+    per = sum(b.nbytes for b in batches) / len(batches)
+    count = int(10 * queue_mb * MiB / per)
+    try:
+        with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+            server = flight_writer_server(Path(tmp), "memory", env)
+            throttle = threading.Thread(target=slow_storage)
+            throttle.start()
+            try:
+                with flight.connect(server.location) as client:
+                    writer, reader = client.do_put(flight.FlightDescriptor.for_path("mem"), batches[0].schema)
+                    drain = threading.Thread(target=drain_replies, args=(reader,))
+                    drain.start()
+                    for i in range(count):
+                        writer.write_batch(batches[i % len(batches)])
+                    writer.done_writing()
+                    drain.join()
+                    writer.close()
+                stop.set()
+                throttle.join()
+                s3.proc.send_signal(signal.SIGCONT)
+                flush(server.location)
+                peak = server.peak_rss_mb()
+            finally:
+                stop.set()
+                s3.proc.send_signal(signal.SIGCONT)
+                server.stop()
+    finally:
+        s3.stop()
+    bound = queue_mb + 2 * file_mb + 300
+    result = {"queue_max_mb": queue_mb, "max_file_mb": file_mb, "sent_mb": round(count * per / MiB),
+              "peak_rss_mb": round(peak), "bound_mb": bound, "within": peak <= bound}
+    print(f"  memory: sent {result['sent_mb']} MiB, peak RSS {result['peak_rss_mb']} MiB (bound {bound} MiB)")
+    return result
+
+
+# -- report -------------------------------------------------------------------------------------------------
+def chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['batch_rows']} rows\n{r['producers']}p/{r['datasets']}d" for r in results]
+    x = np.arange(len(results))
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for i, name in enumerate(["direct", "memory", "wal"]):
+        ax.bar(x + (i - 1) * 0.27, [r[name]["mb_s"] for r in results], 0.27, label=name)
+    ax.plot(x, [r["discard"]["mb_s"] for r in results], "k_", markersize=40, mew=2, label="discard (transport limit)")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("MB/s of Arrow data")
+    ax.set_title(f"flight-writer vs writing Parquet directly ({os.cpu_count()} cores, BENCH_SCALE={SCALE})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    started = time.perf_counter()
+    print(f"BENCH_SCALE={SCALE}: {BYTES_PER_RUN / MiB:.0f} MiB of Arrow data per measurement", flush=True)
+    base = make_spans(262_144)
+    print(f"spans: {base.num_rows} rows, {base.nbytes / MiB:.1f} MiB ({base.nbytes / base.num_rows:.0f} B/row)")
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyarrow": pa.__version__,
+                    "platform": platform.platform()},
+        "scale": SCALE, "bytes_per_run": BYTES_PER_RUN,
+        "throughput": throughput(base), "latency": latency(base), "memory": peak_memory(base),
+    }
+    report["seconds"] = round(time.perf_counter() - started)
+    (HERE / "results.json").write_text(json.dumps(report, indent=2))
+    chart(report["throughput"], HERE / "results.png")
+    print("\n| batch rows | producers | datasets | discard MB/s | direct MB/s | memory MB/s | wal MB/s | "
+          "memory/direct | memory/discard | wal/memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in report["throughput"]:
+        print(f"| {r['batch_rows']} | {r['producers']} | {r['datasets']} | {r['discard']['mb_s']} | "
+              f"{r['direct']['mb_s']} | {r['memory']['mb_s']} | {r['wal']['mb_s']} | {r['memory_vs_direct']} | "
+              f"{r['memory_vs_discard']} | {r['wal_vs_memory']} |")
+    print(f"\nwrote bench/results.json and bench/results.png in {report['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
