@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 IMAGE ?= flight-writer
 
-.PHONY: serve test lint image emulators clean
+.PHONY: serve test bench lint image emulators clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,13 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# BENCH_SCALE=0.1 make bench for a quick run; results in bench/results.json and bench/results.png
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check flight_writer tests
-	$(BIN)/ruff format --check flight_writer tests
+	$(BIN)/ruff check flight_writer tests bench
+	$(BIN)/ruff format --check flight_writer tests bench
 
 image:
 	docker build -t $(IMAGE) .

@@ -52,23 +52,38 @@ def make_spans(rows: int, seed: int = 7) -> pa.Table:
     statuses = np.array(["OK", "ERROR", "UNSET"], dtype=object)
     start = 1_764_000_000_000_000_000
     keys = pa.array(np.tile(np.array(["http.method", "http.status_code", "host.name", "region"], dtype=object), rows))
-    values = pa.array(np.stack([
-        rng.choice(np.array(["GET", "POST", "PUT"], dtype=object), rows),
-        rng.choice(np.array(["200", "404", "500"], dtype=object), rows),
-        np.char.add("host-", rng.integers(0, 500, rows).astype(str)).astype(object),
-        rng.choice(np.array(["eu-west-1", "us-east-1"], dtype=object), rows),
-    ], axis=1).reshape(-1))
+    values = pa.array(
+        np.stack(
+            [
+                rng.choice(np.array(["GET", "POST", "PUT"], dtype=object), rows),
+                rng.choice(np.array(["200", "404", "500"], dtype=object), rows),
+                np.char.add("host-", rng.integers(0, 500, rows).astype(str)).astype(object),
+                rng.choice(np.array(["eu-west-1", "us-east-1"], dtype=object), rows),
+            ],
+            axis=1,
+        ).reshape(-1)
+    )
     attributes = pa.MapArray.from_arrays(pa.array(np.arange(0, 4 * rows + 1, 4, dtype=np.int32)), keys, values)
-    return pa.table({
-        "timestamp": pa.array(start + np.cumsum(rng.integers(1_000, 1_000_000, rows)), pa.timestamp("ns", "UTC")),
-        "service": pa.array(rng.choice(services, rows)),
-        "trace_id": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(rng.bytes(16 * rows))]),
-        "span_id": pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), rows, [None, pa.py_buffer(rng.bytes(8 * rows))]),
-        "name": pa.array(rng.choice(names, rows)),
-        "duration_ns": pa.array(rng.lognormal(13, 2, rows).astype(np.int64)),
-        "status": pa.array(rng.choice(statuses, rows, p=[0.9, 0.05, 0.05])),
-        "attributes": attributes,
-    })
+    return pa.table(
+        {
+            "timestamp": pa.array(start + np.cumsum(rng.integers(1_000, 1_000_000, rows)), pa.timestamp("ns", "UTC")),
+            "service": pa.array(rng.choice(services, rows)),
+            "trace_id": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(16), rows, [None, pa.py_buffer(rng.bytes(16 * rows))]
+            ),
+            "span_id": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(8), rows, [None, pa.py_buffer(rng.bytes(8 * rows))]
+            ),
+            "name": pa.array(rng.choice(names, rows)),
+            "duration_ns": pa.array(rng.lognormal(13, 2, rows).astype(np.int64)),
+            "status": pa.array(rng.choice(statuses, rows, p=[0.9, 0.05, 0.05])),
+            "attributes": attributes,
+        }
+    )
+
+
+def fixed_binary(rng: np.random.Generator, width: int, rows: int) -> pa.Array:
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), rows, [None, pa.py_buffer(rng.bytes(width * rows))])
 
 
 class Workload:
@@ -100,8 +115,14 @@ server.serve()
 
 class Server:
     def __init__(self, cmd: list[str], port_pattern: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if m := re.search(port_pattern, line):
@@ -137,16 +158,17 @@ def flight_writer_server(root: Path, queue: str, env: dict[str, str] | None = No
 location = "grpc://127.0.0.1:0"
 [queue]
 type = "{queue}"
-path = "{root / 'wal'}"
+path = "{root / "wal"}"
 max_bytes = "1GiB"
 [writer]
 row_group_rows = {ROW_GROUP_ROWS}
 flush_interval = 10.0
 [storage]
-root = "{root / 'data'}"
+root = "{root / "data"}"
 """)
-    return Server([sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)],
-                  r"\(port (\d+)\)", env=env)
+    return Server(
+        [sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)], r"\(port (\d+)\)", env=env
+    )
 
 
 # -- contenders ---------------------------------------------------------------------------------------------
@@ -205,8 +227,12 @@ def measure_direct(work: Workload, producers: int, datasets: int, tmp: Path) -> 
                 acc.append(batch)
                 size += batch.nbytes
             if acc and (batch is None or size >= 128 * MiB):
-                pq.write_table(pa.Table.from_batches(acc), out / f"d{d}-{part}.parquet",
-                               compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                pq.write_table(
+                    pa.Table.from_batches(acc),
+                    out / f"d{d}-{part}.parquet",
+                    compression="zstd",
+                    row_group_size=ROW_GROUP_ROWS,
+                )
                 acc, size, part = [], 0, part + 1
 
     start = time.perf_counter()
@@ -228,13 +254,23 @@ def measure_flight_writer(queue: str):
             return time.perf_counter() - start
         finally:
             server.stop()
+
     return measure
 
 
-CONTENDERS = {"discard": measure_discard, "direct": measure_direct,
-              "memory": measure_flight_writer("memory"), "wal": measure_flight_writer("wal")}
+CONTENDERS = {
+    "discard": measure_discard,
+    "direct": measure_direct,
+    "memory": measure_flight_writer("memory"),
+    "wal": measure_flight_writer("wal"),
+}
 SCENARIOS = [  # (batch rows, producers, datasets)
-    (100, 1, 1), (8192, 1, 1), (65536, 1, 1), (8192, 4, 4), (65536, 4, 4), (8192, 4, 1),
+    (100, 1, 1),
+    (8192, 1, 1),
+    (65536, 1, 1),
+    (8192, 4, 4),
+    (65536, 4, 4),
+    (8192, 4, 1),
 ]
 
 
@@ -242,15 +278,25 @@ def throughput(base: pa.Table) -> list[dict]:
     results = []
     for batch_rows, producers, datasets in SCENARIOS:
         work = Workload(base, batch_rows)
-        row = {"batch_rows": batch_rows, "producers": producers, "datasets": datasets,
-               "mb": round(work.nbytes / 1e6, 1), "rows": work.rows}
+        row = {
+            "batch_rows": batch_rows,
+            "producers": producers,
+            "datasets": datasets,
+            "mb": round(work.nbytes / 1e6, 1),
+            "rows": work.rows,
+        }
         for name, measure in CONTENDERS.items():
             with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
                 seconds = measure(work, producers, datasets, Path(tmp))
-            row[name] = {"seconds": round(seconds, 3), "mb_s": round(work.nbytes / 1e6 / seconds, 1),
-                         "rows_s": round(work.rows / seconds)}
-            print(f"  {batch_rows:>6} rows x{producers}p x{datasets}d  {name:<8} {row[name]['mb_s']:>8.1f} MB/s",
-                  flush=True)
+            row[name] = {
+                "seconds": round(seconds, 3),
+                "mb_s": round(work.nbytes / 1e6 / seconds, 1),
+                "rows_s": round(work.rows / seconds),
+            }
+            print(
+                f"  {batch_rows:>6} rows x{producers}p x{datasets}d  {name:<8} {row[name]['mb_s']:>8.1f} MB/s",
+                flush=True,
+            )
         row["memory_vs_direct"] = round(row["direct"]["seconds"] / row["memory"]["seconds"], 2)
         row["memory_vs_discard"] = round(row["discard"]["seconds"] / row["memory"]["seconds"], 2)
         row["wal_vs_memory"] = round(row["memory"]["seconds"] / row["wal"]["seconds"], 2)
@@ -259,6 +305,13 @@ def throughput(base: pa.Table) -> list[dict]:
 
 
 # -- latency and memory -------------------------------------------------------------------------------------
+def wait_durable(location: str, seq: int, sent: float, waits: list[float], lock: threading.Lock) -> None:
+    with flight.connect(location) as client:
+        list(client.do_action(flight.Action("ack", json.dumps({"seq": seq, "wait_ms": 60_000}).encode())))
+    with lock:
+        waits.append(time.perf_counter() - sent)
+
+
 def latency(base: pa.Table) -> list[dict]:
     """Send one 8,192-row batch every 50 ms for a few seconds; time each batch to its durable ack."""
     batches = base.slice(0, 8192 * 40).combine_chunks().to_batches(max_chunksize=8192)
@@ -277,14 +330,9 @@ def latency(base: pa.Table) -> list[dict]:
                         writer.write_batch(batch)
                         seq = json.loads(reader.read().to_pybytes())["seq"]
 
-                        def wait(seq: int = seq, sent: float = sent) -> None:
-                            with flight.connect(server.location) as c:
-                                body = json.dumps({"seq": seq, "wait_ms": 60_000}).encode()
-                                list(c.do_action(flight.Action("ack", body)))
-                            with lock:
-                                waits.append(time.perf_counter() - sent)
-
-                        waiters.append(threading.Thread(target=wait))
+                        waiters.append(
+                            threading.Thread(target=wait_durable, args=(server.location, seq, sent, waits, lock))
+                        )
                         waiters[-1].start()
                         time.sleep(0.05)  # the steady load itself: one batch every 50 ms
                     writer.done_writing()
@@ -294,11 +342,18 @@ def latency(base: pa.Table) -> list[dict]:
             finally:
                 server.stop()
         waits.sort()
-        results.append({"flush_interval": interval, "batches": len(waits),
-                        "p50_ms": round(1000 * waits[len(waits) // 2], 1),
-                        "p99_ms": round(1000 * waits[min(len(waits) - 1, int(len(waits) * 0.99))], 1)})
-        print(f"  latency flush_interval={interval}s p50={results[-1]['p50_ms']} ms p99={results[-1]['p99_ms']} ms",
-              flush=True)
+        results.append(
+            {
+                "flush_interval": interval,
+                "batches": len(waits),
+                "p50_ms": round(1000 * waits[len(waits) // 2], 1),
+                "p99_ms": round(1000 * waits[min(len(waits) - 1, int(len(waits) * 0.99))], 1),
+            }
+        )
+        print(
+            f"  latency flush_interval={interval}s p50={results[-1]['p50_ms']} ms p99={results[-1]['p99_ms']} ms",
+            flush=True,
+        )
     return results
 
 
@@ -319,11 +374,17 @@ def peak_memory(base: pa.Table) -> dict:
             time.sleep(0.02)
 
     storage = s3.settings()
-    env = {"FLIGHT_WRITER_QUEUE__MAX_BYTES": f"{queue_mb}MiB", "FLIGHT_WRITER_WRITER__MAX_FILE_BYTES": f"{file_mb}MiB",
-           "FLIGHT_WRITER_QUEUE__PUT_TIMEOUT": "600", "STORAGE_TYPE": "s3", "STORAGE_PATH": storage.root,
-           "FLIGHT_WRITER_STORAGE__BUCKET": storage.bucket, "FLIGHT_WRITER_STORAGE__ENDPOINT": storage.endpoint,
-           "FLIGHT_WRITER_STORAGE__REGION": storage.region,
-           **{f"FLIGHT_WRITER_STORAGE__OPTIONS__{k.upper()}": v for k, v in storage.options.items()}}
+    env = {
+        "FLIGHT_WRITER_QUEUE__MAX_BYTES": f"{queue_mb}MiB",
+        "FLIGHT_WRITER_WRITER__MAX_FILE_BYTES": f"{file_mb}MiB",
+        "FLIGHT_WRITER_QUEUE__PUT_TIMEOUT": "600",
+        "STORAGE_TYPE": "s3",
+        "STORAGE_PATH": storage.root,
+        "FLIGHT_WRITER_STORAGE__BUCKET": storage.bucket,
+        "FLIGHT_WRITER_STORAGE__ENDPOINT": storage.endpoint,
+        "FLIGHT_WRITER_STORAGE__REGION": storage.region,
+        **{f"FLIGHT_WRITER_STORAGE__OPTIONS__{k.upper()}": v for k, v in storage.options.items()},
+    }
     batches = base.combine_chunks().to_batches(max_chunksize=65536)
     per = sum(b.nbytes for b in batches) / len(batches)
     count = int(10 * queue_mb * MiB / per)
@@ -354,8 +415,14 @@ def peak_memory(base: pa.Table) -> dict:
     finally:
         s3.stop()
     bound = queue_mb + 2 * file_mb + 300
-    result = {"queue_max_mb": queue_mb, "max_file_mb": file_mb, "sent_mb": round(count * per / MiB),
-              "peak_rss_mb": round(peak), "bound_mb": bound, "within": peak <= bound}
+    result = {
+        "queue_max_mb": queue_mb,
+        "max_file_mb": file_mb,
+        "sent_mb": round(count * per / MiB),
+        "peak_rss_mb": round(peak),
+        "bound_mb": bound,
+        "within": peak <= bound,
+    }
     print(f"  memory: sent {result['sent_mb']} MiB, peak RSS {result['peak_rss_mb']} MiB (bound {bound} MiB)")
     return result
 
@@ -376,7 +443,7 @@ def chart(results: list[dict], path: Path) -> None:
     ax.set_xticks(x, labels)
     ax.set_ylabel("MB/s of Arrow data")
     ax.set_title(f"flight-writer vs writing Parquet directly ({os.cpu_count()} cores, BENCH_SCALE={SCALE})")
-    ax.legend()
+    ax.legend(loc="upper center", ncol=4, bbox_to_anchor=(0.5, -0.14))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -387,21 +454,32 @@ def main() -> None:
     base = make_spans(262_144)
     print(f"spans: {base.num_rows} rows, {base.nbytes / MiB:.1f} MiB ({base.nbytes / base.num_rows:.0f} B/row)")
     report = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyarrow": pa.__version__,
-                    "platform": platform.platform()},
-        "scale": SCALE, "bytes_per_run": BYTES_PER_RUN,
-        "throughput": throughput(base), "latency": latency(base), "memory": peak_memory(base),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyarrow": pa.__version__,
+            "platform": platform.platform(),
+        },
+        "scale": SCALE,
+        "bytes_per_run": BYTES_PER_RUN,
+        "throughput": throughput(base),
+        "latency": latency(base),
+        "memory": peak_memory(base),
     }
     report["seconds"] = round(time.perf_counter() - started)
     (HERE / "results.json").write_text(json.dumps(report, indent=2))
     chart(report["throughput"], HERE / "results.png")
-    print("\n| batch rows | producers | datasets | discard MB/s | direct MB/s | memory MB/s | wal MB/s | "
-          "memory/direct | memory/discard | wal/memory |")
+    print(
+        "\n| batch rows | producers | datasets | discard MB/s | direct MB/s | memory MB/s | wal MB/s | "
+        "memory/direct | memory/discard | wal/memory |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in report["throughput"]:
-        print(f"| {r['batch_rows']} | {r['producers']} | {r['datasets']} | {r['discard']['mb_s']} | "
-              f"{r['direct']['mb_s']} | {r['memory']['mb_s']} | {r['wal']['mb_s']} | {r['memory_vs_direct']} | "
-              f"{r['memory_vs_discard']} | {r['wal_vs_memory']} |")
+        print(
+            f"| {r['batch_rows']} | {r['producers']} | {r['datasets']} | {r['discard']['mb_s']} | "
+            f"{r['direct']['mb_s']} | {r['memory']['mb_s']} | {r['wal']['mb_s']} | {r['memory_vs_direct']} | "
+            f"{r['memory_vs_discard']} | {r['wal_vs_memory']} |"
+        )
     print(f"\nwrote bench/results.json and bench/results.png in {report['seconds']} s")
 
 
