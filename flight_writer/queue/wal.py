@@ -222,10 +222,7 @@ class WalQueue(MemoryQueue):
 
     # -- the writer's side -----------------------------------------------------------------------------
     def plan(self, plan: Plan) -> None:
-        record = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
-        if plan.error is not None:
-            record["error"] = plan.error
-        self._manifest_append([record], sync=self._fsync != "never")
+        self._manifest_append([_plan_record(plan)], sync=self._fsync != "never")
 
     def _finished(self, entries: list[Entry]) -> None:
         self._manifest_append([{"done": seq_ranges(sorted(e.seq for e in entries))}], sync=False)
@@ -461,14 +458,7 @@ class WalQueue(MemoryQueue):
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             for plan in plans:
-                record: dict[str, Any] = {
-                    "plan": plan.path,
-                    "kind": plan.kind,
-                    "seqs": seq_ranges(list(plan.seqs)),
-                }
-                if plan.error is not None:
-                    record["error"] = plan.error
-                f.write(_manifest_line(record))
+                f.write(_manifest_line(_plan_record(plan)))
             if confirmed:
                 f.write(_manifest_line({"done": seq_ranges(confirmed)}))
             if ids:
@@ -545,6 +535,13 @@ def _intact_at(blob: bytes, pos: int) -> int | None:
     if magic != MAGIC or length < BATCH.size or body + length > len(blob):
         return None
     return length if zlib.crc32(memoryview(blob)[body : body + length]) == crc else None
+
+
+def _plan_record(plan: Plan) -> dict[str, Any]:
+    record: dict[str, Any] = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
+    if plan.error is not None:
+        record["error"] = plan.error
+    return record
 
 
 def _manifest_line(record: dict[str, Any]) -> bytes:
