@@ -135,16 +135,22 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path([p.decode("utf-8", "replace") for p in descriptor.path])
         except ValueError as exc:
             raise flight.FlightServerError(str(exc)) from None
-        seqs, _ = self._ingest(dataset, reader, writer)
-        if level is not None and level.level == "durable":
+        durable = level is not None and level.level == "durable"
+        seqs, _ = self._ingest(dataset, reader, writer, keep_seqs=durable)
+        if durable:
             final: dict[str, Any] = {"state": "durable", **self._make_durable(dataset, seqs)}
             writer.write(pa.py_buffer(json.dumps(final).encode()))
 
     def _ingest(
-        self, dataset: str, reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter | None
+        self,
+        dataset: str,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter | None,
+        keep_seqs: bool,
     ) -> tuple[list[int], int]:
         """Enqueue the stream batch by batch; a PutResult per batch when ``writer`` is given.
-        Returns the seqs and the number of rows taken."""
+        Returns the seqs (when ``keep_seqs``: a long-lived queued stream should not collect them) and the
+        number of rows taken."""
         schema = reader.schema
         if (problem := parquet_problem(schema)) is not None:
             raise flight.FlightServerError(problem)
@@ -168,7 +174,8 @@ class FlightWriterServer(flight.FlightServerBase):
                 raise flight.FlightUnavailableError("server is shutting down") from None
             except QueueWriteError as exc:
                 raise flight.FlightServerError(f"batch not accepted: {exc}") from None
-            seqs.append(seq)
+            if keep_seqs:
+                seqs.append(seq)
             rows += batch.num_rows
             if reply is None:
                 continue
@@ -236,7 +243,7 @@ class FlightWriterServer(flight.FlightServerBase):
                     f"({_short(reader.schema)}). Set flight_sql.allow_schema_change = true to allow it"
                 )
         durable = (ack_header or self._flight_sql.ack) == "durable"
-        seqs, rows = self._ingest(dataset, reader, None)
+        seqs, rows = self._ingest(dataset, reader, None, keep_seqs=True)
         if durable or replace:  # a replace removes the old data only once the new data is safe
             result = self._make_durable(dataset, seqs)
             if result.get("failed"):
