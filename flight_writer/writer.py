@@ -270,20 +270,20 @@ class Writer:
         with self._lock:
             self.files_written += 1
             self.rows_written += rows
-            self.bytes_written += data.size
+            self.bytes_written += len(data)
         logger.info(
             "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
             path,
             buf.dataset,
             rows,
-            data.size,
+            len(data),
             plan.seqs[0],
             plan.seqs[-1],
             len(entries),
             time.monotonic() - started,
         )
 
-    def _encode(self, entries: list[Entry]) -> pa.Buffer:
+    def _encode(self, entries: list[Entry]) -> bytes:
         schema = entries[0].batch.schema
         seqs = [e.seq for e in entries]
         metadata = dict(schema.metadata or {})
@@ -301,7 +301,8 @@ class Writer:
         sink = pa.BufferOutputStream()
         with pq.ParquetWriter(sink, schema, compression=self._compression, compression_level=self._level) as writer:
             writer.write_table(table, row_group_size=self._settings.row_group_rows)
-        return sink.getvalue()
+        # bytes once, here: OpenDAL needs bytes, and the encoder's buffer is freed before the upload
+        return sink.getvalue().to_pybytes()
 
     def _set_aside_rejected(self, entries: list[Entry]) -> list[Entry]:
         """Find the batches the encoder rejects on their own and store each as rejected. Returns the rest."""
