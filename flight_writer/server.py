@@ -184,7 +184,7 @@ class FlightWriterServer(flight.FlightServerBase):
             else:
                 answer = {"seq": seq, "rows": batch.num_rows, "state": state.decode(), "id": client_id}
                 if duplicate:  # accepted before: nothing stored again; say where the original stands
-                    answer["state"] = self._tracker.describe(seq, seq)["state"]
+                    answer["state"] = self._tracker.describe(seq)["state"]
                     answer["duplicate"] = True
                 reply(pa.py_buffer(json.dumps(answer).encode()))
         return seqs, rows
@@ -197,7 +197,7 @@ class FlightWriterServer(flight.FlightServerBase):
             "durable_through": self._tracker.durable_through,
             "files": self._tracker.files_of(seqs),
         }
-        failed = [d for s in seqs if (d := self._tracker.describe(s, s))["state"] == "failed"]
+        failed = [d for s in seqs if (d := self._tracker.describe(s))["state"] == "failed"]
         if failed:
             result["failed"] = failed
         return result

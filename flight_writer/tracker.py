@@ -77,10 +77,11 @@ class DurabilityTracker:
                     return False
                 self._cond.wait(remaining)
 
-    def describe(self, seq: int, last_seq: int) -> dict[str, Any]:
-        """One ``ack`` entry: state ``queued`` (or ``logged``), ``durable``, ``failed`` or ``unknown``."""
+    def describe(self, seq: int, last_seq: int | None = None) -> dict[str, Any]:
+        """One ``ack`` entry: state ``queued`` (or ``logged``), ``durable``, ``failed`` or ``unknown`` (a seq
+        above ``last_seq``, the highest issued; None for a seq known to be issued)."""
         with self._cond:
-            if seq < 1 or seq > last_seq:
+            if seq < 1 or (last_seq is not None and seq > last_seq):
                 return {"seq": seq, "state": "unknown"}
             if seq in self._failed:
                 return {"seq": seq, "state": "failed", "error": self._failed[seq]}

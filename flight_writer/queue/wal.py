@@ -37,6 +37,7 @@ import os
 import struct
 import threading
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,20 +404,19 @@ class WalQueue(MemoryQueue):
             self._ids.add(client_id, seq)
         self._last_seq = last_seq
         # segments: keep those with pending records, delete the rest; then a fresh active segment
-        live = {e.segment for e in entries}
+        live = Counter(e.segment for e in entries)
         for seg_path in sorted(self._dir.glob("seg-*.wal")):
             first = int(seg_path.stem[4:])
             if first in live:
-                seg = _Segment(first, seg_path, -1, seg_path.stat().st_size)
-                seg.outstanding = sum(1 for e in entries if e.segment == first)
+                seg = _Segment(first, seg_path, -1, seg_path.stat().st_size, outstanding=live[first])
                 self._segments[first] = seg
             else:
                 seg_path.unlink()
-        self._open_segment(last_seq + 1)
+        active = self._open_segment(last_seq + 1)
         for entry in to_relog:  # intact records of a quarantined segment, logged again with their seq
-            self._append(self._active, _encode_record(entry))  # type: ignore[arg-type]
-            entry.segment = self._active.first_seq  # type: ignore[union-attr]
-            self._active.outstanding += 1  # type: ignore[union-attr]
+            self._append(active, _encode_record(entry))
+            entry.segment = active.first_seq
+            active.outstanding += 1
         still_confirmed = sorted(s for first in self._segments for s in confirmed_here.get(first, []))
         self._rewrite_manifest(
             manifest_path,
