@@ -6,8 +6,11 @@ Errors a client can cause are ``FlightServerError`` with a message naming the pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +83,74 @@ class _AckLevelFactory(flight.ServerMiddlewareFactory):
         return _AckLevel(level)
 
 
+class _Replies:
+    """One stream's PutResults for batches not yet logged, sent in seq order by a thread of their own as
+    each batch is logged, while the stream's handler goes on reading. gRPC lets one thread write a stream
+    while another reads it; every reply of the stream goes through here once this exists."""
+
+    MAX_WAITING = 4096  # replies held before the handler stops reading to wait for the log
+
+    def __init__(self, logged: Callable[[int, bool], bool], reply: Callable[[pa.Buffer], None]) -> None:
+        self._logged = logged
+        self._reply = reply
+        self._waiting: deque[tuple[int, bytes]] = deque()
+        self._cond = threading.Condition()
+        self._ending = False
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="flight-writer-replies", daemon=True)
+        self._thread.start()
+
+    def add(self, seq: int, answer: bytes) -> None:
+        with self._cond:
+            while len(self._waiting) >= self.MAX_WAITING and self._error is None:
+                self._cond.wait()
+            self._raise_error()
+            self._waiting.append((seq, answer))
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        """Wait until every reply is sent; raise what stopped them."""
+        with self._cond:
+            self._ending = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._raise_error()
+
+    def stop(self) -> None:
+        """Give up on what is not sent (the stream failed)."""
+        with self._cond:
+            self._ending = True
+            self._waiting.clear()
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._ending:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                seq, answer = self._waiting[0]
+            try:
+                self._logged(seq, True)
+                self._reply(pa.py_buffer(answer))
+            except Exception as exc:  # raised again in the handler's thread
+                with self._cond:
+                    self._error = exc
+                    self._waiting.clear()
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                if self._waiting:
+                    self._waiting.popleft()
+                self._cond.notify_all()
+
+
 class FlightWriterServer(flight.FlightServerBase):
     def __init__(
         self,
@@ -150,43 +221,67 @@ class FlightWriterServer(flight.FlightServerBase):
     ) -> tuple[list[int], int]:
         """Enqueue the stream batch by batch; a PutResult per batch when ``writer`` is given.
         Returns the seqs (when ``keep_seqs``: a long-lived queued stream should not collect them) and the
-        number of rows taken."""
+        number of rows taken.
+
+        A reply goes out only once its batch is ``logged`` (fsynced, for a WAL that says so), but the
+        stream does not wait for that: it reads on while earlier batches are fsynced, so one producer's
+        batches share fsyncs, and a thread of the stream (``_Replies``) sends the replies in seq order as
+        each batch is logged."""
         schema = reader.schema
         if (problem := parquet_problem(schema)) is not None:
             raise flight.FlightServerError(problem)
         schema_key = schema.serialize().to_pybytes()
-        put, timeout = self._queue.put, self._put_timeout
+        put, timeout, logged = self._queue.put, self._put_timeout, self._queue.logged
         reply = writer.write if writer is not None else None
         state = self._queue.ack_state.encode()
+        replies: _Replies | None = None  # started at the first batch not logged at once
         seqs: list[int] = []
         rows = 0
-        for chunk in reader:
-            batch = chunk.data
-            if batch is None:  # a metadata-only message carries no rows
-                continue
-            meta = chunk.app_metadata
-            client_id = _client_id(meta) if meta is not None and meta.size else None
-            try:
-                seq, duplicate = put(dataset, schema_key, batch, timeout, client_id)
-            except QueueFull as exc:
-                raise flight.FlightUnavailableError(str(exc)) from None
-            except QueueClosed:
-                raise flight.FlightUnavailableError("server is shutting down") from None
-            except QueueWriteError as exc:
-                raise flight.FlightServerError(f"batch not accepted: {exc}") from None
-            if keep_seqs:
-                seqs.append(seq)
-            rows += batch.num_rows
-            if reply is None:
-                continue
-            if client_id is None:
-                reply(pa.py_buffer(b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, state)))
-            else:
-                answer = {"seq": seq, "rows": batch.num_rows, "state": state.decode(), "id": client_id}
-                if duplicate:  # accepted before: nothing stored again; say where the original stands
-                    answer["state"] = self._tracker.describe(seq)["state"]
-                    answer["duplicate"] = True
-                reply(pa.py_buffer(json.dumps(answer).encode()))
+        last = 0
+        try:
+            for chunk in reader:
+                batch = chunk.data
+                if batch is None:  # a metadata-only message carries no rows
+                    continue
+                meta = chunk.app_metadata
+                client_id = _client_id(meta) if meta is not None and meta.size else None
+                try:
+                    seq, duplicate = put(dataset, schema_key, batch, timeout, client_id, wait=False)
+                except (QueueFull, QueueClosed) as exc:
+                    if replies is not None:
+                        with contextlib.suppress(QueueWriteError):
+                            replies.finish()  # what was taken is answered before the error
+                    message = str(exc) if isinstance(exc, QueueFull) else "server is shutting down"
+                    raise flight.FlightUnavailableError(message) from None
+                last = max(last, seq)
+                if keep_seqs:
+                    seqs.append(seq)
+                rows += batch.num_rows
+                if reply is None:
+                    continue
+                if client_id is None:
+                    answer = b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, state)
+                else:
+                    fields = {"seq": seq, "rows": batch.num_rows, "state": state.decode(), "id": client_id}
+                    if duplicate:  # accepted before: nothing stored again; say where the original stands
+                        fields["state"] = self._tracker.describe(seq)["state"]
+                        fields["duplicate"] = True
+                    answer = json.dumps(fields).encode()
+                if replies is None and logged(seq, False):
+                    reply(pa.py_buffer(answer))
+                    continue
+                if replies is None:
+                    replies = _Replies(logged, reply)
+                replies.add(seq, answer)
+            if replies is not None:
+                replies.finish()
+            elif last:
+                logged(last, True)  # a stream without replies is still logged before it ends
+        except QueueWriteError as exc:
+            raise flight.FlightServerError(f"batch not accepted: {exc}") from None
+        finally:
+            if replies is not None:
+                replies.stop()
         return seqs, rows
 
     def _make_durable(self, dataset: str, seqs: list[int]) -> dict[str, Any]:

@@ -79,6 +79,39 @@ def test_fsync_always_replies_logged_only_after_fsync(tmp_path):
     q.close()
 
 
+def test_put_without_waiting_is_logged_later(tmp_path):
+    q = wal(tmp_path, fsync="always")
+    seqs = [q.put("ds", b"k", BATCH, 1, wait=False).seq for _ in range(50)]
+    assert q.logged(seqs[-1], wait=True)
+    assert all(q.logged(s, wait=False) for s in seqs)
+    stats = q.stats()
+    assert stats["wal_synced_bytes"] == stats["wal_written_bytes"] > 0
+    assert 1 <= stats["wal_fsyncs"] <= 50
+    q.close()
+    assert wal(tmp_path, fsync="always").logged(50, wait=False)  # what was there at start is on disk
+
+
+def test_one_streaming_producer_shares_fsyncs_and_gets_every_reply_in_order(tmp_path):
+    """The handler reads on while earlier batches are fsynced, so one stream's batches share fsyncs."""
+    n = 400
+    queue = {"type": "wal", "path": str(tmp_path / "wal")}
+    with running(tmp_path / "data", queue=queue) as svc, flight.connect(svc.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("s"), BATCH.schema)
+        for _ in range(n):
+            writer.write_batch(BATCH)  # replies are read only at the end
+        writer.done_writing()
+        replies = []
+        while (buf := reader.read()) is not None:
+            replies.append(json.loads(buf.to_pybytes()))
+        writer.close()
+        status = action(c, "status")
+        assert action(c, "flush")["durable_through"] == n
+    assert [(r["seq"], r["state"]) for r in replies] == [(i, "logged") for i in range(1, n + 1)]
+    assert status["wal_synced_bytes"] == status["wal_written_bytes"]
+    assert status["wal_fsyncs"] < n / 2, status["wal_fsyncs"]
+    assert len(read_dataset(tmp_path / "data", "s")) == n * len(BATCH)
+
+
 def test_fsync_interval_and_never(tmp_path):
     q = wal(tmp_path / "interval", fsync="interval", fsync_interval_ms=50)
     assert q.ack_state == "queued"

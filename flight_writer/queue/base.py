@@ -80,8 +80,17 @@ class Queue(abc.ABC):
         batch: pa.RecordBatch,
         timeout: float,
         client_id: str | None = None,
+        *,
+        wait: bool = True,
     ) -> Accepted:
-        """Append a batch and return its seq; wait up to ``timeout`` s for room, else raise QueueFull."""
+        """Append a batch and return its seq; wait up to ``timeout`` s for room, else raise QueueFull.
+        With ``wait=False`` it returns before the batch is ``logged`` (see there)."""
+
+    def logged(self, seq: int, wait: bool) -> bool:
+        """Whether batch ``seq`` is as safe as ``ack_state`` says (fsynced, for a WAL that replies
+        ``logged``); with ``wait``, block until it is. Raises QueueWriteError if it never will be.
+        ``put(wait=False)`` then ``logged`` lets a stream go on reading while its records are fsynced."""
+        return True
 
     @abc.abstractmethod
     def get(self, max_items: int, timeout: float) -> list[Entry]:

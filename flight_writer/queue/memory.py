@@ -16,8 +16,8 @@ class MemoryQueue(Queue):
     """Implements :class:`Queue` with a deque under one lock.
 
     A batch larger than ``max_bytes`` is admitted when nothing else is pending, so it can never wait forever.
-    Subclasses make it durable through three hooks: ``_record`` (under the lock, before the batch is
-    accepted), ``_committed`` (after the lock, before ``put`` returns) and ``_finished`` (after ``done``).
+    Subclasses make it durable through two hooks, ``_record`` (under the lock, before the batch is
+    accepted) and ``_finished`` (after ``done``), and by overriding ``logged``.
     """
 
     type = "memory"
@@ -42,6 +42,8 @@ class MemoryQueue(Queue):
         batch: pa.RecordBatch,
         timeout: float,
         client_id: str | None = None,
+        *,
+        wait: bool = True,
     ) -> Accepted:
         nbytes = batch.get_total_buffer_size()  # 0.7 µs; .nbytes took 18 µs on a 100-row span batch
         with self._lock:
@@ -62,9 +64,10 @@ class MemoryQueue(Queue):
                     )
                 self._has_room.wait(remaining)
             entry = Entry(self._last_seq + 1, dataset, schema_key, batch, time.time(), nbytes, client_id)
-            token = self._record(entry)
+            self._record(entry)
             self._accept(entry)
-        self._committed(token)
+        if wait:
+            self.logged(entry.seq, wait=True)
         return Accepted(entry.seq, False)
 
     def _accept(self, entry: Entry) -> None:
@@ -77,10 +80,7 @@ class MemoryQueue(Queue):
             self._ids.add(entry.client_id, entry.seq)
         self._not_empty.notify()
 
-    def _record(self, entry: Entry) -> Any:
-        return None
-
-    def _committed(self, token: Any) -> None:
+    def _record(self, entry: Entry) -> None:
         pass
 
     def _finished(self, entries: list[Entry]) -> None:

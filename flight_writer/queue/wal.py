@@ -13,11 +13,13 @@ stream`` (schema, dictionaries, the batch). The magic lets recovery find the nex
 damaged one. A manifest line is ``<crc32 hex> <json>``: ``{"plan": path, "kind", "seqs": "1-3,7",
 "error"}`` before an upload, ``{"done": "1-3,7"}`` after storage confirmed it, ``{"ids": [[id, seq]...]}``.
 
-Durability: ``fsync = always`` fsyncs before ``put`` returns (many puts share one fsync: a syncer thread
-covers everything written so far, so concurrent producers commit as a group) and the reply says
-``logged``; ``interval`` fsyncs every ``fsync_interval_ms``; ``never`` leaves it to the OS. Every policy
-writes the record before the reply, so a killed *process* loses nothing; the policy decides what a power
-loss can take. A plan is fsynced (unless ``never``) before its upload starts.
+Durability: with ``fsync = always`` a batch is ``logged`` once fsynced, and only then does its reply go out
+(saying ``logged``). A syncer thread fsyncs everything written so far, so batches arriving meanwhile share
+one fsync: the server puts with ``wait=False`` and keeps reading its stream, sending each reply, in order, as
+``logged(seq)`` turns true, so even a single producer commits in groups. ``interval`` fsyncs every
+``fsync_interval_ms``; ``never`` leaves it to the OS. Every policy writes the record before the reply, so
+a killed *process* loses nothing; the policy decides what a power loss can take. A plan is fsynced
+(unless ``never``) before its upload starts.
 
 Recovery, before the server takes calls: read the manifest, then every segment. A damaged record at the
 very end of the newest segment is a torn write and is cut off with a warning. Damage anywhere else moves the
@@ -101,8 +103,10 @@ class WalQueue(MemoryQueue):
         self._interval = fsync_interval_ms / 1000
         self._segments: dict[int, _Segment] = {}
         self._active: _Segment | None = None
-        self._written = 0  # bytes appended since start; the syncer's and waiters' clock
+        self._written = 0  # bytes appended since start: the syncer's clock
         self._synced = 0
+        self._synced_seq = 0  # every record up to this seq is fsynced
+        self._fsyncs = 0  # by the syncer, since start
         self._retired: list[int] = []  # fds of rotated segments the syncer must still fsync and close
         self._sync_error: str | None = None
         self._synced_cond = threading.Condition(self._lock)  # waiters: "my record is fsynced"
@@ -121,8 +125,8 @@ class WalQueue(MemoryQueue):
             self._syncer.start()
 
     # -- writing ---------------------------------------------------------------------------------------
-    def _record(self, entry: Entry) -> int:
-        """Under the queue lock: append the record; returns the log position to wait for."""
+    def _record(self, entry: Entry) -> None:
+        """Under the queue lock: append the record and wake the syncer."""
         if self._sync_error is not None:
             raise QueueWriteError(f"WAL fsync failed earlier: {self._sync_error}")
         if not self._reserve_ok and not self._ensure_reserve():
@@ -140,7 +144,8 @@ class WalQueue(MemoryQueue):
         active.outstanding += 1
         if entry.client_id is not None:
             active.ids.append((entry.client_id, entry.seq))
-        return self._written
+        if self._fsync == "always":
+            self._sync_wanted.notify()
 
     def _append(self, seg: _Segment, parts: list[Any]) -> None:
         total = sum(len(memoryview(p)) for p in parts)
@@ -178,15 +183,17 @@ class WalQueue(MemoryQueue):
         _fsync_dir(self._dir)
         return seg
 
-    def _committed(self, token: int) -> None:
+    def logged(self, seq: int, wait: bool) -> bool:
         if self._fsync != "always":
-            return
+            return True
         with self._lock:
-            self._sync_wanted.notify()
-            while self._synced < token and self._sync_error is None:
+            while wait and self._synced_seq < seq and self._sync_error is None:
                 self._synced_cond.wait()
-            if self._synced < token:
+            if self._synced_seq >= seq:
+                return True
+            if self._sync_error is not None:
                 raise QueueWriteError(f"WAL fsync failed: {self._sync_error}")
+            return False
 
     def _sync_loop(self) -> None:
         while True:
@@ -200,7 +207,7 @@ class WalQueue(MemoryQueue):
                     if self._stopping:
                         return
                     continue
-                target = self._written
+                target, target_seq = self._written, self._last_seq
                 retired, self._retired = self._retired, []
                 active_fd = self._active.fd if self._active is not None else -1
             try:
@@ -219,6 +226,8 @@ class WalQueue(MemoryQueue):
                         os.close(fd)
             with self._lock:
                 self._synced = max(self._synced, target)
+                self._synced_seq = max(self._synced_seq, target_seq)
+                self._fsyncs += 1
                 self._synced_cond.notify_all()
 
     # -- the writer's side -----------------------------------------------------------------------------
@@ -336,6 +345,7 @@ class WalQueue(MemoryQueue):
                     "fsync": self._fsync,
                     "wal_written_bytes": self._written,  # since start
                     "wal_synced_bytes": self._synced,
+                    "wal_fsyncs": self._fsyncs,
                     "recovery": dict(self.recovery),
                 }
             )
@@ -417,6 +427,9 @@ class WalQueue(MemoryQueue):
             self._append(active, _encode_record(entry))
             entry.segment = active.first_seq
             active.outstanding += 1
+        if to_relog and self._fsync != "never":
+            os.fsync(active.fd)
+        self._synced, self._synced_seq = self._written, last_seq  # all that came before is on disk
         still_confirmed = sorted(s for first in self._segments for s in confirmed_here.get(first, []))
         self._rewrite_manifest(
             manifest_path,
