@@ -29,6 +29,7 @@ from typing import Any
 COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "none")
 QUEUE_TYPES = ("memory", "wal")
 FSYNC_POLICIES = ("always", "interval", "never")
+WAL_COMPRESSIONS = ("lz4", "zstd", "none")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 ENV_PREFIX = "FLIGHT_WRITER"
 SEED_VARIABLES = {
@@ -59,6 +60,7 @@ class QueueSettings:
     segment_bytes: int = 64 * MiB
     fsync: str = "always"
     fsync_interval_ms: int = 100
+    compression: str = "lz4"
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,10 @@ def _check(s: Settings) -> None:
         positive(f"queue.{key}", getattr(s.queue, key))
     if s.queue.fsync not in FSYNC_POLICIES:
         raise ConfigError(f"queue.fsync must be one of {', '.join(FSYNC_POLICIES)}, got {s.queue.fsync!r}")
+    if s.queue.compression not in WAL_COMPRESSIONS:
+        raise ConfigError(
+            f"queue.compression must be one of {', '.join(WAL_COMPRESSIONS)}, got {s.queue.compression!r}"
+        )
     if s.queue.put_timeout < 0:
         raise ConfigError(f"queue.put_timeout must be >= 0, got {s.queue.put_timeout!r}")
     w = s.writer

@@ -65,6 +65,7 @@ def test_seed_variables(monkeypatch):
         ({"queue": {"max_bytes": -1}}, "queue.max_bytes must be positive"),
         ({"queue": {"max_bytes": "lots"}}, "queue.max_bytes must be an integer, got 'lots'"),
         ({"writer": {"compression": "brotli2"}}, "writer.compression must be one of zstd, snappy"),
+        ({"queue": {"compression": "snappy"}}, "queue.compression must be one of lz4, zstd, none, got 'snappy'"),
         ({"writer": {"flush_interval": 0}}, "writer.flush_interval must be positive"),
         ({"writer": {"threads": "two"}}, "writer.threads must be an integer"),
         ({"writer": {"max_file_byte": 1}}, "unknown setting writer.max_file_byte"),

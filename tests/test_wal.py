@@ -51,6 +51,20 @@ def test_records_come_back_after_reopen_and_seqs_continue(tmp_path):
     q.close()
 
 
+def test_records_compressed_one_way_are_read_under_any_setting(tmp_path):
+    big = pa.record_batch({"i": pa.array([i % 100 for i in range(100_000)], pa.int64())})
+    sizes = {}
+    for compression in ("none", "lz4", "zstd"):
+        q = wal(tmp_path / compression, compression=compression)
+        q.put("ds", b"k", big, 1)
+        q.close()
+        sizes[compression] = segments(tmp_path / compression)[0].stat().st_size
+        q = wal(tmp_path / compression, compression="none" if compression != "none" else "zstd")
+        assert q.get(10, 0)[0].batch.equals(big)
+        q.close()
+    assert max(sizes["lz4"], sizes["zstd"]) < sizes["none"] / 2
+
+
 def record_size(tmp_path: Path) -> int:
     q = wal(tmp_path / "probe")
     fill(q, 1)

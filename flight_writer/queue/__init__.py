@@ -33,6 +33,7 @@ def make_queue(settings: QueueSettings) -> Queue:
             segment_bytes=settings.segment_bytes,
             fsync=settings.fsync,
             fsync_interval_ms=settings.fsync_interval_ms,
+            compression=settings.compression,
             dedupe_window=settings.dedupe_window,
         )
     raise ValueError(f"unknown queue.type {settings.type!r}")
