@@ -19,7 +19,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# BENCH_SCALE=0.1 make bench for a quick run; results in bench/results.json and bench/results.png
+# BENCH_SCALE=0.1 BENCH_REPEAT=1 make bench for a quick run; results in bench/results.json and bench/results.png
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 

@@ -2,16 +2,19 @@
 
 Contenders, per scenario (batch rows x producers x datasets):
   discard  a Flight server that reads and drops every batch: the transport limit
+  reply    the same, but it answers every batch with a PutResult as flight-writer does: the protocol's limit
   direct   the client writes Parquet itself with pyarrow (zstd, same row groups), one writer per dataset
   memory   flight-writer end to end (queue.type = memory): do_put, then `flush` until everything is durable
   wal      the same with queue.type = wal (fsync = always)
 
 Servers run as separate processes on 127.0.0.1; producers are threads of this process. Throughput is Arrow
-bytes (and rows) of the spans sent, per second of wall time. Also: durable-ack latency at a steady load for a
-few flush intervals, and the server's peak RSS while 10 x queue.max_bytes goes through a slowed storage.
+bytes (and rows) of the spans sent, per second of wall time. Every measurement runs BENCH_REPEAT times (3),
+the contenders taking turns, and the median counts; CPU seconds of the client and the server are recorded.
+Also: durable-ack latency at a steady load for a few flush intervals, and the server's peak RSS while
+10 x queue.max_bytes goes through a slowed storage.
 
-    make bench                      # BENCH_SCALE=1: 1 GiB of Arrow data per measurement
-    BENCH_SCALE=0.1 make bench      # a quick run
+    make bench                                  # BENCH_SCALE=1: 1 GiB of Arrow data per measurement
+    BENCH_SCALE=0.1 BENCH_REPEAT=1 make bench   # a quick run
 
 Writes bench/results.json and bench/results.png, and prints the table.
 """
@@ -22,7 +25,9 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 BYTES_PER_RUN = int((1 << 30) * SCALE)
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 ROW_GROUP_ROWS = 1_048_576
 MiB = 1 << 20
 
@@ -102,11 +108,15 @@ class Workload:
 
 # -- servers ------------------------------------------------------------------------------------------------
 DISCARD_SERVER = """
-import sys, pyarrow.flight as flight
+import sys, pyarrow as pa, pyarrow.flight as flight
+REPLY = sys.argv[1] == "reply"
 class Discard(flight.FlightServerBase):
     def do_put(self, context, descriptor, reader, writer):
+        seq = 0
         for chunk in reader:
-            pass
+            seq += 1
+            if REPLY:  # what flight-writer answers, with no queue behind it
+                writer.write(pa.py_buffer(b'{"seq": %d, "rows": %d, "state": "queued"}' % (seq, chunk.data.num_rows)))
 server = Discard("grpc://127.0.0.1:0")
 print(server.port, flush=True)
 server.serve()
@@ -133,6 +143,10 @@ class Server:
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # type: ignore[union-attr]
         self.location = f"grpc://127.0.0.1:{self.port}"
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     def peak_rss_mb(self) -> float:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
@@ -146,8 +160,8 @@ class Server:
             self.proc.wait()
 
 
-def discard_server() -> Server:
-    return Server([sys.executable, "-c", DISCARD_SERVER], r"^(\d+)$")
+def discard_server(reply: bool) -> Server:
+    return Server([sys.executable, "-c", DISCARD_SERVER, "reply" if reply else "drop"], r"^(\d+)$")
 
 
 def flight_writer_server(root: Path, queue: str, env: dict[str, str] | None = None) -> Server:
@@ -202,17 +216,42 @@ def flush(location: str) -> None:
         list(client.do_action(flight.Action("flush", b"")))
 
 
-def measure_discard(work: Workload, producers: int, datasets: int, tmp: Path) -> float:
-    server = discard_server()
-    try:
-        start = time.perf_counter()
-        run_producers(server.location, work, producers, datasets)
-        return time.perf_counter() - start
-    finally:
-        server.stop()
+class Clock:
+    """Wall time and CPU seconds of this process (the client) and of a server process, if any."""
+
+    def __init__(self, server: Server | None = None) -> None:
+        self.server = server
+        self.start = time.perf_counter()
+        self.cpu = self._client_cpu()
+        self.server_cpu = server.cpu_seconds() if server else 0.0
+
+    @staticmethod
+    def _client_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def stop(self) -> dict[str, float]:
+        return {
+            "seconds": time.perf_counter() - self.start,
+            "client_cpu_s": self._client_cpu() - self.cpu,
+            "server_cpu_s": self.server.cpu_seconds() - self.server_cpu if self.server else 0.0,
+        }
 
 
-def measure_direct(work: Workload, producers: int, datasets: int, tmp: Path) -> float:
+def measure_discard(reply: bool):
+    def measure(work: Workload, producers: int, datasets: int, tmp: Path) -> dict[str, float]:
+        server = discard_server(reply)
+        try:
+            clock = Clock(server)
+            run_producers(server.location, work, producers, datasets)
+            return clock.stop()
+        finally:
+            server.stop()
+
+    return measure
+
+
+def measure_direct(work: Workload, producers: int, datasets: int, tmp: Path) -> dict[str, float]:
     """What a user does without us: write the same batches to Parquet, one file per dataset (rolled at
     the same size as the server's), zstd, the same row groups."""
     out = tmp / "direct"
@@ -235,23 +274,23 @@ def measure_direct(work: Workload, producers: int, datasets: int, tmp: Path) -> 
                 )
                 acc, size, part = [], 0, part + 1
 
-    start = time.perf_counter()
+    clock = Clock()
     threads = [threading.Thread(target=write, args=(d,)) for d in range(datasets)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - start
+    return clock.stop()
 
 
 def measure_flight_writer(queue: str):
-    def measure(work: Workload, producers: int, datasets: int, tmp: Path) -> float:
+    def measure(work: Workload, producers: int, datasets: int, tmp: Path) -> dict[str, float]:
         server = flight_writer_server(tmp, queue)
         try:
-            start = time.perf_counter()
+            clock = Clock(server)
             run_producers(server.location, work, producers, datasets)
             flush(server.location)  # everything durable
-            return time.perf_counter() - start
+            return clock.stop()
         finally:
             server.stop()
 
@@ -259,7 +298,8 @@ def measure_flight_writer(queue: str):
 
 
 CONTENDERS = {
-    "discard": measure_discard,
+    "discard": measure_discard(reply=False),
+    "reply": measure_discard(reply=True),
     "direct": measure_direct,
     "memory": measure_flight_writer("memory"),
     "wal": measure_flight_writer("wal"),
@@ -278,27 +318,38 @@ def throughput(base: pa.Table) -> list[dict]:
     results = []
     for batch_rows, producers, datasets in SCENARIOS:
         work = Workload(base, batch_rows)
-        row = {
+        row: dict = {
             "batch_rows": batch_rows,
             "producers": producers,
             "datasets": datasets,
             "mb": round(work.nbytes / 1e6, 1),
             "rows": work.rows,
         }
-        for name, measure in CONTENDERS.items():
-            with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
-                seconds = measure(work, producers, datasets, Path(tmp))
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
+        for _ in range(REPEAT):  # the contenders take turns, so a slow minute of the machine hits them all
+            for name, measure in CONTENDERS.items():
+                with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+                    runs[name].append(measure(work, producers, datasets, Path(tmp)))
+        for name, measured in runs.items():
+            seconds = sorted(m["seconds"] for m in measured)
+            median = statistics.median(seconds)
             row[name] = {
-                "seconds": round(seconds, 3),
-                "mb_s": round(work.nbytes / 1e6 / seconds, 1),
-                "rows_s": round(work.rows / seconds),
+                "seconds": round(median, 3),
+                "mb_s": round(work.nbytes / 1e6 / median, 1),
+                "rows_s": round(work.rows / median),
+                "mb_s_range": [round(work.nbytes / 1e6 / seconds[-1], 1), round(work.nbytes / 1e6 / seconds[0], 1)],
+                "client_cpu_s": round(statistics.median(m["client_cpu_s"] for m in measured), 2),
+                "server_cpu_s": round(statistics.median(m["server_cpu_s"] for m in measured), 2),
             }
+            low, high = row[name]["mb_s_range"]
             print(
-                f"  {batch_rows:>6} rows x{producers}p x{datasets}d  {name:<8} {row[name]['mb_s']:>8.1f} MB/s",
+                f"  {batch_rows:>6} rows x{producers}p x{datasets}d  {name:<8} {row[name]['mb_s']:>8.1f} MB/s"
+                f"  ({low}-{high})  cpu client {row[name]['client_cpu_s']} s, server {row[name]['server_cpu_s']} s",
                 flush=True,
             )
         row["memory_vs_direct"] = round(row["direct"]["seconds"] / row["memory"]["seconds"], 2)
         row["memory_vs_discard"] = round(row["discard"]["seconds"] / row["memory"]["seconds"], 2)
+        row["memory_vs_reply"] = round(row["reply"]["seconds"] / row["memory"]["seconds"], 2)
         row["wal_vs_memory"] = round(row["memory"]["seconds"] / row["wal"]["seconds"], 2)
         results.append(row)
     return results
@@ -358,12 +409,38 @@ def latency(base: pa.Table) -> list[dict]:
 
 
 def peak_memory(base: pa.Table) -> dict:
-    """10 x queue.max_bytes sent to a server whose storage (S3 on moto) is paused 80% of the time."""
+    """10 x queue.max_bytes sent to a server whose storage (S3 on moto) is paused 80% of the time, REPEAT
+    times, each with a new server."""
     sys.path.insert(0, str(REPO / "tests"))
     import emulators
 
     queue_mb, file_mb = 64, 32
+    batches = base.combine_chunks().to_batches(max_chunksize=65536)
+    per = sum(b.nbytes for b in batches) / len(batches)
+    count = int(10 * queue_mb * MiB / per)
     s3 = emulators.start("s3")
+    try:
+        peaks = [_peak_memory_once(s3, f"run{i}", batches, count, queue_mb, file_mb) for i in range(REPEAT)]
+    finally:
+        s3.stop()
+    bound = queue_mb + 2 * file_mb + 300
+    result = {
+        "queue_max_mb": queue_mb,
+        "max_file_mb": file_mb,
+        "sent_mb": round(count * per / MiB),
+        "peak_rss_mb": round(statistics.median(peaks)),
+        "peak_rss_mb_runs": [round(p) for p in peaks],
+        "bound_mb": bound,
+        "within": statistics.median(peaks) <= bound,
+    }
+    print(
+        f"  memory: sent {result['sent_mb']} MiB, peak RSS median {result['peak_rss_mb']} MiB "
+        f"(runs {result['peak_rss_mb_runs']}; bound {bound} MiB)"
+    )
+    return result
+
+
+def _peak_memory_once(s3, prefix: str, batches: list, count: int, queue_mb: int, file_mb: int) -> float:
     stop = threading.Event()
 
     def slow_storage() -> None:
@@ -379,52 +456,35 @@ def peak_memory(base: pa.Table) -> dict:
         "FLIGHT_WRITER_WRITER__MAX_FILE_BYTES": f"{file_mb}MiB",
         "FLIGHT_WRITER_QUEUE__PUT_TIMEOUT": "600",
         "STORAGE_TYPE": "s3",
-        "STORAGE_PATH": storage.root,
+        "STORAGE_PATH": f"{storage.root}/{prefix}",
         "FLIGHT_WRITER_STORAGE__BUCKET": storage.bucket,
         "FLIGHT_WRITER_STORAGE__ENDPOINT": storage.endpoint,
         "FLIGHT_WRITER_STORAGE__REGION": storage.region,
         **{f"FLIGHT_WRITER_STORAGE__OPTIONS__{k.upper()}": v for k, v in storage.options.items()},
     }
-    batches = base.combine_chunks().to_batches(max_chunksize=65536)
-    per = sum(b.nbytes for b in batches) / len(batches)
-    count = int(10 * queue_mb * MiB / per)
-    try:
-        with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
-            server = flight_writer_server(Path(tmp), "memory", env)
-            throttle = threading.Thread(target=slow_storage)
-            throttle.start()
-            try:
-                with flight.connect(server.location) as client:
-                    writer, reader = client.do_put(flight.FlightDescriptor.for_path("mem"), batches[0].schema)
-                    drain = threading.Thread(target=drain_replies, args=(reader,))
-                    drain.start()
-                    for i in range(count):
-                        writer.write_batch(batches[i % len(batches)])
-                    writer.done_writing()
-                    drain.join()
-                    writer.close()
-                stop.set()
-                throttle.join()
-                s3.proc.send_signal(signal.SIGCONT)
-                flush(server.location)
-                peak = server.peak_rss_mb()
-            finally:
-                stop.set()
-                s3.proc.send_signal(signal.SIGCONT)
-                server.stop()
-    finally:
-        s3.stop()
-    bound = queue_mb + 2 * file_mb + 300
-    result = {
-        "queue_max_mb": queue_mb,
-        "max_file_mb": file_mb,
-        "sent_mb": round(count * per / MiB),
-        "peak_rss_mb": round(peak),
-        "bound_mb": bound,
-        "within": peak <= bound,
-    }
-    print(f"  memory: sent {result['sent_mb']} MiB, peak RSS {result['peak_rss_mb']} MiB (bound {bound} MiB)")
-    return result
+    with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+        server = flight_writer_server(Path(tmp), "memory", env)
+        throttle = threading.Thread(target=slow_storage)
+        throttle.start()
+        try:
+            with flight.connect(server.location) as client:
+                writer, reader = client.do_put(flight.FlightDescriptor.for_path("mem"), batches[0].schema)
+                drain = threading.Thread(target=drain_replies, args=(reader,))
+                drain.start()
+                for i in range(count):
+                    writer.write_batch(batches[i % len(batches)])
+                writer.done_writing()
+                drain.join()
+                writer.close()
+            stop.set()
+            throttle.join()
+            s3.proc.send_signal(signal.SIGCONT)
+            flush(server.location)
+            return server.peak_rss_mb()
+        finally:
+            stop.set()
+            s3.proc.send_signal(signal.SIGCONT)
+            server.stop()
 
 
 # -- report -------------------------------------------------------------------------------------------------
@@ -436,21 +496,76 @@ def chart(results: list[dict], path: Path) -> None:
 
     labels = [f"{r['batch_rows']} rows\n{r['producers']}p/{r['datasets']}d" for r in results]
     x = np.arange(len(results))
-    fig, ax = plt.subplots(figsize=(11, 5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     for i, name in enumerate(["direct", "memory", "wal"]):
-        ax.bar(x + (i - 1) * 0.27, [r[name]["mb_s"] for r in results], 0.27, label=name)
+        medians = [r[name]["mb_s"] for r in results]
+        spread = np.array(
+            [
+                [m - r[name]["mb_s_range"][0], r[name]["mb_s_range"][1] - m]
+                for m, r in zip(medians, results, strict=True)
+            ]
+        )
+        ax.bar(x + (i - 1) * 0.27, medians, 0.27, yerr=spread.T, capsize=3, label=name)
     ax.plot(x, [r["discard"]["mb_s"] for r in results], "k_", markersize=40, mew=2, label="discard (transport limit)")
+    ax.plot(x, [r["reply"]["mb_s"] for r in results], "r_", markersize=40, mew=2, label="discard + PutResult per batch")
     ax.set_xticks(x, labels)
-    ax.set_ylabel("MB/s of Arrow data")
-    ax.set_title(f"flight-writer vs writing Parquet directly ({os.cpu_count()} cores, BENCH_SCALE={SCALE})")
-    ax.legend(loc="upper center", ncol=4, bbox_to_anchor=(0.5, -0.14))
+    ax.set_ylabel("MB/s of Arrow data (median; bars: min-max)")
+    ax.set_title(
+        f"flight-writer vs writing Parquet directly ({os.cpu_count()} cores, BENCH_SCALE={SCALE}, {REPEAT} runs each)"
+    )
+    ax.legend(loc="upper center", ncol=5, bbox_to_anchor=(0.5, -0.14), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def targets(report: dict) -> list[tuple[str, str, bool]]:
+    """The benchmark issue's targets, each with what this run measured."""
+    by = {(r["batch_rows"], r["producers"], r["datasets"]): r for r in report["throughput"]}
+    rows = []
+    for batch_rows in (8192, 65536):
+        r = by.get((batch_rows, 1, 1))
+        if r:
+            rows.append(
+                (
+                    f"{batch_rows:,} rows, 1 producer, 1 dataset: memory >= 0.9 x direct",
+                    str(r["memory_vs_direct"]),
+                    r["memory_vs_direct"] >= 0.9,
+                )
+            )
+        r4, r1 = by.get((batch_rows, 4, 4)), by.get((batch_rows, 1, 1))
+        if r4 and r1:
+            ratio = round(r1["direct"]["seconds"] / r4["memory"]["seconds"], 2)
+            rows.append(
+                (
+                    f"{batch_rows:,} rows, 4 producers, 4 datasets: memory >= 1.0 x one direct writer",
+                    str(ratio),
+                    ratio >= 1.0,
+                )
+            )
+    r = by.get((100, 1, 1))
+    if r:
+        rows.append(
+            ("100-row batches: memory >= 0.5 x discard", str(r["memory_vs_discard"]), r["memory_vs_discard"] >= 0.5)
+        )
+    m = report["memory"]
+    rows.append(
+        (
+            f"peak RSS <= queue + 2 x file + 300 MB = {m['bound_mb']} MiB",
+            f"{m['peak_rss_mb']} MiB (median)",
+            m["within"],
+        )
+    )
+    worst = min(r["wal_vs_memory"] for r in report["throughput"])
+    rows.append(("wal >= 0.85 x memory (every scenario)", f"{worst} (lowest)", worst >= 0.85))
+    return rows
+
+
 def main() -> None:
     started = time.perf_counter()
-    print(f"BENCH_SCALE={SCALE}: {BYTES_PER_RUN / MiB:.0f} MiB of Arrow data per measurement", flush=True)
+    print(
+        f"BENCH_SCALE={SCALE}: {BYTES_PER_RUN / MiB:.0f} MiB of Arrow data per measurement, {REPEAT} runs each",
+        flush=True,
+    )
     base = make_spans(262_144)
     print(f"spans: {base.num_rows} rows, {base.nbytes / MiB:.1f} MiB ({base.nbytes / base.num_rows:.0f} B/row)")
     report = {
@@ -461,25 +576,30 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "scale": SCALE,
+        "repeat": REPEAT,
         "bytes_per_run": BYTES_PER_RUN,
         "throughput": throughput(base),
         "latency": latency(base),
         "memory": peak_memory(base),
     }
+    report["targets"] = [{"target": t, "measured": v, "met": ok} for t, v, ok in targets(report)]
     report["seconds"] = round(time.perf_counter() - started)
     (HERE / "results.json").write_text(json.dumps(report, indent=2))
     chart(report["throughput"], HERE / "results.png")
     print(
-        "\n| batch rows | producers | datasets | discard MB/s | direct MB/s | memory MB/s | wal MB/s | "
-        "memory/direct | memory/discard | wal/memory |"
+        "\n| batch rows | producers | datasets | discard MB/s | reply MB/s | direct MB/s | memory MB/s | wal MB/s | "
+        "memory/direct | memory/discard | memory/reply | wal/memory |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report["throughput"]:
         print(
             f"| {r['batch_rows']} | {r['producers']} | {r['datasets']} | {r['discard']['mb_s']} | "
-            f"{r['direct']['mb_s']} | {r['memory']['mb_s']} | {r['wal']['mb_s']} | {r['memory_vs_direct']} | "
-            f"{r['memory_vs_discard']} | {r['wal_vs_memory']} |"
+            f"{r['reply']['mb_s']} | {r['direct']['mb_s']} | {r['memory']['mb_s']} | {r['wal']['mb_s']} | "
+            f"{r['memory_vs_direct']} | {r['memory_vs_discard']} | {r['memory_vs_reply']} | {r['wal_vs_memory']} |"
         )
+    print("\n| target | measured | |\n|---|---|---|")
+    for t in report["targets"]:
+        print(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else 'missed'} |")
     print(f"\nwrote bench/results.json and bench/results.png in {report['seconds']} s")
 
 
