@@ -560,6 +560,36 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
     return rows
 
 
+def print_tables(report: dict) -> None:
+    """The Markdown tables of BENCHMARKS.md (``python bench/run.py --tables`` prints them again): throughput,
+    CPU seconds per GiB sent (client + server), the targets."""
+    print(
+        "\n| batch rows | producers | datasets | discard MB/s | reply MB/s | direct MB/s | memory MB/s | wal MB/s | "
+        "memory rows/s | memory/direct | memory/discard | memory/reply | wal/memory |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in report["throughput"]:
+        print(
+            f"| {r['batch_rows']} | {r['producers']} | {r['datasets']} | {r['discard']['mb_s']} | "
+            f"{r['reply']['mb_s']} | {r['direct']['mb_s']} | {r['memory']['mb_s']} | {r['wal']['mb_s']} | "
+            f"{r['memory']['rows_s']:,} | {r['memory_vs_direct']} | {r['memory_vs_discard']} | "
+            f"{r['memory_vs_reply']} | {r['wal_vs_memory']} |"
+        )
+    print("\n| batch rows, producers/datasets | discard | reply | direct | memory | wal |\n|---|---|---|---|---|---|")
+    for r in report["throughput"]:
+        gib = r["mb"] * 1e6 / (1 << 30)
+        cells = [
+            f"{r[n]['client_cpu_s'] / gib:.1f} + {r[n]['server_cpu_s'] / gib:.1f}"
+            if n != "direct"
+            else f"{r[n]['client_cpu_s'] / gib:.1f}"
+            for n in CONTENDERS
+        ]
+        print(f"| {r['batch_rows']}, {r['producers']}/{r['datasets']} | {' | '.join(cells)} |")
+    print("\n| target | measured | |\n|---|---|---|")
+    for t in report["targets"]:
+        print(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else 'missed'} |")
+
+
 def main() -> None:
     started = time.perf_counter()
     print(
@@ -586,22 +616,12 @@ def main() -> None:
     report["seconds"] = round(time.perf_counter() - started)
     (HERE / "results.json").write_text(json.dumps(report, indent=2))
     chart(report["throughput"], HERE / "results.png")
-    print(
-        "\n| batch rows | producers | datasets | discard MB/s | reply MB/s | direct MB/s | memory MB/s | wal MB/s | "
-        "memory/direct | memory/discard | memory/reply | wal/memory |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in report["throughput"]:
-        print(
-            f"| {r['batch_rows']} | {r['producers']} | {r['datasets']} | {r['discard']['mb_s']} | "
-            f"{r['reply']['mb_s']} | {r['direct']['mb_s']} | {r['memory']['mb_s']} | {r['wal']['mb_s']} | "
-            f"{r['memory_vs_direct']} | {r['memory_vs_discard']} | {r['memory_vs_reply']} | {r['wal_vs_memory']} |"
-        )
-    print("\n| target | measured | |\n|---|---|---|")
-    for t in report["targets"]:
-        print(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else 'missed'} |")
+    print_tables(report)
     print(f"\nwrote bench/results.json and bench/results.png in {report['seconds']} s")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--tables"]:
+        print_tables(json.loads((HERE / "results.json").read_text()))
+    else:
+        main()
