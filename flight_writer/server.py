@@ -247,10 +247,12 @@ class FlightWriterServer(flight.FlightServerBase):
                 client_id = _client_id(meta) if meta is not None and meta.size else None
                 try:
                     seq, duplicate = put(dataset, schema_key, batch, timeout, client_id, wait=False)
-                except (QueueFull, QueueClosed) as exc:
+                except (QueueFull, QueueClosed, QueueWriteError) as exc:
                     if replies is not None:
                         with contextlib.suppress(QueueWriteError):
                             replies.finish()  # what was taken is answered before the error
+                    if isinstance(exc, QueueWriteError):
+                        raise flight.FlightServerError(f"batch not accepted: {exc}") from None
                     message = str(exc) if isinstance(exc, QueueFull) else "server is shutting down"
                     raise flight.FlightUnavailableError(message) from None
                 last = max(last, seq)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -302,3 +305,48 @@ def test_disk_full_is_a_clear_error_and_recovers_by_itself(tmp_path, small_disk)
         assert r["state"] == "logged" and r["seq"] == len(acked) + 1
         action(c, "flush")
     assert len(read_dataset(root, "full")) == (len(acked) + 1) * len(big)
+
+
+def test_disk_full_mid_stream_is_a_clear_error_and_loses_nothing_taken(tmp_path, small_disk):
+    """A producer that streams without waiting for replies: the server answers what the WAL took, in order,
+    before the error (pyarrow's client may drop replies that arrive after it saw the error, so the test
+    cannot ask for all of them), and everything taken is written once storage works."""
+    root = tmp_path / "data"
+    root.mkdir()
+    blocker = root / "s"
+    blocker.write_text("uploads fail, so the WAL keeps everything and fills its disk")
+    queue = {"type": "wal", "path": str(small_disk / "wal"), "segment_bytes": 65536, "max_bytes": "1GiB"}
+    big = pa.record_batch({"b": pa.array([os.urandom(16_000)])})  # incompressible: fills the disk fast
+    replies: list[dict] = []
+    errors: list[Exception] = []
+    with running(root, queue=queue) as svc, flight.connect(svc.location) as c:
+        try:
+            writer, reader = c.do_put(flight.FlightDescriptor.for_path("s"), big.schema)
+
+            def read_replies() -> None:  # as a streaming producer does, while it writes
+                with contextlib.suppress(flight.FlightError):  # the error reaches the writing side
+                    while (buf := reader.read()) is not None:
+                        replies.append(json.loads(buf.to_pybytes()))
+
+            drain = threading.Thread(target=read_replies)
+            drain.start()
+            try:
+                for _ in range(1000):
+                    writer.write_batch(big)
+                writer.done_writing()
+            except flight.FlightError as exc:  # the server ended the call: the disk is full
+                errors.append(exc)
+            drain.join()
+            try:
+                writer.close()
+            except flight.FlightError as exc:
+                errors.append(exc)
+            taken = action(c, "status")["received_seq"]
+        finally:
+            blocker.unlink()  # storage works again: the stop can write what was taken
+    assert errors and all(isinstance(e, flight.FlightServerError) for e in errors), errors
+    assert re.search(r"batch not accepted: .*(No space left|disk full)", str(errors[-1])), errors
+    assert taken > 50
+    assert [(r["seq"], r["state"]) for r in replies] == [(i, "logged") for i in range(1, len(replies) + 1)]
+    assert len(replies) <= taken
+    assert len(read_dataset(root, "s")) == taken  # the stop wrote every batch taken, once
