@@ -515,7 +515,7 @@ def chart(results: list[dict], path: Path) -> None:
     ax.set_title(
         f"flight-writer vs writing Parquet directly ({os.cpu_count()} cores, BENCH_SCALE={SCALE}, {REPEAT} runs each)"
     )
-    ax.legend(loc="upper center", ncol=5, bbox_to_anchor=(0.5, -0.14), fontsize="small")
+    ax.legend(loc="upper center", ncol=5, bbox_to_anchor=(0.5, -0.14), fontsize="small", markerscale=0.4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
