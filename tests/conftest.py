@@ -37,10 +37,16 @@ def settings_for(root: Path, **sections: dict[str, Any]):
     return build_settings(raw)
 
 
+STOP_TIMEOUT = 60  # a test that fails while storage is blocked must not leave the stop retrying forever
+
+
 @contextmanager
 def running(root: Path, **sections: dict[str, Any]) -> Iterator[Service]:
-    with Service(settings_for(root, **sections)) as service:
+    service = Service(settings_for(root, **sections)).start()
+    try:
         yield service
+    finally:
+        service.stop(STOP_TIMEOUT)
 
 
 class LogCapture:
