@@ -7,6 +7,7 @@ from collections import Counter
 
 import pyarrow as pa
 import pyarrow.flight as flight
+import pytest
 
 from conftest import action, put, read_dataset, running
 
@@ -16,10 +17,15 @@ BATCHES = 20
 ROWS = 50
 
 
-def test_eight_concurrent_producers_exactly_once(data_root):
-    # small files and a short interval, so writes happen while producers are still sending
-    with running(data_root, writer={"max_file_rows": 3000, "flush_interval": 0.05, "threads": 2}) as svc:
+@pytest.mark.parametrize("queue_type", ["memory", "wal"])
+def test_eight_concurrent_producers_exactly_once(data_root, tmp_path, queue_type):
+    # small files and a short interval, so writes happen while producers are still sending; with the WAL the
+    # replies of every stream come from its own thread as fsyncs complete
+    writer = {"max_file_rows": 3000, "flush_interval": 0.05, "threads": 2}
+    queue = {"type": queue_type, "path": str(tmp_path / "wal")}
+    with running(data_root, writer=writer, queue=queue) as svc:
         seqs: list[int] = []
+        states: set[str] = set()
         errors: list[BaseException] = []
         lock = threading.Lock()
 
@@ -41,6 +47,7 @@ def test_eight_concurrent_producers_exactly_once(data_root):
                         replies = put(c, f"p{p % 2}", batches)
                         with lock:
                             seqs.extend(r["seq"] for r in replies)
+                            states.update(r["state"] for r in replies)
             except BaseException as exc:  # surfaced below, with the thread's own traceback
                 errors.append(exc)
 
@@ -57,6 +64,7 @@ def test_eight_concurrent_producers_exactly_once(data_root):
     total = PRODUCERS * STREAMS * BATCHES
     assert len(seqs) == len(set(seqs)) == total
     assert sorted(seqs) == list(range(1, total + 1))
+    assert states == {"logged" if queue_type == "wal" else "queued"}
     rows = [
         *read_dataset(data_root, "p0").column("row").to_pylist(),
         *read_dataset(data_root, "p1").column("row").to_pylist(),
