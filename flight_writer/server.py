@@ -237,7 +237,7 @@ class FlightWriterServer(flight.FlightServerBase):
         replies: _Replies | None = None  # started at the first batch not logged at once
         seqs: list[int] = []
         rows = 0
-        last = 0
+        last = 0  # without replies: the newest seq, to wait for before the stream ends
         try:
             for chunk in reader:
                 batch = chunk.data
@@ -252,14 +252,14 @@ class FlightWriterServer(flight.FlightServerBase):
                         with contextlib.suppress(QueueWriteError):
                             replies.finish()  # what was taken is answered before the error
                     if isinstance(exc, QueueWriteError):
-                        raise flight.FlightServerError(f"batch not accepted: {exc}") from None
+                        raise  # worded below, with a failed fsync
                     message = str(exc) if isinstance(exc, QueueFull) else "server is shutting down"
                     raise flight.FlightUnavailableError(message) from None
-                last = max(last, seq)
                 if keep_seqs:
                     seqs.append(seq)
                 rows += batch.num_rows
                 if reply is None:
+                    last = max(last, seq)  # a duplicate's seq can be older
                     continue
                 if client_id is None:
                     answer = b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, state)
