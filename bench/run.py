@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -239,12 +240,16 @@ class Clock:
         }
 
 
-def measure_discard(reply: bool):
+def measure_server(start: Callable[[Path], Server], until_durable: bool):
+    """Producers against a server process; with ``until_durable`` the clock stops when `flush` returns."""
+
     def measure(work: Workload, producers: int, datasets: int, tmp: Path) -> dict[str, float]:
-        server = discard_server(reply)
+        server = start(tmp)
         try:
             clock = Clock(server)
             run_producers(server.location, work, producers, datasets)
+            if until_durable:
+                flush(server.location)
             return clock.stop()
         finally:
             server.stop()
@@ -284,26 +289,12 @@ def measure_direct(work: Workload, producers: int, datasets: int, tmp: Path) -> 
     return clock.stop()
 
 
-def measure_flight_writer(queue: str):
-    def measure(work: Workload, producers: int, datasets: int, tmp: Path) -> dict[str, float]:
-        server = flight_writer_server(tmp, queue)
-        try:
-            clock = Clock(server)
-            run_producers(server.location, work, producers, datasets)
-            flush(server.location)  # everything durable
-            return clock.stop()
-        finally:
-            server.stop()
-
-    return measure
-
-
 CONTENDERS = {
-    "discard": measure_discard(reply=False),
-    "reply": measure_discard(reply=True),
+    "discard": measure_server(lambda tmp: discard_server(reply=False), until_durable=False),
+    "reply": measure_server(lambda tmp: discard_server(reply=True), until_durable=False),
     "direct": measure_direct,
-    "memory": measure_flight_writer("memory"),
-    "wal": measure_flight_writer("wal"),
+    "memory": measure_server(lambda tmp: flight_writer_server(tmp, "memory"), until_durable=True),
+    "wal": measure_server(lambda tmp: flight_writer_server(tmp, "wal"), until_durable=True),
 }
 SCENARIOS = [  # (batch rows, producers, datasets)
     (100, 1, 1),
