@@ -68,6 +68,7 @@ class WriterSettings:
     max_file_bytes: int = 128 * MiB
     max_file_rows: int = 10_000_000
     row_group_rows: int = 1_048_576
+    row_group_bytes: int = 32 * MiB
     flush_interval: float = 10.0
     compression: str = "zstd"
     compression_level: int = 0
@@ -140,7 +141,14 @@ _UNITS = {
     "tb": 1000**4,
     "tib": 1024**4,
 }
-_SIZE_FIELDS = {"max_bytes", "max_file_bytes", "segment_bytes", "upload_chunk_bytes", "multipart_threshold"}
+_SIZE_FIELDS = {
+    "max_bytes",
+    "max_file_bytes",
+    "row_group_bytes",
+    "segment_bytes",
+    "upload_chunk_bytes",
+    "multipart_threshold",
+}
 
 
 def load_settings(
@@ -290,6 +298,7 @@ def _check(s: Settings) -> None:
         "max_file_bytes",
         "max_file_rows",
         "row_group_rows",
+        "row_group_bytes",
         "flush_interval",
         "threads",
         "retry_initial_delay",

@@ -126,6 +126,21 @@ class Storage:
                 self.operator.delete(tmp)
             raise
 
+    def local_tmp(self) -> tuple[str, str] | None:
+        """A new temporary object under ``_tmp/`` that native code can write straight into, as (its path in
+        this storage, its path on the local disk); ``commit`` moves it into place. None where storage is not
+        a local directory (then an object is uploaded from memory with ``write``)."""
+        if self.service != "fs" or not self._can_rename or not os.path.isabs(self.root):
+            return None
+        tmp = f"{TMP_DIR}{uuid.uuid4().hex}.partial"
+        local = os.path.join(self.root, tmp)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        return tmp, local
+
+    def commit(self, tmp: str, path: str) -> None:
+        """Move a complete temporary object from ``local_tmp`` to ``path`` (a rename: all or nothing)."""
+        self.operator.rename(tmp, path)
+
     def remove_partials(self) -> None:
         """Delete what a crash left under ``_tmp/`` (one server per storage root)."""
         if not self._can_rename:

@@ -3,46 +3,39 @@
 One loop thread owns the buffers, one per (dataset, schema, hour received). It takes batches from the
 queue in groups, pausing 5 ms after a take that did not fill a group, so a stream of small batches wakes
 it about 200 times a second instead of once per batch (each wake-up competed with the receiving thread).
-A buffer is sealed into a file job when it reaches ``max_file_bytes`` (Arrow bytes) or ``max_file_rows``,
-when its oldest batch is ``flush_interval`` seconds old, on ``flush``, and on close; and when all buffers
-together hold more than ``buffer_limit`` bytes (half of ``queue.max_bytes``), the largest is written early,
-so a full queue always drains without waiting for ``flush_interval``. ``threads`` workers encode and
-upload jobs in parallel (Parquet encoding releases the GIL). A job encodes the whole file into memory
-first, so a failed upload is retried with backoff without encoding again, under the same object name: a
-retry after an ambiguous failure overwrites the same object rather than adding a second copy.
+Each buffer feeds one ``ParquetFile``: every ``row_group_rows`` rows or ``row_group_bytes`` Arrow bytes the
+buffer's new batches go to the file as a row group, which ``threads`` pool workers encode while the buffer
+goes on filling (see parquet_file.py). A buffer is sealed when it reaches ``max_file_bytes`` (Arrow bytes)
+or ``max_file_rows``, when its oldest batch is ``flush_interval`` seconds old, on ``flush``, and on close;
+and when all buffers together hold more than ``buffer_limit`` bytes (half of ``queue.max_bytes``), the
+largest is sealed early, so a full queue always drains without waiting for ``flush_interval``. A sealed
+file is stored under one name, with retries and backoff: a retry after an ambiguous failure overwrites the
+same object rather than adding a second copy.
 
 Only after storage confirmed the object are its seqs marked durable and their queue capacity released.
-A batch the encoder rejects is kept as an Arrow IPC file under ``_failed/{dataset}/`` and marked failed;
-the other batches of its file are written as usual.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from loguru import logger
 
-from flight_writer._version import __version__
 from flight_writer.config import WriterSettings
-from flight_writer.queue import Entry, Plan, Queue
-from flight_writer.seqs import seq_ranges
+from flight_writer.parquet_file import FileContext, ParquetFile
+from flight_writer.queue import Entry, Queue
 from flight_writer.storage import PERMANENT_ERRORS, Storage, first_line
 from flight_writer.tracker import DurabilityTracker
 
 GET_BATCH = 4096  # entries taken from the queue per call: amortizes locking for small batches
 MAX_IDLE_WAIT = 1.0
 LINGER = 0.005  # after a partial take, let batches gather: one wake-up per batch cost the receive path
-PARQUET_TYPE = "application/vnd.apache.parquet"
-ARROW_TYPE = "application/vnd.apache.arrow.file"
 
 
 class Aborted(Exception):
@@ -51,12 +44,13 @@ class Aborted(Exception):
 
 @dataclass(slots=True)
 class _Buffer:
-    dataset: str
-    hour: int  # hours since the epoch, UTC
+    file: ParquetFile
     oldest: float
-    entries: list[Entry] = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
+    fresh: list[Entry] = field(default_factory=list)  # not yet handed to the file as a row group
+    fresh_rows: int = 0
+    fresh_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -79,10 +73,8 @@ class Writer:
         self._storage = storage
         self._tracker = tracker
         self._settings = s = settings or WriterSettings()
-        self._compression = s.compression
-        self._level = s.compression_level or None
         self._buffers: dict[tuple[str, bytes, int], _Buffer] = {}
-        self._replans: dict[str, _Buffer] = {}  # recovered plans, collected until complete
+        self._replans: dict[str, list[Entry]] = {}  # recovered plans, collected until complete
         self._buffered_bytes = 0
         self._buffer_limit = buffer_limit
         self._lock = threading.Lock()  # guards _inflight, _requests and the counters
@@ -91,6 +83,9 @@ class Writer:
         self._stopping = threading.Event()
         self._abort = threading.Event()
         self._executor = ThreadPoolExecutor(s.threads, thread_name_prefix="flight-writer-file")
+        self._files = FileContext(
+            queue, storage, tracker, s, self._executor, self._with_retries, self._stored, self._rejected
+        )
         self._thread = threading.Thread(target=self._run, name="flight-writer-loop", daemon=True)
         self.files_written = 0
         self.rows_written = 0
@@ -159,7 +154,7 @@ class Writer:
                 if requests:
                     self._drain()
                     for request in requests:
-                        self._seal(lambda b, ds=request.dataset: ds is None or b.dataset == ds)
+                        self._seal(lambda b, ds=request.dataset: ds is None or b.file.dataset == ds)
                         with self._lock:
                             request.futures = [
                                 f
@@ -198,10 +193,12 @@ class Writer:
         s = self._settings
         for e in entries:
             if e.plan is not None:  # recovered: store exactly this plan again
-                buf = self._replans.setdefault(e.plan.path, _Buffer(e.dataset, 0, e.received_at))
-                buf.entries.append(e)
-                if len(buf.entries) == len(e.plan.seqs):
-                    self._submit(self._replans.pop(e.plan.path), counted=False)
+                collected = self._replans.setdefault(e.plan.path, [])
+                collected.append(e)
+                if len(collected) == len(e.plan.seqs):
+                    file = ParquetFile(self._files, e.dataset, 0, 0, e.plan)
+                    file.seal(self._replans.pop(e.plan.path))
+                    self._track(file)
                 continue
             if e.batch.num_rows == 0:  # acknowledged, nothing to store
                 self._tracker.mark_durable([e.seq], None)
@@ -211,13 +208,19 @@ class Writer:
             key = (e.dataset, e.schema_key, hour)
             buf = self._buffers.get(key)
             if buf is None:
-                buf = self._buffers[key] = _Buffer(e.dataset, hour, e.received_at)
-            buf.entries.append(e)
-            buf.rows += e.batch.num_rows
+                buf = self._buffers[key] = _Buffer(ParquetFile(self._files, e.dataset, hour, e.seq), e.received_at)
+            rows = e.batch.num_rows
+            buf.fresh.append(e)
+            buf.rows += rows
             buf.nbytes += e.nbytes
+            buf.fresh_rows += rows
+            buf.fresh_bytes += e.nbytes
             self._buffered_bytes += e.nbytes
             if buf.nbytes >= s.max_file_bytes or buf.rows >= s.max_file_rows:
                 self._submit(self._buffers.pop(key))
+            elif buf.fresh_rows >= s.row_group_rows or buf.fresh_bytes >= s.row_group_bytes:
+                buf.file.add(buf.fresh)  # encoded while the buffer goes on filling
+                buf.fresh, buf.fresh_rows, buf.fresh_bytes = [], 0, 0
             while self._buffer_limit is not None and self._buffered_bytes > self._buffer_limit:
                 # producers would soon wait on a full queue for data that only age would write out
                 largest = max(self._buffers, key=lambda k: self._buffers[k].nbytes)
@@ -227,13 +230,15 @@ class Writer:
         for key in [k for k, b in self._buffers.items() if predicate(b)]:
             self._submit(self._buffers.pop(key))
 
-    def _submit(self, buf: _Buffer, counted: bool = True) -> None:
-        if counted:
-            self._buffered_bytes -= buf.nbytes
-        future = self._executor.submit(self._write_file, buf)
+    def _submit(self, buf: _Buffer) -> None:
+        self._buffered_bytes -= buf.nbytes
+        buf.file.seal(buf.fresh)
+        self._track(buf.file)
+
+    def _track(self, file: ParquetFile) -> None:
         with self._lock:
-            self._inflight[future] = buf.dataset
-        future.add_done_callback(self._job_done)
+            self._inflight[file.done] = file.dataset
+        file.done.add_done_callback(self._job_done)
 
     def _job_done(self, future: Future[None]) -> None:
         with self._lock:
@@ -242,109 +247,27 @@ class Writer:
         if exc is not None and not isinstance(exc, Aborted):
             logger.opt(exception=exc).error("file job crashed")
 
-    # -- one file --------------------------------------------------------------------------------------
-    def _write_file(self, buf: _Buffer) -> None:
-        started = time.monotonic()
-        entries = buf.entries
-        plan = entries[0].plan
-        if plan is not None and plan.kind == "failed":
-            self._store_rejected(entries[0], plan)
-            return
-        if plan is None:
-            try:
-                data = self._encode(entries)
-            except pa.ArrowException:
-                entries = self._set_aside_rejected(entries)
-                if not entries:
-                    return
-                data = self._encode(entries)
-            day = time.strftime("%Y-%m-%d", time.gmtime(buf.hour * 3600))
-            path = (
-                f"{buf.dataset}/date={day}/hour={buf.hour % 24:02d}/"
-                f"part-{entries[0].seq:012d}-{uuid.uuid4().hex[:12]}.parquet"
-            )
-            plan = Plan(path, "parquet", tuple(e.seq for e in entries))
-            self._with_retries(f"record the plan for {path}", lambda: self._queue.plan(plan))
-        else:
-            data = self._encode(entries)  # the same batches as before the restart, to the same path
-        path = plan.path
-        self._with_retries(f"upload {path}", lambda: self._storage.write(path, data, PARQUET_TYPE))
-        rows = sum(e.batch.num_rows for e in entries)
-        self._tracker.mark_durable(plan.seqs, path)
-        self._with_retries(f"confirm {path}", lambda: self._queue.done(entries))
+    # -- what files report ---------------------------------------------------------------------------
+    def _stored(self, rows: int, nbytes: int) -> None:
         with self._lock:
             self.files_written += 1
             self.rows_written += rows
-            self.bytes_written += len(data)
-        logger.info(
-            "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
-            path,
-            buf.dataset,
-            rows,
-            len(data),
-            plan.seqs[0],
-            plan.seqs[-1],
-            len(entries),
-            time.monotonic() - started,
-        )
+            self.bytes_written += nbytes
 
-    def _encode(self, entries: list[Entry]) -> bytes:
-        schema = entries[0].batch.schema
-        seqs = [e.seq for e in entries]
-        metadata = dict(schema.metadata or {})
-        metadata.update(
-            {
-                b"flight_writer.dataset": entries[0].dataset.encode(),
-                b"flight_writer.seq_min": str(seqs[0]).encode(),
-                b"flight_writer.seq_max": str(seqs[-1]).encode(),
-                b"flight_writer.seqs": seq_ranges(seqs).encode(),
-                b"flight_writer.version": __version__.encode(),
-            }
-        )
-        schema = schema.with_metadata(metadata)
-        table = pa.Table.from_batches([e.batch for e in entries]).replace_schema_metadata(metadata)
-        sink = pa.BufferOutputStream()
-        with pq.ParquetWriter(sink, schema, compression=self._compression, compression_level=self._level) as writer:
-            writer.write_table(table, row_group_size=self._settings.row_group_rows)
-        # bytes once, here: OpenDAL needs bytes, and the encoder's buffer is freed before the upload
-        return sink.getvalue().to_pybytes()
-
-    def _set_aside_rejected(self, entries: list[Entry]) -> list[Entry]:
-        """Find the batches the encoder rejects on their own and store each as rejected. Returns the rest."""
-        good: list[Entry] = []
-        for e in entries:
-            try:
-                self._encode([e])
-            except pa.ArrowException as exc:
-                path = f"_failed/{e.dataset}/seq-{e.seq:012d}.arrow"
-                plan = Plan(path, "failed", (e.seq,), f"{type(exc).__name__}: {exc} (batch kept at {path})")
-                self._with_retries(f"record the plan for {path}", lambda p=plan: self._queue.plan(p))
-                self._store_rejected(e, plan)
-            else:
-                good.append(e)
-        return good
-
-    def _store_rejected(self, e: Entry, plan: Plan) -> None:
-        """Keep a batch the Parquet encoder rejects as an Arrow IPC file and mark it failed."""
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, e.batch.schema) as ipc:
-            ipc.write_batch(e.batch)
-        data = sink.getvalue()
-        self._with_retries(
-            f"store rejected batch {plan.path}", lambda: self._storage.write(plan.path, data, ARROW_TYPE)
-        )
-        self._tracker.mark_failed([e.seq], plan.error or "rejected by the Parquet encoder")
-        self._with_retries(f"confirm {plan.path}", lambda: self._queue.done([e]))
+    def _rejected(self) -> None:
         with self._lock:
             self.batches_failed += 1
-        logger.error("dataset={} seq={} rejected by the Parquet encoder: {}", e.dataset, e.seq, plan.error)
 
-    def _with_retries(self, what: str, action: Callable[[], None]) -> None:
+    def _with_retries(
+        self, what: str, action: Callable[[], Any], transient: tuple[type[BaseException], ...] = (Exception,)
+    ) -> Any:
+        """Run ``action`` until it succeeds; errors of the ``transient`` kinds are retried with backoff
+        (shown in ``last_error``), others raised. ``Aborted`` on a hard stop."""
         delay = self._settings.retry_initial_delay
         while True:
             try:
-                action()
-            except Exception as exc:
+                result = action()
+            except transient as exc:
                 with self._lock:
                     self.retries += 1
                 message = f"{what} failed: {type(exc).__name__}: {first_line(exc)}"
@@ -363,7 +286,7 @@ class Writer:
                 if self.last_error is not None:
                     with self._lock:
                         self.last_error, self.error_since = None, None
-                return
+                return result
 
     def report_error(self, message: str) -> None:
         """Show a problem found outside the writer (e.g. the storage check) in ``last_error``."""

@@ -1,0 +1,351 @@
+"""One Parquet object in the making: row groups encoded as its buffer fills, on as many cores as are free.
+
+The writer loop hands a file its batches a row group at a time (``add``) and the rest when the buffer is
+sealed (``seal``). Each row group is encoded on the writer's pool as soon as it comes, as a one-row-group
+Parquet *part* in memory, several at once when threads are free; at seal the parts are joined into one file
+(footer.py: the column chunks as they are, one footer with moved offsets). So a flush finds most of a file
+already encoded, and one big file or burst is encoded by several threads, not one. A file that is a single
+row group at seal (the common case for small or slow streams) is encoded straight into its destination.
+
+The destination: where storage is a local directory, a file under ``_tmp/`` written by native code and
+renamed into place once complete (no Python ``bytes`` copy of the file is made); elsewhere memory, uploaded
+in one request once complete.
+
+The batches stay with the file until it is stored. If encoding a part fails (the encoder rejects a batch),
+the file is encoded again in one piece at seal, with retries while the local disk fails; batches the encoder
+rejects on their own are kept as Arrow IPC under ``_failed/{dataset}/`` and marked failed. Then the plan
+(path and exact seqs) is recorded, the object is stored under that one name with retries, its seqs are
+marked durable and the queue is told.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from loguru import logger
+
+from flight_writer import footer
+from flight_writer._version import __version__
+from flight_writer.config import WriterSettings
+from flight_writer.queue import Entry, Plan, Queue
+from flight_writer.seqs import seq_ranges
+from flight_writer.storage import Storage
+from flight_writer.tracker import DurabilityTracker
+
+PARQUET_TYPE = "application/vnd.apache.parquet"
+ARROW_TYPE = "application/vnd.apache.arrow.file"
+LOCAL_BUFFER = 1 << 20  # the encoder writes pages of a few KiB: gather them before the write(2)
+
+#: ``retry(what, action, transient)``: run ``action`` until it succeeds, retrying with backoff the errors
+#: that are instances of ``transient`` and raising the others (and ``Aborted`` on a hard stop)
+Retry = Callable[[str, Callable[[], Any], tuple[type[BaseException], ...]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FileContext:
+    """What every file of one writer shares."""
+
+    queue: Queue
+    storage: Storage
+    tracker: DurabilityTracker
+    settings: WriterSettings
+    executor: Executor
+    retry: Retry
+    stored: Callable[[int, int], None]  # (rows, bytes) of a file stored
+    rejected: Callable[[], None]  # a batch set aside
+
+
+class Encoder:
+    """Writes row groups into one Parquet file, on a local disk (``local``: its storage path and disk path)
+    or in memory. Parquet encoding and the local writes release the GIL."""
+
+    def __init__(self, schema: pa.Schema, settings: WriterSettings, local: tuple[str, str] | None) -> None:
+        self._settings = settings
+        self.tmp, self._disk = local if local is not None else (None, None)
+        self._sink: Any = (
+            pa.output_stream(self._disk, compression=None, buffer_size=LOCAL_BUFFER)
+            if self._disk is not None
+            else pa.BufferOutputStream()
+        )
+        self.data: pa.Buffer | None = None
+        self._bytes: bytes | None = None
+        try:
+            self._writer = pq.ParquetWriter(
+                self._sink,
+                schema,
+                compression=settings.compression,
+                compression_level=settings.compression_level or None,
+            )
+        except BaseException:
+            self.discard()
+            raise
+
+    def write(self, batches: list[pa.RecordBatch]) -> None:
+        """One row group (several if the batches hold more than ``row_group_rows`` rows)."""
+        table = pa.Table.from_batches(batches)  # never one row group per small batch
+        self._writer.write_table(table, row_group_size=self._settings.row_group_rows)
+
+    def close(self, metadata: dict[bytes, bytes] | None) -> int:
+        """Write the footer, with ``metadata`` added; returns the file's size. In memory, the file is
+        ``data`` then."""
+        if metadata:
+            self._writer.add_key_value_metadata(metadata)
+        self._writer.close()
+        size = self._sink.tell()
+        if self._disk is not None:
+            self._sink.close()
+        else:
+            self.data = self._sink.getvalue()
+        self._sink = None
+        return size
+
+    def store(self, storage: Storage, path: str) -> None:
+        """Put the closed file at ``path``; may be called again after a failure."""
+        if self.tmp is not None:
+            storage.commit(self.tmp, path)
+            return
+        if self._bytes is None:  # once: OpenDAL takes bytes; retries reuse them
+            self._bytes, self.data = self.data.to_pybytes(), None  # type: ignore[union-attr]
+        storage.write(path, self._bytes, PARQUET_TYPE)
+
+    def discard(self) -> None:
+        """Give the file up (a failed stream): close what is open and remove the local file."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        if self._sink is not None:
+            with contextlib.suppress(Exception):
+                self._sink.close()
+        if self._disk is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self._disk)
+
+
+class Joined:
+    """A file joined from encoded parts (``footer.assemble``'s pieces): written at once to the local
+    file ``local`` where there is one, else into one ``bytes`` for the upload."""
+
+    def __init__(self, pieces: list[Any], local: tuple[str, str] | None) -> None:
+        self.size = sum(len(p) for p in pieces)
+        self.tmp: str | None = None
+        if local is None:
+            self._bytes: bytes | None = b"".join(pieces)
+            return
+        self._bytes = None
+        tmp, disk = local
+        try:
+            with pa.OSFile(disk, "wb") as f:  # native writes: the GIL is released
+                for piece in pieces:
+                    f.write(piece)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(disk)
+            raise
+        self.tmp = tmp
+
+    def store(self, storage: Storage, path: str) -> None:
+        if self.tmp is not None:
+            storage.commit(self.tmp, path)
+        else:
+            storage.write(path, self._bytes, PARQUET_TYPE)
+
+
+class ParquetFile:
+    """One file of one buffer: ``add`` row groups, then ``seal``; ``done`` resolves once it is stored.
+
+    ``add`` and ``seal`` are called by the writer loop only; encoding runs on the pool."""
+
+    def __init__(self, ctx: FileContext, dataset: str, hour: int, first_seq: int, plan: Plan | None = None) -> None:
+        self._ctx = ctx
+        self.dataset = dataset
+        self.done: Future[None] = Future()
+        self._plan = plan  # recovered: store exactly these seqs under this path
+        if plan is not None:
+            self.path = plan.path
+        else:
+            day = time.strftime("%Y-%m-%d", time.gmtime(hour * 3600))
+            name = f"part-{first_seq:012d}-{uuid.uuid4().hex[:12]}.parquet"
+            self.path = f"{dataset}/date={day}/hour={hour % 24:02d}/{name}"
+        self._entries: list[Entry] = []  # every batch of the file, until it is stored
+        self._parts: list[pa.Buffer | None] = []  # encoded row groups in file order; None: not (yet) encoded
+        self._failed = False  # a part could not be encoded: encode the file in one piece at seal
+        self._lock = threading.Lock()  # guards _parts, _failed, _outstanding, _sealed
+        self._outstanding = 0
+        self._sealed = False
+        self._started = time.monotonic()
+
+    # -- the writer loop's side -------------------------------------------------------------------------
+    def add(self, entries: list[Entry]) -> None:
+        """Encode these batches as the file's next row group, on the pool, now."""
+        self._entries.extend(entries)
+        with self._lock:
+            index = len(self._parts)
+            self._parts.append(None)
+            self._outstanding += 1
+        self._ctx.executor.submit(self._encode_part, index, entries)
+
+    def seal(self, entries: list[Entry]) -> None:
+        """The last batches: once every row group is encoded, join them, store the file."""
+        if self._parts and entries:
+            self.add(entries)
+        else:
+            self._entries.extend(entries)
+        with self._lock:
+            self._sealed = True
+            ready = self._outstanding == 0
+        if ready:
+            self._ctx.executor.submit(self._finish)
+
+    # -- the pool's side ----------------------------------------------------------------------------------
+    def _encode_part(self, index: int, entries: list[Entry]) -> None:
+        part = None
+        try:
+            encoder = Encoder(entries[0].batch.schema, self._ctx.settings, None)
+            encoder.write([e.batch for e in entries])
+            encoder.close(None)
+            part = encoder.data
+        except Exception as exc:  # sorted out at seal, where each batch is tried on its own
+            logger.warning(
+                "{}: encoding a row group failed ({}: {}); the file is encoded again at seal",
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+        with self._lock:
+            self._parts[index] = part
+            self._failed |= part is None
+            self._outstanding -= 1
+            ready = self._sealed and self._outstanding == 0
+        if ready:
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self._store()
+        except BaseException as exc:
+            self.done.set_exception(exc)
+        else:
+            self.done.set_result(None)
+
+    def _store(self) -> None:
+        ctx, entries = self._ctx, self._entries
+        if self._plan is not None and self._plan.kind == "failed":
+            self._store_rejected(entries[0], self._plan)
+            return
+        parts = self._parts if not self._failed else []
+        self._parts = []
+        encoder = None if parts else self._encode_or_set_aside(entries)
+        if encoder is None and not parts:
+            return  # every batch was rejected
+        if encoder is not None:
+            entries = self._entries
+        seqs = tuple(e.seq for e in entries)
+        metadata = self._metadata(seqs)
+        if parts:
+            local = ctx.storage.local_tmp()
+            pieces = footer.assemble(parts, metadata)
+            store = ctx.retry(f"write {self.path}", lambda: Joined(pieces, local), (OSError, MemoryError))
+            size = store.size
+        else:
+            store = encoder
+            size = encoder.close(metadata)
+        plan = self._plan
+        if plan is None:
+            plan = Plan(self.path, "parquet", seqs)
+            ctx.retry(f"record the plan for {self.path}", lambda: ctx.queue.plan(plan), (Exception,))
+        ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
+        rows = sum(e.batch.num_rows for e in entries)
+        ctx.tracker.mark_durable(plan.seqs, self.path)
+        ctx.retry(f"confirm {self.path}", lambda: ctx.queue.done(entries), (Exception,))
+        ctx.stored(rows, size)
+        logger.info(
+            "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
+            self.path,
+            self.dataset,
+            rows,
+            size,
+            seqs[0],
+            seqs[-1],
+            len(entries),
+            time.monotonic() - self._started,
+        )
+        self._entries = []  # the batches go now, all at once
+
+    def _encode_or_set_aside(self, entries: list[Entry]) -> Encoder | None:
+        """Encode the file in one piece into its destination; batches the encoder rejects are set aside
+        (``self._entries`` keeps the rest). None if no batch is left."""
+        try:
+            return self._encode_all(entries)
+        except pa.ArrowException as exc:
+            if isinstance(exc, MemoryError):
+                raise
+        self._entries = self._set_aside_rejected(entries)
+        return self._encode_all(self._entries) if self._entries else None
+
+    def _encode_all(self, entries: list[Entry]) -> Encoder:
+        """Encode these batches into a new file in one piece, retrying while the disk fails; an
+        ``ArrowException`` (a batch the encoder rejects) is raised."""
+        ctx = self._ctx
+
+        def attempt() -> Encoder:
+            encoder = Encoder(entries[0].batch.schema, ctx.settings, ctx.storage.local_tmp())
+            try:
+                encoder.write([e.batch for e in entries])
+            except BaseException:
+                encoder.discard()
+                raise
+            return encoder
+
+        return ctx.retry(f"encode {self.path}", attempt, (OSError, MemoryError))
+
+    def _metadata(self, seqs: tuple[int, ...]) -> dict[bytes, bytes]:
+        return {
+            b"flight_writer.dataset": self.dataset.encode(),
+            b"flight_writer.seq_min": str(seqs[0]).encode(),
+            b"flight_writer.seq_max": str(seqs[-1]).encode(),
+            b"flight_writer.seqs": seq_ranges(list(seqs)).encode(),
+            b"flight_writer.version": __version__.encode(),
+        }
+
+    def _set_aside_rejected(self, entries: list[Entry]) -> list[Entry]:
+        """Find the batches the encoder rejects on their own and store each as rejected. Returns the rest."""
+        ctx, good = self._ctx, []
+        for e in entries:
+            try:
+                Encoder(e.batch.schema, ctx.settings, None).write([e.batch])
+            except pa.ArrowException as exc:
+                if isinstance(exc, MemoryError):
+                    raise
+                path = f"_failed/{e.dataset}/seq-{e.seq:012d}.arrow"
+                plan = Plan(path, "failed", (e.seq,), f"{type(exc).__name__}: {exc} (batch kept at {path})")
+                ctx.retry(f"record the plan for {path}", lambda p=plan: ctx.queue.plan(p), (Exception,))
+                self._store_rejected(e, plan)
+            else:
+                good.append(e)
+        return good
+
+    def _store_rejected(self, e: Entry, plan: Plan) -> None:
+        """Keep a batch the Parquet encoder rejects as an Arrow IPC file and mark it failed."""
+        ctx = self._ctx
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, e.batch.schema) as ipc:
+            ipc.write_batch(e.batch)
+        data = sink.getvalue()
+        ctx.retry(
+            f"store rejected batch {plan.path}",
+            lambda: ctx.storage.write(plan.path, data, ARROW_TYPE),
+            (Exception,),
+        )
+        ctx.tracker.mark_failed([e.seq], plan.error or "rejected by the Parquet encoder")
+        ctx.retry(f"confirm {plan.path}", lambda: ctx.queue.done([e]), (Exception,))
+        ctx.rejected()
+        logger.error("dataset={} seq={} rejected by the Parquet encoder: {}", e.dataset, e.seq, plan.error)
