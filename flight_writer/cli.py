@@ -42,7 +42,7 @@ def _serve(config: str | None) -> int:
         print(f"flight-writer: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
-    _tune_malloc()
+    _tune_malloc(settings.writer.threads)
     service = Service(settings)
     try:
         service.start()
@@ -70,28 +70,26 @@ def _serve(config: str | None) -> int:
     return 0
 
 
-def _tune_malloc() -> None:
-    """Keep glibc from holding on to memory it no longer uses (RSS never shrinks otherwise):
+def _tune_malloc(threads: int) -> None:
+    """Keep glibc from holding on to memory it no longer uses (RSS never shrinks otherwise), without
+    making large frees and copies slow:
 
-    - M_MMAP_THRESHOLD pinned at 1 MiB: glibc raises the threshold each time a large block is freed, after
-      which blocks that size come from the heap and stay with the process when freed; gRPC's messages and
-      the encoded files are such blocks.
-    - M_ARENA_MAX 2: every thread that allocates may otherwise get an arena of its own (up to 8 per core),
-      each keeping its free memory apart; the gRPC, writer and upload threads all allocate.
-    - malloc_trim every 0.1 s: gRPC receives in pieces under 1 MiB; freed in the middle of the heap they
-      stayed resident (the heap was 170 MiB at one peak, 36 MiB at another).
+    - M_ARENA_MAX ``writer.threads + 2``: every thread that allocates may otherwise get an arena of its own
+      (up to 8 per core), each keeping its free memory apart; with fewer arenas than encoding threads, they
+      wait for each other's arena locks.
+    - malloc_trim every 0.1 s: gRPC receives in pieces; freed in the middle of the heap they stayed
+      resident (the heap was 170 MiB at one peak, 36 MiB at another). Trimming runs without the GIL.
+    - M_MMAP_THRESHOLD is left to glibc. Pinned at 1 MiB (as before), every gRPC message and encoded file
+      was its own mapping: freeing 128 MiB of received 8,192-row batches took 4-7 ms and copying a 26 MB
+      file into ``bytes`` 15-18 ms, both holding the GIL, against 0.6 ms and 3.5-4.4 ms unpinned.
 
-    Each mallopt is skipped if its MALLOC_*_ environment variable is set. Peak RSS in the benchmark (635 MiB
-    through queue.max_bytes 64 MiB, S3 paused 80% of the time; bound 428 MiB), single runs: untuned 414-567
-    MiB (7 runs); with the two settings 334-539 (9 runs); with trimming too 332-391 (5 runs). Trimming
-    cost no throughput measurable here."""
+    Each mallopt is skipped if its MALLOC_*_ environment variable is set. Peak RSS: see BENCHMARKS.md."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return  # not glibc
-    for variable, option, value in (("MALLOC_MMAP_THRESHOLD_", -3, 1 << 20), ("MALLOC_ARENA_MAX", -8, 2)):
-        if variable not in os.environ and libc.mallopt(option, value) != 1:  # option numbers from malloc.h
-            logger.warning("mallopt({}) failed: memory freed after peaks may stay with the process", variable)
+    if "MALLOC_ARENA_MAX" not in os.environ and libc.mallopt(-8, threads + 2) != 1:  # M_ARENA_MAX, malloc.h
+        logger.warning("mallopt(M_ARENA_MAX) failed: memory freed after peaks may stay with the process")
 
     def trim() -> None:
         while True:
