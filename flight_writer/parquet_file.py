@@ -251,9 +251,10 @@ class ParquetFile:
         seqs = tuple(e.seq for e in entries)
         metadata = self._metadata(seqs)
         if parts:
-            local = ctx.storage.local_tmp()
             pieces = footer.assemble(parts, metadata)
-            store = ctx.retry(f"write {self.path}", lambda: Joined(pieces, local), (OSError, MemoryError))
+            store = ctx.retry(
+                f"write {self.path}", lambda: Joined(pieces, ctx.storage.local_tmp()), (OSError, MemoryError)
+            )
             size = store.size
         else:
             store = encoder

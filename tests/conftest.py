@@ -120,6 +120,16 @@ def action(client: flight.FlightClient, name: str, body: Any = None) -> dict[str
     return json.loads(results[0].body.to_pybytes())
 
 
+def wait_for(predicate, what: str, timeout: float = 30.0):
+    """Poll server state that no action can wait on (an error appearing), with a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def parquet_files(root: Path, dataset: str = "") -> list[Path]:
     return sorted((root / dataset).rglob("*.parquet")) if (root / dataset).exists() else []
 

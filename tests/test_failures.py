@@ -7,7 +7,6 @@ rename into place fails until the test removes it.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +14,7 @@ import pyarrow.flight as flight
 import pyarrow.ipc as ipc
 import pytest
 
-from conftest import action, parquet_files, put, read_dataset, running
+from conftest import action, parquet_files, put, read_dataset, running, wait_for
 
 
 def batch(start: int, n: int = 1000) -> pa.RecordBatch:
@@ -27,16 +26,6 @@ def block(root: Path, dataset: str) -> Path:
     blocker = root / dataset
     blocker.write_text("not a directory")
     return blocker
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    """Poll server state that no action can wait on (an error appearing), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_failing_storage_is_retried_and_loses_nothing(data_root):

@@ -1,0 +1,199 @@
+"""Row groups encoded as buffers fill, several at once, joined into one file (parquet_file.py, footer.py)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import pytest
+
+from flight_writer import footer
+from flight_writer.config import StorageSettings, WriterSettings
+from flight_writer.parquet_file import FileContext, ParquetFile
+from flight_writer.queue import MemoryQueue
+from flight_writer.storage import Storage
+from flight_writer.tracker import DurabilityTracker
+
+from conftest import action, parquet_files, put, read_dataset, running, wait_for
+
+
+def mixed(start: int, rows: int) -> pa.Table:
+    """Many types, nulls, nesting, and more than 15 columns (Thrift's long list header)."""
+    ids = list(range(start, start + rows))
+    columns = {
+        "id": pa.array(ids, pa.int64()),
+        "f": pa.array([i / 3 if i % 7 else None for i in ids], pa.float64()),
+        "s": pa.array([f"s{i % 11}" for i in ids]),
+        "big": pa.array([f"{i}" * 3 for i in ids], pa.large_string()),
+        "d": pa.array([f"k{i % 3}" for i in ids]).dictionary_encode(),
+        "ts": pa.array([i * 1_000_000 for i in ids], pa.timestamp("us", "UTC")),
+        "day": pa.array([datetime.date(2026, 1, 1 + i % 28) for i in ids]),
+        "dec": pa.array([decimal.Decimal(i) / 100 for i in ids], pa.decimal128(12, 2)),
+        "bin": pa.array([i.to_bytes(8, "little") for i in ids], pa.binary(8)),
+        "b": pa.array([i % 2 == 0 for i in ids]),
+        "l": pa.array([[i, i + 1] if i % 5 else None for i in ids], pa.list_(pa.int32())),
+        "m": pa.array([[("a", str(i))] for i in ids], pa.map_(pa.string(), pa.string())),
+        "st": pa.array([{"x": i, "y": str(i)} for i in ids]),
+    }
+    columns.update({f"c{k}": pa.array([i * k for i in ids], pa.int32()) for k in range(5)})
+    return pa.table(columns)
+
+
+def part(table: pa.Table, row_group_rows: int | None = None, **options) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", **options) as w:
+        w.write_table(table, row_group_size=row_group_rows)
+    return sink.getvalue()
+
+
+def test_joined_parts_read_back_in_every_reader(tmp_path):
+    tables = [mixed(0, 3000), mixed(3000, 1), mixed(3001, 4000)]
+    # the last part holds 20 row groups: long lists in the footer, ordinals renumbered across parts
+    parts = [part(tables[0]), part(tables[1]), part(tables[2], row_group_rows=200)]
+    path = tmp_path / "joined.parquet"
+    path.write_bytes(b"".join(footer.assemble(parts, {b"flight_writer.seqs": b"1-3"})))
+
+    expected = pa.concat_tables(tables)
+    f = pq.ParquetFile(path)
+    assert f.metadata.num_row_groups == 22 and f.metadata.num_rows == 7001
+    assert f.metadata.metadata[b"flight_writer.seqs"] == b"1-3"
+    assert f.read().replace_schema_metadata(None).equals(expected)  # the original types too (ARROW:schema kept)
+    for i in range(f.metadata.num_row_groups):  # every row group where its offsets say
+        group = f.read_row_group(i)
+        first = group.column("id")[0].as_py()
+        assert group.replace_schema_metadata(None).equals(expected.slice(first, group.num_rows))
+        assert f.metadata.row_group(i).column(0).statistics.min == first
+    assert duckdb.sql(f"select count(*), sum(id), count(f) from '{path}'").fetchall()[0] == (
+        7001,
+        sum(range(7001)),
+        pa.compute.count(expected["f"]).as_py(),
+    )
+    assert pl.read_parquet(path).equals(pl.from_arrow(expected))
+
+
+def test_footer_round_trips_byte_for_byte():
+    data = part(mixed(0, 500)).to_pybytes()
+    start, decoded = footer.split(data)
+    out = bytearray()
+    footer._struct(decoded, out)
+    assert bytes(out) == data[start:-8]
+
+
+def test_parts_it_cannot_join_are_refused():
+    with pytest.raises(ValueError, match="page index"):
+        footer.assemble([part(mixed(0, 10), write_page_index=True)], {})
+    with pytest.raises(ValueError, match="not a Parquet file"):
+        footer.assemble([b"PAR1 not really"], {})
+
+
+@pytest.fixture
+def one_file(tmp_path: Path):
+    """A ParquetFile on fs storage with a one-thread pool, and the queue that feeds it."""
+    queue = MemoryQueue(1 << 30)
+    storage = Storage.from_settings(StorageSettings(type="fs", root=str(tmp_path)))
+    tracker = DurabilityTracker()
+    pool = ThreadPoolExecutor(1)
+    stored: list[tuple[int, int]] = []
+    ctx = FileContext(
+        queue,
+        storage,
+        tracker,
+        WriterSettings(),
+        pool,
+        lambda what, action, transient: action(),
+        lambda rows, nbytes: stored.append((rows, nbytes)),
+        lambda: None,
+    )
+    yield ctx, queue, tracker, stored
+    pool.shutdown()
+
+
+def test_row_groups_are_encoded_before_the_file_is_sealed(one_file, tmp_path):
+    ctx, queue, tracker, stored = one_file
+    for i in range(3):
+        queue.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
+    entries = queue.get(10, 0)
+    file = ParquetFile(ctx, "ds", 490_000, entries[0].seq)
+    file.add(entries[:1])
+    file.add(entries[1:2])
+    ctx.executor.submit(lambda: None).result()  # one thread, in order: both parts are done now
+    assert [p is not None for p in file._parts] == [True, True]
+    assert not file.done.done() and not list(tmp_path.rglob("*.parquet"))
+    file.seal(entries[2:])
+    file.done.result(30)
+    [path] = tmp_path.rglob("*.parquet")
+    meta = pq.read_metadata(path)
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [100, 100, 100]
+    assert meta.metadata[b"flight_writer.seqs"] == b"1-3"
+    assert pq.read_table(path).column("id").to_pylist() == list(range(300))
+    assert tracker.durable_through == 3 and stored == [(300, path.stat().st_size)]
+    assert queue.stats()["pending_batches"] == 0
+    assert not list((tmp_path / "_tmp").iterdir())
+
+
+SMALL_ROW_GROUPS = {"row_group_bytes": "8000"}  # one 1,000-row int64 batch per row group
+
+
+def ints(start: int, n: int = 1000) -> pa.RecordBatch:
+    return pa.record_batch({"i": pa.array(range(start, start + n), pa.int64())})
+
+
+def test_a_file_of_many_row_groups_from_a_live_server(data_root):
+    with running(data_root, writer=SMALL_ROW_GROUPS) as svc, flight.connect(svc.location) as c:
+        replies = put(c, "many", [ints(k * 1000) for k in range(12)])
+        action(c, "flush")
+    [f] = parquet_files(data_root, "many")
+    meta = pq.read_metadata(f)
+    assert meta.num_row_groups == 12 and meta.metadata[b"flight_writer.seqs"] == (
+        f"{replies[0]['seq']}-{replies[-1]['seq']}".encode()
+    )
+    assert read_dataset(data_root, "many").column("i").to_pylist() == list(range(12_000))
+    assert duckdb.sql(f"select count(*), sum(i) from '{f}'").fetchall()[0] == (12_000, sum(range(12_000)))
+
+
+def test_a_batch_rejected_in_a_row_group_is_set_aside_and_the_rest_stored(data_root, caplog_loguru):
+    """As test_failures' rejection test, but the bad batch is in a row group encoded before the seal."""
+    schema = pa.schema([("t", pa.timestamp("s")), ("n", pa.int64())])
+
+    def batch(t: int, n: int) -> pa.RecordBatch:
+        return pa.record_batch([pa.array([t] * 1000, pa.timestamp("s")), pa.array([n] * 1000)], schema=schema)
+
+    with running(data_root, writer={"row_group_bytes": "16000"}) as svc, flight.connect(svc.location) as c:
+        replies = put(c, "rej", [batch(0, 0), batch(2**62, 1), batch(5, 2), batch(6, 3)])
+        seqs = [r["seq"] for r in replies]
+        action(c, "flush")
+        acks = action(c, "ack", {"seqs": seqs})["acks"]
+        assert [a["state"] for a in acks] == ["durable", "failed", "durable", "durable"]
+        assert action(c, "status")["batches_failed"] == 1
+    assert "encoding a row group failed" in caplog_loguru.text  # it was found in a part, not at the seal
+    assert sorted(set(read_dataset(data_root, "rej").column("n").to_pylist())) == [0, 2, 3]
+    kept = ipc.open_file(str(data_root / "_failed" / "rej" / f"seq-{seqs[1]:012d}.arrow")).read_all()
+    assert kept.column("n").to_pylist() == [1] * 1000
+
+
+@pytest.mark.parametrize(("writer", "step"), [(SMALL_ROW_GROUPS, "write"), ({}, "encode")])
+def test_a_failing_local_disk_is_retried(data_root, writer, step):
+    """Three row groups joined ("write"), or one row group encoded straight to disk ("encode")."""
+    with running(data_root, writer=writer) as svc, flight.connect(svc.location) as c:
+        tmp = data_root / "_tmp"
+        tmp.rmdir()
+        tmp.write_text("a file where the temporary directory must be")  # every local write fails
+        replies = put(c, "disk", [ints(k * 1000) for k in range(3)])
+        flusher = threading.Thread(target=action, args=(c, "flush"))
+        flusher.start()
+        status = wait_for(lambda: (s := action(c, "status"))["last_error"] and s, "last_error")
+        assert f"{step} disk/date=" in status["last_error"] and status["durable_through"] < replies[-1]["seq"]
+        tmp.unlink()  # the disk is back
+        flusher.join(60)
+        assert not flusher.is_alive() and action(c, "status")["durable_through"] == replies[-1]["seq"]
+    assert read_dataset(data_root, "disk").column("i").to_pylist() == list(range(3000))
+    assert len(parquet_files(data_root, "disk")) == 1 and not list((data_root / "_tmp").iterdir())
