@@ -6,15 +6,14 @@ settings), and ``assemble`` joins the parts into one file: the magic, each part'
 then one footer made from the parts' footers, with every absolute offset moved by where its part's chunks
 landed, ``num_rows`` summed, the row groups' ordinals renumbered, and our key/value metadata added.
 
-The footer is Thrift's compact protocol (parquet.thrift ``FileMetaData``). It is decoded into plain values
-and encoded back field by field, so fields this module does not know pass through unchanged; only the
-offset fields named below are changed. Parts with a page index or bloom filters (which live outside the
+The footer is Thrift's compact protocol (parquet.thrift ``FileMetaData``). The structs on the way to the
+offsets are decoded and encoded back field by field; every other field keeps its encoded bytes, so fields
+this module does not know pass through unchanged. Parts with a page index or bloom filters (which live outside the
 column chunks) or encryption are refused (``ValueError``): our writer enables none of them.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,25 +29,32 @@ _CC_FILE_OFFSET, _CC_META, _CC_OFFSET_INDEX, _CC_COLUMN_INDEX, _CC_CRYPTO = 2, 3
 _CMD_DATA_PAGE, _CMD_INDEX_PAGE, _CMD_DICT_PAGE, _CMD_BLOOM = 9, 10, 11, 14
 
 Struct = dict[int, tuple[int, Any]]  # field id -> (compact type, value)
+_COLUMN_META = {_CMD_DATA_PAGE: {}, _CMD_INDEX_PAGE: {}, _CMD_DICT_PAGE: {}}
+_COLUMN_CHUNK = {_CC_FILE_OFFSET: {}, _CC_META: _COLUMN_META}
+_ROW_GROUP = {_RG_COLUMNS: _COLUMN_CHUNK, _RG_FILE_OFFSET: {}, _RG_ORDINAL: {}}
+_DESCEND = {_FMD_NUM_ROWS: {}, _FMD_ROW_GROUPS: _ROW_GROUP, _FMD_KEY_VALUE: {1: {}}}
 
 
 # -- decoding ------------------------------------------------------------------------------------------------
+# Only the structs on the way to an offset are decoded (``_DESCEND``); any other field keeps its encoded
+# bytes and is written back as it was: fewer Python objects per footer (the GIL is held throughout).
+_RAW = -1  # a value kept encoded: (kind, bytes)
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
 
-    def byte(self) -> int:
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
-
     def varint(self) -> int:
+        data, pos = self.data, self.pos
         shift = result = 0
         while True:
-            b = self.byte()
+            b = data[pos]
+            pos += 1
             result |= (b & 0x7F) << shift
             if not b & 0x80:
+                self.pos = pos
                 return result
             shift += 7
 
@@ -56,41 +62,83 @@ class _Reader:
         n = self.varint()
         return (n >> 1) ^ -(n & 1)
 
-    def value(self, kind: int) -> Any:
-        if kind in (_TRUE, _FALSE):  # inside a container: one byte
-            return self.byte() == _TRUE
-        if kind == _BYTE:
-            return self.byte()
+    def skip(self, kind: int) -> None:
+        """Move past one value of ``kind`` without building it (the hot part of joining: kept flat)."""
+        data, pos = self.data, self.pos
         if kind in (_I16, _I32, _I64):
-            return self.zigzag()
-        if kind == _DOUBLE:
-            self.pos += 8
-            return struct.unpack("<d", self.data[self.pos - 8 : self.pos])[0]
-        if kind == _BINARY:
+            while data[pos] & 0x80:
+                pos += 1
+            self.pos = pos + 1
+        elif kind == _BINARY:
+            self.pos = pos
             n = self.varint()
             self.pos += n
-            return self.data[self.pos - n : self.pos]
-        if kind in (_LIST, _SET):
-            header = self.byte()
+        elif kind in (_LIST, _SET):
+            header = data[pos]
+            self.pos = pos + 1
             size, elem = header >> 4, header & 0x0F
             if size == 15:
                 size = self.varint()
-            return (elem, [self.value(elem) for _ in range(size)])
-        if kind == _STRUCT:
-            return self.struct()
-        raise ValueError(f"Parquet footer: unsupported Thrift compact type {kind}")
+            if elem in (_I16, _I32, _I64):  # a run of varints: every byte without the high bit ends one
+                pos = self.pos
+                while size:
+                    if not data[pos] & 0x80:
+                        size -= 1
+                    pos += 1
+                self.pos = pos
+            else:
+                for _ in range(size):
+                    self.skip(elem)
+        elif kind == _STRUCT:
+            while (header := data[self.pos]) != 0:
+                self.pos += 1
+                if not header >> 4:
+                    self.zigzag()
+                if header & 0x0F not in (_TRUE, _FALSE):
+                    self.skip(header & 0x0F)
+            self.pos += 1
+        elif kind in (_TRUE, _FALSE, _BYTE):
+            self.pos = pos + 1
+        elif kind == _DOUBLE:
+            self.pos = pos + 8
+        else:
+            raise ValueError(f"Parquet footer: unsupported Thrift compact type {kind}")
 
-    def struct(self) -> Struct:
+    def struct(self, descend: dict[int, Any]) -> Struct:
+        """A struct whose fields in ``descend`` are decoded (ints, or structs and lists of structs with
+        their own ``descend``); every other field is kept encoded."""
         fields: Struct = {}
         last = 0
-        while (header := self.byte()) != 0:
+        data = self.data
+        while (header := data[self.pos]) != 0:
+            self.pos += 1
             kind, delta = header & 0x0F, header >> 4
             field = last + delta if delta else self.zigzag()
             last = field
             if kind in (_TRUE, _FALSE):
                 fields[field] = (kind, kind == _TRUE)
+            elif field in descend and kind in (_I16, _I32, _I64):
+                fields[field] = (kind, self.zigzag())
+            elif field in descend and kind == _BINARY:
+                n = self.varint()
+                self.pos += n
+                fields[field] = (kind, data[self.pos - n : self.pos])
+            elif field in descend and kind == _STRUCT:
+                fields[field] = (kind, self.struct(descend[field]))
+            elif field in descend and kind == _LIST:
+                header = data[self.pos]
+                self.pos += 1
+                size, elem = header >> 4, header & 0x0F
+                if size == 15:
+                    size = self.varint()
+                if elem != _STRUCT:
+                    raise ValueError(f"Parquet footer: field {field} is not a list of structs")
+                fields[field] = (kind, (elem, [self.struct(descend[field]) for _ in range(size)]))
             else:
-                fields[field] = (kind, self.value(kind))
+                begin = self.pos
+                self.skip(kind)
+                fields[field] = (_RAW, (kind, data[begin : self.pos]))
+        self.pos += 1
         return fields
 
 
@@ -106,38 +154,14 @@ def _zigzag(n: int, out: bytearray) -> None:
     _varint((n << 1) ^ (n >> 63), out)
 
 
-def _value(kind: int, value: Any, out: bytearray) -> None:
-    if kind in (_TRUE, _FALSE):
-        out.append(_TRUE if value else _FALSE)
-    elif kind == _BYTE:
-        out.append(value)
-    elif kind in (_I16, _I32, _I64):
-        _zigzag(value, out)
-    elif kind == _DOUBLE:
-        out += struct.pack("<d", value)
-    elif kind == _BINARY:
-        _varint(len(value), out)
-        out += value
-    elif kind in (_LIST, _SET):
-        elem, items = value
-        if len(items) < 15:
-            out.append((len(items) << 4) | elem)
-        else:
-            out.append(0xF0 | elem)
-            _varint(len(items), out)
-        for item in items:
-            _value(elem, item, out)
-    elif kind == _STRUCT:
-        _struct(value, out)
-    else:
-        raise ValueError(f"Parquet footer: unsupported Thrift compact type {kind}")
-
-
 def _struct(fields: Struct, out: bytearray) -> None:
     last = 0
     for field in sorted(fields):
         kind, value = fields[field]
-        if kind in (_TRUE, _FALSE):
+        raw = None
+        if kind == _RAW:
+            kind, raw = value
+        elif kind in (_TRUE, _FALSE):
             kind = _TRUE if value else _FALSE
         if 0 < field - last <= 15:
             out.append(((field - last) << 4) | kind)
@@ -145,8 +169,24 @@ def _struct(fields: Struct, out: bytearray) -> None:
             out.append(kind)
             _zigzag(field, out)
         last = field
-        if kind not in (_TRUE, _FALSE):
-            _value(kind, value, out)
+        if raw is not None:
+            out += raw
+        elif kind in (_I16, _I32, _I64):
+            _zigzag(value, out)
+        elif kind == _BINARY:
+            _varint(len(value), out)
+            out += value
+        elif kind == _STRUCT:
+            _struct(value, out)
+        elif kind == _LIST:
+            elem, items = value
+            if len(items) < 15:
+                out.append((len(items) << 4) | elem)
+            else:
+                out.append(0xF0 | elem)
+                _varint(len(items), out)
+            for item in items:
+                _struct(item, out)
     out.append(0)
 
 
@@ -158,7 +198,7 @@ def split(part: bytes | memoryview) -> tuple[int, Struct]:
         raise ValueError("not a Parquet file (magic bytes missing)")
     length = int.from_bytes(view[-8:-4], "little")
     start = len(view) - 8 - length
-    return start, _Reader(bytes(view[start:-8])).struct()
+    return start, _Reader(bytes(view[start:-8])).struct(_DESCEND)
 
 
 def _shift(fields: Struct, field: int, by: int) -> None:
