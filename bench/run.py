@@ -97,10 +97,10 @@ def fixed_binary(rng: np.random.Generator, width: int, rows: int) -> pa.Array:
 class Workload:
     """Batches of one size, cycled from a base table until ``BYTES_PER_RUN`` bytes have been handed out."""
 
-    def __init__(self, base: pa.Table, batch_rows: int) -> None:
+    def __init__(self, base: pa.Table, batch_rows: int, nbytes: float = BYTES_PER_RUN) -> None:
         self.batches = base.combine_chunks().to_batches(max_chunksize=batch_rows)
         self.batch_bytes = sum(b.nbytes for b in self.batches) / len(self.batches)
-        self.count = max(1, int(BYTES_PER_RUN / self.batch_bytes))
+        self.count = max(1, int(nbytes / self.batch_bytes))
         self.rows = sum(self.batches[i % len(self.batches)].num_rows for i in range(self.count))
         self.nbytes = sum(self.batches[i % len(self.batches)].nbytes for i in range(self.count))
 
@@ -306,45 +306,154 @@ SCENARIOS = [  # (batch rows, producers, datasets)
 ]
 
 
+def compare(work: Workload, producers: int, datasets: int, contenders: dict[str, Callable]) -> dict:
+    """Each contender REPEAT times, taking turns (so a slow minute of the machine hits them all): medians,
+    ranges, rows/s and CPU seconds per contender."""
+    row: dict = {
+        "batch_rows": work.batches[0].num_rows,
+        "producers": producers,
+        "datasets": datasets,
+        "mb": round(work.nbytes / 1e6, 1),
+        "rows": work.rows,
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
+    for _ in range(REPEAT):
+        for name, measure in contenders.items():
+            with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+                runs[name].append(measure(work, producers, datasets, Path(tmp)))
+    for name, measured in runs.items():
+        seconds = sorted(m["seconds"] for m in measured)
+        median = statistics.median(seconds)
+        row[name] = {
+            "seconds": round(median, 3),
+            "mb_s": round(work.nbytes / 1e6 / median, 1),
+            "rows_s": round(work.rows / median),
+            "mb_s_range": [round(work.nbytes / 1e6 / seconds[-1], 1), round(work.nbytes / 1e6 / seconds[0], 1)],
+            "client_cpu_s": round(statistics.median(m["client_cpu_s"] for m in measured), 2),
+            "server_cpu_s": round(statistics.median(m["server_cpu_s"] for m in measured), 2),
+        }
+        low, high = row[name]["mb_s_range"]
+        print(
+            f"  {row['batch_rows']:>6} rows x{producers}p x{datasets}d {row['mb']:>7} MB  {name:<8} "
+            f"{row[name]['mb_s']:>8.1f} MB/s  ({low}-{high})  cpu client {row[name]['client_cpu_s']} s, "
+            f"server {row[name]['server_cpu_s']} s",
+            flush=True,
+        )
+    return row
+
+
 def throughput(base: pa.Table) -> list[dict]:
     results = []
     for batch_rows, producers, datasets in SCENARIOS:
-        work = Workload(base, batch_rows)
-        row: dict = {
-            "batch_rows": batch_rows,
-            "producers": producers,
-            "datasets": datasets,
-            "mb": round(work.nbytes / 1e6, 1),
-            "rows": work.rows,
-        }
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
-        for _ in range(REPEAT):  # the contenders take turns, so a slow minute of the machine hits them all
-            for name, measure in CONTENDERS.items():
-                with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
-                    runs[name].append(measure(work, producers, datasets, Path(tmp)))
-        for name, measured in runs.items():
-            seconds = sorted(m["seconds"] for m in measured)
-            median = statistics.median(seconds)
-            row[name] = {
-                "seconds": round(median, 3),
-                "mb_s": round(work.nbytes / 1e6 / median, 1),
-                "rows_s": round(work.rows / median),
-                "mb_s_range": [round(work.nbytes / 1e6 / seconds[-1], 1), round(work.nbytes / 1e6 / seconds[0], 1)],
-                "client_cpu_s": round(statistics.median(m["client_cpu_s"] for m in measured), 2),
-                "server_cpu_s": round(statistics.median(m["server_cpu_s"] for m in measured), 2),
-            }
-            low, high = row[name]["mb_s_range"]
-            print(
-                f"  {batch_rows:>6} rows x{producers}p x{datasets}d  {name:<8} {row[name]['mb_s']:>8.1f} MB/s"
-                f"  ({low}-{high})  cpu client {row[name]['client_cpu_s']} s, server {row[name]['server_cpu_s']} s",
-                flush=True,
-            )
+        row = compare(Workload(base, batch_rows), producers, datasets, CONTENDERS)
         row["memory_vs_direct"] = round(row["direct"]["seconds"] / row["memory"]["seconds"], 2)
         row["memory_vs_discard"] = round(row["discard"]["seconds"] / row["memory"]["seconds"], 2)
         row["memory_vs_reply"] = round(row["reply"]["seconds"] / row["memory"]["seconds"], 2)
         row["wal_vs_memory"] = round(row["memory"]["seconds"] / row["wal"]["seconds"], 2)
         results.append(row)
     return results
+
+
+# -- cores, bursts, the GIL ---------------------------------------------------------------------------------
+def core_counts() -> list[int]:
+    """1, 2, 4, ... up to the machine's cores (and the cores themselves)."""
+    cores = os.cpu_count() or 1
+    counts = [1 << i for i in range(cores.bit_length()) if 1 << i <= cores]
+    return counts if counts[-1] == cores else [*counts, cores]
+
+
+def cores(base: pa.Table) -> list[dict]:
+    """N producers into N datasets with writer.threads = N, against N direct writer threads and the
+    discard server, 8,192-row batches, BYTES_PER_RUN / 2 per producer."""
+    results = []
+    for n in core_counts():
+        contenders = {
+            "discard": CONTENDERS["discard"],
+            "direct": measure_direct,
+            "memory": measure_server(
+                lambda tmp, n=n: flight_writer_server(tmp, "memory", {"FLIGHT_WRITER_WRITER__THREADS": str(n)}),
+                until_durable=True,
+            ),
+        }
+        row = compare(Workload(base, 8192, n * BYTES_PER_RUN / 2), n, n, contenders)
+        row["memory_vs_direct"] = round(row["direct"]["seconds"] / row["memory"]["seconds"], 2)
+        results.append(row)
+    return results
+
+
+BURST_BYTES = 50e6
+
+
+def burst(base: pa.Table) -> dict:
+    """50 MB (less than a file) from one producer, then `flush`: how much of the encoding overlaps the
+    receiving and how many threads share one file."""
+    row = compare(Workload(base, 8192, BURST_BYTES), 1, 1, {"direct": measure_direct, "memory": CONTENDERS["memory"]})
+    row["memory_vs_direct"] = round(row["direct"]["seconds"] / row["memory"]["seconds"], 2)
+    return row
+
+
+GIL_RATE = 500  # py-spy samples per second
+
+
+def gil_share(base: pa.Table) -> dict:
+    """The 8,192-row single-producer run under ``py-spy record --gil``: samples are taken only while a
+    thread holds the GIL, so samples / (rate x seconds) is the share of wall time the GIL was held."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        print("  gil: py-spy is not installed (pip install py-spy)")
+        return {"available": False}
+    work = Workload(base, 8192)
+    with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
+        server = flight_writer_server(Path(tmp), "memory")
+        out = Path(tmp) / "gil.txt"
+        try:
+            args = ["record", "--gil", "--nonblocking", "-r", str(GIL_RATE), "-f", "raw", "-o", str(out)]
+            sampler = subprocess.Popen(
+                [str(spy), *args, "--pid", str(server.proc.pid)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            time.sleep(1.0)  # py-spy attaches
+            if sampler.poll() is not None:
+                print(f"  gil: py-spy could not attach: {sampler.stdout.read().strip()[-200:]}")  # type: ignore[union-attr]
+                return {"available": False}
+            started = time.perf_counter()
+            run_producers(server.location, work, 1, 1)
+            flush(server.location)
+            seconds = time.perf_counter() - started
+            sampler.send_signal(signal.SIGINT)
+            sampler.communicate(timeout=60)
+        finally:
+            server.stop()
+        holders: dict[str, int] = {}
+        total = 0
+        for line in out.read_text().splitlines() if out.exists() else []:
+            stack, _, count = line.rpartition(" ")
+            frames = [f.split(" (")[0] for f in stack.split(";") if "flight_writer/" in f]
+            key = " > ".join(dict.fromkeys([frames[0], frames[-1]])) if frames else stack.split(";")[-1].split(" (")[0]
+            holders[key] = holders.get(key, 0) + int(count)
+            total += int(count)
+    # GIL seconds over the run's seconds; the samples include the idle second before the clock started,
+    # which can only make the share look larger
+    share = total / GIL_RATE / seconds
+    result = {
+        "available": True,
+        "mb_s": round(work.nbytes / 1e6 / seconds, 1),
+        "seconds": round(seconds, 2),
+        "samples": total,
+        "gil_share": round(share, 3),
+        "gil_s_per_gb": round(total / GIL_RATE / (work.nbytes / 1e9), 3),
+        "top": [[k, round(v / total, 3)] for k, v in sorted(holders.items(), key=lambda kv: -kv[1])[:8]]
+        if total
+        else [],
+    }
+    print(
+        f"  gil: held {100 * share:.1f}% of wall time ({result['gil_s_per_gb']} s per GB) at {result['mb_s']} MB/s; "
+        f"top: {result['top'][:3]}",
+        flush=True,
+    )
+    return result
 
 
 # -- latency and memory -------------------------------------------------------------------------------------
@@ -513,7 +622,7 @@ def chart(results: list[dict], path: Path) -> None:
 
 def targets(report: dict) -> list[tuple[str, str, bool]]:
     """The benchmark issue's targets, each with what this run measured."""
-    by = {(r["batch_rows"], r["producers"], r["datasets"]): r for r in report["throughput"]}
+    by = {(r["batch_rows"], r["producers"], r["datasets"]): r for r in report.get("throughput", [])}
     rows = []
     for batch_rows in (8192, 65536):
         r = by.get((batch_rows, 1, 1))
@@ -540,16 +649,46 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
         rows.append(
             ("100-row batches: memory >= 0.5 x discard", str(r["memory_vs_discard"]), r["memory_vs_discard"] >= 0.5)
         )
-    m = report["memory"]
-    rows.append(
-        (
-            f"peak RSS <= queue + 2 x file + 300 MB = {m['bound_mb']} MiB",
-            f"{m['peak_rss_mb']} MiB (median)",
-            m["within"],
+    if m := report.get("memory"):
+        rows.append(
+            (
+                f"peak RSS <= queue + 2 x file + 300 MB = {m['bound_mb']} MiB",
+                f"{m['peak_rss_mb']} MiB (median)",
+                m["within"],
+            )
         )
-    )
-    worst = min(r["wal_vs_memory"] for r in report["throughput"])
-    rows.append(("wal >= 0.85 x memory (every scenario)", f"{worst} (lowest)", worst >= 0.85))
+    if by:
+        worst = min(r["wal_vs_memory"] for r in report["throughput"])
+        rows.append(("wal >= 0.85 x memory (every scenario)", f"{worst} (lowest)", worst >= 0.85))
+    if "burst" in report:
+        b = report["burst"]
+        rows.append(
+            (
+                f"{b['mb']:.0f} MB burst then flush: memory >= 0.8 x direct",
+                str(b["memory_vs_direct"]),
+                b["memory_vs_direct"] >= 0.8,
+            )
+        )
+    if report.get("cores"):
+        top = report["cores"][-1]
+        n = top["producers"]
+        wanted = 0.85 if n >= 16 else 0.9
+        rows.append(
+            (
+                f"{n} producers, {n} datasets, writer.threads = {n}: memory >= {wanted} x {n} direct threads",
+                str(top["memory_vs_direct"]),
+                top["memory_vs_direct"] >= wanted,
+            )
+        )
+    g = report.get("gil", {})
+    if g.get("available"):
+        rows.append(
+            (
+                "8,192 rows, 1 producer: GIL held <= 15% of wall time",
+                f"{100 * g['gil_share']:.1f}% ({g['gil_s_per_gb']} s per GB)",
+                g["gil_share"] <= 0.15,
+            )
+        )
     return rows
 
 
@@ -561,7 +700,7 @@ def print_tables(report: dict) -> None:
         "memory rows/s | memory/direct | memory/discard | memory/reply | wal/memory |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in report["throughput"]:
+    for r in report.get("throughput", []):
         print(
             f"| {r['batch_rows']} | {r['producers']} | {r['datasets']} | {r['discard']['mb_s']} | "
             f"{r['reply']['mb_s']} | {r['direct']['mb_s']} | {r['memory']['mb_s']} | {r['wal']['mb_s']} | "
@@ -569,7 +708,7 @@ def print_tables(report: dict) -> None:
             f"{r['memory_vs_reply']} | {r['wal_vs_memory']} |"
         )
     print("\n| batch rows, producers/datasets | discard | reply | direct | memory | wal |\n|---|---|---|---|---|---|")
-    for r in report["throughput"]:
+    for r in report.get("throughput", []):
         gib = r["mb"] * 1e6 / (1 << 30)
         cells = [
             f"{r[n]['client_cpu_s'] / gib:.1f} + {r[n]['server_cpu_s'] / gib:.1f}"
@@ -578,6 +717,30 @@ def print_tables(report: dict) -> None:
             for n in CONTENDERS
         ]
         print(f"| {r['batch_rows']}, {r['producers']}/{r['datasets']} | {' | '.join(cells)} |")
+    if report.get("cores"):
+        print(
+            "\n| producers = datasets = writer.threads | discard MB/s | direct MB/s (that many threads) | memory MB/s "
+            "| memory/direct |\n|---|---|---|---|---|"
+        )
+        for r in report["cores"]:
+            print(
+                f"| {r['producers']} | {r['discard']['mb_s']} | {r['direct']['mb_s']} | {r['memory']['mb_s']} | "
+                f"{r['memory_vs_direct']} |"
+            )
+    if "burst" in report:
+        b = report["burst"]
+        print(
+            f"\nBurst of {b['mb']} MB then flush: direct {b['direct']['mb_s']} MB/s, memory {b['memory']['mb_s']} "
+            f"MB/s ({b['memory_vs_direct']} x direct)."
+        )
+    g = report.get("gil", {})
+    if g.get("available"):
+        print(
+            f"\nGIL (py-spy --gil, 8,192 rows, 1 producer, {g['mb_s']} MB/s): held {100 * g['gil_share']:.1f}% of "
+            f"wall time, {g['gil_s_per_gb']} s per GB. Held most by:"
+        )
+        for name, share in g["top"]:
+            print(f"- {100 * share:.0f}% {name}")
     print("\n| target | measured | |\n|---|---|---|")
     for t in report["targets"]:
         print(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else 'missed'} |")
@@ -601,12 +764,25 @@ def main() -> None:
         "scale": SCALE,
         "repeat": REPEAT,
         "bytes_per_run": BYTES_PER_RUN,
-        "throughput": throughput(base),
-        "latency": latency(base),
-        "memory": peak_memory(base),
     }
+    parts = {
+        "throughput": throughput,
+        "cores": cores,
+        "burst": burst,
+        "gil": gil_share,
+        "latency": latency,
+        "memory": peak_memory,
+    }
+    only = [p for p in os.environ.get("BENCH_ONLY", "").split(",") if p]
+    for name, measure in parts.items():
+        if not only or name in only:
+            report[name] = measure(base)
     report["targets"] = [{"target": t, "measured": v, "met": ok} for t, v, ok in targets(report)]
     report["seconds"] = round(time.perf_counter() - started)
+    if only:  # a partial run does not replace the full one
+        (HERE / "results-partial.json").write_text(json.dumps(report, indent=2))
+        print_tables(report)
+        return
     (HERE / "results.json").write_text(json.dumps(report, indent=2))
     chart(report["throughput"], HERE / "results.png")
     print_tables(report)
