@@ -306,8 +306,10 @@ SCENARIOS = [  # (batch rows, producers, datasets)
 ]
 
 
-def compare(work: Workload, producers: int, datasets: int, contenders: dict[str, Callable]) -> dict:
-    """Each contender REPEAT times, taking turns (so a slow minute of the machine hits them all): medians,
+def compare(
+    work: Workload, producers: int, datasets: int, contenders: dict[str, Callable], repeat: int = REPEAT
+) -> dict:
+    """Each contender ``repeat`` times, taking turns (so a slow minute of the machine hits them all): medians,
     ranges, rows/s and CPU seconds per contender."""
     row: dict = {
         "batch_rows": work.batches[0].num_rows,
@@ -317,7 +319,7 @@ def compare(work: Workload, producers: int, datasets: int, contenders: dict[str,
         "rows": work.rows,
     }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
-    for _ in range(REPEAT):
+    for _ in range(repeat):
         for name, measure in contenders.items():
             with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
                 runs[name].append(measure(work, producers, datasets, Path(tmp)))
@@ -387,7 +389,9 @@ BURST_BYTES = 50e6
 def burst(base: pa.Table) -> dict:
     """50 MB (less than a file) from one producer, then `flush`: how much of the encoding overlaps the
     receiving and how many threads share one file."""
-    row = compare(Workload(base, 8192, BURST_BYTES), 1, 1, {"direct": measure_direct, "memory": CONTENDERS["memory"]})
+    contenders = {"direct": measure_direct, "memory": CONTENDERS["memory"]}
+    # a measurement takes ~0.3 s, where one hiccup of the machine shows: three times as many runs
+    row = compare(Workload(base, 8192, BURST_BYTES), 1, 1, contenders, repeat=3 * REPEAT)
     row["memory_vs_direct"] = round(row["direct"]["seconds"] / row["memory"]["seconds"], 2)
     return row
 

@@ -261,10 +261,3 @@ def assemble(parts: Iterable[bytes | memoryview], metadata: dict[bytes, bytes]) 
     footer = merge_footers(footers, metadata)
     pieces += [footer, len(footer).to_bytes(4, "little"), MAGIC]
     return pieces
-
-
-def page_size(data: bytes | memoryview, offset: int) -> int:
-    """The uncompressed size of the page whose header starts at ``offset`` (parquet.thrift ``PageHeader``
-    field 2)."""
-    header = _Reader(bytes(memoryview(data)[offset : offset + 4096])).struct({2: {}})
-    return header[2][1]

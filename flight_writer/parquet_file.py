@@ -6,6 +6,8 @@ Parquet *part* in memory, several at once when threads are free; at seal the par
 (footer.py: the column chunks as they are, one footer with moved offsets). So a flush finds most of a file
 already encoded, and one big file or burst is encoded by several threads, not one. A file that is a single
 row group at seal (the common case for small or slow streams) is encoded straight into its destination.
+Columns whose values are nearly all distinct in the file's first batches get no dictionary
+(``dictionary_columns``).
 
 The destination: where storage is a local directory, a file under ``_tmp/`` written by native code and
 renamed into place once complete (no Python ``bytes`` copy of the file is made); elsewhere memory, uploaded
@@ -21,6 +23,7 @@ marked durable and the queue is told.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from loguru import logger
 
@@ -45,8 +49,8 @@ from flight_writer.tracker import DurabilityTracker
 PARQUET_TYPE = "application/vnd.apache.parquet"
 ARROW_TYPE = "application/vnd.apache.arrow.file"
 LOCAL_BUFFER = 1 << 20  # the encoder writes pages of a few KiB: gather them before the write(2)
-# pyarrow's dictionary_pagesize_limit: a column whose dictionary grows past it falls back to plain encoding
-DICTIONARY_LIMIT = 1 << 20
+SAMPLE_ROWS = 16_384  # values per column that decide whether a file's column gets a dictionary
+UNIQUE = 0.95  # ... it does not when this share of them is distinct
 
 #: ``retry(what, action, transient)``: run ``action`` until it succeeds, retrying with backoff the errors
 #: that are instances of ``transient`` and raising the others (and ``Aborted`` on a hard stop)
@@ -185,7 +189,7 @@ class ParquetFile:
             name = f"part-{first_seq:012d}-{uuid.uuid4().hex[:12]}.parquet"
             self.path = f"{dataset}/date={day}/hour={hour % 24:02d}/{name}"
         self._entries: list[Entry] = []  # every batch of the file, until it is stored
-        self._dictionary: bool | list[str] = True  # the columns worth a dictionary, once the first part tells
+        self._dictionary: bool | list[str] = True  # the columns worth a dictionary (see dictionary_columns)
         self._parts: list[pa.Buffer | None] = []  # encoded row groups in file order; None: not (yet) encoded
         self._failed = False  # a part could not be encoded: encode the file in one piece at seal
         self._lock = threading.Lock()  # guards _parts, _failed, _outstanding, _sealed
@@ -196,6 +200,8 @@ class ParquetFile:
     # -- the writer loop's side -------------------------------------------------------------------------
     def add(self, entries: list[Entry]) -> None:
         """Encode these batches as the file's next row group, on the pool, now."""
+        if not self._entries:
+            self._dictionary = dictionary_columns([e.batch for e in entries])
         self._entries.extend(entries)
         with self._lock:
             index = len(self._parts)
@@ -207,7 +213,9 @@ class ParquetFile:
         """The last batches: once every row group is encoded, join them, store the file."""
         if self._parts and entries:
             self.add(entries)
-        else:
+        elif entries:
+            if not self._entries:
+                self._dictionary = dictionary_columns([e.batch for e in entries])
             self._entries.extend(entries)
         with self._lock:
             self._sealed = True
@@ -223,8 +231,6 @@ class ParquetFile:
             encoder.write([e.batch for e in entries])
             encoder.close(None)
             part = encoder.data
-            if index == 0 and part is not None:
-                self._dictionary = dictionary_columns(part)
         except Exception as exc:  # sorted out at seal, where each batch is tried on its own
             logger.warning(
                 "{}: encoding a row group failed ({}: {}); the file is encoded again at seal",
@@ -310,7 +316,7 @@ class ParquetFile:
         ctx = self._ctx
 
         def attempt() -> Encoder:
-            encoder = Encoder(entries[0].batch.schema, ctx.settings, ctx.storage.local_tmp())
+            encoder = Encoder(entries[0].batch.schema, ctx.settings, ctx.storage.local_tmp(), self._dictionary)
             try:
                 encoder.write([e.batch for e in entries])
             except BaseException:
@@ -364,19 +370,30 @@ class ParquetFile:
         logger.error("dataset={} seq={} rejected by the Parquet encoder: {}", e.dataset, e.seq, plan.error)
 
 
-def dictionary_columns(part: pa.Buffer) -> bool | list[str]:
-    """The columns of a one-row-group Parquet file whose dictionary did not fill up (True if that is all
-    of them). Every column chunk starts a new dictionary and gives it up only once it holds
-    ``DICTIONARY_LIMIT`` bytes: for ids and timestamps, hashing that many values per row group is most of
-    the encoder's work (a 180,000-row span row group took 1.3-1.5 x the CPU of a 1,000,000-row one). So a
-    file's first row group asks, the others skip the dictionary where it filled up there."""
-    group = pq.read_metadata(pa.BufferReader(part)).row_group(0)
-    keep = []
-    for i in range(group.num_columns):
-        column = group.column(i)
-        if (
-            column.has_dictionary_page
-            and footer.page_size(part, column.dictionary_page_offset) < DICTIONARY_LIMIT * 3 // 4
-        ):
-            keep.append(column.path_in_schema)
-    return True if len(keep) == group.num_columns else keep
+def dictionary_columns(batches: list[pa.RecordBatch]) -> bool | list[str]:
+    """Which Parquet columns get a dictionary (``use_dictionary``): all (True) but the top-level ones whose
+    first ``SAMPLE_ROWS`` values here are ``UNIQUE`` distinct. A dictionary of (nearly) unique values only
+    adds an index per value, and pyarrow builds one per column chunk until it holds 1 MiB before giving up:
+    for ids and timestamps that hashing was most of the encoding (a 180,000-row span row group cost
+    1.3-1.5 x the CPU of a 1,000,000-row one, and made files 12% larger)."""
+    sample = pa.Table.from_batches(batches).slice(0, SAMPLE_ROWS)
+    if sample.num_rows < 1000:  # too few to tell
+        return True
+    plain = set()
+    for name, column in zip(sample.column_names, sample.columns, strict=True):
+        kind = column.type
+        flat = pa.types.is_primitive(kind) or pa.types.is_binary(kind) or pa.types.is_string(kind)
+        flat = flat or pa.types.is_large_binary(kind) or pa.types.is_large_string(kind)
+        flat = flat or pa.types.is_fixed_size_binary(kind) or pa.types.is_decimal(kind)
+        if flat and pc.count_distinct(column).as_py() >= UNIQUE * sample.num_rows:
+            plain.add(name)
+    return [c for c in parquet_columns(sample.schema) if c not in plain] if plain else True
+
+
+@functools.lru_cache(maxsize=256)
+def parquet_columns(schema: pa.Schema) -> tuple[str, ...]:
+    """The leaf column paths Parquet gives an Arrow schema (``attributes.key_value.key``, ...)."""
+    sink = pa.BufferOutputStream()
+    pq.ParquetWriter(sink, schema).close()
+    parquet = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    return tuple(parquet.column(i).path for i in range(len(parquet)))

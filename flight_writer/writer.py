@@ -70,7 +70,6 @@ class Writer:
         buffer_limit: int | None = None,
     ) -> None:
         self._queue = queue
-        self._storage = storage
         self._tracker = tracker
         self._settings = s = settings or WriterSettings()
         self._buffers: dict[tuple[str, bytes, int], _Buffer] = {}
