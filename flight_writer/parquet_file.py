@@ -189,10 +189,10 @@ class ParquetFile:
             name = f"part-{first_seq:012d}-{uuid.uuid4().hex[:12]}.parquet"
             self.path = f"{dataset}/date={day}/hour={hour % 24:02d}/{name}"
         self._entries: list[Entry] = []  # every batch of the file, until it is stored
-        self._dictionary: bool | list[str] = True  # the columns worth a dictionary (see dictionary_columns)
+        self._dictionary: bool | list[str] | None = None  # the columns worth one: see dictionary_columns
         self._parts: list[pa.Buffer | None] = []  # encoded row groups in file order; None: not (yet) encoded
         self._failed = False  # a part could not be encoded: encode the file in one piece at seal
-        self._lock = threading.Lock()  # guards _parts, _failed, _outstanding, _sealed
+        self._lock = threading.Lock()  # guards _parts, _failed, _outstanding, _sealed, _dictionary
         self._outstanding = 0
         self._sealed = False
         self._started = time.monotonic()
@@ -200,8 +200,6 @@ class ParquetFile:
     # -- the writer loop's side -------------------------------------------------------------------------
     def add(self, entries: list[Entry]) -> None:
         """Encode these batches as the file's next row group, on the pool, now."""
-        if not self._entries:
-            self._dictionary = dictionary_columns([e.batch for e in entries])
         self._entries.extend(entries)
         with self._lock:
             index = len(self._parts)
@@ -213,9 +211,7 @@ class ParquetFile:
         """The last batches: once every row group is encoded, join them, store the file."""
         if self._parts and entries:
             self.add(entries)
-        elif entries:
-            if not self._entries:
-                self._dictionary = dictionary_columns([e.batch for e in entries])
+        else:
             self._entries.extend(entries)
         with self._lock:
             self._sealed = True
@@ -223,11 +219,19 @@ class ParquetFile:
         if ready:
             self._ctx.executor.submit(self._finish)
 
+    def _use_dictionary(self, entries: list[Entry]) -> bool | list[str]:
+        """Decided once per file, from the first row group encoded (on the pool, not the loop)."""
+        with self._lock:
+            if self._dictionary is None:
+                self._dictionary = dictionary_columns([e.batch for e in entries])
+            return self._dictionary
+
     # -- the pool's side ----------------------------------------------------------------------------------
     def _encode_part(self, index: int, entries: list[Entry]) -> None:
         part = None
         try:
-            encoder = Encoder(entries[0].batch.schema, self._ctx.settings, None, self._dictionary)
+            dictionary = self._use_dictionary(entries)
+            encoder = Encoder(entries[0].batch.schema, self._ctx.settings, None, dictionary)
             encoder.write([e.batch for e in entries])
             encoder.close(None)
             part = encoder.data
@@ -255,28 +259,28 @@ class ParquetFile:
             self.done.set_result(None)
 
     def _store(self) -> None:
-        ctx, entries = self._ctx, self._entries
+        ctx = self._ctx
         if self._plan is not None and self._plan.kind == "failed":
-            self._store_rejected(entries[0], self._plan)
+            self._store_rejected(self._entries[0], self._plan)
             return
-        parts = self._parts if not self._failed else []
-        self._parts = []
-        encoder = None if parts else self._encode_or_set_aside(entries)
-        if encoder is None and not parts:
-            return  # every batch was rejected
-        if encoder is not None:
-            entries = self._entries
+        parts, self._parts = ([] if self._failed else self._parts), []
+        encoder = None
+        if not parts:
+            encoder = self._encode_or_set_aside()
+            if encoder is None:
+                return  # every batch was rejected
+        entries = self._entries
         seqs = tuple(e.seq for e in entries)
         metadata = self._metadata(seqs)
-        if parts:
+        store: Encoder | Joined
+        if encoder is None:
             pieces = footer.assemble(parts, metadata)
             store = ctx.retry(
                 f"write {self.path}", lambda: Joined(pieces, ctx.storage.local_tmp()), (OSError, MemoryError)
             )
             size = store.size
         else:
-            store = encoder
-            size = encoder.close(metadata)
+            store, size = encoder, encoder.close(metadata)
         plan = self._plan
         if plan is None:
             plan = Plan(self.path, "parquet", seqs)
@@ -299,15 +303,15 @@ class ParquetFile:
         )
         self._entries = []  # the batches go now, all at once
 
-    def _encode_or_set_aside(self, entries: list[Entry]) -> Encoder | None:
+    def _encode_or_set_aside(self) -> Encoder | None:
         """Encode the file in one piece into its destination; batches the encoder rejects are set aside
         (``self._entries`` keeps the rest). None if no batch is left."""
         try:
-            return self._encode_all(entries)
+            return self._encode_all(self._entries)
         except pa.ArrowException as exc:
             if isinstance(exc, MemoryError):
                 raise
-        self._entries = self._set_aside_rejected(entries)
+        self._entries = self._set_aside_rejected(self._entries)
         return self._encode_all(self._entries) if self._entries else None
 
     def _encode_all(self, entries: list[Entry]) -> Encoder:
@@ -316,7 +320,8 @@ class ParquetFile:
         ctx = self._ctx
 
         def attempt() -> Encoder:
-            encoder = Encoder(entries[0].batch.schema, ctx.settings, ctx.storage.local_tmp(), self._dictionary)
+            dictionary = self._use_dictionary(entries)
+            encoder = Encoder(entries[0].batch.schema, ctx.settings, ctx.storage.local_tmp(), dictionary)
             try:
                 encoder.write([e.batch for e in entries])
             except BaseException:
