@@ -7,7 +7,6 @@ Messages are decoded and encoded by hand: a handful of protobuf fields, defined 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -94,8 +93,8 @@ def catalog_rows(
     """Answer a catalog command from dataset names: ``catalog/schema/table``, ``schema/table`` or ``table``."""
     fields = decode(value) if name in (GET_DB_SCHEMAS, GET_TABLES) else {}
     catalog = _text(fields, 1) if _bytes(fields, 1) is not None else None
-    schema_like = _like(_text(fields, 2)) if _bytes(fields, 2) is not None else None
-    table_like = _like(_text(fields, 3)) if _bytes(fields, 3) is not None else None
+    schema_like = _text(fields, 2) if _bytes(fields, 2) is not None else None
+    table_like = _text(fields, 3) if _bytes(fields, 3) is not None else None
     types = [t.decode() for t in fields.get(4, []) if isinstance(t, bytes)]
     out_schema = catalog_schema(name, value)
     if name == GET_TABLE_TYPES:
@@ -111,12 +110,12 @@ def catalog_rows(
             continue
         if catalog is not None and (cat or "") != catalog:
             continue
-        if schema_like is not None and not schema_like.fullmatch(sch):
+        if schema_like is not None and not like(schema_like, sch):
             continue
         if name == GET_DB_SCHEMAS:
             rows.append({"catalog_name": cat, "db_schema_name": sch})
             continue
-        if (table_like is not None and not table_like.fullmatch(table)) or (types and "TABLE" not in types):
+        if (table_like is not None and not like(table_like, table)) or (types and "TABLE" not in types):
             continue
         row: dict[str, object] = {
             "catalog_name": cat,
@@ -131,9 +130,24 @@ def catalog_rows(
     return pa.Table.from_pylist(unique, schema=out_schema)
 
 
-def _like(pattern: str) -> re.Pattern[str]:
-    """SQL LIKE (``%`` any run, ``_`` one character) as a regular expression."""
-    return re.compile("".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern))
+def like(pattern: str, text: str) -> bool:
+    """SQL LIKE: ``%`` any run, ``_`` one character. At most len(pattern) x len(text) steps: a regular
+    expression of the same pattern backtracked exponentially (a dozen ``%`` and a ``!`` froze the server)."""
+    p = t = 0
+    star, resume = -1, 0  # the last % seen, and where in text its run ends for now
+    while t < len(text):
+        if p < len(pattern) and pattern[p] == "%":
+            star, resume = p, t
+            p += 1
+        elif p < len(pattern) and pattern[p] in ("_", text[t]):
+            p += 1
+            t += 1
+        elif star >= 0:  # let the last % take one more character
+            resume += 1
+            p, t = star + 1, resume
+        else:
+            return False
+    return all(c == "%" for c in pattern[p:])
 
 
 class ProtobufError(ValueError):

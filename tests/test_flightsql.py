@@ -214,3 +214,19 @@ def test_pandas_appends_to_an_existing_table(conn, data_root):
         frame.to_sql("mixed", conn, index=False, if_exists="append")  # finds the table, so appends
     # pandas sends large_string where pyarrow sent string: the same Parquet column type, so accepted
     assert sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(data_root, "mixed")) == 4
+
+
+def test_table_name_patterns_match_as_like_and_cannot_freeze_the_server(conn):
+    """A dozen % and a ! took a regular expression exponential time: the whole server froze."""
+    ingest(conn, "spans_2026", TABLE, "create", db_schema_name="team")
+
+    def tables(pattern: str) -> set[str]:
+        objects = conn.adbc_get_objects(depth="tables", table_name_filter=pattern).read_all().to_pylist()
+        return {
+            t["table_name"] for c in objects for s in c["catalog_db_schemas"] or [] for t in s["db_schema_tables"] or []
+        }
+
+    assert tables("spans%") == {"spans_2026"} and tables("%_2026") == {"spans_2026"}
+    assert tables("spans_202_") == {"spans_2026"} and tables("span") == set() and tables("%x%") == set()
+    assert tables("%" * 12 + "!") == set()  # answers at once
+    assert flightsql.like("%a%a%a%a%a%a%a%a%a%a%a%b", "a" * 300) is False
