@@ -29,6 +29,8 @@ from flight_writer.writer import Writer
 ACK_HEADER = "x-flight-writer-ack"
 ACK_LEVELS = ("queued", "durable")
 MAX_WAIT_MS = 3_600_000
+MAX_ACTION_BODY = 1 << 20  # bytes; ack/flush/status bodies are a few hundred bytes
+MAX_ACK_SEQS = 10_000  # one ack of ~5 million seqs built a >2 GB reply and aborted the process
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -398,6 +400,10 @@ class FlightWriterServer(flight.FlightServerBase):
             )
         if entry is None:
             raise flight.FlightServerError(f"unknown action {action.type!r}; known: {', '.join(self._actions)}")
+        if action.body is not None and action.body.size > MAX_ACTION_BODY:
+            raise flight.FlightServerError(
+                f"{action.type}: action body of {action.body.size} bytes is over the limit of {MAX_ACTION_BODY}"
+            )
         body = action.body.to_pybytes() if action.body is not None else b""
         try:
             result = entry[1](body)
@@ -419,6 +425,8 @@ class FlightWriterServer(flight.FlightServerBase):
             seqs = [request["seq"]]
         else:
             raise ValueError('body needs "seqs": [<int>, ...] or "seq": <int>')
+        if len(seqs) > MAX_ACK_SEQS:
+            raise ValueError(f'"seqs" lists {len(seqs)} seqs; one ack takes at most {MAX_ACK_SEQS}')
         wait_ms = request.get("wait_ms", 0)
         if not _is_int(wait_ms) or not 0 <= wait_ms <= MAX_WAIT_MS:
             raise ValueError(f'"wait_ms" must be an integer from 0 to {MAX_WAIT_MS}')

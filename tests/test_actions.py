@@ -6,6 +6,7 @@ import threading
 
 import pyarrow as pa
 import pyarrow.flight as flight
+import pytest
 
 from conftest import action, parquet_files, put, read_dataset
 
@@ -123,3 +124,16 @@ def test_many_concurrent_ack_waiters_all_wake(client, service):
     for t in threads:
         t.join(60)
     assert results == ["durable"] * 10
+
+
+def test_oversized_action_bodies_and_acks_are_refused_and_cost_nothing(client, data_root):
+    """An ack listing ~5 million seqs once built a >2 GB reply and aborted the process."""
+    replies = put(client, "keep", [batch(10)])
+    with pytest.raises(flight.FlightServerError, match="at most 10000"):
+        action(client, "ack", {"seqs": list(range(1, 10_002))})
+    with pytest.raises(flight.FlightServerError, match=r"action body of \d+ bytes is over the limit of 1048576"):
+        action(client, "ack", b"[" + b"1," * 600_000 + b"1]")
+    assert len(action(client, "ack", {"seqs": list(range(1, 10_001))})["acks"]) == 10_000  # the limit itself
+    action(client, "flush")
+    assert action(client, "ack", {"seq": replies[0]["seq"]})["acks"][0]["state"] == "durable"
+    assert read_dataset(data_root, "keep").num_rows == 10
