@@ -115,15 +115,25 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
 
     def masked(self) -> dict[str, Any]:
-        """The settings as plain data with secret-looking storage options replaced by ``***``."""
+        """The settings as plain data with secret-looking storage options replaced by ``***`` and a
+        password in the endpoint URL hidden."""
         data = dataclasses.asdict(self)
         data["storage"]["options"] = {
-            k: ("***" if _SECRET_KEY.search(k) else v) for k, v in self.storage.options.items()
+            k: ("***" if _MASKED_KEY.search(k) else v) for k, v in self.storage.options.items()
         }
+        data["storage"]["endpoint"] = without_password(self.storage.endpoint)
         return data
 
 
+def without_password(url: str) -> str:
+    """``https://user:pass@host`` -> ``https://user:***@host``: URLs are logged and shown by ``status``."""
+    return _USERINFO.sub(lambda m: f"//{m.group(1)}:***@", url)
+
+
 _SECRET_KEY = re.compile(r"secret|password|token|credential|account_key|sas|private_key", re.IGNORECASE)
+# shown as *** (README): any name with "key" too, e.g. access_key_id, server_side_encryption_customer_key
+_MASKED_KEY = re.compile(_SECRET_KEY.pattern + "|key", re.IGNORECASE)
+_USERINFO = re.compile(r"//([^/@:]*):[^/@]*@")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,

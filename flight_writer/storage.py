@@ -26,7 +26,7 @@ import opendal
 import pyarrow as pa
 from opendal.layers import TimeoutLayer
 
-from flight_writer.config import StorageSettings
+from flight_writer.config import StorageSettings, without_password
 
 TMP_DIR = "_tmp/"
 PROBE_DIR = "_tmp/probe-"
@@ -88,7 +88,7 @@ class Storage:
         if self.bucket:
             where["bucket"] = self.bucket
         if self._settings.endpoint:
-            where["endpoint"] = self._settings.endpoint
+            where["endpoint"] = without_password(self._settings.endpoint)
         return where
 
     def check(self) -> None:

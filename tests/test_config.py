@@ -160,3 +160,26 @@ def test_public_names_are_pinned():
     )
     for name in flight_writer.__all__:
         assert hasattr(flight_writer, name)
+
+
+def test_key_like_options_and_endpoint_passwords_are_masked():
+    from flight_writer.config import build_settings
+
+    s = build_settings(
+        {
+            "storage": {
+                "endpoint": "https://user:hunter2@minio.example:9000/x",
+                "options": {"access_key_id": "AKIA1", "server_side_encryption_customer_key": "k2", "region": "eu"},
+            }
+        }
+    )
+    shown = s.masked()["storage"]
+    assert shown["options"] == {"access_key_id": "***", "server_side_encryption_customer_key": "***", "region": "eu"}
+    assert shown["endpoint"] == "https://user:***@minio.example:9000/x"
+    assert "hunter2" not in str(s.masked()) and "AKIA1" not in str(s.masked())
+    import opendal
+
+    from flight_writer.storage import Storage
+
+    status = Storage(opendal.Operator("memory"), "s3", "", s.storage).describe()  # what `status` shows
+    assert status["endpoint"] == "https://user:***@minio.example:9000/x"
