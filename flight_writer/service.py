@@ -94,8 +94,9 @@ class Service:
                 self.storage,
                 s.flight_sql,
             )
-        except Exception:
+        except Exception:  # e.g. the port is taken: give back what was opened (the WAL's lock and threads)
             self.writer.close()
+            self.queue.close()
             raise
         self._started_at = time.monotonic()
         self._state = "opened"

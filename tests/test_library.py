@@ -60,3 +60,23 @@ def test_lifecycle_refuses_restart(tmp_path):
     svc.stop()
     with pytest.raises(RuntimeError, match="cannot start a service that is closed"):
         svc.start()
+
+
+def test_a_failed_start_gives_back_the_wal_so_a_retry_can_open_it(tmp_path):
+    """The port is taken: start fails; the WAL's lock and fsync thread must not stay behind."""
+    import socket
+
+    from flight_writer import Service
+
+    from conftest import settings_for
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        queue = {"type": "wal", "path": str(tmp_path / "wal")}
+        busy = settings_for(tmp_path / "data", queue=queue, server={"location": f"grpc://127.0.0.1:{port}"})
+        with pytest.raises(Exception, match=r"(?i)address|port|bind|start"):
+            Service(busy).start()
+    with Service(settings_for(tmp_path / "data", queue=queue)) as svc:  # same process, same WAL
+        assert svc.queue.type == "wal"
