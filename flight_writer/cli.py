@@ -20,6 +20,7 @@ from flight_writer.service import Service
 from flight_writer.storage import StorageError
 
 TRIM_EVERY = 0.1  # seconds between malloc_trim calls
+SAME_STOP = 1.0  # a second SIGTERM/SIGINT this soon after the first is the same request (make forwards it)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,19 +55,33 @@ def _serve(config: str | None) -> int:
         return 2
 
     stop = threading.Event()
+    first_at = 0.0
 
     def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set():
-            logger.warning("second {}: exiting now", signal.Signals(signum).name)
+        nonlocal first_at
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if not stop.is_set():
+            first_at = now
+            logger.info("{}: stopping gracefully (a signal again after {:g} s exits at once)", name, SAME_STOP)
+            stop.set()
+        elif now - first_at < SAME_STOP:
+            # make and shell wrappers forward the signal their process group got: the same request twice
+            logger.info("{} again within {:g} s: already stopping gracefully", name, SAME_STOP)
+        else:
+            logger.warning("{} again: exiting now; what is not durable yet is not written", name)
             os._exit(1)
-        logger.info("{}: stopping gracefully (send it again to exit at once)", signal.Signals(signum).name)
-        stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while not stop.wait(0.5):
         pass
-    service.stop()
+    # the stop runs beside the main thread, which stays in Python so that a later signal is handled (a
+    # blocking server.shutdown() on the main thread deferred every handler until open streams closed)
+    stopping = threading.Thread(target=service.stop, name="flight-writer-stop")
+    stopping.start()
+    while stopping.is_alive():
+        stopping.join(0.2)
     return 0
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -149,13 +151,14 @@ class ServerProcess:
     """``flight-writer serve`` in a subprocess; its port is read from the startup line and its stderr is
     drained by a thread (so the server never blocks on a full pipe) into ``lines``."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path | None, env: dict[str, str] | None = None, cmd: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)],
+            cmd or [sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)],
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
             env={**os.environ, **(env or {})},
+            start_new_session=True,  # a process group of its own: tests can signal it as a supervisor does
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -195,8 +198,8 @@ class ServerProcess:
         return "".join(self.lines)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # its group: make's child too, when started by make
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self._reader.join(10)
         assert self.proc.stderr is not None
@@ -207,8 +210,8 @@ class ServerProcess:
 def server_process() -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def start(config: Path, env: dict[str, str] | None = None) -> ServerProcess:
-        started.append(ServerProcess(config, env))
+    def start(config: Path | None, env: dict[str, str] | None = None, cmd: list[str] | None = None) -> ServerProcess:
+        started.append(ServerProcess(config, env, cmd))
         return started[-1]
 
     yield start

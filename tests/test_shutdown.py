@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.flight as flight
+
+from flight_writer.cli import SAME_STOP
 
 from conftest import action, read_dataset, write_config
 
@@ -75,7 +79,66 @@ def test_second_signal_exits_at_once_even_with_storage_down(tmp_path, server_pro
         writer.close()
         assert action(c, "status")["received_seq"] == 1
     server.proc.send_signal(signal.SIGTERM)  # graceful: the upload would be retried forever
+    first = time.monotonic()
     server.wait_for_log("retrying")
+    time.sleep(max(0.0, SAME_STOP + 0.2 - (time.monotonic() - first)))  # the rule is a time window
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 1
-    server.wait_for_log("second SIGTERM: exiting now")
+    server.wait_for_log("SIGTERM again: exiting now")
+
+
+def test_a_duplicate_signal_is_the_same_graceful_stop(tmp_path, server_process):
+    """make and shells forward the SIGTERM their process group got: the server sees it twice at once."""
+    root = tmp_path / "data"
+    server = server_process(write_config(tmp_path / "s.toml", root, "[writer]\nflush_interval = 600\n"))
+    with flight.connect(server.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("dup"), pa.schema([("x", pa.int64())]))
+        for k in range(20):
+            writer.write_batch(pa.record_batch({"x": range(k * 100, k * 100 + 100)}))
+            assert reader.read() is not None  # answered "queued": buffered, not yet in a file
+        writer.close()
+    server.proc.send_signal(signal.SIGTERM)
+    server.wait_for_log("SIGTERM: stopping gracefully")  # the first is handled: the next one counts
+    server.proc.send_signal(signal.SIGTERM)  # as make's forwarded copy does, milliseconds later
+    assert server.proc.wait(60) == 0
+    server.wait_for_log("SIGTERM again within 1 s: already stopping gracefully")
+    assert read_dataset(root, "dup").column("x").to_pylist() == list(range(2000))
+
+
+def test_a_later_signal_exits_at_once_while_a_stream_is_open(tmp_path, server_process):
+    """The graceful stop waits for open streams; a second signal after the window still ends it."""
+    server = server_process(write_config(tmp_path / "s.toml", tmp_path / "data"))
+    with flight.connect(server.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("open"), pa.schema([("x", pa.int64())]))
+        writer.write_batch(pa.record_batch({"x": [1]}))
+        assert reader.read() is not None  # the stream stays open
+        server.proc.send_signal(signal.SIGTERM)
+        first = time.monotonic()
+        server.wait_for_log("stopping: finishing calls in flight")
+        time.sleep(max(0.0, SAME_STOP + 0.2 - (time.monotonic() - first)))  # the rule is a time window
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(30) == 1
+    server.wait_for_log("SIGINT again: exiting now")
+
+
+def test_group_sigterm_through_make_serve_loses_nothing(tmp_path, server_process):
+    """systemd, a terminal and many supervisors signal the process group: make gets SIGTERM and forwards
+    it, so the server gets it twice. It used to take the second as "exit now" and lose every queued batch."""
+    for round_ in range(3):
+        root = tmp_path / f"data{round_}"
+        env = {
+            "STORAGE_PATH": str(root),
+            "FLIGHT_WRITER_SERVER__LOCATION": "grpc://127.0.0.1:0",
+            "FLIGHT_WRITER_WRITER__FLUSH_INTERVAL": "600",  # everything stays buffered until the stop
+        }
+        server = server_process(None, env, cmd=["make", "--no-print-directory", "serve"])
+        with flight.connect(server.location) as c:
+            writer, reader = c.do_put(flight.FlightDescriptor.for_path("make"), pa.schema([("x", pa.int64())]))
+            for k in range(50):
+                writer.write_batch(pa.record_batch({"x": range(k * 1000, k * 1000 + 1000)}))
+                assert reader.read() is not None
+            writer.close()
+        os.killpg(server.proc.pid, signal.SIGTERM)  # make and the server, as a supervisor does
+        server.proc.wait(60)  # make re-raises the signal on itself once its child has exited
+        assert "stopped: durable through seq 50" in server.log and "exiting now" not in server.log
+        assert read_dataset(root, "make").column("x").to_pylist() == list(range(50_000)), f"round {round_}"
