@@ -106,6 +106,13 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""  # host:port of the HTTP listener for /metrics, /healthz, /readyz; "" = off
+    ready_max_queue: float = 0.9  # /readyz fails while the queue holds more than this share of max_bytes
+    ready_max_error_s: float = 60.0  # ... or while storage has failed for longer than this
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -113,6 +120,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     flight_sql: FlightSqlSettings = field(default_factory=FlightSqlSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with secret-looking storage options replaced by ``***`` and a
@@ -327,6 +335,11 @@ def _check(s: Settings) -> None:
         )
     if s.flight_sql.ack not in ("durable", "queued"):
         raise ConfigError(f"flight_sql.ack must be durable or queued, got {s.flight_sql.ack!r}")
+    if s.metrics.listen and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]*):\d{1,5}", s.metrics.listen):
+        raise ConfigError(f"metrics.listen must be host:port (or empty for off), got {s.metrics.listen!r}")
+    if not 0 < s.metrics.ready_max_queue <= 1:
+        raise ConfigError(f"metrics.ready_max_queue must be in (0, 1], got {s.metrics.ready_max_queue!r}")
+    positive("metrics.ready_max_error_s", s.metrics.ready_max_error_s)
     if s.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
 

@@ -67,7 +67,7 @@ class FileContext:
     settings: WriterSettings
     executor: Executor
     retry: Retry
-    stored: Callable[[int, int], None]  # (rows, bytes) of a file stored
+    stored: Callable[[int, int, float, float], None]  # rows, bytes, encode and upload seconds of a file
     rejected: Callable[[], None]  # a batch set aside
 
 
@@ -192,10 +192,11 @@ class ParquetFile:
         self._dictionary: bool | list[str] | None = None  # the columns worth one: see dictionary_columns
         self._parts: list[pa.Buffer | None] = []  # encoded row groups in file order; None: not (yet) encoded
         self._failed = False  # a part could not be encoded: encode the file in one piece at seal
-        self._lock = threading.Lock()  # guards _parts, _failed, _outstanding, _sealed, _dictionary
+        self._lock = threading.Lock()  # guards _parts, _failed, _outstanding, _sealed, _dictionary, _encode_s
         self._outstanding = 0
         self._sealed = False
         self._started = time.monotonic()
+        self._encode_s = 0.0  # seconds spent encoding, all threads together
 
     # -- the writer loop's side -------------------------------------------------------------------------
     def add(self, entries: list[Entry]) -> None:
@@ -229,6 +230,7 @@ class ParquetFile:
     # -- the pool's side ----------------------------------------------------------------------------------
     def _encode_part(self, index: int, entries: list[Entry]) -> None:
         part = None
+        started = time.monotonic()
         try:
             dictionary = self._use_dictionary(entries)
             encoder = Encoder(entries[0].batch.schema, self._ctx.settings, None, dictionary)
@@ -243,6 +245,7 @@ class ParquetFile:
                 exc,
             )
         with self._lock:
+            self._encode_s += time.monotonic() - started
             self._parts[index] = part
             self._failed |= part is None
             self._outstanding -= 1
@@ -265,6 +268,7 @@ class ParquetFile:
             return
         parts, self._parts = ([] if self._failed else self._parts), []
         encoder = None
+        started = time.monotonic()
         if not parts:
             encoder = self._encode_or_set_aside()
             if encoder is None:
@@ -281,15 +285,18 @@ class ParquetFile:
             size = store.size
         else:
             store, size = encoder, encoder.close(metadata)
+        self._encode_s += time.monotonic() - started
+        started = time.monotonic()
         plan = self._plan
         if plan is None:
             plan = Plan(self.path, "parquet", seqs)
             ctx.retry(f"record the plan for {self.path}", lambda: ctx.queue.plan(plan), (Exception,))
         ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
+        upload_s = time.monotonic() - started
         rows = sum(e.batch.num_rows for e in entries)
         ctx.tracker.mark_durable(plan.seqs, self.path)
         ctx.retry(f"confirm {self.path}", lambda: ctx.queue.done(entries), (Exception,))
-        ctx.stored(rows, size)
+        ctx.stored(rows, size, self._encode_s, upload_s)
         logger.info(
             "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
             self.path,

@@ -175,6 +175,8 @@ class FlightWriterServer(flight.FlightServerBase):
         self._storage = storage
         self._datasets = Datasets(storage)
         self._flight_sql = flight_sql or FlightSqlSettings()
+        self._streams = 0  # do_put calls open now (metrics)
+        self._streams_lock = threading.Lock()
         self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any]]]] = {
             "ack": ('Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms"', self._ack),
             "status": (
@@ -190,6 +192,25 @@ class FlightWriterServer(flight.FlightServerBase):
 
     # -- do_put: two front doors, one ingest path -------------------------------------------------------
     def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        with self._streams_lock:
+            self._streams += 1
+        try:
+            self._put(context, descriptor, reader, writer)
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
+
+    @property
+    def active_streams(self) -> int:
+        return self._streams
+
+    def _put(
         self,
         context: flight.ServerCallContext,
         descriptor: flight.FlightDescriptor,

@@ -16,6 +16,7 @@ from loguru import logger
 
 from flight_writer._version import __version__
 from flight_writer.config import Settings
+from flight_writer.metrics import Metrics
 from flight_writer.queue import Queue, make_queue
 from flight_writer.server import FlightWriterServer
 from flight_writer.storage import Storage, StorageError
@@ -40,6 +41,7 @@ class Service:
         self.tracker: DurabilityTracker
         self.writer: Writer
         self.server: FlightWriterServer
+        self.metrics: Metrics | None = None
         self._started_at = 0.0
 
     @property
@@ -94,7 +96,13 @@ class Service:
                 self.storage,
                 s.flight_sql,
             )
+            if s.metrics.listen:
+                self.metrics = Metrics(s.metrics, self.status, self.not_ready)
+                self.writer.file_listeners.append(self.metrics.file_stored)
+                self.metrics.start()
         except Exception:  # e.g. the port is taken: give back what was opened (the WAL's lock and threads)
+            if hasattr(self, "server"):
+                self.server.shutdown()
             self.writer.close()
             self.queue.close()
             raise
@@ -110,6 +118,8 @@ class Service:
             self.storage.root,
             s.masked(),
         )
+        if self.metrics is not None:
+            logger.info("metrics on http://{}/metrics (and /healthz, /readyz)", self._metrics_address())
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -124,6 +134,8 @@ class Service:
         self.queue.close()
         self._state = "closed"
         logger.info("stopped: durable through seq {}", self.tracker.durable_through)
+        if self.metrics is not None:  # last: /readyz said "shutting down" during the stop
+            self.metrics.close()
         return finished
 
     def abort(self) -> None:
@@ -136,6 +148,27 @@ class Service:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _metrics_address(self) -> str:
+        host = self.settings.metrics.listen.rpartition(":")[0]
+        return f"{host}:{self.metrics.port}" if self.metrics else ""
+
+    @property
+    def state(self) -> str:
+        """unopened, opened, closing or closed."""
+        return self._state
+
+    def not_ready(self) -> str | None:
+        """Why the server should not get data now (``/readyz``), or None."""
+        m = self.settings.metrics
+        if self._state != "opened":
+            return "shutting down" if self._state in ("closing", "closed") else "starting"
+        status = self.status()
+        if status["pending_bytes"] > m.ready_max_queue * status["queue_max_bytes"]:
+            return f"queue {status['pending_bytes']} of {status['queue_max_bytes']} bytes full"
+        if (status["error_for_s"] or 0) > m.ready_max_error_s:
+            return f"storage failing for {status['error_for_s']:.0f} s: {status['last_error']}"
+        return None
 
     def status(self) -> dict[str, Any]:
         q = self.queue.stats()
@@ -150,6 +183,7 @@ class Service:
             else None,
             "queue": self.queue.type,
             "queue_max_bytes": self.settings.queue.max_bytes,
+            "active_streams": self.server.active_streams,
             "storage": self.storage.describe(),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
         }

@@ -93,6 +93,8 @@ class Writer:
         self.retries = 0
         self.last_error: str | None = None
         self.error_since: float | None = None
+        #: called with (rows, bytes, encode seconds, upload seconds) after each file is stored
+        self.file_listeners: list[Callable[[int, int, float, float], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> Writer:
@@ -247,11 +249,13 @@ class Writer:
             logger.opt(exception=exc).error("file job crashed")
 
     # -- what files report ---------------------------------------------------------------------------
-    def _stored(self, rows: int, nbytes: int) -> None:
+    def _stored(self, rows: int, nbytes: int, encode_s: float, upload_s: float) -> None:
         with self._lock:
             self.files_written += 1
             self.rows_written += rows
             self.bytes_written += nbytes
+        for listener in self.file_listeners:
+            listener(rows, nbytes, encode_s, upload_s)
 
     def _rejected(self) -> None:
         with self._lock:

@@ -34,6 +34,7 @@ class MemoryQueue(Queue):
         self._ids = IdWindow(dedupe_window)
         self._woken = False
         self._closed = False
+        self._received = [0, 0, 0]  # batches, rows, Arrow bytes put since the queue was made (not recovered)
 
     def put(
         self,
@@ -66,6 +67,10 @@ class MemoryQueue(Queue):
             entry = Entry(self._last_seq + 1, dataset, schema_key, batch, time.time(), nbytes, client_id)
             self._record(entry)
             self._accept(entry)
+            received = self._received
+            received[0] += 1
+            received[1] += batch.num_rows
+            received[2] += nbytes
         if wait:
             self.logged(entry.seq, wait=True)
         return Accepted(entry.seq, False)
@@ -126,4 +131,7 @@ class MemoryQueue(Queue):
                 "pending_bytes": self._pending_bytes,
                 "queued_batches": len(self._items),
                 "dedupe_ids": len(self._ids),
+                "received_batches": self._received[0],
+                "received_rows": self._received[1],
+                "received_bytes": self._received[2],
             }

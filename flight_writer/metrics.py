@@ -1,0 +1,152 @@
+"""Prometheus metrics and health checks over HTTP, on ``metrics.listen`` (off when empty).
+
+- ``/metrics``: the Prometheus text format. Everything but two histograms is read from ``Service.status()``
+  when scraped, so the per-batch path pays nothing for metrics; the encode and upload histograms are fed
+  once per stored file. Process metrics (CPU, memory, file descriptors) come from prometheus-client.
+- ``/healthz``: 200 while the process answers HTTP (liveness).
+- ``/readyz``: 200 when the server takes data well: it is not shutting down, the queue holds at most
+  ``metrics.ready_max_queue`` of ``queue.max_bytes``, and storage has not been failing for more than
+  ``metrics.ready_max_error_s``; else 503 with the reason (readiness: route producers elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from flight_writer.config import MetricsSettings
+
+# seconds: files take milliseconds (small, flushed) to minutes (large, slow storage)
+FILE_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+# status() key -> (metric name, help); counters get _total from prometheus-client
+COUNTERS = {
+    "received_batches": ("flight_writer_received_batches", "Batches accepted by do_put since start"),
+    "received_rows": ("flight_writer_received_rows", "Rows accepted by do_put since start"),
+    "received_bytes": ("flight_writer_received_bytes", "Arrow bytes accepted by do_put since start"),
+    "files_written": ("flight_writer_files_written", "Parquet files stored"),
+    "rows_written": ("flight_writer_written_rows", "Rows stored in Parquet files"),
+    "bytes_written": ("flight_writer_written_bytes", "Bytes of Parquet stored"),
+    "batches_failed": ("flight_writer_failed_batches", "Batches the Parquet encoder rejected (kept under _failed/)"),
+    "retries": ("flight_writer_storage_retries", "Failed storage or queue operations that were retried"),
+    "wal_fsyncs": ("flight_writer_wal_fsyncs", "fsync calls of the write-ahead log"),
+}
+GAUGES = {
+    "received_seq": ("flight_writer_received_seq", "Highest seq handed out"),
+    "durable_through": ("flight_writer_durable_through_seq", "Every seq up to this one is durable or failed"),
+    "pending_batches": ("flight_writer_queue_pending_batches", "Batches accepted and not yet durable"),
+    "pending_bytes": ("flight_writer_queue_pending_bytes", "Arrow bytes accepted and not yet durable"),
+    "queue_max_bytes": ("flight_writer_queue_max_bytes", "queue.max_bytes"),
+    "active_streams": ("flight_writer_active_streams", "do_put streams open now"),
+    "uptime_s": ("flight_writer_uptime_seconds", "Seconds since the service started"),
+}
+
+
+class _StatusCollector(Collector):
+    """Reads the service's status at every scrape."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        for key, (name, doc) in COUNTERS.items():
+            if status.get(key) is not None:
+                yield CounterMetricFamily(name, doc, value=status[key])
+        for key, (name, doc) in GAUGES.items():
+            if status.get(key) is not None:
+                yield GaugeMetricFamily(name, doc, value=status[key])
+        yield GaugeMetricFamily(
+            "flight_writer_durability_lag_batches",
+            "received_seq - durable_through: batches received and not yet durable or failed",
+            value=status["received_seq"] - status["durable_through"],
+        )
+        error_for = status.get("error_for_s")
+        yield GaugeMetricFamily(
+            "flight_writer_storage_error_seconds",
+            "How long storage (or the queue's log) has been failing; 0 when the last operation succeeded",
+            value=error_for or 0.0,
+        )
+
+
+class Metrics:
+    """The HTTP listener. ``status`` is ``Service.status``; ``ready`` says why the server is not ready
+    (None if it is)."""
+
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        status: Callable[[], dict[str, Any]],
+        not_ready: Callable[[], str | None],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_StatusCollector(status))
+        ProcessCollector(registry=self.registry)
+        self.encode_seconds = Histogram(
+            "flight_writer_file_encode_seconds",
+            "Seconds spent encoding one Parquet file (all its row groups, all threads together)",
+            buckets=FILE_SECONDS,
+            registry=self.registry,
+        )
+        self.upload_seconds = Histogram(
+            "flight_writer_file_upload_seconds",
+            "Seconds from a file's first upload attempt until storage confirmed it (retries included)",
+            buckets=FILE_SECONDS,
+            registry=self.registry,
+        )
+        host, _, port = settings.listen.rpartition(":")
+        self._http = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(self.registry, not_ready))
+        self._http.daemon_threads = True
+        self._thread = threading.Thread(target=self._http.serve_forever, name="flight-writer-metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._http.server_address[1]
+
+    def file_stored(self, rows: int, nbytes: int, encode_s: float, upload_s: float) -> None:
+        self.encode_seconds.observe(encode_s)
+        self.upload_seconds.observe(upload_s)
+
+    def start(self) -> Metrics:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join()
+
+
+def _handler(registry: CollectorRegistry, not_ready: Callable[[], str | None]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            elif path == "/readyz":
+                reason = not_ready()
+                body = json.dumps({"ready": reason is None, "reason": reason}).encode() + b"\n"
+                self._send(200 if reason is None else 503, body, "application/json")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: not worth a line
+            pass
+
+    return Handler

@@ -1,0 +1,105 @@
+"""Prometheus metrics and health checks, scraped over real HTTP from a live server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from flight_writer import Service
+from flight_writer.config import ConfigError, build_settings
+
+from conftest import action, put, running, settings_for, wait_for
+
+METRICS = {"listen": "127.0.0.1:0"}
+
+
+def get(svc, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{svc.metrics.port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def scrape(svc) -> dict[str, float]:
+    status, text = get(svc, "/metrics")
+    assert status == 200
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def ints(n: int, start: int = 0) -> pa.RecordBatch:
+    return pa.record_batch({"i": pa.array(range(start, start + n), pa.int64())})
+
+
+def test_metrics_count_what_happened(data_root):
+    with running(data_root, metrics=METRICS) as svc, flight.connect(svc.location) as c:
+        before = scrape(svc)
+        assert before["flight_writer_received_batches_total"] == 0 and before["process_resident_memory_bytes"] > 0
+        put(c, "m", [ints(100, k * 100) for k in range(5)])
+        action(c, "flush")
+        m = scrape(svc)
+        assert m["flight_writer_received_batches_total"] == 5
+        assert m["flight_writer_received_rows_total"] == 500
+        assert m["flight_writer_received_bytes_total"] == 5 * 800
+        assert m["flight_writer_files_written_total"] == 1 and m["flight_writer_written_rows_total"] == 500
+        assert (
+            m["flight_writer_written_bytes_total"]
+            == (data_root / next(p for p in svc.storage.list("m/") if p.endswith(".parquet"))).stat().st_size
+        )
+        assert m["flight_writer_durability_lag_batches"] == 0 and m["flight_writer_queue_pending_bytes"] == 0
+        assert m["flight_writer_durable_through_seq"] == 5 and m["flight_writer_storage_error_seconds"] == 0
+        assert m["flight_writer_file_encode_seconds_count"] == 1 and m["flight_writer_file_upload_seconds_count"] == 1
+        assert m["flight_writer_active_streams"] == 0
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("open"), ints(1).schema)
+        writer.write_batch(ints(1))
+        assert reader.read() is not None
+        assert scrape(svc)["flight_writer_active_streams"] == 1  # the stream is open now
+        writer.close()
+        assert get(svc, "/healthz") == (200, "ok\n")
+        assert get(svc, "/nothing")[0] == 404
+
+
+def test_readyz_fails_while_storage_fails_and_recovers(data_root):
+    data_root.mkdir(parents=True)
+    blocker = data_root / "stuck"
+    blocker.write_text("where the dataset's directory must go: every upload fails")
+    metrics = {**METRICS, "ready_max_error_s": "0.1"}
+    with running(data_root, metrics=metrics) as svc, flight.connect(svc.location) as c:
+        assert get(svc, "/readyz") == (200, '{"ready": true, "reason": null}\n')
+        put(c, "stuck", [ints(10)])
+        flusher = threading.Thread(target=action, args=(c, "flush"))
+        flusher.start()
+        _, body = wait_for(lambda: (r := get(svc, "/readyz"))[0] == 503 and r, "/readyz to fail")
+        assert "storage failing" in json.loads(body)["reason"]
+        blocker.unlink()
+        flusher.join(60)
+        assert get(svc, "/readyz")[0] == 200
+
+
+def test_readyz_says_shutting_down_during_the_stop(data_root):
+    svc = Service(settings_for(data_root, metrics=METRICS)).start()
+    with flight.connect(svc.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("s"), ints(1).schema)
+        writer.write_batch(ints(1))
+        assert reader.read() is not None  # an open stream holds the stop
+        stopper = threading.Thread(target=svc.stop)
+        stopper.start()
+        _, body = wait_for(lambda: (r := get(svc, "/readyz"))[0] == 503 and r, "/readyz to fail")
+        assert json.loads(body)["reason"] == "shutting down" and get(svc, "/healthz")[0] == 200
+        writer.close()
+        stopper.join(60)
+    with pytest.raises(OSError):  # the listener is gone with the service
+        urllib.request.urlopen(f"http://127.0.0.1:{svc.metrics.port}/healthz", timeout=5)
+
+
+@pytest.mark.parametrize("listen", ["9464", "localhost", "host:port"])
+def test_a_bad_listen_address_is_refused(listen):
+    with pytest.raises(ConfigError, match=r"metrics\.listen must be host:port"):
+        build_settings({"metrics": {"listen": listen}})
