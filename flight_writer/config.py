@@ -48,6 +48,9 @@ class ConfigError(ValueError):
 class ServerSettings:
     location: str = "grpc://0.0.0.0:8815"
     ack_history: int = 100_000
+    tls_cert_file: str = ""  # PEM certificate chain for grpc+tls:// locations
+    tls_key_file: str = ""  # its PEM private key
+    tls_client_ca_file: str = ""  # PEM CA bundle: when set, clients must present a certificate it signed (mTLS)
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,15 @@ def _check(s: Settings) -> None:
     if not s.server.location.startswith(("grpc://", "grpc+tcp://", "grpc+tls://", "grpc+unix://")):
         raise ConfigError(f"server.location must be a grpc:// URI, got {s.server.location!r}")
     positive("server.ack_history", s.server.ack_history)
+    tls = s.server.location.startswith("grpc+tls://")
+    if tls and not (s.server.tls_cert_file and s.server.tls_key_file):
+        raise ConfigError("a grpc+tls:// server.location needs server.tls_cert_file and server.tls_key_file")
+    if not tls and (s.server.tls_cert_file or s.server.tls_key_file or s.server.tls_client_ca_file):
+        raise ConfigError("server.tls_* files are set but server.location is not grpc+tls://")
+    for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(s.server, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"server.{key}: no such file {path!r}")
     if s.queue.type not in QUEUE_TYPES:
         raise ConfigError(f"queue.type must be one of {', '.join(QUEUE_TYPES)}, got {s.queue.type!r}")
     for key in ("max_bytes", "dedupe_window", "segment_bytes", "fsync_interval_ms"):

@@ -166,7 +166,7 @@ class FlightWriterServer(flight.FlightServerBase):
         flight_sql: FlightSqlSettings | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(location, middleware={"ack": _AckLevelFactory()}, **kwargs)
+        super().__init__(location, middleware={"ack": _AckLevelFactory()}, **kwargs)  # kwargs: TLS
         self._queue = queue
         self._writer = writer
         self._tracker = tracker

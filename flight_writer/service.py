@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import opendal
+import pyarrow.flight as flight
 from loguru import logger
 
 from flight_writer._version import __version__
@@ -95,6 +96,7 @@ class Service:
                 s.queue.put_timeout,
                 self.storage,
                 s.flight_sql,
+                **_tls_options(s),
             )
             if s.metrics.listen:
                 self.metrics = Metrics(s.metrics, self.status, self.not_ready)
@@ -187,3 +189,16 @@ class Service:
             "storage": self.storage.describe(),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
         }
+
+
+def _tls_options(s: Settings) -> dict[str, Any]:
+    """FlightServerBase's TLS arguments from server.tls_*: a certificate, and client certificates checked
+    against a CA when ``tls_client_ca_file`` is set (mutual TLS)."""
+    if not s.server.tls_cert_file:
+        return {}
+    with open(s.server.tls_cert_file, "rb") as cert, open(s.server.tls_key_file, "rb") as key:
+        options: dict[str, Any] = {"tls_certificates": [flight.CertKeyPair(cert.read(), key.read())]}
+    if s.server.tls_client_ca_file:
+        with open(s.server.tls_client_ca_file, "rb") as ca:
+            options.update(verify_client=True, root_certificates=ca.read())
+    return options
