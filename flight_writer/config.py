@@ -51,6 +51,10 @@ class ServerSettings:
     tls_cert_file: str = ""  # PEM certificate chain for grpc+tls:// locations
     tls_key_file: str = ""  # its PEM private key
     tls_client_ca_file: str = ""  # PEM CA bundle: when set, clients must present a certificate it signed (mTLS)
+    max_streams: int = 1000  # do_put calls open at once; each holds a server thread
+    max_columns: int = 10_000  # fields in a stream's schema, nested ones included
+    max_nesting: int = 32  # levels of nested types in a stream's schema
+    max_metadata_bytes: int = 65_536  # a batch's app_metadata ({"id": ...})
 
 
 @dataclass(frozen=True)
@@ -302,6 +306,8 @@ def _check(s: Settings) -> None:
     if not s.server.location.startswith(("grpc://", "grpc+tcp://", "grpc+tls://", "grpc+unix://")):
         raise ConfigError(f"server.location must be a grpc:// URI, got {s.server.location!r}")
     positive("server.ack_history", s.server.ack_history)
+    for key in ("max_streams", "max_columns", "max_nesting", "max_metadata_bytes"):
+        positive(f"server.{key}", getattr(s.server, key))
     tls = s.server.location.startswith("grpc+tls://")
     if tls and not (s.server.tls_cert_file and s.server.tls_key_file):
         raise ConfigError("a grpc+tls:// server.location needs server.tls_cert_file and server.tls_key_file")

@@ -19,7 +19,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
 from flight_writer import flightsql
-from flight_writer.config import FlightSqlSettings
+from flight_writer.config import FlightSqlSettings, ServerSettings
 from flight_writer.datasets import Datasets, parquet_schema_of
 from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.storage import Storage
@@ -164,6 +164,7 @@ class FlightWriterServer(flight.FlightServerBase):
         put_timeout: float,
         storage: Storage,
         flight_sql: FlightSqlSettings | None = None,
+        limits: ServerSettings | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(location, middleware={"ack": _AckLevelFactory()}, **kwargs)  # kwargs: TLS
@@ -175,6 +176,7 @@ class FlightWriterServer(flight.FlightServerBase):
         self._storage = storage
         self._datasets = Datasets(storage)
         self._flight_sql = flight_sql or FlightSqlSettings()
+        self._limits = limits or ServerSettings()
         self._streams = 0  # do_put calls open now (metrics)
         self._streams_lock = threading.Lock()
         self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any]]]] = {
@@ -199,6 +201,10 @@ class FlightWriterServer(flight.FlightServerBase):
         writer: flight.FlightMetadataWriter,
     ) -> None:
         with self._streams_lock:
+            if self._streams >= self._limits.max_streams:
+                raise flight.FlightUnavailableError(
+                    f"{self._streams} streams are open, the most this server takes (server.max_streams); retry later"
+                )
             self._streams += 1
         try:
             self._put(context, descriptor, reader, writer)
@@ -251,8 +257,9 @@ class FlightWriterServer(flight.FlightServerBase):
         batches share fsyncs, and a thread of the stream (``_Replies``) sends the replies in seq order as
         each batch is logged."""
         schema = reader.schema
-        if (problem := parquet_problem(schema)) is not None:
+        if (problem := self._schema_problem(schema) or parquet_problem(schema)) is not None:
             raise flight.FlightServerError(problem)
+        max_metadata = self._limits.max_metadata_bytes
         schema_key = schema.serialize().to_pybytes()
         put, timeout, logged = self._queue.put, self._put_timeout, self._queue.logged
         reply = writer.write if writer is not None else None
@@ -267,7 +274,16 @@ class FlightWriterServer(flight.FlightServerBase):
                 if batch is None:  # a metadata-only message carries no rows
                     continue
                 meta = chunk.app_metadata
-                client_id = _client_id(meta) if meta is not None and meta.size else None
+                client_id = None
+                if meta is not None and meta.size:
+                    if meta.size > max_metadata:
+                        if replies is not None:
+                            with contextlib.suppress(QueueWriteError):
+                                replies.finish()  # what was taken is answered before the error
+                        raise flight.FlightServerError(
+                            f"app_metadata of {meta.size} bytes is over server.max_metadata_bytes ({max_metadata})"
+                        )
+                    client_id = _client_id(meta)
                 try:
                     seq, duplicate = put(dataset, schema_key, batch, timeout, client_id, wait=False)
                 except (QueueFull, QueueClosed, QueueWriteError) as exc:
@@ -308,6 +324,17 @@ class FlightWriterServer(flight.FlightServerBase):
             if replies is not None:
                 replies.stop()
         return seqs, rows
+
+    def _schema_problem(self, schema: pa.Schema) -> str | None:
+        """A schema over the limits (columns, nesting), which a producer cannot mean and which would cost
+        the encoder dearly; None if within them."""
+        columns, depth = _count_fields(schema)
+        if columns > self._limits.max_columns:
+            limit = self._limits.max_columns
+            return f"the schema has {columns} fields (nested ones included); server.max_columns is {limit}"
+        if depth > self._limits.max_nesting:
+            return f"the schema nests {depth} levels deep; server.max_nesting is {self._limits.max_nesting}"
+        return None
 
     def _make_durable(self, dataset: str, seqs: list[int]) -> dict[str, Any]:
         """Write out the dataset and wait until these seqs are resolved; what a durable reply says."""
@@ -472,6 +499,18 @@ class FlightWriterServer(flight.FlightServerBase):
 
 def _short(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name}: {f.type}" for f in schema)
+
+
+def _count_fields(schema: pa.Schema) -> tuple[int, int]:
+    """(fields, nested ones included; deepest nesting, 1 for a flat schema)."""
+    fields, deepest = 0, 0
+    todo = [(f.type, 1) for f in schema]
+    while todo:
+        kind, depth = todo.pop()
+        fields += 1
+        deepest = max(deepest, depth)
+        todo.extend((kind.field(i).type, depth + 1) for i in range(kind.num_fields))
+    return fields, deepest
 
 
 def _client_id(metadata: pa.Buffer) -> str | None:

@@ -96,6 +96,7 @@ class Service:
                 s.queue.put_timeout,
                 self.storage,
                 s.flight_sql,
+                s.server,
                 **_tls_options(s),
             )
             if s.metrics.listen:

@@ -1,0 +1,71 @@
+"""Server limits: each refusal names its setting, costs the other clients nothing, keeps acknowledged data."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from conftest import action, put, read_dataset, running
+
+GOOD = pa.record_batch({"i": pa.array(range(10), pa.int64())})
+
+
+def stream(client: flight.FlightClient, dataset: str, batch: pa.RecordBatch) -> None:
+    """One batch in a stream, for a refusal: the error comes with the first reply or at the close."""
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path(dataset), batch.schema)
+    writer.write_batch(batch)
+    writer.done_writing()
+    reader.read()
+    writer.close()
+
+
+def test_too_many_columns_or_too_deep_a_schema_is_refused_at_stream_start(data_root):
+    wide = pa.record_batch({f"c{k}": [k] for k in range(6)})
+    deep_type = pa.list_(pa.list_(pa.list_(pa.int64())))  # 4 levels
+    deep = pa.record_batch({"d": pa.array([[[[1]]]], deep_type)})
+    with running(data_root, server={"max_columns": "5", "max_nesting": "3"}) as svc, flight.connect(svc.location) as c:
+        with pytest.raises(flight.FlightServerError, match=r"6 fields .*server\.max_columns is 5"):
+            stream(c, "wide", wide)
+        with pytest.raises(flight.FlightServerError, match=r"nests 4 levels deep; server\.max_nesting is 3"):
+            stream(c, "deep", deep)
+        put(c, "fine", [GOOD])
+        action(c, "flush")
+        assert action(c, "status")["received_seq"] == 1
+    assert read_dataset(data_root, "fine").num_rows == 10
+
+
+def test_oversized_app_metadata_ends_the_stream_after_answering_what_was_taken(data_root):
+    with running(data_root, server={"max_metadata_bytes": "100"}) as svc, flight.connect(svc.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("meta"), GOOD.schema)
+        writer.write_with_metadata(GOOD, pa.py_buffer(json.dumps({"id": "a"}).encode()))
+        assert json.loads(reader.read().to_pybytes())["id"] == "a"
+        writer.write_with_metadata(GOOD, pa.py_buffer(json.dumps({"id": "b" * 200}).encode()))
+        with pytest.raises(
+            flight.FlightServerError, match=r"app_metadata of \d+ bytes is over server\.max_metadata_bytes \(100\)"
+        ):
+            writer.done_writing()
+            reader.read()
+            writer.close()
+        action(c, "flush")
+    assert read_dataset(data_root, "meta").num_rows == 10  # the first batch, acknowledged, is stored
+
+
+def test_streams_beyond_max_streams_are_refused_until_one_closes(data_root):
+    with running(data_root, server={"max_streams": "2"}) as svc, flight.connect(svc.location) as c:
+        open_streams = []
+        for _ in range(2):
+            writer, reader = c.do_put(flight.FlightDescriptor.for_path("many"), GOOD.schema)
+            writer.write_batch(GOOD)
+            assert reader.read() is not None  # the stream is open and served
+            open_streams.append(writer)
+        with pytest.raises(flight.FlightUnavailableError, match=r"2 streams are open.*server\.max_streams"):
+            stream(c, "many", GOOD)
+        open_streams.pop().close()
+        put(c, "many", [GOOD])  # room again
+        for writer in open_streams:
+            writer.close()
+        action(c, "flush")
+    assert read_dataset(data_root, "many").num_rows == 30
