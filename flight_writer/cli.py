@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="a TOML settings file (see configs/settings.toml)")
     check = sub.add_parser("check", help="exit 0 if a server answers the status action")
     check.add_argument("--location", default="grpc://127.0.0.1:8815")
+    check.add_argument("--tls-ca", help="PEM file of the CA that signed a grpc+tls:// server's certificate")
     args = parser.parse_args(argv)
     if args.command == "check":
-        return _check(args.location)
+        return _check(args.location, args.tls_ca)
     return _serve(args.config)
 
 
@@ -114,11 +115,15 @@ def _tune_malloc(threads: int) -> None:
     threading.Thread(target=trim, name="flight-writer-malloc-trim", daemon=True).start()
 
 
-def _check(location: str) -> int:
+def _check(location: str, tls_ca: str | None = None) -> int:
     import pyarrow.flight as flight
 
     try:
-        client = flight.connect(location)
+        options = {}
+        if tls_ca:
+            with open(tls_ca, "rb") as ca:
+                options["tls_root_certs"] = ca.read()
+        client = flight.connect(location, **options)
         result = next(iter(client.do_action(flight.Action("status", b""), flight.FlightCallOptions(timeout=5))))
         print(json.dumps(json.loads(result.body.to_pybytes()), indent=2))
         return 0

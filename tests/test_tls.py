@@ -129,3 +129,14 @@ def test_adbc_over_tls(data_root, pki):
 def test_tls_settings_are_checked_at_startup(server, problem):
     with pytest.raises(ConfigError, match=problem):
         build_settings({"server": server})
+
+
+def test_check_command_over_tls(data_root, pki):
+    import subprocess
+    import sys
+
+    with running(data_root, server=tls_server(pki)) as svc:
+        command = [sys.executable, "-m", "flight_writer.cli", "check", "--location", svc.location]
+        done = subprocess.run([*command, "--tls-ca", str(pki["ca_file"])], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and '"received_seq": 0' in done.stdout
+        assert subprocess.run(command, capture_output=True, text=True, timeout=60).returncode == 1  # untrusted
