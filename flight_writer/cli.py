@@ -1,10 +1,12 @@
 """``flight-writer serve`` runs the service until SIGTERM/SIGINT; ``flight-writer check`` asks a running
-server for its status and exits 0 if it answers (1 otherwise)."""
+server for its status and exits 0 if it answers (1 otherwise); ``flight-writer hash-secret`` hashes a secret
+for ``auth.principals_file``."""
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import getpass
 import json
 import os
 import signal
@@ -31,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="exit 0 if a server answers the status action")
     check.add_argument("--location", default="grpc://127.0.0.1:8815")
     check.add_argument("--tls-ca", help="PEM file of the CA that signed a grpc+tls:// server's certificate")
+    sub.add_parser("hash-secret", help="read a secret from stdin, print its hash for auth.principals_file")
     args = parser.parse_args(argv)
+    if args.command == "hash-secret":
+        return _hash_secret()
     if args.command == "check":
         return _check(args.location, args.tls_ca)
     return _serve(args.config)
@@ -113,6 +118,17 @@ def _tune_malloc(threads: int) -> None:
             libc.malloc_trim(0)
 
     threading.Thread(target=trim, name="flight-writer-malloc-trim", daemon=True).start()
+
+
+def _hash_secret() -> int:
+    from flight_writer.auth import hash_secret
+
+    secret = getpass.getpass("secret: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(secret) < 16:
+        print("flight-writer: a secret needs 16 characters or more", file=sys.stderr)
+        return 2
+    print(hash_secret(secret))
+    return 0
 
 
 def _check(location: str, tls_ca: str | None = None) -> int:

@@ -113,6 +113,11 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    principals_file: str = ""  # TOML file of principals (auth.py); "" = every call anonymous, as before
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: str = ""  # host:port of the HTTP listener for /metrics, /healthz, /readyz; "" = off
     ready_max_queue: float = 0.9  # /readyz fails while the queue holds more than this share of max_bytes
@@ -128,6 +133,7 @@ class Settings:
     flight_sql: FlightSqlSettings = field(default_factory=FlightSqlSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with secret-looking storage options replaced by ``***`` and a
@@ -358,6 +364,8 @@ def _check(s: Settings) -> None:
     if not 0 < s.metrics.ready_max_queue <= 1:
         raise ConfigError(f"metrics.ready_max_queue must be in (0, 1], got {s.metrics.ready_max_queue!r}")
     positive("metrics.ready_max_error_s", s.metrics.ready_max_error_s)
+    if s.auth.principals_file and not os.path.isfile(s.auth.principals_file):
+        raise ConfigError(f"auth.principals_file: no such file {s.auth.principals_file!r}")
     if s.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
 

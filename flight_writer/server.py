@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
 from flight_writer import flightsql
+from flight_writer.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
 from flight_writer.config import FlightSqlSettings, ServerSettings
 from flight_writer.datasets import Datasets, parquet_schema_of
 from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
@@ -165,9 +166,14 @@ class FlightWriterServer(flight.FlightServerBase):
         storage: Storage,
         flight_sql: FlightSqlSettings | None = None,
         limits: ServerSettings | None = None,
+        auth: Authenticator | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(location, middleware={"ack": _AckLevelFactory()}, **kwargs)  # kwargs: TLS
+        middleware: dict[str, flight.ServerMiddlewareFactory] = {"ack": _AckLevelFactory()}
+        if auth is not None:  # every call then needs credentials (auth.py)
+            middleware["auth"] = AuthMiddlewareFactory(auth)
+            kwargs["auth_handler"] = HandshakeAllowed()
+        super().__init__(location, middleware=middleware, **kwargs)  # kwargs: TLS
         self._queue = queue
         self._writer = writer
         self._tracker = tracker
@@ -225,7 +231,7 @@ class FlightWriterServer(flight.FlightServerBase):
     ) -> None:
         level = context.get_middleware("ack")
         if descriptor.descriptor_type == flight.DescriptorType.CMD:
-            self._sql_ingest(descriptor.command, level.level if level else None, reader, writer)
+            self._sql_ingest(context, descriptor.command, level.level if level else None, reader, writer)
             return
         if descriptor.descriptor_type != flight.DescriptorType.PATH:
             raise flight.FlightServerError(
@@ -235,6 +241,8 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path([p.decode("utf-8", "replace") for p in descriptor.path])
         except ValueError as exc:
             raise flight.FlightServerError(str(exc)) from None
+        who = principal_of(context)
+        authorize(context, f"write dataset {dataset!r}", None if who is None else who.may_write(dataset))
         durable = level is not None and level.level == "durable"
         seqs, _ = self._ingest(dataset, reader, writer, keep_seqs=durable)
         if durable:
@@ -352,6 +360,7 @@ class FlightWriterServer(flight.FlightServerBase):
     # -- Flight SQL: bulk ingestion for ADBC clients ----------------------------------------------------
     def _sql_ingest(
         self,
+        context: flight.ServerCallContext,
         command: bytes,
         ack_header: str | None,
         reader: flight.MetadataRecordBatchReader,
@@ -375,6 +384,10 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path(cmd.path)
         except ValueError as exc:
             raise flight.FlightServerError(f"table {'.'.join(cmd.path)!r}: {exc}") from None
+        who = principal_of(context)
+        authorize(context, f"write dataset {dataset!r}", None if who is None else who.may_write(dataset))
+        if cmd.if_exists == "replace":
+            authorize(context, "replace data (Flight SQL ingest mode replace)", None if who is None else who.replace)
         self._writer.flush(dataset)  # buffered data of this dataset counts as existing
         existing = self._datasets.objects(dataset)
         if existing and cmd.if_exists == "fail":
@@ -423,6 +436,8 @@ class FlightWriterServer(flight.FlightServerBase):
             return flight.RecordBatchStream(flightsql.sql_info_table(flightsql.parse_sql_info_request(value)))
         if name in flightsql.CATALOG_COMMANDS:
             names = self._datasets.names() if name != flightsql.GET_TABLE_TYPES else []
+            if (who := principal_of(context)) is not None:  # only the datasets it may write
+                names = [n for n in names if who.may_write(n)]
             return flight.RecordBatchStream(flightsql.catalog_rows(name, value, names, self._datasets.schema))
         raise NotImplementedError(
             "do_get: this server stores data, it does not serve reads; read the Parquet files from storage"
@@ -452,6 +467,9 @@ class FlightWriterServer(flight.FlightServerBase):
             raise flight.FlightServerError(
                 f"{action.type}: action body of {action.body.size} bytes is over the limit of {MAX_ACTION_BODY}"
             )
+        if action.type != "CloseSession":
+            who = principal_of(context)
+            authorize(context, f"call action {action.type!r}", None if who is None else action.type in who.actions)
         body = action.body.to_pybytes() if action.body is not None else b""
         try:
             result = entry[1](body)

@@ -16,6 +16,7 @@ import pyarrow.flight as flight
 from loguru import logger
 
 from flight_writer._version import __version__
+from flight_writer.auth import Authenticator, load_principals
 from flight_writer.config import Settings
 from flight_writer.metrics import Metrics
 from flight_writer.queue import Queue, make_queue
@@ -65,6 +66,7 @@ class Service:
         given = self._storage_arg
         if isinstance(given, opendal.Operator):
             given = Storage(given, "opendal", "")
+        auth = Authenticator(load_principals(s.auth.principals_file)) if s.auth.principals_file else None
         self.storage = given or Storage.from_settings(s.storage)
         check_error = None
         try:
@@ -97,6 +99,7 @@ class Service:
                 self.storage,
                 s.flight_sql,
                 s.server,
+                auth,
                 **_tls_options(s),
             )
             if s.metrics.listen:

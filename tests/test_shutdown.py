@@ -96,12 +96,12 @@ def test_a_duplicate_signal_is_the_same_graceful_stop(tmp_path, server_process):
         for k in range(20):
             writer.write_batch(pa.record_batch({"x": range(k * 100, k * 100 + 100)}))
             assert reader.read() is not None  # answered "queued": buffered, not yet in a file
+        server.proc.send_signal(signal.SIGTERM)  # the open stream holds the stop until it closes
+        server.wait_for_log("SIGTERM: stopping gracefully")  # the first is handled: the next one counts
+        server.proc.send_signal(signal.SIGTERM)  # as make's forwarded copy does, milliseconds later
+        server.wait_for_log("SIGTERM again within 1 s: already stopping gracefully")
         writer.close()
-    server.proc.send_signal(signal.SIGTERM)
-    server.wait_for_log("SIGTERM: stopping gracefully")  # the first is handled: the next one counts
-    server.proc.send_signal(signal.SIGTERM)  # as make's forwarded copy does, milliseconds later
     assert server.proc.wait(60) == 0
-    server.wait_for_log("SIGTERM again within 1 s: already stopping gracefully")
     assert read_dataset(root, "dup").column("x").to_pylist() == list(range(2000))
 
 

@@ -1,0 +1,144 @@
+"""Authentication (bearer secrets, Flight's Basic handshake) and per-principal rights on every door."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from test_tls import pki, tls_server  # noqa: F401 - pki is a fixture
+
+from flight_writer.auth import hash_secret
+
+from conftest import REPO, action, put, read_dataset, running
+
+TEAM_A = "team-a-secret-0123456789"
+ADMIN = "admin-secret-0123456789ab"
+BATCH = pa.record_batch({"i": pa.array(range(10), pa.int64())})
+
+
+@pytest.fixture
+def principals(tmp_path: Path) -> Path:
+    path = tmp_path / "principals.toml"
+    path.write_text(f"""
+[principals.team-a]
+secret = "{hash_secret(TEAM_A)}"
+datasets = ["team-a/*"]
+actions = ["status", "ack"]
+
+[principals.admin]
+secret = "{hash_secret(ADMIN)}"
+datasets = ["*"]
+actions = ["status", "ack", "flush"]
+replace = true
+""")
+    return path
+
+
+def bearer(secret: str) -> flight.FlightCallOptions:
+    return flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {secret}".encode())])
+
+
+def test_no_credentials_or_wrong_ones_get_unauthenticated(data_root, principals, caplog_loguru):
+    with running(data_root, auth={"principals_file": str(principals)}) as svc, flight.connect(svc.location) as c:
+        with pytest.raises(flight.FlightUnauthenticatedError, match="no credentials"):
+            list(c.do_action(flight.Action("status", b"")))
+        with pytest.raises(flight.FlightUnauthenticatedError, match="no valid credentials"):
+            list(c.do_action(flight.Action("status", b""), bearer("guess-guess-guess-guess")))
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            c.authenticate_basic_token("team-a", "not-the-secret-xyz")
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            writer, _ = c.do_put(flight.FlightDescriptor.for_path("team-a", "x"), BATCH.schema)
+            writer.write_batch(BATCH)
+            writer.close()
+    assert "refused DO_ACTION from ?: no credentials" in caplog_loguru.text
+    assert TEAM_A not in caplog_loguru.text and "not-the-secret-xyz" not in caplog_loguru.text
+    assert not (data_root / "team-a").exists()
+
+
+def test_bearer_and_basic_login_with_rights_per_dataset_and_action(data_root, principals, caplog_loguru):
+    with running(data_root, auth={"principals_file": str(principals)}) as svc, flight.connect(svc.location) as c:
+        options = bearer(TEAM_A)
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("team-a", "spans"), BATCH.schema, options)
+        writer.write_batch(BATCH)
+        assert reader.read() is not None
+        writer.close()
+        with pytest.raises(flight.FlightUnauthorizedError, match="principal 'team-a' may not write dataset 'team-b/x'"):
+            writer, reader = c.do_put(flight.FlightDescriptor.for_path("team-b", "x"), BATCH.schema, options)
+            writer.write_batch(BATCH)
+            writer.close()
+        assert json_of(c.do_action(flight.Action("status", b""), options))["received_seq"] == 1
+        with pytest.raises(flight.FlightUnauthorizedError, match="may not call action 'flush'"):
+            list(c.do_action(flight.Action("flush", b""), options))
+        # Basic login (what ADBC's username/password do) gives a session token for the next calls
+        header = c.authenticate_basic_token("admin", ADMIN)
+        session = flight.FlightCallOptions(headers=[header])
+        assert json_of(c.do_action(flight.Action("flush", b""), session))["durable_through"] == 1
+    assert read_dataset(data_root, "team-a/spans").num_rows == 10
+    assert "refused: principal 'team-a' may not write dataset 'team-b/x'" in caplog_loguru.text
+    assert not (data_root / "team-b").exists()
+
+
+def test_adbc_logs_in_with_username_and_password_over_tls(data_root, principals, pki):  # noqa: F811
+    import adbc_driver_flightsql.dbapi as flightsql
+
+    settings = {"server": tls_server(pki), "auth": {"principals_file": str(principals)}}
+    with running(data_root, **settings) as svc:
+
+        def connect(user: str, secret: str):
+            options = {
+                "username": user,
+                "password": secret,
+                "adbc.flight.sql.client_option.tls_root_certs": pki["ca"].decode(),
+            }
+            return flightsql.connect(svc.location, db_kwargs=options, autocommit=True)
+
+        with connect("team-a", TEAM_A) as conn, conn.cursor() as cur:
+            assert cur.adbc_ingest("spans", pa.table({"a": [1, 2]}), mode="create", db_schema_name="team-a") == 2
+            with pytest.raises(Exception, match="may not replace data"):
+                cur.adbc_ingest("spans", pa.table({"a": [3]}), mode="replace", db_schema_name="team-a")
+        with (  # a new cursor: ADBC keeps a cursor's db_schema_name from its last ingest
+            connect("team-a", TEAM_A) as conn,
+            conn.cursor() as cur,
+            pytest.raises(Exception, match="may not write dataset 'logs'"),
+        ):
+            cur.adbc_ingest("logs", pa.table({"a": [3]}), mode="create")
+        with connect("admin", ADMIN) as conn, conn.cursor() as cur:
+            assert cur.adbc_ingest("spans", pa.table({"a": [9]}), mode="replace", db_schema_name="team-a") == 1
+        with (
+            pytest.raises(Exception, match=r"(?i)unauthenticated|wrong username or password"),
+            connect("team-a", "nope") as conn,
+            conn.cursor() as cur,
+        ):
+            cur.adbc_ingest("spans", pa.table({"a": [1]}), mode="append", db_schema_name="team-a")
+    assert read_dataset(data_root, "team-a/spans").column("a").to_pylist() == [9]
+
+
+def test_without_a_principals_file_everything_stays_open(data_root):
+    with running(data_root) as svc, flight.connect(svc.location) as c:
+        put(c, "anyone", [BATCH])
+        action(c, "flush")
+
+
+def test_hash_secret_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "flight_writer.cli", "hash-secret"],
+        input=f"{TEAM_A}\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    from flight_writer.auth import secret_matches
+
+    assert done.returncode == 0 and secret_matches(TEAM_A, done.stdout.strip()) and TEAM_A not in done.stdout
+
+
+def json_of(results) -> dict:
+    import json
+
+    [result] = list(results)
+    return json.loads(result.body.to_pybytes())
