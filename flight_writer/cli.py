@@ -62,6 +62,7 @@ def _serve(config: str | None) -> int:
 
     stop = threading.Event()
     first_at = 0.0
+    said: list[str] = []  # what the handlers have to say, logged by the main thread: loguru is not re-entrant
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal first_at
@@ -69,25 +70,32 @@ def _serve(config: str | None) -> int:
         now = time.monotonic()
         if not stop.is_set():
             first_at = now
-            logger.info("{}: stopping gracefully (a signal again after {:g} s exits at once)", name, SAME_STOP)
+            said.append(f"{name}: stopping gracefully (a signal again after {SAME_STOP:g} s exits at once)")
             stop.set()
         elif now - first_at < SAME_STOP:
             # make and shell wrappers forward the signal their process group got: the same request twice
-            logger.info("{} again within {:g} s: already stopping gracefully", name, SAME_STOP)
+            said.append(f"{name} again within {SAME_STOP:g} s: already stopping gracefully")
         else:
-            logger.warning("{} again: exiting now; what is not durable yet is not written", name)
+            os.write(2, f"{name} again: exiting now; what is not durable yet is not written\n".encode())
             os._exit(1)
+
+    def log_said() -> None:
+        while said:
+            logger.info(said.pop(0))
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while not stop.wait(0.5):
         pass
+    log_said()
     # the stop runs beside the main thread, which stays in Python so that a later signal is handled (a
     # blocking server.shutdown() on the main thread deferred every handler until open streams closed)
     stopping = threading.Thread(target=service.stop, name="flight-writer-stop")
     stopping.start()
     while stopping.is_alive():
         stopping.join(0.2)
+        log_said()
+    log_said()
     return 0
 
 
