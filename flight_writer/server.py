@@ -422,7 +422,7 @@ class FlightWriterServer(flight.FlightServerBase):
         if name == flightsql.GET_SQL_INFO:
             schema = flightsql.SQL_INFO_SCHEMA
         elif name in flightsql.CATALOG_COMMANDS:
-            schema = flightsql.catalog_schema(name, value)
+            schema = _parsed(name, lambda: flightsql.catalog_schema(name, value))
         else:
             raise NotImplementedError(
                 f"get_flight_info: Flight SQL command {name or '(none)'} is not supported; "
@@ -433,12 +433,14 @@ class FlightWriterServer(flight.FlightServerBase):
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
         name, value = self._sql_command(ticket.ticket)
         if name == flightsql.GET_SQL_INFO:
-            return flight.RecordBatchStream(flightsql.sql_info_table(flightsql.parse_sql_info_request(value)))
+            request = _parsed(name, lambda: flightsql.parse_sql_info_request(value))
+            return flight.RecordBatchStream(flightsql.sql_info_table(request))
         if name in flightsql.CATALOG_COMMANDS:
             names = self._datasets.names() if name != flightsql.GET_TABLE_TYPES else []
             if (who := principal_of(context)) is not None:  # only the datasets it may write
                 names = [n for n in names if who.may_write(n)]
-            return flight.RecordBatchStream(flightsql.catalog_rows(name, value, names, self._datasets.schema))
+            rows = _parsed(name, lambda: flightsql.catalog_rows(name, value, names, self._datasets.schema))
+            return flight.RecordBatchStream(rows)
         raise NotImplementedError(
             "do_get: this server stores data, it does not serve reads; read the Parquet files from storage"
         )
@@ -513,6 +515,14 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path(dataset.split("/"))
         self._writer.flush(dataset)
         return {"durable_through": self._tracker.durable_through}
+
+
+def _parsed(name: str, parse: Callable[[], Any]) -> Any:
+    """``parse()``, with a malformed Flight SQL message as a clear error (not a Python traceback)."""
+    try:
+        return parse()
+    except flightsql.ProtobufError as exc:
+        raise flight.FlightServerError(f"Flight SQL {name}: malformed message: {exc}") from None
 
 
 def _short(schema: pa.Schema) -> str:
