@@ -18,6 +18,7 @@ Any invalid value raises :class:`ConfigError` naming the setting; the CLI prints
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -46,7 +47,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    location: str = "grpc://0.0.0.0:8815"
+    location: str = "grpc://127.0.0.1:8815"
     ack_history: int = 100_000
     tls_cert_file: str = ""  # PEM certificate chain for grpc+tls:// locations
     tls_key_file: str = ""  # its PEM private key
@@ -114,7 +115,8 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    principals_file: str = ""  # TOML file of principals (auth.py); "" = every call anonymous, as before
+    principals_file: str = ""  # TOML file of principals (auth.py); "" = every call is anonymous
+    allow_anonymous: bool = False  # without principals, listening beyond loopback needs this to be true
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,20 @@ class Settings:
         }
         data["storage"]["endpoint"] = without_password(self.storage.endpoint)
         return data
+
+
+def local_only(location: str) -> bool:
+    """Whether a server location takes connections from this machine only (loopback or a unix socket)."""
+    scheme, _, rest = location.partition("://")
+    if scheme == "grpc+unix":
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # 0.0.0.0 and :: are addresses (not loopback); other names may resolve anywhere
+        return False
 
 
 def without_password(url: str) -> str:
@@ -364,6 +380,12 @@ def _check(s: Settings) -> None:
     if not 0 < s.metrics.ready_max_queue <= 1:
         raise ConfigError(f"metrics.ready_max_queue must be in (0, 1], got {s.metrics.ready_max_queue!r}")
     positive("metrics.ready_max_error_s", s.metrics.ready_max_error_s)
+    if not s.auth.principals_file and not s.auth.allow_anonymous and not local_only(s.server.location):
+        raise ConfigError(
+            f"server.location {s.server.location} takes connections from other machines and no "
+            "auth.principals_file is set: anyone who reaches it could write any dataset. Set auth.principals_file, "
+            "or auth.allow_anonymous = true to allow that, or listen on 127.0.0.1"
+        )
     if s.auth.principals_file and not os.path.isfile(s.auth.principals_file):
         raise ConfigError(f"auth.principals_file: no such file {s.auth.principals_file!r}")
     if s.log.level.upper() not in LOG_LEVELS:

@@ -183,3 +183,40 @@ def test_key_like_options_and_endpoint_passwords_are_masked():
 
     status = Storage(opendal.Operator("memory"), "s3", "", s.storage).describe()  # what `status` shows
     assert status["endpoint"] == "https://user:***@minio.example:9000/x"
+
+
+@pytest.mark.parametrize(
+    ("location", "local"),
+    [
+        ("grpc://127.0.0.1:8815", True),
+        ("grpc+tcp://localhost:1", True),
+        ("grpc://[::1]:1", True),
+        ("grpc+unix:///tmp/fw.sock", True),
+        ("grpc://0.0.0.0:8815", False),
+        ("grpc://[::]:8815", False),
+        ("grpc://10.1.2.3:8815", False),
+        ("grpc://ingest.example:8815", False),
+    ],
+)
+def test_listening_beyond_loopback_needs_principals_or_allow_anonymous(tmp_path, location, local):
+    from flight_writer.config import build_settings, local_only
+
+    assert local_only(location) is local
+    if local:
+        build_settings({"server": {"location": location}})
+        return
+    with pytest.raises(ConfigError, match=r"takes connections from other machines and no auth\.principals_file"):
+        build_settings({"server": {"location": location}})
+    build_settings({"server": {"location": location}, "auth": {"allow_anonymous": True}})
+    principals = tmp_path / "p.toml"
+    principals.write_text("")
+    build_settings({"server": {"location": location}, "auth": {"principals_file": str(principals)}})
+
+
+def test_make_serve_listens_on_loopback_and_serve_refuses_0000_without_auth():
+    """make serve used to listen on 0.0.0.0 with no authentication at all."""
+    from flight_writer.config import local_only
+
+    assert local_only(load_settings(REPO / "configs" / "settings.toml").server.location)
+    done = run_cli("serve", env={"FLIGHT_WRITER_SERVER__LOCATION": "grpc://0.0.0.0:0"})  # refused before listening
+    assert done.returncode == 2 and "auth.allow_anonymous = true" in done.stderr
