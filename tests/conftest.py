@@ -115,6 +115,27 @@ def put(
     return replies
 
 
+def send(
+    client: flight.FlightClient,
+    descriptor: flight.FlightDescriptor,
+    batch: pa.RecordBatch,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    metadata: bytes | None = None,
+) -> None:
+    """One batch in a stream, replies drained: for calls expected to fail (the error comes with a reply or
+    at the close) or whose replies do not matter."""
+    options = flight.FlightCallOptions(headers=headers or [])
+    writer, reader = client.do_put(descriptor, batch.schema, options=options)
+    if metadata is None:
+        writer.write_batch(batch)
+    else:
+        writer.write_with_metadata(batch, pa.py_buffer(metadata))
+    writer.done_writing()
+    while reader.read() is not None:
+        pass
+    writer.close()
+
+
 def action(client: flight.FlightClient, name: str, body: Any = None) -> dict[str, Any]:
     raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
     results = list(client.do_action(flight.Action(name, raw)))

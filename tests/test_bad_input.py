@@ -6,22 +6,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import action, parquet_files, put
+from conftest import action, parquet_files, put, send
 
 GOOD = pa.record_batch({"i": pa.array([1, 2, 3], pa.int64())})
-
-
-def send(
-    client: flight.FlightClient,
-    descriptor: flight.FlightDescriptor,
-    batch: pa.RecordBatch,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    writer, reader = client.do_put(descriptor, batch.schema, options=flight.FlightCallOptions(headers=headers or []))
-    writer.write_batch(batch)
-    writer.done_writing()
-    reader.read()
-    writer.close()
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from flight_writer import Service, flightsql
 
-from conftest import action, put, read_dataset, running
+from conftest import action, put, read_dataset, running, send
 
 KEEP = [pa.record_batch({"i": pa.array(range(k * 100, k * 100 + 100), pa.int64())}) for k in range(3)]
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -69,16 +69,8 @@ def test_do_put_paths_metadata_and_headers(server, path, metadata, ack):
     _, c = server
     headers = [] if ack is None else [(b"x-flight-writer-ack", ack.encode("utf-8", "surrogatepass"))]
 
-    def call() -> None:
-        descriptor = flight.FlightDescriptor.for_path(*[p.encode("utf-8", "surrogatepass") for p in path])
-        writer, reader = c.do_put(descriptor, KEEP[0].schema, options=flight.FlightCallOptions(headers=headers))
-        writer.write_with_metadata(KEEP[0], pa.py_buffer(metadata))
-        writer.done_writing()
-        while reader.read() is not None:
-            pass
-        writer.close()
-
-    survives(c, call)
+    descriptor = flight.FlightDescriptor.for_path(*[p.encode("utf-8", "surrogatepass") for p in path])
+    survives(c, lambda: send(c, descriptor, KEEP[0], headers, metadata))
 
 
 @EXAMPLES
@@ -92,15 +84,7 @@ def test_do_put_schemas(server, fields):
     except (pa.ArrowException, ValueError, TypeError):
         assume(False)
 
-    def call() -> None:
-        writer, reader = c.do_put(flight.FlightDescriptor.for_path("fuzz-schemas"), schema)
-        writer.write_batch(batch)
-        writer.done_writing()
-        while reader.read() is not None:
-            pass
-        writer.close()
-
-    survives(c, call)
+    survives(c, lambda: send(c, flight.FlightDescriptor.for_path("fuzz-schemas"), batch))
 
 
 @EXAMPLES
@@ -144,11 +128,6 @@ def test_flight_sql_commands(server, command, door):
         elif door == "get":
             c.do_get(flight.Ticket(command)).read_all()
         else:
-            writer, reader = c.do_put(flight.FlightDescriptor.for_command(command), KEEP[0].schema)
-            writer.write_batch(KEEP[0])
-            writer.done_writing()
-            while reader.read() is not None:
-                pass
-            writer.close()
+            send(c, flight.FlightDescriptor.for_command(command), KEEP[0])
 
     survives(c, call)

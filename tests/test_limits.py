@@ -8,18 +8,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import action, put, read_dataset, running
+from conftest import action, put, read_dataset, running, send
 
 GOOD = pa.record_batch({"i": pa.array(range(10), pa.int64())})
-
-
-def stream(client: flight.FlightClient, dataset: str, batch: pa.RecordBatch) -> None:
-    """One batch in a stream, for a refusal: the error comes with the first reply or at the close."""
-    writer, reader = client.do_put(flight.FlightDescriptor.for_path(dataset), batch.schema)
-    writer.write_batch(batch)
-    writer.done_writing()
-    reader.read()
-    writer.close()
 
 
 def test_too_many_columns_or_too_deep_a_schema_is_refused_at_stream_start(data_root):
@@ -28,9 +19,9 @@ def test_too_many_columns_or_too_deep_a_schema_is_refused_at_stream_start(data_r
     deep = pa.record_batch({"d": pa.array([[[[1]]]], deep_type)})
     with running(data_root, server={"max_columns": "5", "max_nesting": "3"}) as svc, flight.connect(svc.location) as c:
         with pytest.raises(flight.FlightServerError, match=r"6 fields .*server\.max_columns is 5"):
-            stream(c, "wide", wide)
+            send(c, flight.FlightDescriptor.for_path("wide"), wide)
         with pytest.raises(flight.FlightServerError, match=r"nests 4 levels deep; server\.max_nesting is 3"):
-            stream(c, "deep", deep)
+            send(c, flight.FlightDescriptor.for_path("deep"), deep)
         put(c, "fine", [GOOD])
         action(c, "flush")
         assert action(c, "status")["received_seq"] == 1
@@ -62,7 +53,7 @@ def test_streams_beyond_max_streams_are_refused_until_one_closes(data_root):
             assert reader.read() is not None  # the stream is open and served
             open_streams.append(writer)
         with pytest.raises(flight.FlightUnavailableError, match=r"2 streams are open.*server\.max_streams"):
-            stream(c, "many", GOOD)
+            send(c, flight.FlightDescriptor.for_path("many"), GOOD)
         open_streams.pop().close()
         put(c, "many", [GOOD])  # room again
         for writer in open_streams:
