@@ -30,7 +30,9 @@ import secrets
 import threading
 import tomllib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pyarrow.flight as flight
 from loguru import logger
@@ -175,23 +177,23 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):
         if scheme.lower() == "bearer" and (principal := self._auth.bearer(credentials.strip())) is not None:
             return AuthMiddleware(principal)
         refuse(info, "?", "no valid credentials" if value else "no credentials")
-        raise AssertionError("unreachable")
 
 
-def refuse(info: flight.CallInfo, who: str, why: str) -> None:
+def refuse(info: flight.CallInfo, who: str, why: str) -> NoReturn:
     logger.warning("refused {} from {}: {}", info.method.name, who, why)
     raise flight.FlightUnauthenticatedError(
         f"{why}: send 'authorization: Bearer <secret>' or log in with Basic username/password"
     )
 
 
-def authorize(context: flight.ServerCallContext, right: str, allowed: bool | None) -> None:
-    """Raise ``FlightUnauthorizedError`` naming ``right`` unless ``allowed`` (None: authentication is off)."""
-    if allowed is None or allowed:
+def authorize(context: flight.ServerCallContext, right: str, allowed: Callable[[Principal], bool]) -> None:
+    """Raise ``FlightUnauthorizedError`` naming ``right`` unless the call's principal is ``allowed`` (every
+    call is allowed when authentication is off)."""
+    who = principal_of(context)
+    if who is None or allowed(who):
         return
-    name = context.get_middleware("auth").principal.name
-    logger.warning("refused: principal {!r} may not {}", name, right)
-    raise flight.FlightUnauthorizedError(f"principal {name!r} may not {right}")
+    logger.warning("refused: principal {!r} may not {}", who.name, right)
+    raise flight.FlightUnauthorizedError(f"principal {who.name!r} may not {right}")
 
 
 def principal_of(context: flight.ServerCallContext) -> Principal | None:

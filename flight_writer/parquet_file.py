@@ -132,7 +132,7 @@ class Encoder:
         storage.write(path, self._bytes, PARQUET_TYPE)
 
     def discard(self) -> None:
-        """Give the file up (a failed stream): close what is open and remove the local file."""
+        """Give the file up (its encoding failed): close what is open and remove the local file."""
         with contextlib.suppress(Exception):
             self._writer.close()
         if self._sink is not None:

@@ -241,8 +241,7 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path([p.decode("utf-8", "replace") for p in descriptor.path])
         except ValueError as exc:
             raise flight.FlightServerError(str(exc)) from None
-        who = principal_of(context)
-        authorize(context, f"write dataset {dataset!r}", None if who is None else who.may_write(dataset))
+        authorize(context, f"write dataset {dataset!r}", lambda who: who.may_write(dataset))
         durable = level is not None and level.level == "durable"
         seqs, _ = self._ingest(dataset, reader, writer, keep_seqs=durable)
         if durable:
@@ -384,10 +383,9 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path(cmd.path)
         except ValueError as exc:
             raise flight.FlightServerError(f"table {'.'.join(cmd.path)!r}: {exc}") from None
-        who = principal_of(context)
-        authorize(context, f"write dataset {dataset!r}", None if who is None else who.may_write(dataset))
+        authorize(context, f"write dataset {dataset!r}", lambda who: who.may_write(dataset))
         if cmd.if_exists == "replace":
-            authorize(context, "replace data (Flight SQL ingest mode replace)", None if who is None else who.replace)
+            authorize(context, "replace data (Flight SQL ingest mode replace)", lambda who: who.replace)
         self._writer.flush(dataset)  # buffered data of this dataset counts as existing
         existing = self._datasets.objects(dataset)
         if existing and cmd.if_exists == "fail":
@@ -470,8 +468,7 @@ class FlightWriterServer(flight.FlightServerBase):
                 f"{action.type}: action body of {action.body.size} bytes is over the limit of {MAX_ACTION_BODY}"
             )
         if action.type != "CloseSession":
-            who = principal_of(context)
-            authorize(context, f"call action {action.type!r}", None if who is None else action.type in who.actions)
+            authorize(context, f"call action {action.type!r}", lambda who: action.type in who.actions)
         body = action.body.to_pybytes() if action.body is not None else b""
         try:
             result = entry[1](body)
