@@ -16,6 +16,7 @@ import time
 
 from loguru import logger
 
+from flight_writer import console
 from flight_writer.config import ConfigError, load_settings
 from flight_writer.log import configure_logging
 from flight_writer.service import Service
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--location", default="grpc://127.0.0.1:8815")
     check.add_argument("--tls-ca", help="PEM file of the CA that signed a grpc+tls:// server's certificate")
     sub.add_parser("hash-secret", help="read a secret from stdin, print its hash for auth.principals_file")
+    console.add_commands(sub)  # status, top, send: commands for people at a terminal
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):
+        return args.run(args)
     if args.command == "hash-secret":
         return _hash_secret()
     if args.command == "check":
