@@ -8,6 +8,7 @@ everything (as before). With one, every call needs credentials:
     datasets = ["team-a/*"]         # glob patterns of the datasets it may write (* matches / too)
     actions = ["ack", "status"]     # the actions it may call (CloseSession always)
     replace = false                 # Flight SQL ingest with mode "replace" (deletes a dataset's data)
+    max_streams = 20                # do_put streams open at once (default server.max_streams_per_principal)
 
 Credentials: ``authorization: Bearer <secret>`` on any call, or Flight's Basic handshake
 (``authorization: Basic base64(name:secret)``, what ADBC's ``username``/``password`` options send), which
@@ -59,6 +60,7 @@ class Principal:
     datasets: tuple[str, ...]
     actions: frozenset[str]
     replace: bool
+    max_streams: int | None = None  # do_put streams open at once; None: server.max_streams_per_principal
 
     def may_write(self, dataset: str) -> bool:
         return any(fnmatch.fnmatchcase(dataset, pattern) for pattern in self.datasets)
@@ -87,11 +89,14 @@ def load_principals(path: str) -> dict[str, Principal]:
             raise AuthError(f"{where}: datasets and actions must be lists of strings")
         if not isinstance(p.get("replace", False), bool):
             raise AuthError(f"{where}: replace must be true or false")
-        unknown = set(p) - {"secret", "datasets", "actions", "replace"}
+        streams = p.get("max_streams")
+        if streams is not None and (type(streams) is not int or streams < 1):
+            raise AuthError(f"{where}: max_streams must be a positive integer")
+        unknown = set(p) - {"secret", "datasets", "actions", "replace", "max_streams"}
         if unknown:
             raise AuthError(f"{where}: unknown keys {sorted(unknown)}")
         principals[name] = Principal(
-            name, p["secret"], tuple(lists["datasets"]), frozenset(lists["actions"]), p.get("replace", False)
+            name, p["secret"], tuple(lists["datasets"]), frozenset(lists["actions"]), p.get("replace", False), streams
         )
     return principals
 

@@ -53,6 +53,8 @@ class ServerSettings:
     tls_key_file: str = ""  # its PEM private key
     tls_client_ca_file: str = ""  # PEM CA bundle: when set, clients must present a certificate it signed (mTLS)
     max_streams: int = 1000  # do_put calls open at once; each holds a server thread
+    max_streams_per_principal: int = 100  # ... of them by one principal (with auth; a principal may set its own)
+    max_batch_bytes: int = 256 * MiB  # Arrow bytes of one record batch
     max_columns: int = 10_000  # fields in a stream's schema, nested ones included
     max_nesting: int = 32  # levels of nested types in a stream's schema
     max_metadata_bytes: int = 65_536  # a batch's app_metadata ({"id": ...})
@@ -81,6 +83,7 @@ class WriterSettings:
     compression: str = "zstd"
     compression_level: int = 0
     threads: int = 2
+    max_open_buffers: int = 1000  # (dataset, schema, hour) buffers filling at once; more: the oldest is sealed
     retry_initial_delay: float = 0.2
     retry_max_delay: float = 30.0
 
@@ -328,7 +331,14 @@ def _check(s: Settings) -> None:
     if not s.server.location.startswith(("grpc://", "grpc+tcp://", "grpc+tls://", "grpc+unix://")):
         raise ConfigError(f"server.location must be a grpc:// URI, got {s.server.location!r}")
     positive("server.ack_history", s.server.ack_history)
-    for key in ("max_streams", "max_columns", "max_nesting", "max_metadata_bytes"):
+    for key in (
+        "max_streams",
+        "max_streams_per_principal",
+        "max_batch_bytes",
+        "max_columns",
+        "max_nesting",
+        "max_metadata_bytes",
+    ):
         positive(f"server.{key}", getattr(s.server, key))
     tls = s.server.location.startswith("grpc+tls://")
     if tls and not (s.server.tls_cert_file and s.server.tls_key_file):
@@ -359,6 +369,7 @@ def _check(s: Settings) -> None:
         "row_group_bytes",
         "flush_interval",
         "threads",
+        "max_open_buffers",
         "retry_initial_delay",
         "retry_max_delay",
     ):

@@ -184,6 +184,7 @@ class FlightWriterServer(flight.FlightServerBase):
         self._flight_sql = flight_sql or FlightSqlSettings()
         self._limits = limits or ServerSettings()
         self._streams = 0  # do_put calls open now (metrics)
+        self._streams_of: dict[str, int] = {}  # ... by principal, with auth
         self._streams_lock = threading.Lock()
         self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any]]]] = {
             "ack": ('Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms"', self._ack),
@@ -206,17 +207,31 @@ class FlightWriterServer(flight.FlightServerBase):
         reader: flight.MetadataRecordBatchReader,
         writer: flight.FlightMetadataWriter,
     ) -> None:
+        who = principal_of(context)
+        name = who.name if who is not None else None
+        limit = self._limits.max_streams_per_principal if who is None or who.max_streams is None else who.max_streams
         with self._streams_lock:
             if self._streams >= self._limits.max_streams:
                 raise flight.FlightUnavailableError(
                     f"{self._streams} streams are open, the most this server takes (server.max_streams); retry later"
                 )
+            if who is not None and self._streams_of.get(name, 0) >= limit:
+                raise flight.FlightUnavailableError(
+                    f"principal {name!r} has {limit} streams open, the most it may (its max_streams or "
+                    "server.max_streams_per_principal); retry later"
+                )
             self._streams += 1
+            if who is not None:
+                self._streams_of[name] = self._streams_of.get(name, 0) + 1
         try:
             self._put(context, descriptor, reader, writer)
         finally:
             with self._streams_lock:
                 self._streams -= 1
+                if who is not None:
+                    self._streams_of[name] -= 1
+                    if not self._streams_of[name]:
+                        del self._streams_of[name]
 
     @property
     def active_streams(self) -> int:
@@ -266,7 +281,7 @@ class FlightWriterServer(flight.FlightServerBase):
         schema = reader.schema
         if (problem := self._schema_problem(schema) or parquet_problem(schema)) is not None:
             raise flight.FlightServerError(problem)
-        max_metadata = self._limits.max_metadata_bytes
+        max_metadata, max_batch = self._limits.max_metadata_bytes, self._limits.max_batch_bytes
         schema_key = schema.serialize().to_pybytes()
         put, timeout, logged = self._queue.put, self._put_timeout, self._queue.logged
         reply = writer.write if writer is not None else None
@@ -282,14 +297,20 @@ class FlightWriterServer(flight.FlightServerBase):
                     continue
                 meta = chunk.app_metadata
                 client_id = None
+                problem = None
+                if meta is not None and meta.size > max_metadata:
+                    problem = f"app_metadata of {meta.size} bytes is over server.max_metadata_bytes ({max_metadata})"
+                elif (nbytes := batch.nbytes) > max_batch:
+                    problem = (
+                        f"a record batch of {nbytes} Arrow bytes ({batch.num_rows} rows) is over "
+                        f"server.max_batch_bytes ({max_batch}): send smaller batches"
+                    )
+                if problem is not None:
+                    if replies is not None:
+                        with contextlib.suppress(QueueWriteError):
+                            replies.finish()  # what was taken is answered before the error
+                    raise flight.FlightServerError(problem)
                 if meta is not None and meta.size:
-                    if meta.size > max_metadata:
-                        if replies is not None:
-                            with contextlib.suppress(QueueWriteError):
-                                replies.finish()  # what was taken is answered before the error
-                        raise flight.FlightServerError(
-                            f"app_metadata of {meta.size} bytes is over server.max_metadata_bytes ({max_metadata})"
-                        )
                     client_id = _client_id(meta)
                 try:
                     seq, duplicate = put(dataset, schema_key, batch, timeout, client_id, wait=False)
@@ -442,6 +463,28 @@ class FlightWriterServer(flight.FlightServerBase):
         raise NotImplementedError(
             "do_get: this server stores data, it does not serve reads; read the Parquet files from storage"
         )
+
+    # UNIMPLEMENTED answers come from raising NotImplementedError: no Flight error class maps to that gRPC
+    # code, and pyarrow appends the Python traceback (these few frames) to the message. The right code
+    # matters more (ADBC turns it into NotSupportedError); the messages say what to use instead.
+    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> None:
+        raise NotImplementedError(
+            "list_flights is not supported: list datasets with Flight SQL GetTables (ADBC adbc_get_objects)"
+        )
+
+    def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> None:
+        raise NotImplementedError(
+            "get_schema is not supported: a dataset's schema is in Flight SQL GetTables (include_schema)"
+        )
+
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        raise NotImplementedError("do_exchange is not supported: send data with do_put")
 
     @staticmethod
     def _sql_command(data: bytes) -> tuple[str, bytes]:

@@ -7,8 +7,10 @@ Each buffer feeds one ``ParquetFile``: every ``row_group_rows`` rows or ``row_gr
 buffer's new batches go to the file as a row group, which ``threads`` pool workers encode while the buffer
 goes on filling (see parquet_file.py). A buffer is sealed when it reaches ``max_file_bytes`` (Arrow bytes)
 or ``max_file_rows``, when its oldest batch is ``flush_interval`` seconds old, on ``flush``, and on close;
-and when all buffers together hold more than ``buffer_limit`` bytes (half of ``queue.max_bytes``), the
-largest is sealed early, so a full queue always drains without waiting for ``flush_interval``. A sealed
+when a new buffer would make more than ``max_open_buffers``, the oldest is sealed (a bound on the state
+kept per buffer, whatever number of datasets producers name); and when all buffers together hold more
+than ``buffer_limit`` bytes (half of ``queue.max_bytes``), the largest is sealed early, so a full queue
+always drains without waiting for ``flush_interval``. A sealed
 file is stored under one name, with retries and backoff: a retry after an ambiguous failure overwrites the
 same object rather than adding a second copy.
 
@@ -91,6 +93,8 @@ class Writer:
         self.bytes_written = 0
         self.batches_failed = 0
         self.retries = 0
+        self.sealed_early = 0  # buffers written before they were due: writer.max_open_buffers
+        self._warned_at = -3600.0
         self.last_error: str | None = None
         self.error_since: float | None = None
         #: called with (rows, bytes, encode seconds, upload seconds) after each file is stored
@@ -209,6 +213,8 @@ class Writer:
             key = (e.dataset, e.schema_key, hour)
             buf = self._buffers.get(key)
             if buf is None:
+                if len(self._buffers) >= s.max_open_buffers:
+                    self._seal_oldest()
                 buf = self._buffers[key] = _Buffer(ParquetFile(self._files, e.dataset, hour, e.seq), e.received_at)
             rows = e.batch.num_rows
             buf.fresh.append(e)
@@ -226,6 +232,23 @@ class Writer:
                 # producers would soon wait on a full queue for data that only age would write out
                 largest = max(self._buffers, key=lambda k: self._buffers[k].nbytes)
                 self._submit(self._buffers.pop(largest))
+
+    def _seal_oldest(self) -> None:
+        """One buffer too many (``max_open_buffers``: each costs memory and a file): the one that started
+        first is written now, as if its ``flush_interval`` had passed."""
+        key = min(self._buffers, key=lambda k: self._buffers[k].oldest)
+        self.sealed_early += 1
+        now = time.monotonic()
+        if now - self._warned_at > 60:
+            self._warned_at = now
+            logger.warning(
+                "{} buffers are filling, writer.max_open_buffers: writing {!r} early (smaller files); "
+                "{} sealed early so far",
+                len(self._buffers),
+                key[0],
+                self.sealed_early,
+            )
+        self._submit(self._buffers.pop(key))
 
     def _seal(self, predicate: Callable[[_Buffer], bool]) -> None:
         for key in [k for k, b in self._buffers.items() if predicate(b)]:
@@ -309,6 +332,8 @@ class Writer:
                 "bytes_written": self.bytes_written,
                 "batches_failed": self.batches_failed,
                 "retries": self.retries,
+                "open_buffers": len(self._buffers),
+                "buffers_sealed_early": self.sealed_early,
                 "last_error": self.last_error,
                 "error_for_s": None if self.error_since is None else round(time.time() - self.error_since, 3),
             }

@@ -13,7 +13,7 @@ from test_tls import pki, tls_server  # noqa: F401 - pki is a fixture
 
 from flight_writer.auth import hash_secret
 
-from conftest import REPO, action, put, read_dataset, running
+from conftest import REPO, action, put, read_dataset, running, send
 
 TEAM_A = "team-a-secret-0123456789"
 ADMIN = "admin-secret-0123456789ab"
@@ -82,6 +82,26 @@ def test_bearer_and_basic_login_with_rights_per_dataset_and_action(data_root, pr
     assert not (data_root / "team-b").exists()
 
 
+def test_streams_per_principal_are_limited_without_limiting_the_others(data_root, principals):
+    text = principals.read_text().replace('actions = ["status", "ack"]', 'actions = ["status", "ack"]\nmax_streams = 1')
+    principals.write_text(text)
+    descriptor = flight.FlightDescriptor.for_path("team-a", "s")
+    team_a = [(b"authorization", f"Bearer {TEAM_A}".encode())]
+    admin = [(b"authorization", f"Bearer {ADMIN}".encode())]
+    with running(data_root, auth={"principals_file": str(principals)}) as svc, flight.connect(svc.location) as c:
+        writer, reader = c.do_put(descriptor, BATCH.schema, flight.FlightCallOptions(headers=team_a))
+        writer.write_batch(BATCH)
+        assert reader.read() is not None  # one stream open and served
+        with pytest.raises(flight.FlightUnavailableError, match="principal 'team-a' has 1 streams open"):
+            send(c, descriptor, BATCH, headers=team_a)
+        send(c, flight.FlightDescriptor.for_path("admin-data"), BATCH, headers=admin)  # others go on
+        writer.close()
+        send(c, descriptor, BATCH, headers=team_a)  # room again
+        list(c.do_action(flight.Action("flush", b""), flight.FlightCallOptions(headers=admin)))
+    assert read_dataset(data_root, "team-a/s").num_rows == 20
+    assert read_dataset(data_root, "admin-data").num_rows == 10
+
+
 def test_adbc_logs_in_with_username_and_password_over_tls(data_root, principals, pki):  # noqa: F811
     import adbc_driver_flightsql.dbapi as flightsql
 
@@ -100,6 +120,10 @@ def test_adbc_logs_in_with_username_and_password_over_tls(data_root, principals,
             assert cur.adbc_ingest("spans", pa.table({"a": [1, 2]}), mode="create", db_schema_name="team-a") == 2
             with pytest.raises(Exception, match="may not replace data"):
                 cur.adbc_ingest("spans", pa.table({"a": [3]}), mode="replace", db_schema_name="team-a")
+            empty = pa.table({"a": pa.array([], pa.int64())})  # a replace with no rows would delete it all
+            with pytest.raises(Exception):  # noqa: B017 - the Go driver words it "Stream finished before ..."
+                cur.adbc_ingest("spans", empty, mode="replace", db_schema_name="team-a")
+            assert read_dataset(data_root, "team-a/spans").column("a").to_pylist() == [1, 2]
         with (  # a new cursor: ADBC keeps a cursor's db_schema_name from its last ingest
             connect("team-a", TEAM_A) as conn,
             conn.cursor() as cur,

@@ -54,6 +54,18 @@ def test_flight_sql_command_other_than_ingest_is_unimplemented(client):
         send(client, flight.FlightDescriptor.for_command(query), GOOD)
 
 
+def test_flight_methods_the_server_does_not_offer_say_what_to_use_instead(client):
+    descriptor = flight.FlightDescriptor.for_path("x")
+    with pytest.raises(pa.ArrowNotImplementedError, match=r"^list_flights is not supported: list datasets with"):
+        list(client.list_flights())
+    with pytest.raises(pa.ArrowNotImplementedError, match=r"^get_schema is not supported: .* GetTables"):
+        client.get_schema(descriptor)
+    with pytest.raises(pa.ArrowNotImplementedError, match=r"^do_exchange is not supported: send data with do_put"):
+        _, reader = client.do_exchange(descriptor)
+        reader.read_all()
+    put(client, "still-serving", [GOOD])
+
+
 def test_union_column_is_refused_naming_the_column(client):
     union = pa.UnionArray.from_sparse(pa.array([0, 1], pa.int8()), [pa.array([1, 2]), pa.array(["a", "b"])])
     batch = pa.record_batch({"ok": pa.array([1, 2]), "u": union})

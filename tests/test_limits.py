@@ -60,3 +60,35 @@ def test_streams_beyond_max_streams_are_refused_until_one_closes(data_root):
             writer.close()
         action(c, "flush")
     assert read_dataset(data_root, "many").num_rows == 30
+
+
+def test_a_batch_over_max_batch_bytes_ends_the_stream_after_answering_what_was_taken(data_root):
+    big = pa.record_batch({"i": pa.array(range(1000), pa.int64())})  # 8,000 bytes
+    with running(data_root, server={"max_batch_bytes": "1000"}) as svc, flight.connect(svc.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("sized"), GOOD.schema)
+        writer.write_batch(GOOD)
+        assert json.loads(reader.read().to_pybytes())["seq"] == 1
+        writer.write_batch(big)
+        message = r"a record batch of 8000 Arrow bytes \(1000 rows\) is over server\.max_batch_bytes \(1000\)"
+        with pytest.raises(flight.FlightServerError, match=message):
+            writer.done_writing()
+            reader.read()
+            writer.close()
+        put(c, "other", [GOOD])  # the server and other streams go on
+        action(c, "flush")
+        assert action(c, "status")["received_seq"] == 2
+    assert read_dataset(data_root, "sized").num_rows == 10
+
+
+def test_one_buffer_beyond_max_open_buffers_writes_out_the_oldest(data_root):
+    writer_settings = {"max_open_buffers": "2", "flush_interval": "600"}
+    with running(data_root, writer=writer_settings) as svc, flight.connect(svc.location) as c:
+        for name in ("a", "b", "c"):
+            put(c, name, [GOOD])  # seqs 1, 2, 3: a third dataset's buffer seals the first one's
+        [first] = action(c, "ack", {"seq": 1, "wait_ms": 30_000})["acks"]
+        assert first["state"] == "durable"
+        [second] = action(c, "ack", {"seq": 2})["acks"]
+        assert second["state"] != "durable"  # b and c still fill, flush_interval is far away
+        status = action(c, "status")
+        assert status["open_buffers"] == 2 and status["buffers_sealed_early"] == 1
+    assert read_dataset(data_root, "a").num_rows == 10
