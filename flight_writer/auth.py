@@ -5,6 +5,7 @@ everything (as before). With one, every call needs credentials:
 
     [principals.team-a]
     secret = "scrypt$..."           # flight-writer hash-secret < secret.txt; never the secret itself
+                                    # (or a list of hashes: while a secret is rotated, either logs in)
     datasets = ["team-a/*"]         # glob patterns of the datasets it may write (* matches / too)
     actions = ["ack", "status"]     # the actions it may call (CloseSession always)
     replace = false                 # Flight SQL ingest with mode "replace" (deletes a dataset's data)
@@ -56,7 +57,7 @@ def secret_matches(secret: str, stored: str) -> bool:
 @dataclass(frozen=True)
 class Principal:
     name: str
-    secret_hash: str
+    secret_hashes: tuple[str, ...]  # any of them logs in: two while a secret is rotated
     datasets: tuple[str, ...]
     actions: frozenset[str]
     replace: bool
@@ -82,8 +83,14 @@ def load_principals(path: str) -> dict[str, Principal]:
     principals = {}
     for name, p in table.items():
         where = f"auth.principals_file {path!r}, principal {name!r}"
-        if not isinstance(p, dict) or not isinstance(p.get("secret"), str) or p["secret"].count("$") != 2:
-            raise AuthError(f"{where}: secret must be a hash from `flight-writer hash-secret`")
+        hashes = p.get("secret") if isinstance(p, dict) else None
+        hashes = [hashes] if isinstance(hashes, str) else hashes
+        if (
+            not isinstance(hashes, list)
+            or not hashes
+            or not all(isinstance(h, str) and h.count("$") == 2 for h in hashes)
+        ):
+            raise AuthError(f"{where}: secret must be a hash from `flight-writer hash-secret` (or a list of them)")
         lists = {key: p.get(key, []) for key in ("datasets", "actions")}
         if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists.values()):
             raise AuthError(f"{where}: datasets and actions must be lists of strings")
@@ -96,45 +103,61 @@ def load_principals(path: str) -> dict[str, Principal]:
         if unknown:
             raise AuthError(f"{where}: unknown keys {sorted(unknown)}")
         principals[name] = Principal(
-            name, p["secret"], tuple(lists["datasets"]), frozenset(lists["actions"]), p.get("replace", False), streams
+            name, tuple(hashes), tuple(lists["datasets"]), frozenset(lists["actions"]), p.get("replace", False), streams
         )
     return principals
 
 
 class Authenticator:
-    """Checks credentials; remembers session tokens and bearer secrets that passed."""
+    """Checks credentials; remembers session tokens and bearer secrets that passed.
+
+    ``reload(principals)`` swaps the principals in place (SIGHUP): a session or remembered bearer secret
+    counts only while its principal still has the secret hash it logged in with, and gets the principal's
+    rights as they are now. So removing a secret's hash ends every session made with it."""
 
     def __init__(self, principals: dict[str, Principal]) -> None:
         self._principals = principals
         self._key = os.urandom(32)
         self._lock = threading.Lock()
-        self._sessions: OrderedDict[str, Principal] = OrderedDict()
-        self._bearers: OrderedDict[bytes, Principal] = OrderedDict()
+        # session token / HMAC of a bearer secret -> (principal name, the hash its secret matched)
+        self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._bearers: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
 
-    def basic(self, name: str, secret: str) -> Principal | None:
+    def reload(self, principals: dict[str, Principal]) -> None:
+        self._principals = principals
+
+    def login(self, name: str, secret: str) -> tuple[Principal, str] | None:
+        """Basic credentials -> the principal and a new session token, or None."""
         principal = self._principals.get(name)
-        return principal if principal is not None and secret_matches(secret, principal.secret_hash) else None
+        stored = self._matching(secret, principal) if principal is not None else None
+        if principal is None or stored is None:
+            return None
+        token = secrets.token_urlsafe(32)
+        self._remember(self._sessions, token, (name, stored))
+        return principal, token
 
     def bearer(self, token: str) -> Principal | None:
         mac = hmac.new(self._key, token.encode(), hashlib.sha256).digest()
         with self._lock:
             known = self._sessions.get(token) or self._bearers.get(mac)
         if known is not None:
-            return known
+            principal = self._principals.get(known[0])
+            if principal is not None and known[1] in principal.secret_hashes:
+                return principal
         for principal in self._principals.values():  # scrypt each: only until the secret is remembered
-            if secret_matches(token, principal.secret_hash):
-                self._remember(self._bearers, mac, principal)
+            if (stored := self._matching(token, principal)) is not None:
+                self._remember(self._bearers, mac, (principal.name, stored))
                 return principal
         return None
 
-    def new_session(self, principal: Principal) -> str:
-        token = secrets.token_urlsafe(32)
-        self._remember(self._sessions, token, principal)
-        return token
+    @staticmethod
+    def _matching(secret: str, principal: Principal) -> str | None:
+        """The principal's stored hash that ``secret`` matches, or None."""
+        return next((h for h in principal.secret_hashes if secret_matches(secret, h)), None)
 
-    def _remember(self, table: OrderedDict, key: object, principal: Principal) -> None:
+    def _remember(self, table: OrderedDict, key: object, value: tuple[str, str]) -> None:
         with self._lock:
-            table[key] = principal
+            table[key] = value
             if len(table) > REMEMBERED:
                 table.popitem(last=False)
 
@@ -175,9 +198,8 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):
                 name, _, secret = base64.b64decode(padded, validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 name, secret = "", ""
-            principal = self._auth.basic(name, secret)
-            if principal is not None:
-                return AuthMiddleware(principal, self._auth.new_session(principal))
+            if (login := self._auth.login(name, secret)) is not None:
+                return AuthMiddleware(*login)
             refuse(info, f"principal {name!r}" if name else "?", "wrong username or password")
         if scheme.lower() == "bearer" and (principal := self._auth.bearer(credentials.strip())) is not None:
             return AuthMiddleware(principal)

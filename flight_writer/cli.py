@@ -1,6 +1,7 @@
-"""``flight-writer serve`` runs the service until SIGTERM/SIGINT; ``flight-writer check`` asks a running
-server for its status and exits 0 if it answers (1 otherwise); ``flight-writer hash-secret`` hashes a secret
-for ``auth.principals_file``."""
+"""``flight-writer serve`` runs the service until SIGTERM/SIGINT (SIGHUP reloads its settings);
+``flight-writer check`` asks a running server for its status and exits 0 if it answers (1 otherwise);
+``flight-writer hash-secret`` hashes a secret for ``auth.principals_file``; ``status``, ``top`` and ``send``
+are in console.py."""
 
 from __future__ import annotations
 
@@ -87,10 +88,27 @@ def _serve(config: str | None) -> int:
         while said:
             logger.info(said.pop(0))
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(0.5):
-        pass
+    wake = threading.Event()  # a signal came: the main thread has something to do
+    reload = threading.Event()
+
+    def on_hangup(signum: int, frame: object) -> None:
+        reload.set()
+        wake.set()
+
+    def on_stop(signum: int, frame: object) -> None:
+        on_signal(signum, frame)
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hangup)
+    while not stop.is_set():
+        wake.wait(0.5)
+        wake.clear()
+        log_said()
+        if reload.is_set() and not stop.is_set():
+            reload.clear()
+            _reload(service, config)
     log_said()
     # the stop runs beside the main thread, which stays in Python so that a later signal is handled (a
     # blocking server.shutdown() on the main thread deferred every handler until open streams closed)
@@ -101,6 +119,27 @@ def _serve(config: str | None) -> int:
         log_said()
     log_said()
     return 0
+
+
+def _reload(service: Service, config: str | None) -> None:
+    """SIGHUP: read the settings file and environment again; apply what can change live (Service.reload)."""
+    from flight_writer.auth import AuthError
+
+    try:
+        live, restart = service.reload(load_settings(config))
+    except (ConfigError, AuthError) as exc:
+        logger.error("SIGHUP: nothing changed: {}", exc)
+        return
+    if any(name.startswith("log.") for name in live):
+        configure_logging(service.settings.log)
+    for name in restart:
+        logger.warning("SIGHUP: {} changed but needs a restart: kept as it was", name)
+    principals = service.settings.auth.principals_file
+    logger.info(
+        "SIGHUP: settings reloaded{}; changed now: {}",
+        f", principals read again from {principals}" if principals else "",
+        ", ".join(live) or "nothing",
+    )
 
 
 def _tune_malloc(threads: int) -> None:

@@ -183,6 +183,7 @@ class FlightWriterServer(flight.FlightServerBase):
         self._datasets = Datasets(storage)
         self._flight_sql = flight_sql or FlightSqlSettings()
         self._limits = limits or ServerSettings()
+        self._auth = auth
         self._streams = 0  # do_put calls open now (metrics)
         self._streams_of: dict[str, int] = {}  # ... by principal, with auth
         self._streams_lock = threading.Lock()
@@ -198,6 +199,14 @@ class FlightWriterServer(flight.FlightServerBase):
             ),
             "CloseSession": ("Flight SQL session close (sessions hold nothing here)", lambda body: None),
         }
+
+    @property
+    def authenticator(self) -> Authenticator | None:
+        return self._auth
+
+    def update(self, limits: ServerSettings, flight_sql: FlightSqlSettings, put_timeout: float) -> None:
+        """New limits and Flight SQL settings (a live reload); calls already running keep what they read."""
+        self._limits, self._flight_sql, self._put_timeout = limits, flight_sql, put_timeout
 
     # -- do_put: two front doors, one ingest path -------------------------------------------------------
     def do_put(

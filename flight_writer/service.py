@@ -8,6 +8,7 @@ buffer, then close the queue. After a graceful stop every batch that got a PutRe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -144,6 +145,27 @@ class Service:
             self.metrics.close()
         return finished
 
+    def reload(self, new: Settings) -> tuple[list[str], list[str]]:
+        """Apply what can change while running (SIGHUP); returns (settings changed now, settings that
+        changed but need a restart, left as they were). The principals file is read again whether or not
+        its name changed (new secrets, rotated ones, changed rights). ``AuthError`` if it cannot be used:
+        nothing changes then. Logging is the caller's (``log.*`` are returned as changed)."""
+        before, after = _flat(self.settings), _flat(new)
+        changed = [name for name, value in after.items() if before[name] != value]
+        auth = self.server.authenticator
+        if auth is not None and new.auth.principals_file:  # another file, while auth stays on: live too
+            live_names = (*LIVE, "auth.principals_file")
+            auth.reload(load_principals(new.auth.principals_file))  # raises before anything changed
+        else:
+            live_names = LIVE
+        live = [n for n in changed if n.startswith(live_names) and n not in NOT_LIVE]
+        restart = [n for n in changed if n not in live]
+        kept = {name: before[name] for name in restart}  # these stay as they are
+        self.settings = _with(new, kept)
+        self.writer.update(self.settings.writer)
+        self.server.update(self.settings.server, self.settings.flight_sql, self.settings.queue.put_timeout)
+        return live, restart  # metrics.ready_* are read from self.settings at each /readyz
+
     def abort(self) -> None:
         """Stop retrying storage now; used by a second signal."""
         if self._state in ("opened", "closing"):
@@ -193,6 +215,39 @@ class Service:
             "storage": self.storage.describe(),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
         }
+
+
+# settings that can change without a restart (Service.reload); a prefix matches a whole section
+LIVE = (
+    "log.",
+    "writer.",
+    "server.max_",
+    "queue.put_timeout",
+    "flight_sql.",
+    "metrics.ready_",
+)
+NOT_LIVE = ("writer.threads",)  # the pool is not rebuilt
+
+
+def _flat(settings: Settings) -> dict[str, Any]:
+    """``{"section.key": value}`` of every setting (storage options as one value)."""
+    return {
+        f"{section.name}.{f.name}": getattr(getattr(settings, section.name), f.name)
+        for section in dataclasses.fields(settings)
+        for f in dataclasses.fields(getattr(settings, section.name))
+    }
+
+
+def _with(settings: Settings, values: dict[str, Any]) -> Settings:
+    """``settings`` with some ``section.key`` values replaced."""
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        section, key = name.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+    return dataclasses.replace(
+        settings,
+        **{name: dataclasses.replace(getattr(settings, name), **keys) for name, keys in sections.items()},
+    )
 
 
 def _tls_options(s: Settings) -> dict[str, Any]:

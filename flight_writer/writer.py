@@ -19,6 +19,7 @@ Only after storage confirmed the object are its seqs marked durable and their qu
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -117,6 +118,12 @@ class Writer:
             self._thread.join()
         self._executor.shutdown(wait=True)
         return finished
+
+    def update(self, settings: WriterSettings) -> None:
+        """New settings (a live reload): files started from now on use them, files already filling keep
+        theirs. ``threads`` stays as it is (the pool is not rebuilt)."""
+        self._settings = settings
+        self._files = dataclasses.replace(self._files, settings=settings)
 
     def abort(self) -> None:
         """Stop retrying now (a second signal): un-durable data is left as it is."""
