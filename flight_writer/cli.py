@@ -118,6 +118,11 @@ def _serve(config: str | None) -> int:
         stopping.join(0.2)
         log_said()
     log_said()
+    if service.calls_open:  # streams still open at server.shutdown_timeout: everything answered is written
+        logger.info("exiting: ending the streams still open")
+        logger.complete()
+        sys.stderr.flush()
+        os._exit(0)  # interpreter shutdown would wait for the calls pyarrow cannot end
     return 0
 
 

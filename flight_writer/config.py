@@ -52,6 +52,7 @@ class ServerSettings:
     tls_cert_file: str = ""  # PEM certificate chain for grpc+tls:// locations
     tls_key_file: str = ""  # its PEM private key
     tls_client_ca_file: str = ""  # PEM CA bundle: when set, clients must present a certificate it signed (mTLS)
+    shutdown_timeout: float = 20.0  # seconds a stop waits for open calls before it ends them
     max_streams: int = 1000  # do_put calls open at once; each holds a server thread
     max_streams_per_principal: int = 100  # ... of them by one principal (with auth; a principal may set its own)
     max_batch_bytes: int = 256 * MiB  # Arrow bytes of one record batch
@@ -359,6 +360,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             f"queue.compression must be one of {', '.join(WAL_COMPRESSIONS)}, got {s.queue.compression!r}"
         )
+    if s.server.shutdown_timeout < 0:
+        raise ConfigError(f"server.shutdown_timeout must be >= 0, got {s.server.shutdown_timeout!r}")
     if s.queue.put_timeout < 0:
         raise ConfigError(f"queue.put_timeout must be >= 0, got {s.queue.put_timeout!r}")
     w = s.writer

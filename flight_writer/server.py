@@ -329,7 +329,12 @@ class FlightWriterServer(flight.FlightServerBase):
                             replies.finish()  # what was taken is answered before the error
                     if isinstance(exc, QueueWriteError):
                         raise  # worded below, with a failed fsync
-                    message = str(exc) if isinstance(exc, QueueFull) else "server is shutting down"
+                    message = (
+                        str(exc)
+                        if isinstance(exc, QueueFull)
+                        else "server is shutting down: the batches before this one were answered; send the "
+                        "rest again once it is back"
+                    )
                     raise flight.FlightUnavailableError(message) from None
                 if keep_seqs:
                     seqs.append(seq)

@@ -2,13 +2,15 @@
 
 ``Service(settings)`` builds every part from settings; ``Service(settings, queue=..., storage=...)``
 takes parts a library user made. ``start()`` opens in order storage -> writer -> server; ``stop()`` is
-the mirror image: stop taking calls and let in-flight ones finish, drain the queue and write every
-buffer, then close the queue. After a graceful stop every batch that got a PutResult is in Parquet.
+the mirror image: stop taking calls and let in-flight ones finish (for up to ``server.shutdown_timeout``
+seconds; then no stream may add a batch), drain the queue and write every buffer, then close the queue.
+After a graceful stop every batch that got a PutResult is in Parquet.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Any
 
@@ -45,6 +47,8 @@ class Service:
         self.writer: Writer
         self.server: FlightWriterServer
         self.metrics: Metrics | None = None
+        #: after stop(): calls were still open at server.shutdown_timeout (they end with the process)
+        self.calls_open = False
         self._started_at = 0.0
 
     @property
@@ -135,7 +139,20 @@ class Service:
             return True
         self._state = "closing"
         logger.info("stopping: finishing calls in flight")
-        self.server.shutdown()
+        calls = threading.Thread(target=self.server.shutdown, name="flight-writer-shutdown", daemon=True)
+        calls.start()
+        calls.join(self.settings.server.shutdown_timeout)
+        if calls.is_alive():
+            # pyarrow cannot end a call from the server's side: take no more batches (a stream that sends
+            # one is told the server is shutting down), write what was taken, and leave the calls to the
+            # process's exit (``calls_open``)
+            self.queue.refuse_puts()
+            logger.warning(
+                "stopping: {} streams still open after server.shutdown_timeout ({:g} s): taking no more batches",
+                self.server.active_streams,
+                self.settings.server.shutdown_timeout,
+            )
+            self.calls_open = True
         logger.info("stopping: writing {} pending batches", self.queue.stats()["pending_batches"])
         finished = self.writer.close(timeout)
         self.queue.close()

@@ -10,10 +10,12 @@ from collections import Counter
 
 import pyarrow as pa
 import pyarrow.flight as flight
+import pytest
 
 from flight_writer.cli import SAME_STOP
+from flight_writer.service import Service
 
-from conftest import action, read_dataset, write_config
+from conftest import action, read_dataset, settings_for, write_config
 
 ROWS = 100
 
@@ -142,3 +144,47 @@ def test_group_sigterm_through_make_serve_loses_nothing(tmp_path, server_process
         server.proc.wait(60)  # make re-raises the signal on itself once its child has exited
         assert "stopped: durable through seq 50" in server.log and "exiting now" not in server.log
         assert read_dataset(root, "make").column("x").to_pylist() == list(range(50_000)), f"round {round_}"
+
+
+def test_a_stop_ends_streams_still_open_at_shutdown_timeout_and_writes_what_was_answered(data_root):
+    svc = Service(settings_for(data_root, server={"shutdown_timeout": "0.5"})).start()
+    with flight.connect(svc.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("idle"), pa.schema([("x", pa.int64())]))
+        writer.write_batch(pa.record_batch({"x": range(10)}))
+        assert reader.read() is not None  # answered; the producer then holds the stream open, idle
+        stopping = threading.Thread(target=svc.stop)
+        stopping.start()
+        stopping.join(60)
+        assert not stopping.is_alive() and svc.calls_open
+        assert read_dataset(data_root, "idle").column("x").to_pylist() == list(range(10))
+        writer.write_batch(pa.record_batch({"x": [99]}))  # the stream is told, and the batch not taken
+        with pytest.raises(flight.FlightUnavailableError, match="server is shutting down: the batches before"):
+            reader.read()
+            writer.close()
+    assert read_dataset(data_root, "idle").num_rows == 10
+
+
+def test_group_sigterm_through_make_serve_with_an_idle_stream_stops_at_the_deadline(tmp_path, server_process):
+    root = tmp_path / "data"
+    env = {
+        "STORAGE_PATH": str(root),
+        "FLIGHT_WRITER_SERVER__LOCATION": "grpc://127.0.0.1:0",
+        "FLIGHT_WRITER_SERVER__SHUTDOWN_TIMEOUT": "1",
+        "FLIGHT_WRITER_WRITER__FLUSH_INTERVAL": "600",
+    }
+    server = server_process(None, env, cmd=["make", "--no-print-directory", "serve"])
+    c = flight.connect(server.location)
+    writer, reader = c.do_put(flight.FlightDescriptor.for_path("idle"), pa.schema([("x", pa.int64())]))
+    for k in range(5):
+        writer.write_batch(pa.record_batch({"x": range(k * 100, k * 100 + 100)}))
+        assert reader.read() is not None
+    os.killpg(server.proc.pid, signal.SIGTERM)  # the stream stays open: the stop must not wait for it
+    server.proc.wait(60)
+    log = server.log
+    assert "1 streams still open after server.shutdown_timeout (1 s)" in log and "exiting now" not in log
+    assert "stopped: durable through seq 5" in log
+    assert read_dataset(root, "idle").column("x").to_pylist() == list(range(500))
+    with pytest.raises((flight.FlightError, OSError)):  # the process is gone
+        writer.write_batch(pa.record_batch({"x": [1]}))
+        writer.close()
+    c.close()

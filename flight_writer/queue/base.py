@@ -108,6 +108,11 @@ class Queue(abc.ABC):
         """Make a ``get`` that is waiting now return at once."""
 
     @abc.abstractmethod
+    def refuse_puts(self) -> None:
+        """From now on ``put`` raises QueueClosed (and waiting puts stop waiting); ``get`` still hands
+        out what was put before, so a writer can drain it (a stop whose deadline passed)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Refuse further puts, wake every waiter, release resources."""
 

@@ -113,6 +113,11 @@ class MemoryQueue(Queue):
             self._woken = True
             self._not_empty.notify_all()
 
+    def refuse_puts(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._has_room.notify_all()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
