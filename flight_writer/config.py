@@ -128,6 +128,7 @@ class MetricsSettings:
     listen: str = ""  # host:port of the HTTP listener for /metrics, /healthz, /readyz; "" = off
     ready_max_queue: float = 0.9  # /readyz fails while the queue holds more than this share of max_bytes
     ready_max_error_s: float = 60.0  # ... or while storage has failed for longer than this
+    datasets: int = 20  # per-dataset figures in status and /metrics: this many busiest datasets; 0 = none
 
 
 @dataclass(frozen=True)
@@ -394,6 +395,8 @@ def _check(s: Settings) -> None:
     if not 0 < s.metrics.ready_max_queue <= 1:
         raise ConfigError(f"metrics.ready_max_queue must be in (0, 1], got {s.metrics.ready_max_queue!r}")
     positive("metrics.ready_max_error_s", s.metrics.ready_max_error_s)
+    if not 0 <= s.metrics.datasets <= 1000:
+        raise ConfigError(f"metrics.datasets must be from 0 to 1000, got {s.metrics.datasets!r}")
     if not s.auth.principals_file and not s.auth.allow_anonymous and not local_only(s.server.location):
         raise ConfigError(
             f"server.location {s.server.location} takes connections from other machines and no "

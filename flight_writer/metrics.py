@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from flight_writer.config import MetricsSettings
 
 # seconds: files take milliseconds (small, flushed) to minutes (large, slow storage)
+FSYNC_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 FILE_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 # status() key -> (metric name, help); counters get _total from prometheus-client
@@ -35,7 +36,10 @@ COUNTERS = {
     "rows_written": ("flight_writer_written_rows", "Rows stored in Parquet files"),
     "bytes_written": ("flight_writer_written_bytes", "Bytes of Parquet stored"),
     "batches_failed": ("flight_writer_failed_batches", "Batches the Parquet encoder rejected (kept under _failed/)"),
-    "retries": ("flight_writer_storage_retries", "Failed storage or queue operations that were retried"),
+    "buffers_sealed_early": (
+        "flight_writer_buffers_sealed_early",
+        "Buffers written out before they were due because writer.max_open_buffers were filling",
+    ),
     "wal_fsyncs": ("flight_writer_wal_fsyncs", "fsync calls of the write-ahead log"),
 }
 GAUGES = {
@@ -45,7 +49,21 @@ GAUGES = {
     "pending_bytes": ("flight_writer_queue_pending_bytes", "Arrow bytes accepted and not yet durable"),
     "queue_max_bytes": ("flight_writer_queue_max_bytes", "queue.max_bytes"),
     "active_streams": ("flight_writer_active_streams", "do_put streams open now"),
+    "open_buffers": ("flight_writer_open_buffers", "Buffers (dataset, schema, hour) filling now"),
     "uptime_s": ("flight_writer_uptime_seconds", "Seconds since the service started"),
+    "oldest_pending_age_s": (
+        "flight_writer_oldest_pending_age_seconds",
+        "Age of the oldest batch accepted and not yet durable (0 when none is pending)",
+    ),
+}
+# per dataset (the busiest ``metrics.datasets``): status key -> (metric name, help)
+DATASET_COUNTERS = {
+    "received_batches": ("flight_writer_dataset_received_batches", "Batches accepted by do_put, per dataset"),
+    "received_rows": ("flight_writer_dataset_received_rows", "Rows accepted by do_put, per dataset"),
+    "received_bytes": ("flight_writer_dataset_received_bytes", "Arrow bytes accepted by do_put, per dataset"),
+    "files_written": ("flight_writer_dataset_files_written", "Parquet files stored, per dataset"),
+    "rows_written": ("flight_writer_dataset_written_rows", "Rows stored in Parquet files, per dataset"),
+    "bytes_written": ("flight_writer_dataset_written_bytes", "Bytes of Parquet stored, per dataset"),
 }
 
 
@@ -61,8 +79,21 @@ class _StatusCollector(Collector):
             if status.get(key) is not None:
                 yield CounterMetricFamily(name, doc, value=status[key])
         for key, (name, doc) in GAUGES.items():
-            if status.get(key) is not None:
-                yield GaugeMetricFamily(name, doc, value=status[key])
+            if key in status:
+                yield GaugeMetricFamily(name, doc, value=status[key] or 0)
+        for key, (name, doc) in DATASET_COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=["dataset"])
+            for dataset, counts in status["datasets"].items():
+                family.add_metric([dataset], counts[key])
+            yield family
+        retries = CounterMetricFamily(
+            "flight_writer_retries",
+            "Failed storage, encoding or queue operations that were retried, by operation and error class",
+            labels=["operation", "error"],
+        )
+        for kind in status.get("retries_by_kind", ()):
+            retries.add_metric([kind["operation"], kind["error"]], kind["retries"])
+        yield retries
         yield GaugeMetricFamily(
             "flight_writer_durability_lag_batches",
             "received_seq - durable_through: batches received and not yet durable or failed",
@@ -101,6 +132,12 @@ class Metrics:
             buckets=FILE_SECONDS,
             registry=self.registry,
         )
+        self.fsync_seconds = Histogram(
+            "flight_writer_wal_fsync_seconds",
+            "Seconds one fsync round of the write-ahead log took (queue.type = wal)",
+            buckets=FSYNC_SECONDS,
+            registry=self.registry,
+        )
         host, _, port = settings.listen.rpartition(":")
         self._http = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(self.registry, not_ready))
         self._http.daemon_threads = True
@@ -113,6 +150,9 @@ class Metrics:
     def file_stored(self, rows: int, nbytes: int, encode_s: float, upload_s: float) -> None:
         self.encode_seconds.observe(encode_s)
         self.upload_seconds.observe(upload_s)
+
+    def wal_fsync(self, seconds: float) -> None:
+        self.fsync_seconds.observe(seconds)
 
     def start(self) -> Metrics:
         self._thread.start()

@@ -67,7 +67,7 @@ class FileContext:
     settings: WriterSettings
     executor: Executor
     retry: Retry
-    stored: Callable[[int, int, float, float], None]  # rows, bytes, encode and upload seconds of a file
+    stored: Callable[[str, int, int, float, float], None]  # dataset, rows, bytes, encode and upload seconds
     rejected: Callable[[], None]  # a batch set aside
 
 
@@ -296,7 +296,7 @@ class ParquetFile:
         rows = sum(e.batch.num_rows for e in entries)
         ctx.tracker.mark_durable(plan.seqs, self.path)
         ctx.retry(f"confirm {self.path}", lambda: ctx.queue.done(entries), (Exception,))
-        ctx.stored(rows, size, self._encode_s, upload_s)
+        ctx.stored(self.dataset, rows, size, self._encode_s, upload_s)
         logger.info(
             "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
             self.path,

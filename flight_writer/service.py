@@ -22,7 +22,7 @@ from flight_writer._version import __version__
 from flight_writer.auth import Authenticator, load_principals
 from flight_writer.config import Settings
 from flight_writer.metrics import Metrics
-from flight_writer.queue import Queue, make_queue
+from flight_writer.queue import Queue, WalQueue, make_queue
 from flight_writer.server import FlightWriterServer
 from flight_writer.storage import Storage, StorageError
 from flight_writer.tracker import DurabilityTracker
@@ -110,6 +110,8 @@ class Service:
             if s.metrics.listen:
                 self.metrics = Metrics(s.metrics, self.status, self.not_ready)
                 self.writer.file_listeners.append(self.metrics.file_stored)
+                if isinstance(self.queue, WalQueue):
+                    self.queue.fsync_listeners.append(self.metrics.wal_fsync)
                 self.metrics.start()
         except Exception:  # e.g. the port is taken: give back what was opened (the WAL's lock and threads)
             if hasattr(self, "server"):
@@ -231,7 +233,26 @@ class Service:
             "active_streams": self.server.active_streams,
             "storage": self.storage.describe(),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "datasets": self.busiest_datasets(self.settings.metrics.datasets),
         }
+
+    def busiest_datasets(self, n: int) -> dict[str, dict[str, int]]:
+        """Received and written counts of the ``n`` datasets that received the most Arrow bytes since start."""
+        received = self.queue.received_by_dataset()
+        written = self.writer.written_by_dataset()
+        names = sorted(received.keys() | written.keys(), key=lambda d: received.get(d, (0, 0, 0))[2], reverse=True)
+        busiest = {}
+        for name in names[:n]:
+            r, w = received.get(name, (0, 0, 0)), written.get(name, (0, 0, 0))
+            busiest[name] = {
+                "received_batches": r[0],
+                "received_rows": r[1],
+                "received_bytes": r[2],
+                "files_written": w[0],
+                "rows_written": w[1],
+                "bytes_written": w[2],
+            }
+        return busiest
 
 
 # settings that can change without a restart (Service.reload); a prefix matches a whole section

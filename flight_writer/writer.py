@@ -33,6 +33,7 @@ from loguru import logger
 from flight_writer.config import WriterSettings
 from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import Entry, Queue
+from flight_writer.queue.base import MAX_DATASETS, OTHER
 from flight_writer.storage import PERMANENT_ERRORS, Storage, first_line
 from flight_writer.tracker import DurabilityTracker
 
@@ -94,6 +95,8 @@ class Writer:
         self.bytes_written = 0
         self.batches_failed = 0
         self.retries = 0
+        self._retries_by_kind: dict[tuple[str, str], int] = {}  # (operation, error class) -> retries
+        self._written_by_dataset: dict[str, list[int]] = {}  # files, rows, bytes
         self.sealed_early = 0  # buffers written before they were due: writer.max_open_buffers
         self._warned_at = -3600.0
         self.last_error: str | None = None
@@ -279,13 +282,25 @@ class Writer:
             logger.opt(exception=exc).error("file job crashed")
 
     # -- what files report ---------------------------------------------------------------------------
-    def _stored(self, rows: int, nbytes: int, encode_s: float, upload_s: float) -> None:
+    def _stored(self, dataset: str, rows: int, nbytes: int, encode_s: float, upload_s: float) -> None:
         with self._lock:
             self.files_written += 1
             self.rows_written += rows
             self.bytes_written += nbytes
+            counts = self._written_by_dataset.get(dataset)
+            if counts is None:
+                key = dataset if len(self._written_by_dataset) < MAX_DATASETS else OTHER
+                counts = self._written_by_dataset.setdefault(key, [0, 0, 0])
+            counts[0] += 1
+            counts[1] += rows
+            counts[2] += nbytes
         for listener in self.file_listeners:
             listener(rows, nbytes, encode_s, upload_s)
+
+    def written_by_dataset(self) -> dict[str, tuple[int, int, int]]:
+        """Files, rows and Parquet bytes stored since start, per dataset (the first ``MAX_DATASETS``)."""
+        with self._lock:
+            return {name: (c[0], c[1], c[2]) for name, c in self._written_by_dataset.items()}
 
     def _rejected(self) -> None:
         with self._lock:
@@ -301,8 +316,10 @@ class Writer:
             try:
                 result = action()
             except transient as exc:
+                kind = (what.split(" ", 1)[0], type(exc).__name__)  # e.g. ("upload", "Unexpected")
                 with self._lock:
                     self.retries += 1
+                    self._retries_by_kind[kind] = self._retries_by_kind.get(kind, 0) + 1
                 message = f"{what} failed: {type(exc).__name__}: {first_line(exc)}"
                 if isinstance(exc, PERMANENT_ERRORS):
                     # retrying cannot fix it (credentials, bucket): keep the data, try again now and then
@@ -339,6 +356,9 @@ class Writer:
                 "bytes_written": self.bytes_written,
                 "batches_failed": self.batches_failed,
                 "retries": self.retries,
+                "retries_by_kind": [
+                    {"operation": op, "error": error, "retries": n} for (op, error), n in self._retries_by_kind.items()
+                ],
                 "open_buffers": len(self._buffers),
                 "buffers_sealed_early": self.sealed_early,
                 "last_error": self.last_error,

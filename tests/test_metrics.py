@@ -20,6 +20,13 @@ from conftest import action, put, running, settings_for, wait_for
 METRICS = {"listen": "127.0.0.1:0"}
 
 
+class Labels(dict):
+    """A sample's labels, usable as a dict key."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+
 def get(svc, path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{svc.metrics.port}{path}", timeout=10) as r:
@@ -103,3 +110,51 @@ def test_readyz_says_shutting_down_during_the_stop(data_root):
 def test_a_bad_listen_address_is_refused(listen):
     with pytest.raises(ConfigError, match=r"metrics\.listen must be host:port"):
         build_settings({"metrics": {"listen": listen}})
+
+
+def labelled(svc, name: str) -> dict[Labels, float]:
+    """``name``'s samples by their labels."""
+    _, text = get(svc, "/metrics")
+    return {
+        Labels(s.labels): s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name
+    }
+
+
+def test_per_dataset_series_are_the_busiest_only(data_root):
+    with running(data_root, metrics={**METRICS, "datasets": "2"}) as svc, flight.connect(svc.location) as c:
+        for name, batches in (("big", 3), ("mid", 2), ("small", 1)):
+            put(c, name, [ints(100)] * batches)
+        action(c, "flush")
+        rows = labelled(svc, "flight_writer_dataset_received_rows_total")
+        expected = {Labels(dataset="big"): 300, Labels(dataset="mid"): 200}
+        assert rows == expected  # "small" is beyond metrics.datasets
+        assert labelled(svc, "flight_writer_dataset_written_rows_total") == expected
+        status = action(c, "status")
+        assert list(status["datasets"]) == ["big", "mid"] and status["datasets"]["big"]["files_written"] == 1
+        assert scrape(svc)["flight_writer_oldest_pending_age_seconds"] == 0  # nothing pending
+
+
+def test_oldest_pending_age_and_retries_by_operation_and_error(data_root):
+    data_root.mkdir(parents=True)
+    blocker = data_root / "stuck"
+    blocker.write_text("where the dataset's directory must go: every upload fails")
+    with running(data_root, metrics=METRICS) as svc, flight.connect(svc.location) as c:
+        put(c, "stuck", [ints(10)])
+        flusher = threading.Thread(target=action, args=(c, "flush"))
+        flusher.start()
+        retries = wait_for(lambda: labelled(svc, "flight_writer_retries_total"), "a retry to be counted")
+        assert {labels["operation"] for labels in retries} <= {"encode", "write", "upload"}
+        assert {labels["error"] for labels in retries} == {"Unexpected"} and min(retries.values()) >= 1
+        assert scrape(svc)["flight_writer_oldest_pending_age_seconds"] > 0
+        blocker.unlink()
+        flusher.join(60)
+        assert scrape(svc)["flight_writer_oldest_pending_age_seconds"] == 0
+
+
+def test_wal_fsync_latency_is_a_histogram(tmp_path):
+    queue = {"type": "wal", "path": str(tmp_path / "wal")}
+    with running(tmp_path / "data", metrics=METRICS, queue=queue) as svc, flight.connect(svc.location) as c:
+        put(c, "w", [ints(10)] * 3)
+        m = scrape(svc)
+        assert m["flight_writer_wal_fsync_seconds_count"] >= 1
+        assert m["flight_writer_wal_fsync_seconds_count"] == m["flight_writer_wal_fsyncs_total"]

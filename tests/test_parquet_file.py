@@ -110,7 +110,7 @@ def one_file(tmp_path: Path):
         WriterSettings(),
         pool,
         lambda what, action, transient: action(),
-        lambda rows, nbytes, encode_s, upload_s: stored.append((rows, nbytes)),
+        lambda dataset, rows, nbytes, encode_s, upload_s: stored.append((rows, nbytes)),
         lambda: None,
     )
     yield ctx, queue, tracker, stored

@@ -23,6 +23,9 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
+MAX_DATASETS = 10_000  # datasets counted by name (status, metrics); beyond, together: names are the clients'
+OTHER = "(other)"  # what those are counted as: not a valid dataset name, so it cannot collide with one
+
 
 class QueueFull(Exception):
     """``put`` waited ``timeout`` seconds and the queue still had no room."""
@@ -124,6 +127,10 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
         """At least ``pending_batches`` and ``pending_bytes`` (put, not yet done)."""
+
+    def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
+        """Batches, rows and Arrow bytes put since start, per dataset (for status and metrics)."""
+        return {}
 
     def recovered(self) -> tuple[int, list[int], dict[int, str]]:
         """For the durability tracker at start: (durable_through, seqs above it that are already resolved,

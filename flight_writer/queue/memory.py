@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flight_writer.queue.base import Accepted, Entry, IdWindow, Queue, QueueClosed, QueueFull
+from flight_writer.queue.base import MAX_DATASETS, OTHER, Accepted, Entry, IdWindow, Queue, QueueClosed, QueueFull
 
 
 class MemoryQueue(Queue):
@@ -35,6 +35,8 @@ class MemoryQueue(Queue):
         self._woken = False
         self._closed = False
         self._received = [0, 0, 0]  # batches, rows, Arrow bytes put since the queue was made (not recovered)
+        self._by_dataset: dict[str, list[int]] = {}  # the same per dataset (the first MAX_DATASETS, then OTHER)
+        self._received_at: dict[int, float] = {}  # seq -> time received, of pending batches, oldest first
 
     def put(
         self,
@@ -67,10 +69,18 @@ class MemoryQueue(Queue):
             entry = Entry(self._last_seq + 1, dataset, schema_key, batch, time.time(), nbytes, client_id)
             self._record(entry)
             self._accept(entry)
+            rows = batch.num_rows
             received = self._received
             received[0] += 1
-            received[1] += batch.num_rows
+            received[1] += rows
             received[2] += nbytes
+            counts = self._by_dataset.get(dataset)
+            if counts is None:
+                key = dataset if len(self._by_dataset) < MAX_DATASETS else OTHER
+                counts = self._by_dataset.setdefault(key, [0, 0, 0])
+            counts[0] += 1
+            counts[1] += rows
+            counts[2] += nbytes
         if wait:
             self.logged(entry.seq, wait=True)
         return Accepted(entry.seq, False)
@@ -81,6 +91,7 @@ class MemoryQueue(Queue):
         self._items.append(entry)
         self._pending_bytes += entry.nbytes
         self._pending_batches += 1
+        self._received_at[entry.seq] = entry.received_at
         if entry.client_id is not None:
             self._ids.add(entry.client_id, entry.seq)
         self._not_empty.notify()
@@ -106,6 +117,8 @@ class MemoryQueue(Queue):
         with self._lock:
             self._pending_bytes -= sum(e.nbytes for e in entries)
             self._pending_batches -= len(entries)
+            for e in entries:
+                self._received_at.pop(e.seq, None)
             self._has_room.notify_all()
 
     def wake(self) -> None:
@@ -139,4 +152,14 @@ class MemoryQueue(Queue):
                 "received_batches": self._received[0],
                 "received_rows": self._received[1],
                 "received_bytes": self._received[2],
+                # the dict keeps insertion (seq) order; scanning past removed keys costs only here
+                "oldest_pending_age_s": round(max(0.0, time.time() - oldest), 3)
+                if (oldest := next(iter(self._received_at.values()), None)) is not None
+                else None,
             }
+
+    def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
+        """Batches, rows and Arrow bytes put since the queue was made, per dataset (the first
+        ``MAX_DATASETS`` names; the rest together under ``OTHER``)."""
+        with self._lock:
+            return {name: (c[0], c[1], c[2]) for name, c in self._by_dataset.items()}

@@ -40,8 +40,10 @@ import json
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,8 @@ class WalQueue(MemoryQueue):
         self._synced = 0
         self._synced_seq = 0  # every record up to this seq is fsynced
         self._fsyncs = 0  # by the syncer, since start
+        #: called with the seconds each of the syncer's fsync rounds took (metrics)
+        self.fsync_listeners: list[Callable[[float], None]] = []
         self._retired: list[int] = []  # fds of rotated segments the syncer must still fsync and close
         self._sync_error: str | None = None
         self._synced_cond = threading.Condition(self._lock)  # waiters: "my record is fsynced"
@@ -217,6 +221,7 @@ class WalQueue(MemoryQueue):
                 target, target_seq = self._written, self._last_seq
                 retired, self._retired = self._retired, []
                 active_fd = self._active.fd if self._active is not None else -1
+            started = time.monotonic()
             try:
                 for fd in [*retired, active_fd]:
                     if fd >= 0:
@@ -236,6 +241,8 @@ class WalQueue(MemoryQueue):
                 self._synced_seq = max(self._synced_seq, target_seq)
                 self._fsyncs += 1
                 self._synced_cond.notify_all()
+            for listener in self.fsync_listeners:
+                listener(time.monotonic() - started)
 
     # -- the writer's side -----------------------------------------------------------------------------
     def plan(self, plan: Plan) -> None:
