@@ -471,8 +471,10 @@ def open_source(path: str, fmt: str, dataset: str, batch_rows: int, source_id: s
         return f
 
     if fmt == "parquet":
-        # Parquet is read from its footer first: stdin is buffered in memory, a file is read by row group
-        pf = pq.ParquetFile(pa.BufferReader(sys.stdin.buffer.read()) if stdin else path)
+        # Parquet is read from its footer first: stdin is buffered in memory, a file is read by row group.
+        # pre_buffer (the default) would cache every row group's compressed bytes until the end: with it a
+        # 197 MB file kept 187 MiB allocated through the whole send
+        pf = pq.ParquetFile(pa.BufferReader(sys.stdin.buffer.read()) if stdin else path, pre_buffer=False)
         closers.append(pf.close)
         schema, batches, total = pf.schema_arrow, pf.iter_batches(batch_size=batch_rows), pf.metadata.num_rows
     elif fmt == "arrow":
