@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 IMAGE ?= flight-writer
 
-.PHONY: serve test bench lint image emulators clean
+.PHONY: serve test bench lint image image-base emulators clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check flight_writer tests bench
 	$(BIN)/ruff format --check flight_writer tests bench
 
-image:
-	docker build -t $(IMAGE) .
+# The container (podman; Dockerfile, container/). The base image is made locally with debootstrap (needs root;
+# cached in container/cache/), the wheels on the host (container/wheels/), so the build itself needs no
+# network. BASE=<another Debian bookworm image with python3> skips the local base.
+PODMAN ?= container/podman
+BASE ?=
+image: $(STAMP)
+	container/wheels.sh
+	base=$(if $(BASE),$(BASE),$$(PODMAN="$(PODMAN)" container/base-image.sh)) && \
+		$(PODMAN) build --format docker --tag $(IMAGE) --build-arg BASE=$$base .
+
+image-base:
+	PODMAN="$(PODMAN)" container/base-image.sh
 
 # Azurite (Azure Blob emulator) for the cloud tests; the S3 and GCS emulators come with the dev extras
 emulators: .emulators/node_modules/.bin/azurite-blob
