@@ -18,6 +18,7 @@ Any invalid value raises :class:`ConfigError` naming the setting; the CLI prints
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import ipaddress
 import os
 import re
@@ -132,6 +133,30 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class DatasetRule:
+    """How the datasets a rule matches are stored (layout.py): ``[datasets]`` holds the defaults, each
+    ``[[datasets.rules]]`` with a ``match`` glob overrides some of them; the first rule that matches wins."""
+
+    types: str = "compatible"  # compatible: what every lake reader reads; exact: the Arrow types as sent
+    partition: str = "received"  # received: the time a batch arrived; event: time_column's value
+    time_column: str = ""  # partition = "event": a timestamp column
+    granularity: str = "hour"  # hour (date=/hour= folders) or day (date= only)
+    fields: tuple[str, ...] = ()  # columns to partition by after the time (low cardinality: service, region)
+    max_partitions: int = 100  # partitions one batch may fall in; more: refused
+
+
+@dataclass(frozen=True)
+class DatasetSettings(DatasetRule):
+    rules: tuple[tuple[str, DatasetRule], ...] = ()  # (match, rule)
+
+    def rule_for(self, dataset: str) -> DatasetRule:
+        for pattern, rule in self.rules:
+            if fnmatch.fnmatchcase(dataset, pattern):
+                return rule
+        return self
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -141,6 +166,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    datasets: DatasetSettings = field(default_factory=DatasetSettings)
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with secret-looking storage options replaced by ``***`` and a
@@ -259,6 +285,9 @@ def build_settings(raw: Mapping[str, Mapping[str, Any]]) -> Settings:
             raise ConfigError(f"unknown settings section [{name}] (known: {', '.join(sections)})")
         if not isinstance(values, Mapping):
             raise ConfigError(f"[{name}] must be a table of settings, got {values!r}")
+        if name == "datasets":
+            built[name] = _build_datasets(values)
+            continue
         built[name] = _build_section(name, sections[name].default_factory, values)  # type: ignore[misc]
     settings = Settings(**built)
     _check(settings)
@@ -274,6 +303,25 @@ def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
             raise ConfigError(f"unknown setting {section}.{key}")
         kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
     return cls(**kwargs)
+
+
+def _build_datasets(values: Mapping[str, Any]) -> DatasetSettings:
+    """[datasets] and its [[datasets.rules]]: each rule starts from the defaults and needs a ``match``."""
+    values = {k.lower(): v for k, v in values.items()}
+    rules = values.pop("rules", [])
+    defaults = _build_section("datasets", DatasetRule, values)
+    if not isinstance(rules, list) or not all(isinstance(r, Mapping) for r in rules):
+        raise ConfigError("datasets.rules must be a list of tables ([[datasets.rules]] with match = ...)")
+    built = []
+    for k, rule in enumerate(rules):
+        rule = {key.lower(): v for key, v in rule.items()}
+        match = rule.pop("match", None)
+        if not isinstance(match, str) or not match:
+            raise ConfigError(f"datasets.rules[{k}] needs match = a dataset name or glob pattern")
+        override = _build_section(f"datasets.rules[{k}]", DatasetRule, rule)
+        given = {key: getattr(override, key) for key in rule}
+        built.append((match, dataclasses.replace(DatasetRule(**dataclasses.asdict(defaults)), **given)))
+    return DatasetSettings(**dataclasses.asdict(defaults), rules=tuple(built))
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
@@ -296,6 +344,10 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return str(value)
+    if hint == tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        return tuple(value)
     # Mapping[str, str]: OpenDAL wants every option value as a string.
     if not isinstance(value, Mapping):
         raise ConfigError(f"{name} must be a table of key = value, got {value!r}")
@@ -397,6 +449,8 @@ def _check(s: Settings) -> None:
     positive("metrics.ready_max_error_s", s.metrics.ready_max_error_s)
     if not 0 <= s.metrics.datasets <= 1000:
         raise ConfigError(f"metrics.datasets must be from 0 to 1000, got {s.metrics.datasets!r}")
+    for where, rule in [("datasets", s.datasets), *((f"datasets.rules {m!r}", r) for m, r in s.datasets.rules)]:
+        _check_rule(where, rule)
     if not s.auth.principals_file and not s.auth.allow_anonymous and not local_only(s.server.location):
         raise ConfigError(
             f"server.location {s.server.location} takes connections from other machines and no "
@@ -407,6 +461,24 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"auth.principals_file: no such file {s.auth.principals_file!r}")
     if s.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
+
+
+def _check_rule(where: str, rule: DatasetRule) -> None:
+    if rule.types not in ("compatible", "exact"):
+        raise ConfigError(f"{where}: types must be compatible or exact, got {rule.types!r}")
+    if rule.partition not in ("received", "event"):
+        raise ConfigError(f"{where}: partition must be received or event, got {rule.partition!r}")
+    if (rule.partition == "event") != bool(rule.time_column):
+        raise ConfigError(f'{where}: partition = "event" and time_column go together (the timestamp column)')
+    if rule.granularity not in ("hour", "day"):
+        raise ConfigError(f"{where}: granularity must be hour or day, got {rule.granularity!r}")
+    for name in rule.fields:
+        if name.lower() in ("date", "hour") or not name or "/" in name or "=" in name:
+            raise ConfigError(f"{where}: {name!r} cannot be a partition field")
+    if len(set(rule.fields)) != len(rule.fields) or rule.time_column in rule.fields:
+        raise ConfigError(f"{where}: fields must be distinct columns, other than time_column")
+    if rule.max_partitions <= 0:
+        raise ConfigError(f"{where}: max_partitions must be positive, got {rule.max_partitions}")
 
 
 def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:

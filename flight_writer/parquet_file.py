@@ -41,6 +41,7 @@ from loguru import logger
 from flight_writer import footer
 from flight_writer._version import __version__
 from flight_writer.config import WriterSettings
+from flight_writer.layout import Shape
 from flight_writer.queue import Entry, Plan, Queue
 from flight_writer.seqs import seq_ranges
 from flight_writer.storage import Storage
@@ -77,12 +78,13 @@ class Encoder:
 
     def __init__(
         self,
-        schema: pa.Schema,
+        shape: Shape,
         settings: WriterSettings,
         local: tuple[str, str] | None,
         use_dictionary: bool | list[str] = True,
     ) -> None:
         self._settings = settings
+        self._shape = shape
         self.tmp, self._disk = local if local is not None else (None, None)
         self._sink: Any = (
             pa.output_stream(self._disk, compression=None, buffer_size=LOCAL_BUFFER)
@@ -94,7 +96,7 @@ class Encoder:
         try:
             self._writer = pq.ParquetWriter(
                 self._sink,
-                schema,
+                shape.schema,
                 compression=settings.compression,
                 compression_level=settings.compression_level or None,
                 use_dictionary=use_dictionary,
@@ -105,7 +107,7 @@ class Encoder:
 
     def write(self, batches: list[pa.RecordBatch]) -> None:
         """One row group (several if the batches hold more than ``row_group_rows`` rows)."""
-        table = pa.Table.from_batches(batches)  # never one row group per small batch
+        table = self._shape.apply(pa.Table.from_batches(batches))  # never one row group per small batch
         self._writer.write_table(table, row_group_size=self._settings.row_group_rows)
 
     def close(self, metadata: dict[bytes, bytes] | None) -> int:
@@ -177,17 +179,19 @@ class ParquetFile:
 
     ``add`` and ``seal`` are called by the writer loop only; encoding runs on the pool."""
 
-    def __init__(self, ctx: FileContext, dataset: str, hour: int, first_seq: int, plan: Plan | None = None) -> None:
+    def __init__(
+        self, ctx: FileContext, dataset: str, folders: str, first_seq: int, shape: Shape, plan: Plan | None = None
+    ) -> None:
         self._ctx = ctx
         self.dataset = dataset
+        self._shape = shape
         self.done: Future[None] = Future()
         self._plan = plan  # recovered: store exactly these seqs under this path
         if plan is not None:
             self.path = plan.path
         else:
-            day = time.strftime("%Y-%m-%d", time.gmtime(hour * 3600))
             name = f"part-{first_seq:012d}-{uuid.uuid4().hex[:12]}.parquet"
-            self.path = f"{dataset}/date={day}/hour={hour % 24:02d}/{name}"
+            self.path = f"{dataset}/{folders}/{name}"
         self._entries: list[Entry] = []  # every batch of the file, until it is stored
         self._dictionary: bool | list[str] | None = None  # the columns worth one: see dictionary_columns
         self._parts: list[pa.Buffer | None] = []  # encoded row groups in file order; None: not (yet) encoded
@@ -224,7 +228,7 @@ class ParquetFile:
         """Decided once per file, from the first row group encoded (on the pool, not the loop)."""
         with self._lock:
             if self._dictionary is None:
-                self._dictionary = dictionary_columns([e.batch for e in entries])
+                self._dictionary = dictionary_columns(self._shape.apply(_sample(entries)))
             return self._dictionary
 
     # -- the pool's side ----------------------------------------------------------------------------------
@@ -233,7 +237,7 @@ class ParquetFile:
         started = time.monotonic()
         try:
             dictionary = self._use_dictionary(entries)
-            encoder = Encoder(entries[0].batch.schema, self._ctx.settings, None, dictionary)
+            encoder = Encoder(self._shape, self._ctx.settings, None, dictionary)
             encoder.write([e.batch for e in entries])
             encoder.close(None)
             part = encoder.data
@@ -328,7 +332,7 @@ class ParquetFile:
 
         def attempt() -> Encoder:
             dictionary = self._use_dictionary(entries)
-            encoder = Encoder(entries[0].batch.schema, ctx.settings, ctx.storage.local_tmp(), dictionary)
+            encoder = Encoder(self._shape, ctx.settings, ctx.storage.local_tmp(), dictionary)
             try:
                 encoder.write([e.batch for e in entries])
             except BaseException:
@@ -352,7 +356,7 @@ class ParquetFile:
         ctx, good = self._ctx, []
         for e in entries:
             try:
-                Encoder(e.batch.schema, ctx.settings, None).write([e.batch])
+                Encoder(self._shape, ctx.settings, None).write([e.batch])
             except pa.ArrowException as exc:
                 if isinstance(exc, MemoryError):
                     raise
@@ -382,13 +386,24 @@ class ParquetFile:
         logger.error("dataset={} seq={} rejected by the Parquet encoder: {}", e.dataset, e.seq, plan.error)
 
 
-def dictionary_columns(batches: list[pa.RecordBatch]) -> bool | list[str]:
+def _sample(entries: list[Entry]) -> pa.Table:
+    """The first ``SAMPLE_ROWS`` rows of these batches."""
+    batches, rows = [], 0
+    for e in entries:
+        batches.append(e.batch)
+        rows += e.batch.num_rows
+        if rows >= SAMPLE_ROWS:
+            break
+    return pa.Table.from_batches(batches).slice(0, SAMPLE_ROWS)
+
+
+def dictionary_columns(table: pa.Table) -> bool | list[str]:
     """Which Parquet columns get a dictionary (``use_dictionary``): all (True) but the top-level ones whose
     first ``SAMPLE_ROWS`` values here are ``UNIQUE`` distinct. A dictionary of (nearly) unique values only
     adds an index per value, and pyarrow builds one per column chunk until it holds 1 MiB before giving up:
     for ids and timestamps that hashing was most of the encoding (a 180,000-row span row group cost
     1.3-1.5 x the CPU of a 1,000,000-row one, and made files 12% larger)."""
-    sample = pa.Table.from_batches(batches).slice(0, SAMPLE_ROWS)
+    sample = table.slice(0, SAMPLE_ROWS)
     if sample.num_rows < 1000:  # too few to tell
         return True
     plain = set()

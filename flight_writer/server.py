@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -17,11 +18,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
+from loguru import logger
 
 from flight_writer import flightsql
 from flight_writer.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
-from flight_writer.config import FlightSqlSettings, ServerSettings
+from flight_writer.config import DatasetSettings, FlightSqlSettings, ServerSettings
 from flight_writer.datasets import Datasets, parquet_schema_of
+from flight_writer.layout import LayoutError, Partitioner, Shape
 from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.storage import Storage
 from flight_writer.tracker import DurabilityTracker
@@ -167,6 +170,7 @@ class FlightWriterServer(flight.FlightServerBase):
         flight_sql: FlightSqlSettings | None = None,
         limits: ServerSettings | None = None,
         auth: Authenticator | None = None,
+        layout: DatasetSettings | None = None,
         **kwargs: Any,
     ) -> None:
         middleware: dict[str, flight.ServerMiddlewareFactory] = {"ack": _AckLevelFactory()}
@@ -181,6 +185,11 @@ class FlightWriterServer(flight.FlightServerBase):
         self._put_timeout = put_timeout
         self._storage = storage
         self._datasets = Datasets(storage)
+        self._known_datasets: set[str] = set()  # dataset names: those in storage and those seen here
+        self._listed = False  # storage's names are in _known_datasets
+        self._list_tried = -3600.0
+        self._known_lock = threading.Lock()
+        self._layout = layout or DatasetSettings()
         self._flight_sql = flight_sql or FlightSqlSettings()
         self._limits = limits or ServerSettings()
         self._auth = auth
@@ -288,8 +297,16 @@ class FlightWriterServer(flight.FlightServerBase):
         batches share fsyncs, and a thread of the stream (``_Replies``) sends the replies in seq order as
         each batch is logged."""
         schema = reader.schema
-        if (problem := self._schema_problem(schema) or parquet_problem(schema)) is not None:
+        rule = self._layout.rule_for(dataset)
+        try:
+            partitioner = Partitioner(rule, schema)
+        except LayoutError as exc:
+            raise flight.FlightServerError(f"dataset {dataset!r}: {exc}") from None
+        stored = Shape.of(schema, rule).schema
+        if (problem := self._schema_problem(schema) or parquet_problem(stored)) is not None:
             raise flight.FlightServerError(problem)
+        self._check_nesting(dataset)
+        split = partitioner.split if partitioner.splits else None
         max_metadata, max_batch = self._limits.max_metadata_bytes, self._limits.max_batch_bytes
         schema_key = schema.serialize().to_pybytes()
         put, timeout, logged = self._queue.put, self._put_timeout, self._queue.logged
@@ -314,6 +331,12 @@ class FlightWriterServer(flight.FlightServerBase):
                         f"a record batch of {nbytes} Arrow bytes ({batch.num_rows} rows) is over "
                         f"server.max_batch_bytes ({max_batch}): send smaller batches"
                     )
+                pieces = None
+                if problem is None and split is not None:
+                    try:
+                        pieces = split(batch)
+                    except LayoutError as exc:
+                        problem = str(exc)
                 if problem is not None:
                     if replies is not None:
                         with contextlib.suppress(QueueWriteError):
@@ -322,7 +345,16 @@ class FlightWriterServer(flight.FlightServerBase):
                 if meta is not None and meta.size:
                     client_id = _client_id(meta)
                 try:
-                    seq, duplicate = put(dataset, schema_key, batch, timeout, client_id, wait=False)
+                    if pieces is None or len(pieces) == 1:
+                        seq, duplicate = put(dataset, schema_key, batch, timeout, client_id, wait=False)
+                        split_seqs = None
+                    else:  # a seq per partition, each piece with an id of its own
+                        accepted = [
+                            put(dataset, schema_key, piece, timeout, _piece_id(client_id, k), wait=False)
+                            for k, piece in enumerate(pieces)
+                        ]
+                        split_seqs = [a.seq for a in accepted]
+                        seq, duplicate = max(split_seqs), all(a.duplicate for a in accepted)
                 except (QueueFull, QueueClosed, QueueWriteError) as exc:
                     if replies is not None:
                         with contextlib.suppress(QueueWriteError):
@@ -337,15 +369,19 @@ class FlightWriterServer(flight.FlightServerBase):
                     )
                     raise flight.FlightUnavailableError(message) from None
                 if keep_seqs:
-                    seqs.append(seq)
+                    seqs.extend(split_seqs or (seq,))
                 rows += batch.num_rows
                 if reply is None:
                     last = max(last, seq)  # a duplicate's seq can be older
                     continue
-                if client_id is None:
+                if client_id is None and split_seqs is None:
                     answer = b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, state)
                 else:
-                    fields = {"seq": seq, "rows": batch.num_rows, "state": state.decode(), "id": client_id}
+                    fields = {"seq": seq, "rows": batch.num_rows, "state": state.decode()}
+                    if client_id is not None:
+                        fields["id"] = client_id
+                    if split_seqs is not None:  # in several partitions: durable once every seq is
+                        fields["seqs"] = split_seqs
                     if duplicate:  # accepted before: nothing stored again; say where the original stands
                         fields["state"] = self._tracker.describe(seq)["state"]
                         fields["duplicate"] = True
@@ -366,6 +402,40 @@ class FlightWriterServer(flight.FlightServerBase):
             if replies is not None:
                 replies.stop()
         return seqs, rows
+
+    def _check_nesting(self, dataset: str) -> None:
+        """Refuse a dataset name inside another dataset's folder, or one that would hold another: readers
+        of the outer one would read the inner one's files too."""
+        with self._known_lock:
+            self._check_nesting_locked(dataset)
+
+    def _check_nesting_locked(self, dataset: str) -> None:
+        known = self._known_datasets
+        if dataset in known:
+            return
+        if not self._listed and time.monotonic() - self._list_tried > 60:  # storage's names, once
+            self._list_tried = time.monotonic()
+            try:
+                known.update(self._datasets.names())
+                self._listed = True
+            except Exception as exc:  # ingest never waits for storage: check against the names seen here
+                logger.warning(
+                    "cannot list datasets in storage ({}: {}); nesting checked against "
+                    "this process's datasets only, listing again in 60 s",
+                    type(exc).__name__,
+                    exc,
+                )
+            if dataset in known:
+                return
+        for other in known:
+            if other.startswith(dataset + "/") or dataset.startswith(other + "/"):
+                outer, inner = sorted((dataset, other), key=len)
+                raise flight.FlightServerError(
+                    f"dataset {dataset!r} would nest {'inside' if dataset == inner else 'around'} dataset "
+                    f"{other!r}: readers of {outer!r} would read {inner!r}'s files too. Name it beside it, "
+                    f"e.g. {inner.replace('/', '-')!r}"
+                )
+        known.add(dataset)
 
     def _schema_problem(self, schema: pa.Schema) -> str | None:
         """A schema over the limits (columns, nesting), which a producer cannot mean and which would cost
@@ -430,7 +500,8 @@ class FlightWriterServer(flight.FlightServerBase):
         replace = bool(existing) and cmd.if_exists == "replace"
         if existing and not replace and not self._flight_sql.allow_schema_change:
             current = self._datasets.parquet_schema(dataset)
-            if current is not None and not current.equals(parquet_schema_of(reader.schema)):
+            stored = Shape.of(reader.schema, self._layout.rule_for(dataset)).schema
+            if current is not None and not current.equals(parquet_schema_of(stored)):
                 raise flight.FlightServerError(
                     f"table {dataset!r} has schema ({_short(current.to_arrow_schema())}); the data has "
                     f"({_short(reader.schema)}). Set flight_sql.allow_schema_change = true to allow it"
@@ -593,6 +664,12 @@ def _count_fields(schema: pa.Schema) -> tuple[int, int]:
         deepest = max(deepest, depth)
         todo.extend((kind.field(i).type, depth + 1) for i in range(kind.num_fields))
     return fields, deepest
+
+
+def _piece_id(client_id: str | None, k: int) -> str | None:
+    """The id of a batch's k-th partition piece: a re-sent batch splits the same way, so each piece is
+    recognised again."""
+    return client_id if client_id is None or k == 0 else f"{client_id}#{k}"
 
 
 def _client_id(metadata: pa.Buffer) -> str | None:

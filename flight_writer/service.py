@@ -89,7 +89,7 @@ class Service:
             self.tracker.mark_failed([seq], error)
         self.storage.remove_partials()
         self.writer = Writer(
-            self.queue, self.storage, self.tracker, s.writer, buffer_limit=s.queue.max_bytes // 2
+            self.queue, self.storage, self.tracker, s.writer, buffer_limit=s.queue.max_bytes // 2, datasets=s.datasets
         ).start()
         if check_error is not None:
             self.writer.report_error(check_error)
@@ -105,6 +105,7 @@ class Service:
                 s.flight_sql,
                 s.server,
                 auth,
+                s.datasets,
                 **_tls_options(s),
             )
             if s.metrics.listen:

@@ -30,7 +30,8 @@ from typing import Any
 
 from loguru import logger
 
-from flight_writer.config import WriterSettings
+from flight_writer.config import DatasetRule, DatasetSettings, WriterSettings
+from flight_writer.layout import Shape, partition_path
 from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import Entry, Queue
 from flight_writer.queue.base import MAX_DATASETS, OTHER
@@ -72,11 +73,15 @@ class Writer:
         tracker: DurabilityTracker,
         settings: WriterSettings | None = None,
         buffer_limit: int | None = None,
+        datasets: DatasetSettings | None = None,
     ) -> None:
         self._queue = queue
         self._tracker = tracker
         self._settings = s = settings or WriterSettings()
-        self._buffers: dict[tuple[str, bytes, int], _Buffer] = {}
+        self._buffers: dict[tuple[str, bytes, int | str], _Buffer] = {}  # by dataset, schema, partition
+        self._datasets = datasets or DatasetSettings()
+        self._rules: dict[str, DatasetRule] = {}  # dataset -> its rule (a glob match per batch costs)
+        self._shapes: dict[tuple[bytes, DatasetRule], Shape] = {}
         self._replans: dict[str, list[Entry]] = {}  # recovered plans, collected until complete
         self._buffered_bytes = 0
         self._buffer_limit = buffer_limit
@@ -211,7 +216,7 @@ class Writer:
                 collected = self._replans.setdefault(e.plan.path, [])
                 collected.append(e)
                 if len(collected) == len(e.plan.seqs):
-                    file = ParquetFile(self._files, e.dataset, 0, 0, e.plan)
+                    file = ParquetFile(self._files, e.dataset, "", 0, self._shape(e), e.plan)
                     file.seal(self._replans.pop(e.plan.path))
                     self._track(file)
                 continue
@@ -219,13 +224,19 @@ class Writer:
                 self._tracker.mark_durable([e.seq], None)
                 self._with_retries("confirm an empty batch", lambda e=e: self._queue.done([e]))
                 continue
-            hour = int(e.received_at // 3600)
-            key = (e.dataset, e.schema_key, hour)
+            rule = self._rules.get(e.dataset) or self._rule(e.dataset)
+            if rule.partition == "received" and not rule.fields:  # the common case, without a path per batch
+                partition: int | str = int(e.received_at // 3600)
+            else:
+                partition = partition_path(rule, e.batch, e.received_at)  # the server split batches by it
+            key = (e.dataset, e.schema_key, partition)
             buf = self._buffers.get(key)
             if buf is None:
                 if len(self._buffers) >= s.max_open_buffers:
                     self._seal_oldest()
-                buf = self._buffers[key] = _Buffer(ParquetFile(self._files, e.dataset, hour, e.seq), e.received_at)
+                folders = partition if isinstance(partition, str) else partition_path(rule, e.batch, e.received_at)
+                file = ParquetFile(self._files, e.dataset, folders, e.seq, self._shape(e, rule))
+                buf = self._buffers[key] = _Buffer(file, e.received_at)
             rows = e.batch.num_rows
             buf.fresh.append(e)
             buf.rows += rows
@@ -242,6 +253,21 @@ class Writer:
                 # producers would soon wait on a full queue for data that only age would write out
                 largest = max(self._buffers, key=lambda k: self._buffers[k].nbytes)
                 self._submit(self._buffers.pop(largest))
+
+    def _rule(self, dataset: str) -> DatasetRule:
+        if len(self._rules) > 100_000:
+            self._rules.clear()
+        rule = self._rules[dataset] = self._datasets.rule_for(dataset)
+        return rule
+
+    def _shape(self, e: Entry, rule: DatasetRule | None = None) -> Shape:
+        rule = rule or self._rule(e.dataset)
+        shape = self._shapes.get((e.schema_key, rule))
+        if shape is None:
+            if len(self._shapes) > 10_000:
+                self._shapes.clear()
+            shape = self._shapes[(e.schema_key, rule)] = Shape.of(e.batch.schema, rule)
+        return shape
 
     def _seal_oldest(self) -> None:
         """One buffer too many (``max_open_buffers``: each costs memory and a file): the one that started

@@ -17,13 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from flight_writer import footer
-from flight_writer.config import StorageSettings, WriterSettings
+from flight_writer.config import DatasetRule, StorageSettings, WriterSettings
+from flight_writer.layout import Shape
 from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import MemoryQueue
 from flight_writer.storage import Storage
 from flight_writer.tracker import DurabilityTracker
 
 from conftest import action, parquet_files, put, read_dataset, running, wait_for
+
+EXACT = DatasetRule(types="exact")
 
 
 def mixed(start: int, rows: int) -> pa.Table:
@@ -122,7 +125,7 @@ def test_row_groups_are_encoded_before_the_file_is_sealed(one_file, tmp_path):
     for i in range(3):
         queue.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
     entries = queue.get(10, 0)
-    file = ParquetFile(ctx, "ds", 490_000, entries[0].seq)
+    file = ParquetFile(ctx, "ds", "date=2025-11-25/hour=16", entries[0].seq, Shape.of(entries[0].batch.schema, EXACT))
     file.add(entries[:1])
     file.add(entries[1:2])
     ctx.executor.submit(lambda: None).result()  # one thread, in order: both parts are done now
@@ -211,7 +214,7 @@ def test_nearly_unique_columns_get_no_dictionary(one_file, tmp_path, parts):
         tags = pa.array([[f"t{n % 3}"] for n in range(rows)], pa.list_(pa.string()))
         queue.put("ds", b"k", pa.record_batch({"id": ids, "kind": kinds, "tags": tags}), 1.0)
     entries = queue.get(10, 0)
-    file = ParquetFile(ctx, "ds", 490_000, entries[0].seq)
+    file = ParquetFile(ctx, "ds", "date=2025-11-25/hour=16", entries[0].seq, Shape.of(entries[0].batch.schema, EXACT))
     if parts == 2:
         file.add(entries[:1])
         file.seal(entries[1:])
