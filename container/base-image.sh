@@ -8,7 +8,8 @@
 # The root filesystem is cached as container/cache/base-bookworm-r<RECIPE>.tar (gitignored), so a fresh podman
 # store imports it in seconds. Bump RECIPE when the recipe below changes: that makes a new base. The image is
 # tagged :bookworm-r<RECIPE> and :bookworm (the Dockerfile's default BASE). The cached tarball keeps
-# the security updates of the day it was made: delete container/cache/ to take newer ones.
+# the security updates of the day it was made: to take newer ones, delete container/cache/ and remove the
+# image (container/podman rmi localhost/flight-writer-base:bookworm-r1), or bump RECIPE.
 # Needs root, debootstrap and podman. MIRROR overrides the Debian mirror.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
