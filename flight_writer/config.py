@@ -143,6 +143,8 @@ class DatasetRule:
     granularity: str = "hour"  # hour (date=/hour= folders) or day (date= only)
     fields: tuple[str, ...] = ()  # columns to partition by after the time (low cardinality: service, region)
     max_partitions: int = 100  # partitions one batch may fall in; more: refused
+    schema: str = "evolve"  # separate, evolve or strict (schemas.py)
+    columns: tuple[tuple[str, str], ...] = ()  # declared columns: (name, "type [not null]")
 
 
 @dataclass(frozen=True)
@@ -344,6 +346,10 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return str(value)
+    if hint == tuple[tuple[str, str], ...]:  # declared columns: names keep their case
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f'{name} must be a table of column = "type", got {value!r}')
+        return tuple((str(k), v) for k, v in value.items())
     if hint == tuple[str, ...]:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name} must be a list of strings, got {value!r}")
@@ -477,6 +483,14 @@ def _check_rule(where: str, rule: DatasetRule) -> None:
             raise ConfigError(f"{where}: {name!r} cannot be a partition field")
     if len(set(rule.fields)) != len(rule.fields) or rule.time_column in rule.fields:
         raise ConfigError(f"{where}: fields must be distinct columns, other than time_column")
+    if rule.schema not in ("separate", "evolve", "strict"):
+        raise ConfigError(f"{where}: schema must be separate, evolve or strict, got {rule.schema!r}")
+    from flight_writer.schemas import SchemaError, declared_schema
+
+    try:
+        declared_schema(rule.columns)
+    except SchemaError as exc:
+        raise ConfigError(f"{where}: columns: {exc}") from None
     if rule.max_partitions <= 0:
         raise ConfigError(f"{where}: max_partitions must be positive, got {rule.max_partitions}")
 

@@ -126,7 +126,7 @@ class Partitioner:
                     f"({'/'.join(f'{f}=...' for f in folders)} folders): readers would replace its values with "
                     "the folder's; rename the column"
                 )
-        self._time: int | None = None
+        self._time: str | None = None  # columns by name: a conformed batch may order them otherwise
         if rule.partition == "event":
             if rule.time_column not in schema.names:
                 raise LayoutError(
@@ -138,8 +138,8 @@ class Partitioner:
                 raise LayoutError(
                     f"column {rule.time_column!r} is {kind}: partitioning by event time needs a timestamp column"
                 )
-            self._time = schema.get_field_index(rule.time_column)
-        self._fields = []
+            self._time = rule.time_column
+        self._fields: list[str] = []
         for name in rule.fields:
             if name not in schema.names:
                 raise LayoutError(f"the dataset is partitioned by column {name!r}, which the stream does not have")
@@ -154,7 +154,7 @@ class Partitioner:
                 or pa.types.is_date32(kind)
             ):
                 raise LayoutError(f"partition column {name!r} is {kind}; partition columns are {PARTITION_TYPES}")
-            self._fields.append(schema.get_field_index(name))
+            self._fields.append(name)
         self.splits = self._time is not None or bool(self._fields)
 
     def split(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
@@ -189,8 +189,8 @@ class Partitioner:
             if column.type.tz is not None:  # floored in UTC, not in the column's zone
                 column = column.cast(pa.timestamp(column.type.unit))
             keys.append(pc.floor_temporal(column, unit="hour" if self.rule.granularity == "hour" else "day"))
-        for i in self._fields:
-            column = batch.column(i)
+        for name in self._fields:
+            column = batch.column(name)
             keys.append(column.dictionary_decode() if pa.types.is_dictionary(column.type) else column)
         return keys
 

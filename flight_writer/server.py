@@ -22,10 +22,11 @@ from loguru import logger
 
 from flight_writer import flightsql
 from flight_writer.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
-from flight_writer.config import DatasetSettings, FlightSqlSettings, ServerSettings
+from flight_writer.config import DatasetRule, DatasetSettings, FlightSqlSettings, ServerSettings
 from flight_writer.datasets import Datasets, parquet_schema_of
-from flight_writer.layout import LayoutError, Partitioner, Shape
+from flight_writer.layout import LayoutError, Partitioner, Shape, stored_type
 from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
+from flight_writer.schemas import Conformer, SchemaError, declared_schema, plan
 from flight_writer.storage import Storage
 from flight_writer.tracker import DurabilityTracker
 from flight_writer.writer import Writer
@@ -189,6 +190,8 @@ class FlightWriterServer(flight.FlightServerBase):
         self._listed = False  # storage's names are in _known_datasets
         self._list_tried = -3600.0
         self._known_lock = threading.Lock()
+        self._schemas: dict[str, pa.Schema] = {}  # evolve, strict: each dataset's schema so far
+        self._schemas_lock = threading.Lock()
         self._layout = layout or DatasetSettings()
         self._flight_sql = flight_sql or FlightSqlSettings()
         self._limits = limits or ServerSettings()
@@ -306,9 +309,12 @@ class FlightWriterServer(flight.FlightServerBase):
         if (problem := self._schema_problem(schema) or parquet_problem(stored)) is not None:
             raise flight.FlightServerError(problem)
         self._check_nesting(dataset)
+        conform = self._conformer(dataset, rule, schema, stored)
+        if conform is not None:
+            schema = conform.schema
         split = partitioner.split if partitioner.splits else None
-        max_metadata, max_batch = self._limits.max_metadata_bytes, self._limits.max_batch_bytes
         schema_key = schema.serialize().to_pybytes()
+        max_metadata, max_batch = self._limits.max_metadata_bytes, self._limits.max_batch_bytes
         put, timeout, logged = self._queue.put, self._put_timeout, self._queue.logged
         reply = writer.write if writer is not None else None
         state = self._queue.ack_state.encode()
@@ -332,10 +338,11 @@ class FlightWriterServer(flight.FlightServerBase):
                         f"server.max_batch_bytes ({max_batch}): send smaller batches"
                     )
                 pieces = None
-                if problem is None and split is not None:
+                if problem is None and (conform is not None or split is not None):
                     try:
-                        pieces = split(batch)
-                    except LayoutError as exc:
+                        batch = conform.apply(batch) if conform is not None else batch
+                        pieces = split(batch) if split is not None else None
+                    except (LayoutError, SchemaError) as exc:
                         problem = str(exc)
                 if problem is not None:
                     if replies is not None:
@@ -402,6 +409,36 @@ class FlightWriterServer(flight.FlightServerBase):
             if replies is not None:
                 replies.stop()
         return seqs, rows
+
+    def _conformer(self, dataset: str, rule: DatasetRule, schema: pa.Schema, stored: pa.Schema) -> Conformer | None:
+        """How this stream's batches become what the dataset's schema mode and declared columns say
+        (schemas.py); None when they are stored as sent. ``FlightServerError`` naming what is refused."""
+        declared = declared_schema(rule.columns)
+        if rule.schema == "separate" and declared is None:
+            return None
+        try:
+            with self._schemas_lock:
+                current = self._dataset_schema(dataset) if rule.schema != "separate" else None
+                target = plan(rule.schema, current, stored, declared)
+                if rule.schema == "evolve" or current is None:
+                    self._schemas[dataset] = target
+        except SchemaError as exc:
+            raise flight.FlightServerError(f"dataset {dataset!r} (schema = {rule.schema}): {exc}") from None
+        conform = Conformer(target, schema, rule.fields, lambda kind: stored_type(kind, rule.types))
+        return None if conform.identity else conform
+
+    def _dataset_schema(self, dataset: str) -> pa.Schema | None:
+        """The dataset's schema so far: this process's, else its newest file's in storage."""
+        if dataset in self._schemas:
+            return self._schemas[dataset]
+        try:
+            schema = self._datasets.schema(dataset)
+        except Exception as exc:  # ingest never waits for storage: the stream's schema starts it here
+            logger.warning("dataset {}: cannot read its schema from storage ({}: {})", dataset, type(exc).__name__, exc)
+            return None
+        if schema is not None:
+            self._schemas[dataset] = schema
+        return schema
 
     def _check_nesting(self, dataset: str) -> None:
         """Refuse a dataset name inside another dataset's folder, or one that would hold another: readers

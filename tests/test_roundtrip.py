@@ -143,13 +143,18 @@ def test_files_roll_by_rows_and_by_bytes(data_root):
     ]
 
 
-def test_a_different_schema_starts_a_new_file(client, data_root):
+def test_a_different_schema_starts_a_new_file_with_schema_separate(data_root):
+    import pyarrow.flight as flight
+
+    from conftest import running
+
     one = pa.record_batch({"a": pa.array([1, 2], pa.int64())})
     two = pa.record_batch({"a": pa.array(["x"]), "b": pa.array([1.5])})
-    put(client, "mixed", [one])
-    put(client, "mixed", [two])
-    put(client, "mixed", [one])
-    action(client, "flush")
+    with running(data_root, datasets={"schema": "separate"}) as svc, flight.connect(svc.location) as client:
+        put(client, "mixed", [one])
+        put(client, "mixed", [two])
+        put(client, "mixed", [one])
+        action(client, "flush")
     schemas = sorted(str(pq.read_schema(f).remove_metadata()) for f in parquet_files(data_root, "mixed"))
     assert len(schemas) == 2
     assert sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(data_root, "mixed")) == 5

@@ -1,0 +1,213 @@
+"""A dataset's schema over time: modes, declared columns, safe casts (``datasets.schema``, ``datasets.columns``).
+
+- ``separate`` (today's behaviour): a stream's schema is taken as sent; batches of different schemas go to
+  different files.
+- ``evolve``: the dataset has one schema that grows. A stream may add columns (stored as nullable), leave
+  columns out (stored as nulls) and widen a column's type safely (int32 -> int64, float32 -> float64,
+  string -> large_string, ...); its batches are stored under the dataset's unified schema, so streams whose
+  schemas differ share files instead of starting one per change. A stream that changes a column's type in
+  any other way is refused at its start, naming the column. Older files keep their narrower schema: read
+  with ``union_by_name`` (DuckDB), ``mergeSchema`` (Spark), a unified schema (pyarrow), see the README.
+- ``strict``: the dataset's schema is fixed: the declared ``columns``, else the first schema the server
+  sees (in storage, or the first stream). A stream whose columns differ is refused at its start, naming them;
+  types that cast safely to the dataset's are cast.
+
+Declared columns (``columns = {id = "int64 not null", name = "string"}``) work in every mode: each must be
+in every stream (a missing one is refused), its type cast safely to the declared one or refused, and a
+``not null`` column's batches with nulls are refused (the stream ends after its earlier batches are
+answered: nothing of the bad batch is stored). Types are written as pyarrow names: ``int64``, ``string``,
+``large_string``, ``bool``, ``float64``, ``date32``, ``timestamp[us]``, ``timestamp[us, tz=UTC]``,
+``decimal128(10, 2)``, ``list<string>``.
+
+The unified schema of a dataset is kept in memory and taken from its newest file in storage at its first
+stream after a start (the other processes' changes reach this one through storage).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class SchemaError(ValueError):
+    """A stream or declared schema that the dataset's mode does not allow (the message names the column)."""
+
+
+_TIMESTAMP = re.compile(r"timestamp\[(s|ms|us|ns)(?:,\s*tz=([^\]]+))?\]")
+_DECIMAL = re.compile(r"decimal(128|256)?\((\d+),\s*(\d+)\)")
+_LIST = re.compile(r"(large_)?list<(.+)>")
+
+
+def parse_type(text: str) -> pa.DataType:
+    """A pyarrow type from its name (``SchemaError`` if it is none)."""
+    text = text.strip()
+    if m := _TIMESTAMP.fullmatch(text):
+        return pa.timestamp(m.group(1), m.group(2))
+    if m := _DECIMAL.fullmatch(text):
+        return (pa.decimal256 if m.group(1) == "256" else pa.decimal128)(int(m.group(2)), int(m.group(3)))
+    if m := _LIST.fullmatch(text):
+        return (pa.large_list if m.group(1) else pa.list_)(parse_type(m.group(2)))
+    try:
+        return pa.type_for_alias(text)
+    except (ValueError, KeyError):
+        raise SchemaError(f"unknown type {text!r} (int64, string, timestamp[us, tz=UTC], ...)") from None
+
+
+def declared_schema(columns: Iterable[tuple[str, str]]) -> pa.Schema | None:
+    """``(name, "type [not null]")`` pairs as a schema; None when there are none."""
+    fields = []
+    for name, spec in columns:
+        text = spec.strip()
+        not_null = text.lower().endswith(" not null")
+        kind = parse_type(text[: -len(" not null")] if not_null else text)
+        fields.append(pa.field(name, kind, nullable=not not_null))
+    return pa.schema(fields) if fields else None
+
+
+def safe_cast(source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether every value of ``source`` keeps its meaning as ``target`` (a timestamp may lose digits
+    below the target's unit; out-of-range values fail at the cast)."""
+    if source == target or pa.types.is_null(source):
+        return True
+    if pa.types.is_dictionary(source):
+        return safe_cast(source.value_type, target)
+    if pa.types.is_integer(source) and pa.types.is_integer(target):
+        signed = pa.types.is_signed_integer(source), pa.types.is_signed_integer(target)
+        if signed == (True, False):
+            return False  # negative values
+        if signed == (False, True):
+            return target.bit_width > source.bit_width
+        return target.bit_width >= source.bit_width
+    if pa.types.is_floating(target) and (pa.types.is_floating(source) or pa.types.is_integer(source)):
+        mantissa = {16: 11, 32: 24, 64: 53}[target.bit_width]
+        bits = source.bit_width if pa.types.is_integer(source) else {16: 11, 32: 24, 64: 53}[source.bit_width]
+        return bits <= mantissa
+    strings = (pa.string(), pa.large_string(), pa.string_view())
+    if source in strings and target in strings:
+        return True
+    binaries = (pa.binary(), pa.large_binary(), pa.binary_view())
+    if source in binaries and target in binaries:
+        return True
+    if pa.types.is_timestamp(source) and pa.types.is_timestamp(target):
+        return source.tz == target.tz
+    if pa.types.is_decimal(source) and pa.types.is_decimal(target):
+        return target.scale >= source.scale and target.precision - target.scale >= source.precision - source.scale
+    if _is_list(source) and _is_list(target):
+        return safe_cast(source.value_type, target.value_type)
+    return False
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind)
+
+
+def plan(mode: str, current: pa.Schema | None, stream: pa.Schema, declared: pa.Schema | None) -> pa.Schema:
+    """The schema a stream's batches are stored under, given the dataset's mode and its schema so far
+    (``stream``: the stream's data columns in stored types). ``SchemaError`` naming what is not allowed."""
+    problems: list[str] = []
+    given = {f.name: f for f in stream}
+    if declared is not None:
+        for f in declared:
+            if f.name not in given:
+                problems.append(f"column {f.name!r} is declared ({f.type}) and the stream does not have it")
+            elif not safe_cast(given[f.name].type, f.type):
+                problems.append(f"column {f.name!r} is {given[f.name].type}; declared {f.type}, no safe cast")
+    base = current if current is not None else declared
+    if mode == "separate":
+        target = _overlay(stream, declared)
+    elif mode == "strict":
+        base = base if base is not None else stream
+        target = base
+        names = {f.name for f in base}
+        problems += [f"column {n!r} is not in the dataset's schema" for n in given if n not in names]
+        for f in base:
+            if f.name not in given:
+                if declared is None:  # declared columns were named above
+                    problems.append(f"column {f.name!r} ({f.type}) of the dataset's schema is missing")
+            elif not safe_cast(given[f.name].type, f.type) and (declared is None or f.name not in declared.names):
+                problems.append(f"column {f.name!r} is {given[f.name].type}; the dataset has {f.type}, no safe cast")
+    else:  # evolve
+        target = _evolve(base, stream, problems) if base is not None else stream
+    if problems:
+        raise SchemaError("; ".join(problems))
+    return target
+
+
+def _overlay(stream: pa.Schema, declared: pa.Schema | None) -> pa.Schema:
+    """The stream's schema with the declared columns' types and nullability."""
+    if declared is None:
+        return stream
+    fields = {f.name: f for f in declared}
+    return pa.schema([fields.get(f.name, f) for f in stream], stream.metadata)
+
+
+def _evolve(base: pa.Schema, stream: pa.Schema, problems: list[str]) -> pa.Schema:
+    given = {f.name: f for f in stream}
+    fields = []
+    for f in base:
+        g = given.get(f.name)
+        if g is None or safe_cast(g.type, f.type):
+            if g is None and not f.nullable:
+                problems.append(f"column {f.name!r} may not be null and the stream does not have it")
+            fields.append(f)
+        elif safe_cast(f.type, g.type):  # the stream widens it: the dataset's type from now on
+            fields.append(f.with_type(g.type))
+        else:
+            problems.append(
+                f"column {f.name!r} is {f.type} in the dataset; the stream sends {g.type}: schema = evolve takes "
+                "added columns and safe widenings only"
+            )
+    names = {f.name for f in base}
+    fields += [f.with_nullable(True) for f in stream if f.name not in names]
+    return pa.schema(fields, base.metadata)
+
+
+class Conformer:
+    """Brings one stream's batches to the schema they are stored under: casts, null columns for those the
+    stream leaves out, the ``not null`` check; the stream's other columns (partition fields) follow as they
+    are."""
+
+    def __init__(
+        self, target: pa.Schema, stream: pa.Schema, keep: tuple[str, ...], stored: Callable[[pa.DataType], pa.DataType]
+    ) -> None:
+        # a column whose stored type is the target's keeps the stream's type here: the file's encoder casts
+        # it (types = compatible) on the writer's threads, so a stream like the dataset costs nothing here
+        given = {f.name: f for f in stream}
+        target = pa.schema(
+            [
+                f.with_type(given[f.name].type) if f.name in given and stored(given[f.name].type) == f.type else f
+                for f in target
+            ],
+            target.metadata,
+        )
+        self._target = target
+        self._keep = [name for name in keep if name in stream.names]
+        self.schema = pa.schema([*target, *(stream.field(n) for n in self._keep)], stream.metadata)
+        self.identity = self.schema.equals(stream) and all(f.nullable for f in target)
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if self.identity:
+            return batch
+        columns = []
+        for f in self._target:
+            index = batch.schema.get_field_index(f.name)
+            if index < 0:
+                columns.append(pa.nulls(batch.num_rows, f.type))
+                continue
+            column = batch.column(index)
+            if not f.nullable and column.null_count:
+                raise SchemaError(
+                    f"column {f.name!r} may not be null (declared not null); a batch of {batch.num_rows} rows "
+                    f"has {column.null_count} nulls"
+                )
+            if column.type != f.type:
+                try:
+                    column = pc.cast(column, options=pc.CastOptions(f.type, allow_time_truncate=True))
+                except pa.ArrowInvalid as exc:
+                    raise SchemaError(f"column {f.name!r} cannot be cast to {f.type}: {exc}") from None
+            columns.append(column)
+        columns += [batch.column(name) for name in self._keep]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)

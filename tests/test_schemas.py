@@ -1,0 +1,117 @@
+"""Schema modes (separate, evolve, strict) and declared columns: what joins a file, what is cast, what is
+refused with a message naming the column; read back with DuckDB's union_by_name and pyarrow."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import action, parquet_files, put, read_dataset, running, send
+
+
+def batch(**columns) -> pa.RecordBatch:
+    return pa.record_batch(columns)
+
+
+A = batch(n=pa.array([1, 2], pa.int64()), name=pa.array(["a", "b"]))
+B = batch(n=pa.array([3], pa.int32()), name=pa.array(["c"]), extra=pa.array([1.5]))  # adds a column, narrower n
+
+
+def test_evolve_joins_streams_of_changing_shapes_in_one_file(data_root):
+    """A first file for A, then one for everything after the dataset's schema took B's column in (with
+    schema = separate: a file per flip)."""
+    with running(data_root, datasets={"schema": "evolve"}) as svc, flight.connect(svc.location) as c:
+        put(c, "ev", [A])
+        put(c, "ev", [B])  # n int32 -> the dataset's int64; extra is new
+        put(c, "ev", [A])  # flips back: stored under the unified schema, no new file
+        put(c, "ev", [B])
+        put(c, "ev", [batch(n=pa.array([9], pa.int64()))])  # name and extra left out: nulls
+        action(c, "flush")
+    first, unified = sorted(parquet_files(data_root, "ev"))  # part names start with their first seq
+    assert pq.read_schema(first).names == ["n", "name"]
+    table = pq.read_table(unified)
+    assert table.schema.names == ["n", "name", "extra"] and table.schema.field("n").type == pa.int64()
+    assert table.column("n").to_pylist() == [3, 1, 2, 3, 9]
+    assert table.column("extra").to_pylist() == [1.5, None, None, 1.5, None]
+
+
+def test_evolve_refuses_a_type_change_naming_the_column_and_goes_on(data_root):
+    with running(data_root, datasets={"schema": "evolve"}) as svc, flight.connect(svc.location) as c:
+        put(c, "ev", [A])
+        with pytest.raises(
+            flight.FlightServerError, match=r"column 'n' is int64 in the dataset; the stream sends string"
+        ):
+            send(c, flight.FlightDescriptor.for_path("ev"), batch(n=pa.array(["x"])))
+        put(c, "ev", [A])
+        action(c, "flush")
+    assert read_dataset(data_root, "ev").num_rows == 4
+
+
+def test_evolve_continues_from_the_schema_in_storage_after_a_restart(data_root):
+    with running(data_root, datasets={"schema": "evolve"}) as svc, flight.connect(svc.location) as c:
+        put(c, "ev", [A])
+        action(c, "flush")
+    with running(data_root, datasets={"schema": "evolve"}) as svc, flight.connect(svc.location) as c:
+        with pytest.raises(flight.FlightServerError, match="column 'name' is string in the dataset"):
+            send(c, flight.FlightDescriptor.for_path("ev"), batch(name=pa.array([1])))
+        put(c, "ev", [B])
+        action(c, "flush")
+    rows = duckdb.sql(
+        f"SELECT n, extra FROM read_parquet('{data_root}/ev/**/*.parquet', union_by_name = true) ORDER BY n"
+    ).fetchall()
+    assert rows == [(1, None), (2, None), (3, 1.5)]
+
+
+def test_strict_takes_the_first_schema_and_refuses_others_naming_columns(data_root):
+    with running(data_root, datasets={"schema": "strict"}) as svc, flight.connect(svc.location) as c:
+        put(c, "st", [A])
+        put(c, "st", [batch(n=pa.array([5], pa.int32()), name=pa.array(["e"]))])  # a safe cast: taken
+        message = r"column 'extra' is not in the dataset's schema"
+        with pytest.raises(flight.FlightServerError, match=message):
+            send(c, flight.FlightDescriptor.for_path("st"), B)
+        with pytest.raises(
+            flight.FlightServerError, match=r"column 'name' \(string\) of the dataset's schema is missing"
+        ):
+            send(c, flight.FlightDescriptor.for_path("st"), batch(n=pa.array([1])))
+        action(c, "flush")
+    table = read_dataset(data_root, "st")
+    assert table.column("n").to_pylist() == [1, 2, 5] and table.schema.field("n").type == pa.int64()
+
+
+def test_declared_columns_cast_require_and_refuse_nulls(data_root):
+    rule = {
+        "rules": [{"match": "orders", "schema": "strict", "columns": {"Id": "int64 not null", "note": "large_string"}}]
+    }
+    good = batch(Id=pa.array([1, 2], pa.int32()), note=pa.array(["x", None]))
+    nulls = batch(Id=pa.array([3, None], pa.int32()), note=pa.array(["y", "z"]))
+    with running(data_root, datasets=rule) as svc, flight.connect(svc.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("orders"), good.schema)
+        writer.write_batch(good)
+        assert reader.read() is not None
+        writer.write_batch(nulls)  # refused whole: nothing of it stored
+        with pytest.raises(flight.FlightServerError, match=r"column 'Id' may not be null .* has 1 nulls"):
+            writer.done_writing()
+            reader.read()
+            writer.close()
+        with pytest.raises(
+            flight.FlightServerError, match=r"column 'Id' is declared \(int64\) and the stream does not"
+        ):
+            send(c, flight.FlightDescriptor.for_path("orders"), batch(note=pa.array(["q"])))
+        with pytest.raises(flight.FlightServerError, match=r"column 'Id' is string; declared int64, no safe cast"):
+            send(c, flight.FlightDescriptor.for_path("orders"), batch(Id=pa.array(["1"]), note=pa.array(["q"])))
+        put(c, "other", [batch(Id=pa.array(["free"]))])  # the rule matches "orders" only
+        action(c, "flush")
+    table = read_dataset(data_root, "orders")
+    assert table.schema.field("Id").type == pa.int64() and table.schema.field("note").type == pa.large_string()
+    assert table.column("Id").to_pylist() == [1, 2]
+
+
+def test_separate_keeps_each_schema_in_its_own_file(data_root):
+    with running(data_root) as svc, flight.connect(svc.location) as c:
+        put(c, "sep", [A])
+        put(c, "sep", [B])
+        action(c, "flush")
+    assert len(parquet_files(data_root, "sep")) == 2
