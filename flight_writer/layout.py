@@ -42,6 +42,7 @@ NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 TIME_FOLDERS = ("date", "hour")
 PARTITION_TYPES = "strings, integers, booleans and dates"
 UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}  # timestamp values per second
+FIRST_SECOND, LAST_SECOND = -62_135_596_800, 253_402_300_799  # 0001-01-01 and 9999-12-31T23:59:59, UTC
 
 
 def _cast_options(target: pa.DataType) -> pc.CastOptions:
@@ -94,7 +95,7 @@ class Shape:
             [f.with_type(stored_type(f.type, rule.types)) for f in schema if f.name not in rule.fields],
             schema.metadata,
         )
-        return cls(kept, tuple(rule.fields))
+        return cls(kept, tuple(f for f in rule.fields if f in schema.names))
 
     def apply(self, table: pa.Table) -> pa.Table:
         """``table`` as the file stores it (a no-op when nothing changes; truncates nanoseconds)."""
@@ -161,6 +162,8 @@ class Partitioner:
         """The batch's rows, one batch per partition (the batch itself when all rows share one)."""
         if not self.splits or batch.num_rows == 0:
             return [batch]
+        if self._time is not None:
+            self._check_times(batch.column(self._time))
         keys = self._keys(batch)
         if all(pc.count_distinct(k, mode="all").as_py() == 1 for k in keys):
             return [batch]
@@ -181,6 +184,17 @@ class Partitioner:
                 mask = same if mask is None else pc.and_(mask, same)
             pieces.append(batch.filter(mask))
         return pieces
+
+    def _check_times(self, column: pa.Array) -> None:
+        """Event times must name a folder: years 1 to 9999 (gmtime and the readers' dates)."""
+        low, high = pc.min_max(column).values()
+        per_second = UNITS[column.type.unit]
+        for value in (low, high):
+            if value.is_valid and not FIRST_SECOND <= value.value // per_second <= LAST_SECOND:
+                raise LayoutError(
+                    f"column {self._time!r} has an event time outside the years 1-9999 ({value.value} "
+                    f"{column.type.unit} since 1970): it cannot name a partition"
+                )
 
     def _keys(self, batch: pa.RecordBatch) -> list[pa.Array]:
         keys = []

@@ -115,11 +115,15 @@ def plan(mode: str, current: pa.Schema | None, stream: pa.Schema, declared: pa.S
                 problems.append(f"column {f.name!r} is declared ({f.type}) and the stream does not have it")
             elif not safe_cast(given[f.name].type, f.type):
                 problems.append(f"column {f.name!r} is {given[f.name].type}; declared {f.type}, no safe cast")
-    base = current if current is not None else declared
+    # declared columns rule over the dataset's schema so far; other columns are nullable whatever a producer
+    # said (a first stream's non-null field is not a constraint on the next ones)
+    base = _declared_over(current, declared) if current is not None else declared
+    if mode == "strict" and declared is not None:
+        base = declared  # the declared columns are the schema
     if mode == "separate":
         target = _overlay(stream, declared)
     elif mode == "strict":
-        base = base if base is not None else stream
+        base = base if base is not None else _nullable(stream, declared)
         target = base
         names = {f.name for f in base}
         problems += [f"column {n!r} is not in the dataset's schema" for n in given if n not in names]
@@ -130,10 +134,27 @@ def plan(mode: str, current: pa.Schema | None, stream: pa.Schema, declared: pa.S
             elif not safe_cast(given[f.name].type, f.type) and (declared is None or f.name not in declared.names):
                 problems.append(f"column {f.name!r} is {given[f.name].type}; the dataset has {f.type}, no safe cast")
     else:  # evolve
-        target = _evolve(base, stream, problems) if base is not None else stream
+        target = _evolve(base, stream, problems) if base is not None else _nullable(stream, declared)
     if problems:
         raise SchemaError("; ".join(problems))
     return target
+
+
+def _nullable(schema: pa.Schema, declared: pa.Schema | None) -> pa.Schema:
+    """Every field nullable but the declared ``not null`` ones."""
+    required = {f.name for f in declared if not f.nullable} if declared is not None else set()
+    return pa.schema([f if f.name in required else f.with_nullable(True) for f in schema], schema.metadata)
+
+
+def _declared_over(current: pa.Schema, declared: pa.Schema | None) -> pa.Schema:
+    """The dataset's schema so far with the declared columns' types and nullability, and the declared
+    columns it lacks added."""
+    if declared is None:
+        return _nullable(current, None)
+    fields = {f.name: f for f in declared}
+    merged = [fields.get(f.name, f.with_nullable(True)) for f in current]
+    merged += [f for f in declared if f.name not in current.names]
+    return pa.schema(merged, current.metadata)
 
 
 def _overlay(stream: pa.Schema, declared: pa.Schema | None) -> pa.Schema:

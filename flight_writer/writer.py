@@ -28,6 +28,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from loguru import logger
 
 from flight_writer.config import DatasetRule, DatasetSettings, WriterSettings
@@ -228,7 +229,7 @@ class Writer:
             if rule.partition == "received" and not rule.fields:  # the common case, without a path per batch
                 partition: int | str = int(e.received_at // 3600)
             else:
-                partition = partition_path(rule, e.batch, e.received_at)  # the server split batches by it
+                partition = self._partition_path(rule, e)
             key = (e.dataset, e.schema_key, partition)
             buf = self._buffers.get(key)
             if buf is None:
@@ -253,6 +254,22 @@ class Writer:
                 # producers would soon wait on a full queue for data that only age would write out
                 largest = max(self._buffers, key=lambda k: self._buffers[k].nbytes)
                 self._submit(self._buffers.pop(largest))
+
+    def _partition_path(self, rule: DatasetRule, e: Entry) -> str:
+        """The folders of a batch the server split by this rule. A batch queued before the rule changed
+        (a WAL recovered after a restart) may lack its columns: it goes to the received-time folders."""
+        try:
+            return partition_path(rule, e.batch, e.received_at)
+        except (KeyError, ValueError, OSError, OverflowError, pa.ArrowException) as exc:
+            logger.warning(
+                "dataset={} seq={}: no partition by {} ({}: {}); stored by the time received",
+                e.dataset,
+                e.seq,
+                rule.time_column or ", ".join(rule.fields),
+                type(exc).__name__,
+                exc,
+            )
+            return partition_path(DatasetRule(granularity=rule.granularity), e.batch, e.received_at)
 
     def _rule(self, dataset: str) -> DatasetRule:
         if len(self._rules) > 100_000:

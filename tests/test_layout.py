@@ -146,3 +146,29 @@ def test_datasets_that_would_nest_are_refused_also_after_a_restart(data_root):
     ):
         send(c, flight.FlightDescriptor.for_path("org"), batch)
     assert read_dataset(data_root, "org/team").num_rows == 1
+
+
+def test_an_event_time_no_folder_can_name_is_refused_and_the_writer_goes_on(data_root):
+    rule = {"partition": "event", "time_column": "t"}
+    far = pa.record_batch({"t": pa.array([10**17], pa.timestamp("s"))})
+    with running(data_root, datasets=rule) as svc, flight.connect(svc.location) as c:
+        with pytest.raises(flight.FlightServerError, match=r"column 't' has an event time outside the years 1-9999"):
+            send(c, flight.FlightDescriptor.for_path("far"), far)
+        put(c, "near", [pa.record_batch({"t": pa.array([at(2026, 1, 2, 3)], pa.timestamp("s"))})])
+        action(c, "flush")
+    assert [p.parent.name for p in parquet_files(data_root, "near")] == ["hour=3"]
+
+
+def test_wal_batches_from_before_a_rule_change_go_to_received_time_folders(tmp_path):
+    from flight_writer.queue import WalQueue
+
+    wal = tmp_path / "wal"
+    queue = WalQueue(str(wal), 1 << 30)
+    old = pa.record_batch({"v": [1, 2]})
+    queue.put("old", old.schema.serialize().to_pybytes(), old, 5.0)
+    queue.close()
+    settings = {"queue": {"type": "wal", "path": str(wal)}, "datasets": {"partition": "event", "time_column": "t"}}
+    with running(tmp_path / "data", **settings) as svc, flight.connect(svc.location) as c:
+        assert action(c, "flush")["durable_through"] == 1  # the writer is alive and stored it
+    [file] = parquet_files(tmp_path / "data", "old")
+    assert file.parent.name.startswith("hour=") and read_dataset(tmp_path / "data", "old").num_rows == 2

@@ -109,3 +109,21 @@ def test_seq_ranges():
     assert seq_ranges([4]) == "4"
     assert list(parse_ranges("1-3,7,9-10")) == [1, 2, 3, 7, 9, 10]
     assert list(parse_ranges("")) == []
+
+
+def test_put_many_takes_all_pieces_or_none():
+    import pyarrow as pa
+    import pytest
+
+    from flight_writer.queue import MemoryQueue, QueueFull
+
+    piece = pa.record_batch({"x": pa.array(range(1000), pa.int64())})
+    size = piece.get_total_buffer_size()
+    q = MemoryQueue(max_bytes=size * 5 // 2)
+    q.put("d", b"k", piece, 1.0)
+    with pytest.raises(QueueFull):
+        q.put_many("d", b"k", [piece, piece], 0.05, [None, None])  # one piece would fit, two do not
+    assert q.last_seq == 1 and q.stats()["pending_batches"] == 1
+    accepted = q.put_many("d", b"k", [piece], 0.05, ["a#1"])
+    again = q.put_many("d", b"k", [piece], 0.05, ["a#1"])
+    assert [a.seq for a in accepted] == [2] and again[0].duplicate and again[0].seq == 2

@@ -115,3 +115,46 @@ def test_separate_keeps_each_schema_in_its_own_file(data_root):
         put(c, "sep", [B])
         action(c, "flush")
     assert len(parquet_files(data_root, "sep")) == 2
+
+
+def test_declared_columns_rule_over_a_dataset_that_has_files(data_root):
+    put_first = batch(id=pa.array([1], pa.int32()), note=pa.array(["a"]))
+    with running(data_root) as svc, flight.connect(svc.location) as c:
+        put(c, "later", [put_first])
+        action(c, "flush")
+    rule = {"rules": [{"match": "later", "columns": {"id": "int64 not null"}}]}
+    with running(data_root, datasets=rule) as svc, flight.connect(svc.location) as c:
+        with pytest.raises(flight.FlightServerError, match=r"column 'id' may not be null"):
+            send(c, flight.FlightDescriptor.for_path("later"), batch(id=pa.array([None, 5], pa.int32())))
+        put(c, "later", [batch(id=pa.array([7], pa.int32()))])  # note left out: a null
+        action(c, "flush")
+    newest = max(parquet_files(data_root, "later"), key=lambda p: p.stat().st_mtime_ns)  # seqs restarted at 1
+    assert pq.read_schema(newest).field("id").type == pa.int64()
+
+
+def test_a_producers_non_null_field_is_no_constraint_under_evolve(data_root):
+    strict_first = pa.record_batch([pa.array([1])], schema=pa.schema([pa.field("x", pa.int64(), nullable=False)]))
+    with running(data_root) as svc, flight.connect(svc.location) as c:
+        put(c, "nn", [strict_first])
+        put(c, "nn", [batch(x=pa.array([None, 2], pa.int64()))])
+        put(c, "nn", [batch(y=pa.array(["only y"]))])  # x left out: nulls
+        action(c, "flush")
+    rows = duckdb.sql(
+        f"SELECT x, y FROM read_parquet('{data_root}/nn/**/*.parquet', union_by_name = true) ORDER BY x, y"
+    ).fetchall()
+    assert rows == [(1, None), (2, None), (None, "only y"), (None, None)]  # DuckDB sorts nulls last
+
+
+def test_a_partition_field_added_to_a_dataset_with_files(data_root):
+    kv = batch(k=pa.array(["a", "b"]), v=pa.array([1, 2]))
+    with running(data_root) as svc, flight.connect(svc.location) as c:
+        put(c, "kv", [kv])
+        action(c, "flush")
+    with running(data_root, datasets={"fields": ["k"]}) as svc, flight.connect(svc.location) as c:
+        [reply] = put(c, "kv", [kv])
+        assert len(reply["seqs"]) == 2
+        action(c, "flush")
+    assert sorted(p.parent.name for p in parquet_files(data_root, "kv") if p.parent.name.startswith("k=")) == [
+        "k=a",
+        "k=b",
+    ]

@@ -89,6 +89,22 @@ class Queue(abc.ABC):
         """Append a batch and return its seq; wait up to ``timeout`` s for room, else raise QueueFull.
         With ``wait=False`` it returns before the batch is ``logged`` (see there)."""
 
+    def put_many(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batches: list[pa.RecordBatch],
+        timeout: float,
+        client_ids: list[str | None],
+        *,
+        wait: bool = True,
+    ) -> list[Accepted]:
+        """Put these batches (the partition pieces of one batch) all or none: room for every one, or
+        QueueFull/QueueClosed with none taken. This fallback is not atomic; implementations override it."""
+        return [
+            self.put(dataset, schema_key, b, timeout, c, wait=wait) for b, c in zip(batches, client_ids, strict=True)
+        ]
+
     def logged(self, seq: int, wait: bool) -> bool:
         """Whether batch ``seq`` is as safe as ``ack_state`` says (fsynced, for a WAL that replies
         ``logged``); with ``wait``, block until it is. Raises QueueWriteError if it never will be.

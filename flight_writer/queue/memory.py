@@ -50,40 +50,76 @@ class MemoryQueue(Queue):
     ) -> Accepted:
         nbytes = batch.get_total_buffer_size()  # 0.7 µs; .nbytes took 18 µs on a 100-row span batch
         with self._lock:
-            deadline = None
-            while True:
-                if client_id is not None and (seq := self._ids.get(client_id)) is not None:
-                    return Accepted(seq, True)
-                if self._closed:
-                    raise QueueClosed("queue is closed")
-                if not self._pending_bytes or self._pending_bytes + nbytes <= self._max_bytes:
-                    break
-                if deadline is None:
-                    deadline = time.monotonic() + timeout
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise QueueFull(
-                        f"queue full: {self._pending_bytes} of {self._max_bytes} bytes pending, waited {timeout:g} s"
-                    )
-                self._has_room.wait(remaining)
-            entry = Entry(self._last_seq + 1, dataset, schema_key, batch, time.time(), nbytes, client_id)
-            self._record(entry)
-            self._accept(entry)
-            rows = batch.num_rows
-            received = self._received
-            received[0] += 1
-            received[1] += rows
-            received[2] += nbytes
-            counts = self._by_dataset.get(dataset)
-            if counts is None:
-                key = dataset if len(self._by_dataset) < MAX_DATASETS else OTHER
-                counts = self._by_dataset.setdefault(key, [0, 0, 0])
-            counts[0] += 1
-            counts[1] += rows
-            counts[2] += nbytes
+            if client_id is not None and (seq := self._ids.get(client_id)) is not None:
+                return Accepted(seq, True)
+            self._wait_for_room(nbytes, timeout)
+            if client_id is not None and (seq := self._ids.get(client_id)) is not None:
+                return Accepted(seq, True)  # came in while this one waited
+            seq = self._take(dataset, schema_key, batch, nbytes, client_id)
         if wait:
-            self.logged(entry.seq, wait=True)
-        return Accepted(entry.seq, False)
+            self.logged(seq, wait=True)
+        return Accepted(seq, False)
+
+    def put_many(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batches: list[pa.RecordBatch],
+        timeout: float,
+        client_ids: list[str | None],
+        *,
+        wait: bool = True,
+    ) -> list[Accepted]:
+        sizes = [b.get_total_buffer_size() for b in batches]
+        with self._lock:
+            new = sum(n for n, c in zip(sizes, client_ids, strict=True) if c is None or self._ids.get(c) is None)
+            if new:
+                self._wait_for_room(new, timeout)  # all or none: a partial split is never left behind
+            accepted = []
+            for batch, nbytes, client_id in zip(batches, sizes, client_ids, strict=True):
+                if client_id is not None and (seq := self._ids.get(client_id)) is not None:
+                    accepted.append(Accepted(seq, True))
+                else:
+                    accepted.append(Accepted(self._take(dataset, schema_key, batch, nbytes, client_id), False))
+        if wait:
+            self.logged(max(a.seq for a in accepted), wait=True)
+        return accepted
+
+    def _wait_for_room(self, nbytes: int, timeout: float) -> None:
+        """Under the lock: wait until ``nbytes`` more fit (always, when nothing is pending)."""
+        deadline = None
+        while True:
+            if self._closed:
+                raise QueueClosed("queue is closed")
+            if not self._pending_bytes or self._pending_bytes + nbytes <= self._max_bytes:
+                return
+            if deadline is None:
+                deadline = time.monotonic() + timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QueueFull(
+                    f"queue full: {self._pending_bytes} of {self._max_bytes} bytes pending, waited {timeout:g} s"
+                )
+            self._has_room.wait(remaining)
+
+    def _take(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, nbytes: int, client_id: str | None) -> int:
+        """Under the lock, with room: the batch's entry, logged (subclasses), visible to ``get``, counted."""
+        entry = Entry(self._last_seq + 1, dataset, schema_key, batch, time.time(), nbytes, client_id)
+        self._record(entry)
+        self._accept(entry)
+        rows = batch.num_rows
+        received = self._received
+        received[0] += 1
+        received[1] += rows
+        received[2] += nbytes
+        counts = self._by_dataset.get(dataset)
+        if counts is None:
+            key = dataset if len(self._by_dataset) < MAX_DATASETS else OTHER
+            counts = self._by_dataset.setdefault(key, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += rows
+        counts[2] += nbytes
+        return entry.seq
 
     def _accept(self, entry: Entry) -> None:
         """Under the lock: make the entry visible to ``get`` and count it."""
