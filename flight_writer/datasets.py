@@ -40,8 +40,22 @@ class Datasets:
             p for p in self._storage.list(prefix) if p.endswith(".parquet") and p[len(prefix) :].startswith("date=")
         ]
 
+    def _newest(self, dataset: str) -> str | None:
+        """The object written last: by the modification time the listing gives (part names start with
+        their first seq, and the memory queue's seqs start at 1 again after a restart), then by name."""
+        prefix = dataset + "/"
+        newest, newest_key = None, None
+        for e in self._storage.operator.scan(prefix):
+            if not e.path.endswith(".parquet") or not e.path[len(prefix) :].startswith("date="):
+                continue
+            modified = e.metadata.last_modified
+            key = (modified.timestamp() if modified is not None else 0.0, e.path.rsplit("/", 1)[-1])
+            if newest_key is None or key > newest_key:
+                newest, newest_key = e.path, key
+        return newest
+
     def schema(self, dataset: str) -> pa.Schema | None:
-        """The Arrow schema of the dataset's newest object (part names start with their first seq)."""
+        """The Arrow schema of the dataset's newest object."""
         footer = self._footer(dataset)
         return footer.schema.to_arrow_schema().remove_metadata() if footer is not None else None
 
@@ -52,10 +66,9 @@ class Datasets:
         return footer.schema if footer is not None else None
 
     def _footer(self, dataset: str) -> pq.FileMetaData | None:
-        objects = self.objects(dataset)
-        if not objects:
+        newest = self._newest(dataset)
+        if newest is None:
             return None
-        newest = max(objects, key=lambda p: p.rsplit("/", 1)[-1])
         with self._storage.operator.open(newest, "rb") as f:  # reads the footer, not the whole object
             return pq.ParquetFile(io.BufferedReader(f)).metadata
 

@@ -128,7 +128,7 @@ def test_declared_columns_rule_over_a_dataset_that_has_files(data_root):
             send(c, flight.FlightDescriptor.for_path("later"), batch(id=pa.array([None, 5], pa.int32())))
         put(c, "later", [batch(id=pa.array([7], pa.int32()))])  # note left out: a null
         action(c, "flush")
-    newest = max(parquet_files(data_root, "later"), key=lambda p: p.stat().st_mtime_ns)  # seqs restarted at 1
+    newest = max(parquet_files(data_root, "later"), key=lambda p: p.stat().st_mtime_ns)  # seqs restart at 1
     assert pq.read_schema(newest).field("id").type == pa.int64()
 
 
@@ -158,3 +158,16 @@ def test_a_partition_field_added_to_a_dataset_with_files(data_root):
         "k=a",
         "k=b",
     ]
+
+
+def test_evolve_starts_from_the_newest_file_when_the_memory_queue_restarted_its_seqs(data_root):
+    for columns in ({"a": pa.array([1])}, {"a": pa.array([2]), "b": pa.array(["new"])}):  # seq 1 both times
+        with running(data_root) as svc, flight.connect(svc.location) as c:
+            put(c, "re", [pa.record_batch(columns)])
+            action(c, "flush")
+    with (
+        running(data_root) as svc,
+        flight.connect(svc.location) as c,
+        pytest.raises(flight.FlightServerError, match="column 'b' is string in the dataset"),
+    ):
+        send(c, flight.FlightDescriptor.for_path("re"), batch(b=pa.array([1])))
