@@ -35,7 +35,7 @@ from flight_writer.config import DatasetRule, DatasetSettings, WriterSettings
 from flight_writer.layout import Shape, partition_path
 from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import Entry, Queue
-from flight_writer.queue.base import MAX_DATASETS, OTHER
+from flight_writer.queue.base import count_for
 from flight_writer.storage import PERMANENT_ERRORS, Storage, first_line
 from flight_writer.tracker import DurabilityTracker
 
@@ -330,13 +330,7 @@ class Writer:
             self.files_written += 1
             self.rows_written += rows
             self.bytes_written += nbytes
-            counts = self._written_by_dataset.get(dataset)
-            if counts is None:
-                key = dataset if len(self._written_by_dataset) < MAX_DATASETS else OTHER
-                counts = self._written_by_dataset.setdefault(key, [0, 0, 0])
-            counts[0] += 1
-            counts[1] += rows
-            counts[2] += nbytes
+            count_for(self._written_by_dataset, dataset, 1, rows, nbytes)
         for listener in self.file_listeners:
             listener(rows, nbytes, encode_s, upload_s)
 

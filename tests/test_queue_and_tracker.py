@@ -127,3 +127,13 @@ def test_put_many_takes_all_pieces_or_none():
     accepted = q.put_many("d", b"k", [piece], 0.05, ["a#1"])
     again = q.put_many("d", b"k", [piece], 0.05, ["a#1"])
     assert [a.seq for a in accepted] == [2] and again[0].duplicate and again[0].seq == 2
+
+
+def test_per_dataset_counts_take_the_first_names_then_count_the_rest_together(monkeypatch):
+    from flight_writer.queue import base
+
+    monkeypatch.setattr(base, "MAX_DATASETS", 2)
+    table: dict[str, list[int]] = {}
+    for name in ("a", "b", "c", "d", "a"):
+        base.count_for(table, name, 1, 10, 100)
+    assert table == {"a": [2, 20, 200], "b": [1, 10, 100], base.OTHER: [2, 20, 200]}

@@ -27,6 +27,17 @@ MAX_DATASETS = 10_000  # datasets counted by name (status, metrics); beyond, tog
 OTHER = "(other)"  # what those are counted as: not a valid dataset name, so it cannot collide with one
 
 
+def count_for(table: dict[str, list[int]], dataset: str, items: int, rows: int, nbytes: int) -> None:
+    """Add to a dataset's three counters in ``table`` (under its owner's lock): the first ``MAX_DATASETS``
+    names each on their own, later ones together as ``OTHER``."""
+    counts = table.get(dataset)
+    if counts is None:
+        counts = table.setdefault(dataset if len(table) < MAX_DATASETS else OTHER, [0, 0, 0])
+    counts[0] += items
+    counts[1] += rows
+    counts[2] += nbytes
+
+
 class QueueFull(Exception):
     """``put`` waited ``timeout`` seconds and the queue still had no room."""
 

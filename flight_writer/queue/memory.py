@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flight_writer.queue.base import MAX_DATASETS, OTHER, Accepted, Entry, IdWindow, Queue, QueueClosed, QueueFull
+from flight_writer.queue.base import Accepted, Entry, IdWindow, Queue, QueueClosed, QueueFull, count_for
 
 
 class MemoryQueue(Queue):
@@ -112,13 +112,7 @@ class MemoryQueue(Queue):
         received[0] += 1
         received[1] += rows
         received[2] += nbytes
-        counts = self._by_dataset.get(dataset)
-        if counts is None:
-            key = dataset if len(self._by_dataset) < MAX_DATASETS else OTHER
-            counts = self._by_dataset.setdefault(key, [0, 0, 0])
-        counts[0] += 1
-        counts[1] += rows
-        counts[2] += nbytes
+        count_for(self._by_dataset, dataset, 1, rows, nbytes)
         return entry.seq
 
     def _accept(self, entry: Entry) -> None:
