@@ -10,7 +10,6 @@ import contextlib
 import json
 import re
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -18,15 +17,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
-from loguru import logger
 
 from flight_writer import flightsql
+from flight_writer.admission import Admission, AdmissionError
 from flight_writer.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
-from flight_writer.config import DatasetRule, DatasetSettings, FlightSqlSettings, ServerSettings
+from flight_writer.config import DatasetSettings, FlightSqlSettings, ServerSettings
 from flight_writer.datasets import Datasets, parquet_schema_of
-from flight_writer.layout import LayoutError, Partitioner, Shape, stored_type
+from flight_writer.layout import LayoutError
 from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
-from flight_writer.schemas import Conformer, SchemaError, declared_schema, plan
+from flight_writer.schemas import SchemaError
 from flight_writer.storage import Storage
 from flight_writer.tracker import DurabilityTracker
 from flight_writer.writer import Writer
@@ -186,13 +185,7 @@ class FlightWriterServer(flight.FlightServerBase):
         self._put_timeout = put_timeout
         self._storage = storage
         self._datasets = Datasets(storage)
-        self._known_datasets: set[str] = set()  # dataset names: those in storage and those seen here
-        self._listed = False  # storage's names are in _known_datasets
-        self._list_tried = -3600.0
-        self._known_lock = threading.Lock()
-        self._schemas: dict[str, pa.Schema] = {}  # evolve, strict: each dataset's schema so far
-        self._schemas_lock = threading.Lock()
-        self._layout = layout or DatasetSettings()
+        self._admission = Admission(self._datasets, layout or DatasetSettings())
         self._flight_sql = flight_sql or FlightSqlSettings()
         self._limits = limits or ServerSettings()
         self._auth = auth
@@ -299,21 +292,14 @@ class FlightWriterServer(flight.FlightServerBase):
         stream does not wait for that: it reads on while earlier batches are fsynced, so one producer's
         batches share fsyncs, and a thread of the stream (``_Replies``) sends the replies in seq order as
         each batch is logged."""
-        schema = reader.schema
-        rule = self._layout.rule_for(dataset)
         try:
-            partitioner = Partitioner(rule, schema)
-        except LayoutError as exc:
-            raise flight.FlightServerError(f"dataset {dataset!r}: {exc}") from None
-        stored = Shape.of(schema, rule).schema
-        if (problem := self._schema_problem(schema) or parquet_problem(stored)) is not None:
-            raise flight.FlightServerError(problem)
-        conform = self._conformer(dataset, rule, schema, stored)
-        self._check_nesting(dataset)  # last: a refused stream does not take the name
-        if conform is not None:
-            schema = conform.schema
-        split = partitioner.split if partitioner.splits else None
-        schema_key = schema.serialize().to_pybytes()
+            admitted = self._admission.admit(
+                dataset, reader.schema, lambda schema, stored: self._schema_problem(schema) or parquet_problem(stored)
+            )
+        except AdmissionError as exc:
+            raise flight.FlightServerError(str(exc)) from None
+        conform, split = admitted.conform, admitted.split
+        schema_key = admitted.schema.serialize().to_pybytes()
         max_metadata, max_batch = self._limits.max_metadata_bytes, self._limits.max_batch_bytes
         put, timeout, logged = self._queue.put, self._put_timeout, self._queue.logged
         reply = writer.write if writer is not None else None
@@ -410,72 +396,6 @@ class FlightWriterServer(flight.FlightServerBase):
                 replies.stop()
         return seqs, rows
 
-    def _conformer(self, dataset: str, rule: DatasetRule, schema: pa.Schema, stored: pa.Schema) -> Conformer | None:
-        """How this stream's batches become what the dataset's schema mode and declared columns say
-        (schemas.py); None when they are stored as sent. ``FlightServerError`` naming what is refused."""
-        declared = declared_schema(rule.columns)
-        if rule.schema == "separate" and declared is None:
-            return None
-        stored_now = self._dataset_schema(dataset) if rule.schema != "separate" else None  # outside the lock
-        try:
-            with self._schemas_lock:
-                if stored_now is not None:
-                    self._schemas.setdefault(dataset, stored_now)
-                current = self._schemas.get(dataset) if rule.schema != "separate" else None
-                if current is not None and rule.fields:  # partition fields live in folder names, not files
-                    current = pa.schema([f for f in current if f.name not in rule.fields], current.metadata)
-                target = plan(rule.schema, current, stored, declared)
-                if rule.schema == "evolve" or current is None:
-                    self._schemas[dataset] = target
-        except SchemaError as exc:
-            raise flight.FlightServerError(f"dataset {dataset!r} (schema = {rule.schema}): {exc}") from None
-        conform = Conformer(target, schema, rule.fields, lambda kind: stored_type(kind, rule.types))
-        return None if conform.identity else conform
-
-    def _dataset_schema(self, dataset: str) -> pa.Schema | None:
-        """The dataset's schema so far: this process's, else (read once) its newest file's in storage."""
-        if dataset in self._schemas:
-            return self._schemas[dataset]
-        try:
-            return self._datasets.schema(dataset)
-        except Exception as exc:  # ingest never waits for a failing storage: the stream's schema starts it
-            logger.warning("dataset {}: cannot read its schema from storage ({}: {})", dataset, type(exc).__name__, exc)
-            return None
-
-    def _check_nesting(self, dataset: str) -> None:
-        """Refuse a dataset name inside another dataset's folder, or one that would hold another: readers
-        of the outer one would read the inner one's files too."""
-        with self._known_lock:
-            self._check_nesting_locked(dataset)
-
-    def _check_nesting_locked(self, dataset: str) -> None:
-        known = self._known_datasets
-        if dataset in known:
-            return
-        if not self._listed and time.monotonic() - self._list_tried > 60:  # storage's names, once
-            self._list_tried = time.monotonic()
-            try:
-                known.update(self._datasets.names())
-                self._listed = True
-            except Exception as exc:  # ingest never waits for storage: check against the names seen here
-                logger.warning(
-                    "cannot list datasets in storage ({}: {}); nesting checked against "
-                    "this process's datasets only, listing again in 60 s",
-                    type(exc).__name__,
-                    exc,
-                )
-            if dataset in known:
-                return
-        for other in known:
-            if other.startswith(dataset + "/") or dataset.startswith(other + "/"):
-                outer, inner = sorted((dataset, other), key=len)
-                raise flight.FlightServerError(
-                    f"dataset {dataset!r} would nest {'inside' if dataset == inner else 'around'} dataset "
-                    f"{other!r}: readers of {outer!r} would read {inner!r}'s files too. Name it beside it, "
-                    f"e.g. {inner.replace('/', '-')!r}"
-                )
-        known.add(dataset)
-
     def _schema_problem(self, schema: pa.Schema) -> str | None:
         """A schema over the limits (columns, nesting), which a producer cannot mean and which would cost
         the encoder dearly; None if within them."""
@@ -544,7 +464,7 @@ class FlightWriterServer(flight.FlightServerBase):
         replace = bool(existing) and cmd.if_exists == "replace"
         if existing and not replace and not self._flight_sql.allow_schema_change:
             current = self._datasets.parquet_schema(dataset)
-            stored = Shape.of(reader.schema, self._layout.rule_for(dataset)).schema
+            stored = self._admission.stored_schema(dataset, reader.schema)
             if current is not None and not current.equals(parquet_schema_of(stored)):
                 raise flight.FlightServerError(
                     f"table {dataset!r} has schema ({_short(current.to_arrow_schema())}); the data has "

@@ -1,0 +1,136 @@
+"""Admitting a stream to its dataset, once, at the stream's start: the dataset's rule (layout.py: partitions,
+stored types), its schema mode and declared columns (schemas.py), and its name beside the other datasets'.
+
+Both Flight doors (a path ``do_put`` and Flight SQL ingest) ask ``Admission.admit``; nothing here speaks
+Flight: a refusal is an ``AdmissionError`` naming the problem, which the doors answer as FlightServerError.
+Storage is read at most once per dataset (its newest file's schema) and once per process (the dataset
+names); when it fails, the stream is admitted on what this process knows, with a warning.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+from loguru import logger
+
+from flight_writer.config import DatasetRule, DatasetSettings
+from flight_writer.datasets import Datasets
+from flight_writer.layout import LayoutError, Partitioner, Shape, stored_type
+from flight_writer.schemas import Conformer, SchemaError, declared_schema, plan
+
+LIST_AGAIN = 60.0  # seconds before a failed listing of the dataset names is tried again
+
+
+class AdmissionError(ValueError):
+    """The stream cannot go to its dataset (the message names the column, rule or dataset)."""
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """How a stream's batches are queued: under ``schema``, each through ``conform`` then ``split`` when set
+    (both may raise ``LayoutError``/``SchemaError`` for one batch)."""
+
+    schema: pa.Schema
+    conform: Conformer | None
+    split: Callable[[pa.RecordBatch], list[pa.RecordBatch]] | None
+
+
+class Admission:
+    def __init__(self, datasets: Datasets, layout: DatasetSettings) -> None:
+        self._datasets = datasets
+        self._layout = layout
+        self._schemas: dict[str, pa.Schema] = {}  # evolve, strict: each dataset's schema so far
+        self._schemas_lock = threading.Lock()
+        self._known: set[str] = set()  # dataset names: those in storage and those admitted here
+        self._listed = False  # storage's names are in _known
+        self._list_tried = -3600.0
+        self._known_lock = threading.Lock()
+
+    def stored_schema(self, dataset: str, schema: pa.Schema) -> pa.Schema:
+        """What the dataset's files hold of a stream of this schema (partition fields out, stored types)."""
+        return Shape.of(schema, self._layout.rule_for(dataset)).schema
+
+    def admit(self, dataset: str, schema: pa.Schema, check: Callable[[pa.Schema, pa.Schema], str | None]) -> Admitted:
+        """Decide how this stream's batches are queued. ``check(schema, stored)`` says what else refuses it
+        (limits, what Parquet cannot store); the name is taken last, so a refused stream does not take it."""
+        rule = self._layout.rule_for(dataset)
+        try:
+            partitioner = Partitioner(rule, schema)
+        except LayoutError as exc:
+            raise AdmissionError(f"dataset {dataset!r}: {exc}") from None
+        stored = Shape.of(schema, rule).schema
+        if (problem := check(schema, stored)) is not None:
+            raise AdmissionError(problem)
+        conform = self._conformer(dataset, rule, schema, stored)
+        self._check_nesting(dataset)
+        return Admitted(
+            conform.schema if conform is not None else schema,
+            conform,
+            partitioner.split if partitioner.splits else None,
+        )
+
+    def _conformer(self, dataset: str, rule: DatasetRule, schema: pa.Schema, stored: pa.Schema) -> Conformer | None:
+        """How this stream's batches become what the dataset's schema mode and declared columns say; None
+        when they are queued as sent."""
+        declared = declared_schema(rule.columns)
+        if rule.schema == "separate" and declared is None:
+            return None
+        stored_now = self._dataset_schema(dataset) if rule.schema != "separate" else None  # outside the lock
+        try:
+            with self._schemas_lock:
+                if stored_now is not None:
+                    self._schemas.setdefault(dataset, stored_now)
+                current = self._schemas.get(dataset) if rule.schema != "separate" else None
+                if current is not None and rule.fields:  # partition fields live in folder names, not files
+                    current = pa.schema([f for f in current if f.name not in rule.fields], current.metadata)
+                target = plan(rule.schema, current, stored, declared)
+                if rule.schema == "evolve" or current is None:
+                    self._schemas[dataset] = target
+        except SchemaError as exc:
+            raise AdmissionError(f"dataset {dataset!r} (schema = {rule.schema}): {exc}") from None
+        conform = Conformer(target, schema, rule.fields, lambda kind: stored_type(kind, rule.types))
+        return None if conform.identity else conform
+
+    def _dataset_schema(self, dataset: str) -> pa.Schema | None:
+        """The dataset's schema so far: this process's, else (read once) its newest file's in storage."""
+        if dataset in self._schemas:
+            return self._schemas[dataset]
+        try:
+            return self._datasets.schema(dataset)
+        except Exception as exc:  # ingest never waits for a failing storage: the stream's schema starts it
+            logger.warning("dataset {}: cannot read its schema from storage ({}: {})", dataset, type(exc).__name__, exc)
+            return None
+
+    def _check_nesting(self, dataset: str) -> None:
+        """Refuse a dataset name inside another dataset's folder, or one that would hold another: readers
+        of the outer one would read the inner one's files too."""
+        with self._known_lock:
+            known = self._known
+            if dataset in known:
+                return
+            if not self._listed and time.monotonic() - self._list_tried > LIST_AGAIN:  # storage's names, once
+                self._list_tried = time.monotonic()
+                try:
+                    known.update(self._datasets.names())
+                    self._listed = True
+                except Exception as exc:  # ingest never waits for storage: check against the names seen here
+                    logger.warning(
+                        "cannot list datasets in storage ({}: {}); nesting checked against this process's "
+                        "datasets only, listing again in {:g} s",
+                        type(exc).__name__,
+                        exc,
+                        LIST_AGAIN,
+                    )
+            for other in known:
+                if dataset != other and (other.startswith(dataset + "/") or dataset.startswith(other + "/")):
+                    outer, inner = sorted((dataset, other), key=len)
+                    raise AdmissionError(
+                        f"dataset {dataset!r} would nest {'inside' if dataset == inner else 'around'} dataset "
+                        f"{other!r}: readers of {outer!r} would read {inner!r}'s files too. Name it beside it, "
+                        f"e.g. {inner.replace('/', '-')!r}"
+                    )
+            known.add(dataset)
