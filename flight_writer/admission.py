@@ -54,9 +54,16 @@ class Admission:
         """What the dataset's files hold of a stream of this schema (partition fields out, stored types)."""
         return Shape.of(schema, self._layout.rule_for(dataset)).schema
 
-    def admit(self, dataset: str, schema: pa.Schema, check: Callable[[pa.Schema, pa.Schema], str | None]) -> Admitted:
+    def admit(
+        self,
+        dataset: str,
+        schema: pa.Schema,
+        check: Callable[[pa.Schema, pa.Schema], str | None],
+        fresh: bool = False,
+    ) -> Admitted:
         """Decide how this stream's batches are queued. ``check(schema, stored)`` says what else refuses it
-        (limits, what Parquet cannot store); the name is taken last, so a refused stream does not take it."""
+        (limits, what Parquet cannot store); the name is taken last, so a refused stream does not take it.
+        ``fresh``: the stream replaces the dataset's data (Flight SQL replace), its schema starts anew."""
         rule = self._layout.rule_for(dataset)
         try:
             partitioner = Partitioner(rule, schema)
@@ -65,7 +72,7 @@ class Admission:
         stored = Shape.of(schema, rule).schema
         if (problem := check(schema, stored)) is not None:
             raise AdmissionError(problem)
-        conform = self._conformer(dataset, rule, schema, stored)
+        conform = self._conformer(dataset, rule, schema, stored, fresh)
         self._check_nesting(dataset)
         return Admitted(
             conform.schema if conform is not None else schema,
@@ -73,18 +80,21 @@ class Admission:
             partitioner.split if partitioner.splits else None,
         )
 
-    def _conformer(self, dataset: str, rule: DatasetRule, schema: pa.Schema, stored: pa.Schema) -> Conformer | None:
+    def _conformer(
+        self, dataset: str, rule: DatasetRule, schema: pa.Schema, stored: pa.Schema, fresh: bool
+    ) -> Conformer | None:
         """How this stream's batches become what the dataset's schema mode and declared columns say; None
         when they are queued as sent."""
         declared = declared_schema(rule.columns)
         if rule.schema == "separate" and declared is None:
             return None
-        stored_now = self._dataset_schema(dataset) if rule.schema != "separate" else None  # outside the lock
+        look = rule.schema != "separate" and not fresh
+        stored_now = self._dataset_schema(dataset) if look else None  # outside the lock
         try:
             with self._schemas_lock:
                 if stored_now is not None:
                     self._schemas.setdefault(dataset, stored_now)
-                current = self._schemas.get(dataset) if rule.schema != "separate" else None
+                current = self._schemas.get(dataset) if look else None
                 if current is not None and rule.fields:  # partition fields live in folder names, not files
                     current = pa.schema([f for f in current if f.name not in rule.fields], current.metadata)
                 target = plan(rule.schema, current, stored, declared)

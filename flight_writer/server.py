@@ -22,10 +22,11 @@ from flight_writer import flightsql
 from flight_writer.admission import Admission, AdmissionError
 from flight_writer.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
 from flight_writer.config import DatasetSettings, FlightSqlSettings, ServerSettings
-from flight_writer.datasets import Datasets, parquet_schema_of
+from flight_writer.datasets import Datasets
 from flight_writer.layout import LayoutError
 from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.schemas import SchemaError
+from flight_writer.sql_door import FlightSqlDoor
 from flight_writer.storage import Storage
 from flight_writer.tracker import DurabilityTracker
 from flight_writer.writer import Writer
@@ -186,6 +187,16 @@ class FlightWriterServer(flight.FlightServerBase):
         self._storage = storage
         self._datasets = Datasets(storage)
         self._admission = Admission(self._datasets, layout or DatasetSettings())
+        self._sql = FlightSqlDoor(
+            self._datasets,
+            self._admission,
+            storage,
+            lambda: self._flight_sql,
+            lambda dataset, reader, fresh: self._ingest(dataset, reader, None, keep_seqs=True, fresh=fresh),
+            self._make_durable,
+            writer.flush,
+            dataset_from_path,
+        )
         self._flight_sql = flight_sql or FlightSqlSettings()
         self._limits = limits or ServerSettings()
         self._auth = auth
@@ -260,7 +271,7 @@ class FlightWriterServer(flight.FlightServerBase):
     ) -> None:
         level = context.get_middleware("ack")
         if descriptor.descriptor_type == flight.DescriptorType.CMD:
-            self._sql_ingest(context, descriptor.command, level.level if level else None, reader, writer)
+            self._sql.ingest(context, descriptor.command, level.level if level else None, reader, writer)
             return
         if descriptor.descriptor_type != flight.DescriptorType.PATH:
             raise flight.FlightServerError(
@@ -283,6 +294,7 @@ class FlightWriterServer(flight.FlightServerBase):
         reader: flight.MetadataRecordBatchReader,
         writer: flight.FlightMetadataWriter | None,
         keep_seqs: bool,
+        fresh: bool = False,
     ) -> tuple[list[int], int]:
         """Enqueue the stream batch by batch; a PutResult per batch when ``writer`` is given.
         Returns the seqs (when ``keep_seqs``: a long-lived queued stream should not collect them) and the
@@ -294,7 +306,10 @@ class FlightWriterServer(flight.FlightServerBase):
         each batch is logged."""
         try:
             admitted = self._admission.admit(
-                dataset, reader.schema, lambda schema, stored: self._schema_problem(schema) or parquet_problem(stored)
+                dataset,
+                reader.schema,
+                lambda schema, stored: self._schema_problem(schema) or parquet_problem(stored),
+                fresh,
             )
         except AdmissionError as exc:
             raise flight.FlightServerError(str(exc)) from None
@@ -425,93 +440,14 @@ class FlightWriterServer(flight.FlightServerBase):
             result["failed"] = failed
         return result
 
-    # -- Flight SQL: bulk ingestion for ADBC clients ----------------------------------------------------
-    def _sql_ingest(
-        self,
-        context: flight.ServerCallContext,
-        command: bytes,
-        ack_header: str | None,
-        reader: flight.MetadataRecordBatchReader,
-        writer: flight.FlightMetadataWriter,
-    ) -> None:
-        try:
-            name, value = flightsql.unpack_any(command)
-            if name != flightsql.INGEST:
-                raise NotImplementedError(
-                    f"Flight SQL command {name or '(none)'} is not supported: "
-                    "this server only ingests (CommandStatementIngest)"
-                )
-            cmd = flightsql.parse_ingest(value)
-        except flightsql.ProtobufError as exc:
-            raise flight.FlightServerError(f"do_put command is not a Flight SQL command: {exc}") from None
-        if cmd.temporary:
-            raise NotImplementedError("temporary tables are not supported")
-        if cmd.transaction_id:
-            raise NotImplementedError("transactions are not supported")
-        try:
-            dataset = dataset_from_path(cmd.path)
-        except ValueError as exc:
-            raise flight.FlightServerError(f"table {'.'.join(cmd.path)!r}: {exc}") from None
-        authorize(context, f"write dataset {dataset!r}", lambda who: who.may_write(dataset))
-        if cmd.if_exists == "replace":
-            authorize(context, "replace data (Flight SQL ingest mode replace)", lambda who: who.replace)
-        self._writer.flush(dataset)  # buffered data of this dataset counts as existing
-        existing = self._datasets.objects(dataset)
-        if existing and cmd.if_exists == "fail":
-            raise flight.FlightServerError(f"ALREADY_EXISTS: table {dataset!r} already has data")
-        if not existing and cmd.if_not_exist == "fail":
-            raise flight.FlightServerError(f"NOT_FOUND: table {dataset!r} does not exist")
-        replace = bool(existing) and cmd.if_exists == "replace"
-        if existing and not replace and not self._flight_sql.allow_schema_change:
-            current = self._datasets.parquet_schema(dataset)
-            stored = self._admission.stored_schema(dataset, reader.schema)
-            if current is not None and not current.equals(parquet_schema_of(stored)):
-                raise flight.FlightServerError(
-                    f"table {dataset!r} has schema ({_short(current.to_arrow_schema())}); the data has "
-                    f"({_short(reader.schema)}). Set flight_sql.allow_schema_change = true to allow it"
-                )
-        durable = (ack_header or self._flight_sql.ack) == "durable"
-        seqs, rows = self._ingest(dataset, reader, None, keep_seqs=True)
-        if durable or replace:  # a replace removes the old data only once the new data is safe
-            result = self._make_durable(dataset, seqs)
-            if result.get("failed"):
-                raise flight.FlightServerError(
-                    f"{len(result['failed'])} batches could not be stored in Parquet: {result['failed'][0]['error']}"
-                )
-            for path in existing if replace else ():
-                self._storage.delete(path)
-        writer.write(pa.py_buffer(flightsql.update_result(rows)))
-
+    # -- Flight SQL: bulk ingestion for ADBC clients, catalog answers (sql_door.py) --------------------
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
-        command = descriptor.command if descriptor.descriptor_type == flight.DescriptorType.CMD else b""
-        name, value = self._sql_command(command)
-        if name == flightsql.GET_SQL_INFO:
-            schema = flightsql.SQL_INFO_SCHEMA
-        elif name in flightsql.CATALOG_COMMANDS:
-            schema = _parsed(name, lambda: flightsql.catalog_schema(name, value))
-        else:
-            raise NotImplementedError(
-                f"get_flight_info: Flight SQL command {name or '(none)'} is not supported; "
-                "this server ingests (do_put) and describes its datasets, it runs no queries"
-            )
-        return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(command, [])], -1, -1)
+        return self._sql.get_flight_info(context, descriptor)
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
-        name, value = self._sql_command(ticket.ticket)
-        if name == flightsql.GET_SQL_INFO:
-            request = _parsed(name, lambda: flightsql.parse_sql_info_request(value))
-            return flight.RecordBatchStream(flightsql.sql_info_table(request))
-        if name in flightsql.CATALOG_COMMANDS:
-            names = self._datasets.names() if name != flightsql.GET_TABLE_TYPES else []
-            if (who := principal_of(context)) is not None:  # only the datasets it may write
-                names = [n for n in names if who.may_write(n)]
-            rows = _parsed(name, lambda: flightsql.catalog_rows(name, value, names, self._datasets.schema))
-            return flight.RecordBatchStream(rows)
-        raise NotImplementedError(
-            "do_get: this server stores data, it does not serve reads; read the Parquet files from storage"
-        )
+        return self._sql.do_get(context, ticket)
 
     # UNIMPLEMENTED answers come from raising NotImplementedError: no Flight error class maps to that gRPC
     # code, and pyarrow appends the Python traceback (these few frames) to the message. The right code
@@ -534,13 +470,6 @@ class FlightWriterServer(flight.FlightServerBase):
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
         raise NotImplementedError("do_exchange is not supported: send data with do_put")
-
-    @staticmethod
-    def _sql_command(data: bytes) -> tuple[str, bytes]:
-        try:
-            return flightsql.unpack_any(data) if data else ("", b"")
-        except flightsql.ProtobufError as exc:
-            raise flight.FlightServerError(f"not a Flight SQL command: {exc}") from None
 
     # -- do_action -------------------------------------------------------------------------------------
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
@@ -604,18 +533,6 @@ class FlightWriterServer(flight.FlightServerBase):
             dataset = dataset_from_path(dataset.split("/"))
         self._writer.flush(dataset)
         return {"durable_through": self._tracker.durable_through}
-
-
-def _parsed(name: str, parse: Callable[[], Any]) -> Any:
-    """``parse()``, with a malformed Flight SQL message as a clear error (not a Python traceback)."""
-    try:
-        return parse()
-    except flightsql.ProtobufError as exc:
-        raise flight.FlightServerError(f"Flight SQL {name}: malformed message: {exc}") from None
-
-
-def _short(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name}: {f.type}" for f in schema)
 
 
 def _count_fields(schema: pa.Schema) -> tuple[int, int]:

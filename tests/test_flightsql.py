@@ -97,6 +97,13 @@ def test_replace_swaps_the_content_once_durable(conn, data_root):
     assert ingest(conn, "fresh", TABLE, "replace") == 3  # replace of nothing creates
 
 
+def test_replace_may_change_column_types_under_evolve(conn, data_root):
+    ingest(conn, "retype", TABLE, "create")
+    retyped = pa.table({"a": ["one"], "b": [1.5]})  # evolve would refuse this as an append
+    assert ingest(conn, "retype", retyped, "replace") == 1
+    assert read_dataset(data_root, "retype").to_pylist() == [{"a": "one", "b": 1.5}]
+
+
 def test_failed_replace_loses_nothing(conn, data_root):
     schema = pa.schema([("t", pa.timestamp("s"))])
     good = pa.table({"t": pa.array([0, 1], pa.timestamp("s"))})

@@ -1,0 +1,152 @@
+"""The Flight SQL door: bulk ingestion as ADBC clients speak it (``CommandStatementIngest`` on ``do_put``,
+with its table modes) and the catalog answers they ask for (SqlInfo, catalogs, schemas, tables, table
+types). The batches go the same way as the path door's (``FlightWriterServer._ingest``); this module adds
+the table modes (``fail``/``append``/``replace``, ``if_not_exist``), the rights they need and the answers.
+flightsql.py has the messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flight_writer import flightsql
+from flight_writer.admission import Admission
+from flight_writer.auth import authorize, principal_of
+from flight_writer.config import FlightSqlSettings
+from flight_writer.datasets import Datasets, parquet_schema_of
+from flight_writer.storage import Storage
+
+
+class FlightSqlDoor:
+    """``ingest(dataset, reader, fresh)`` queues a stream's batches and returns (seqs, rows); ``fresh``: the
+    stream replaces the dataset, its schema starts anew. ``make_durable(dataset, seqs)`` writes them out and
+    says what failed; ``flush(dataset)`` writes out what is buffered; ``settings()`` the current ones."""
+
+    def __init__(
+        self,
+        datasets: Datasets,
+        admission: Admission,
+        storage: Storage,
+        settings: Callable[[], FlightSqlSettings],
+        ingest: Callable[[str, flight.MetadataRecordBatchReader, bool], tuple[list[int], int]],
+        make_durable: Callable[[str, list[int]], dict[str, Any]],
+        flush: Callable[[str], Any],
+        dataset_from_path: Callable[[list[str]], str],
+    ) -> None:
+        self._datasets = datasets
+        self._admission = admission
+        self._storage = storage
+        self._settings = settings
+        self._ingest = ingest
+        self._make_durable = make_durable
+        self._flush = flush
+        self._dataset_from_path = dataset_from_path
+
+    def ingest(
+        self,
+        context: flight.ServerCallContext,
+        command: bytes,
+        ack_header: str | None,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        try:
+            name, value = flightsql.unpack_any(command)
+            if name != flightsql.INGEST:
+                raise NotImplementedError(
+                    f"Flight SQL command {name or '(none)'} is not supported: "
+                    "this server only ingests (CommandStatementIngest)"
+                )
+            cmd = flightsql.parse_ingest(value)
+        except flightsql.ProtobufError as exc:
+            raise flight.FlightServerError(f"do_put command is not a Flight SQL command: {exc}") from None
+        if cmd.temporary:
+            raise NotImplementedError("temporary tables are not supported")
+        if cmd.transaction_id:
+            raise NotImplementedError("transactions are not supported")
+        try:
+            dataset = self._dataset_from_path(cmd.path)
+        except ValueError as exc:
+            raise flight.FlightServerError(f"table {'.'.join(cmd.path)!r}: {exc}") from None
+        authorize(context, f"write dataset {dataset!r}", lambda who: who.may_write(dataset))
+        if cmd.if_exists == "replace":
+            authorize(context, "replace data (Flight SQL ingest mode replace)", lambda who: who.replace)
+        self._flush(dataset)  # buffered data of this dataset counts as existing
+        existing = self._datasets.objects(dataset)
+        if existing and cmd.if_exists == "fail":
+            raise flight.FlightServerError(f"ALREADY_EXISTS: table {dataset!r} already has data")
+        if not existing and cmd.if_not_exist == "fail":
+            raise flight.FlightServerError(f"NOT_FOUND: table {dataset!r} does not exist")
+        replace = bool(existing) and cmd.if_exists == "replace"
+        if existing and not replace and not self._settings().allow_schema_change:
+            current = self._datasets.parquet_schema(dataset)
+            stored = self._admission.stored_schema(dataset, reader.schema)
+            if current is not None and not current.equals(parquet_schema_of(stored)):
+                raise flight.FlightServerError(
+                    f"table {dataset!r} has schema ({_short(current.to_arrow_schema())}); the data has "
+                    f"({_short(reader.schema)}). Set flight_sql.allow_schema_change = true to allow it"
+                )
+        durable = (ack_header or self._settings().ack) == "durable"
+        seqs, rows = self._ingest(dataset, reader, replace)
+        if durable or replace:  # a replace removes the old data only once the new data is safe
+            result = self._make_durable(dataset, seqs)
+            if result.get("failed"):
+                raise flight.FlightServerError(
+                    f"{len(result['failed'])} batches could not be stored in Parquet: {result['failed'][0]['error']}"
+                )
+            for path in existing if replace else ():
+                self._storage.delete(path)
+        writer.write(pa.py_buffer(flightsql.update_result(rows)))
+
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        command = descriptor.command if descriptor.descriptor_type == flight.DescriptorType.CMD else b""
+        name, value = self._command(command)
+        if name == flightsql.GET_SQL_INFO:
+            schema = flightsql.SQL_INFO_SCHEMA
+        elif name in flightsql.CATALOG_COMMANDS:
+            schema = _parsed(name, lambda: flightsql.catalog_schema(name, value))
+        else:
+            raise NotImplementedError(
+                f"get_flight_info: Flight SQL command {name or '(none)'} is not supported; "
+                "this server ingests (do_put) and describes its datasets, it runs no queries"
+            )
+        return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(command, [])], -1, -1)
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
+        name, value = self._command(ticket.ticket)
+        if name == flightsql.GET_SQL_INFO:
+            request = _parsed(name, lambda: flightsql.parse_sql_info_request(value))
+            return flight.RecordBatchStream(flightsql.sql_info_table(request))
+        if name in flightsql.CATALOG_COMMANDS:
+            names = self._datasets.names() if name != flightsql.GET_TABLE_TYPES else []
+            if (who := principal_of(context)) is not None:  # only the datasets it may write
+                names = [n for n in names if who.may_write(n)]
+            rows = _parsed(name, lambda: flightsql.catalog_rows(name, value, names, self._datasets.schema))
+            return flight.RecordBatchStream(rows)
+        raise NotImplementedError(
+            "do_get: this server stores data, it does not serve reads; read the Parquet files from storage"
+        )
+
+    @staticmethod
+    def _command(data: bytes) -> tuple[str, bytes]:
+        try:
+            return flightsql.unpack_any(data) if data else ("", b"")
+        except flightsql.ProtobufError as exc:
+            raise flight.FlightServerError(f"not a Flight SQL command: {exc}") from None
+
+
+def _parsed(name: str, parse: Callable[[], Any]) -> Any:
+    """``parse()``, with a malformed Flight SQL message as a clear error (not a Python traceback)."""
+    try:
+        return parse()
+    except flightsql.ProtobufError as exc:
+        raise flight.FlightServerError(f"Flight SQL {name}: malformed message: {exc}") from None
+
+
+def _short(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
