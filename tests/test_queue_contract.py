@@ -1,0 +1,150 @@
+"""The queue seam's contract, one suite run against every implementation: memory, and the write-ahead log
+with each fsync policy. (The distributed queue will run it too.)"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pyarrow as pa
+import pytest
+
+from flight_writer.queue import MemoryQueue, Queue, QueueClosed, QueueFull, WalQueue
+
+BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64())})
+SIZE = BATCH.get_total_buffer_size()  # what a batch counts against max_bytes
+
+
+@pytest.fixture(params=["memory", "wal-always", "wal-interval"])
+def new_queue(request, tmp_path) -> Iterator[Callable[..., Queue]]:
+    made: list[Queue] = []
+
+    def make(max_bytes: int = 100 * SIZE, dedupe_window: int = 100_000) -> Queue:
+        if request.param == "memory":
+            queue: Queue = MemoryQueue(max_bytes, dedupe_window)
+        else:
+            fsync = request.param.split("-")[1]
+            queue = WalQueue(tmp_path / f"wal{len(made)}", max_bytes, fsync=fsync, dedupe_window=dedupe_window)
+        made.append(queue)
+        return queue
+
+    yield make
+    for queue in made:
+        queue.close()
+
+
+def test_seqs_increase_and_get_returns_them_in_order(new_queue):
+    q = new_queue()
+    seqs = [q.put("ds", b"k", BATCH, 1).seq for _ in range(5)]
+    assert seqs == [1, 2, 3, 4, 5] and q.last_seq == 5
+    got = q.get(3, 0) + q.get(10, 0)
+    assert [e.seq for e in got] == seqs and got[0].batch.equals(BATCH) and got[0].dataset == "ds"
+
+
+def test_capacity_is_held_from_put_until_done_not_until_get(new_queue):
+    q = new_queue()
+    for _ in range(4):
+        q.put("ds", b"k", BATCH, 1)
+    got = q.get(10, 0)
+    assert q.stats()["pending_bytes"] == 4 * SIZE and q.stats()["pending_batches"] == 4
+    q.done(got)
+    assert q.stats()["pending_bytes"] == 0 and q.stats()["pending_batches"] == 0
+
+
+def test_a_full_queue_waits_then_refuses_naming_its_bound(new_queue):
+    q = new_queue(max_bytes=2 * SIZE)
+    q.put("ds", b"k", BATCH, 1)
+    q.put("ds", b"k", BATCH, 1)
+    with pytest.raises(QueueFull, match=rf"queue full: {2 * SIZE} of {2 * SIZE} bytes pending, waited 0\.05 s"):
+        q.put("ds", b"k", BATCH, 0.05)
+
+
+def test_a_waiting_put_goes_in_once_done_releases_room(new_queue):
+    q = new_queue(max_bytes=SIZE)
+    q.put("ds", b"k", BATCH, 1)
+    entries = q.get(1, 0)
+    put_done = threading.Event()
+    result: list[int] = []
+
+    def producer() -> None:
+        result.append(q.put("ds", b"k", BATCH, 30).seq)
+        put_done.set()
+
+    threading.Thread(target=producer).start()
+    assert not put_done.wait(0.1)  # held back by the bound (a bounded wait: nothing can signal "still waiting")
+    q.done(entries)
+    assert put_done.wait(30) and result == [2]
+
+
+def test_an_oversized_batch_is_admitted_when_nothing_is_pending(new_queue):
+    q = new_queue(max_bytes=10)
+    assert q.put("ds", b"k", BATCH, 0) == (1, False)
+
+
+def test_a_known_client_id_returns_the_original_seq_within_the_window(new_queue):
+    q = new_queue(dedupe_window=2)
+    assert q.put("ds", b"k", BATCH, 1, "a") == (1, False)
+    assert q.put("ds", b"k", BATCH, 1, "a") == (1, True)
+    assert q.stats()["pending_batches"] == 1  # the duplicate stored nothing
+    q.put("ds", b"k", BATCH, 1, "b")
+    q.put("ds", b"k", BATCH, 1, "c")  # "a" leaves the window
+    assert q.put("ds", b"k", BATCH, 1, "a") == (4, False)
+
+
+def test_put_many_takes_all_pieces_or_none(new_queue):
+    q = new_queue(max_bytes=SIZE * 5 // 2)
+    q.put("d", b"k", BATCH, 1.0)
+    with pytest.raises(QueueFull):
+        q.put_many("d", b"k", [BATCH, BATCH], 0.05, [None, None])  # one piece would fit, two do not
+    assert q.last_seq == 1 and q.stats()["pending_batches"] == 1
+    accepted = q.put_many("d", b"k", [BATCH], 0.05, ["a#1"])
+    again = q.put_many("d", b"k", [BATCH], 0.05, ["a#1"])  # known: no room needed
+    assert [a.seq for a in accepted] == [2] and again[0].duplicate and again[0].seq == 2
+
+
+def test_a_put_is_as_safe_as_ack_state_once_logged(new_queue):
+    q = new_queue()
+    seq, _ = q.put("ds", b"k", BATCH, 1, wait=False)
+    assert q.logged(seq, True) and q.logged(seq, False)
+    assert q.ack_state in ("queued", "logged")
+
+
+def test_wake_returns_a_waiting_get_empty(new_queue):
+    q = new_queue()
+    result: list[list] = []
+    t = threading.Thread(target=lambda: result.append(q.get(10, 60)))
+    t.start()
+    q.wake()
+    t.join(30)
+    assert result == [[]]
+
+
+def test_refuse_puts_keeps_what_was_put_for_get(new_queue):
+    q = new_queue()
+    q.put("ds", b"k", BATCH, 1)
+    q.refuse_puts()
+    with pytest.raises(QueueClosed):
+        q.put("ds", b"k", BATCH, 1)
+    with pytest.raises(QueueClosed):
+        q.put_many("ds", b"k", [BATCH], 1, [None])
+    assert [e.seq for e in q.get(10, 0)] == [1]
+
+
+def test_close_refuses_puts(new_queue):
+    q = new_queue()
+    q.close()
+    with pytest.raises(QueueClosed):
+        q.put("ds", b"k", BATCH, 1)
+
+
+def test_counts_per_dataset_and_the_oldest_pending_age(new_queue):
+    q = new_queue()
+    assert q.stats()["oldest_pending_age_s"] is None
+    q.put("a", b"k", BATCH, 1)
+    q.put("b", b"k", BATCH, 1)
+    q.put("a", b"k", BATCH, 1)
+    assert q.received_by_dataset() == {"a": (2, 200, 2 * SIZE), "b": (1, 100, SIZE)}
+    stats = q.stats()
+    assert stats["oldest_pending_age_s"] >= 0 and stats["received_batches"] == 3 and stats["received_rows"] == 300
+    q.done(q.get(10, 0))
+    assert q.stats()["oldest_pending_age_s"] is None
