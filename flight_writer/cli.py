@@ -1,7 +1,7 @@
 """``flight-writer serve`` runs the service until SIGTERM/SIGINT (SIGHUP reloads its settings);
 ``flight-writer check`` asks a running server for its status and exits 0 if it answers (1 otherwise);
 ``flight-writer hash-secret`` hashes a secret for ``auth.principals_file``; ``status``, ``top`` and ``send``
-are in console.py."""
+are in console/."""
 
 from __future__ import annotations
 
