@@ -7,13 +7,7 @@ On disk, under ``queue.path``::
     seg-<first seq>.wal       batch records, appended; a new segment at start and every segment_bytes
     manifest.log              the writer's plans and confirmations, plus client ids of deleted segments
 
-A batch record is ``magic "FWR1" | u32 length | u32 crc32 | payload`` with payload
-``u64 seq | f64 received_at | u16 len(dataset) | u32 len(client id) | dataset | client id | Arrow IPC
-stream`` (schema, dictionaries, the batch; its buffers compressed as ``queue.compression`` says, which the
-IPC format records, so a log written with one setting is read under any other). The magic lets recovery
-find the next intact record after a damaged one. A manifest line is ``<crc32 hex> <json>``: ``{"plan":
-path, "kind", "seqs": "1-3,7", "error"}`` before an upload, ``{"done": "1-3,7"}`` after storage confirmed
-it, ``{"ids": [[id, seq]...]}``.
+Their bytes (batch records with a magic, length and crc32; checksummed JSON manifest lines): wal_format.py.
 
 Durability: with ``fsync = always`` a batch is ``logged`` once fsynced, and only then does its reply go out
 (saying ``logged``). A syncer thread fsyncs everything written so far, so batches arriving meanwhile share
@@ -36,12 +30,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
-import struct
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,12 +44,15 @@ from loguru import logger
 
 from flight_writer.queue.base import Entry, Plan, QueueWriteError
 from flight_writer.queue.memory import MemoryQueue
-from flight_writer.seqs import parse_ranges, seq_ranges
+from flight_writer.queue.wal_format import (
+    encode_record,
+    manifest_line,
+    plan_record,
+    read_manifest,
+    scan_segment,
+)
+from flight_writer.seqs import seq_ranges
 
-MAGIC = b"FWR1"
-HEADER = struct.Struct("<4sII")  # magic, payload length, crc32(payload)
-BATCH = struct.Struct("<QdHI")  # seq, received_at, len(dataset), len(client id)
-NO_ID = 0xFFFFFFFF
 FSYNC_POLICIES = ("always", "interval", "never")
 MANIFEST = "manifest.log"
 RESERVE = "RESERVE"
@@ -145,7 +139,7 @@ class WalQueue(MemoryQueue):
                 f"disk full: no room for the WAL in {self._dir} (kept {RESERVE_BYTES} bytes "
                 "for confirming what is already logged)"
             )
-        parts = _encode_record(entry, self._ipc_options)
+        parts = encode_record(entry, self._ipc_options)
         active = self._active
         assert active is not None
         if active.size >= self._segment_bytes:
@@ -246,7 +240,7 @@ class WalQueue(MemoryQueue):
 
     # -- the writer's side -----------------------------------------------------------------------------
     def plan(self, plan: Plan) -> None:
-        self._manifest_append([_plan_record(plan)], sync=self._fsync != "never")
+        self._manifest_append([plan_record(plan)], sync=self._fsync != "never")
 
     def _finished(self, entries: list[Entry]) -> None:
         self._manifest_append([{"done": seq_ranges(sorted(e.seq for e in entries))}], sync=False)
@@ -275,7 +269,7 @@ class WalQueue(MemoryQueue):
             seg.path.unlink()
 
     def _manifest_append(self, records: list[dict[str, Any]], sync: bool) -> None:
-        data = b"".join(_manifest_line(r) for r in records)
+        data = b"".join(manifest_line(r) for r in records)
         with self._manifest_lock:
             size = os.fstat(self._manifest_fd).st_size
             for attempt in (1, 2):
@@ -368,7 +362,7 @@ class WalQueue(MemoryQueue):
     # -- recovery --------------------------------------------------------------------------------------
     def _recover(self) -> None:
         manifest_path = self._dir / MANIFEST
-        plans, done, failed_errors, ids = _read_manifest(manifest_path)
+        plans, done, failed_errors, ids = read_manifest(manifest_path)
         segment_paths = sorted(self._dir.glob("seg-*.wal"))
         entries: list[Entry] = []
         to_relog: list[Entry] = []
@@ -377,7 +371,7 @@ class WalQueue(MemoryQueue):
         report = {"segments": len(segment_paths), "records": 0, "torn_bytes": 0, "quarantined": []}
         for i, seg_path in enumerate(segment_paths):
             newest = i == len(segment_paths) - 1
-            records, damage = _scan_segment(seg_path)
+            records, damage = scan_segment(seg_path)
             report["records"] += len(records)
             if damage is not None:
                 start, end, found_after = damage
@@ -438,7 +432,7 @@ class WalQueue(MemoryQueue):
                 seg_path.unlink()
         active = self._open_segment(last_seq + 1)
         for entry in to_relog:  # intact records of a quarantined segment, logged again with their seq
-            self._append(active, _encode_record(entry, self._ipc_options))
+            self._append(active, encode_record(entry, self._ipc_options))
             entry.segment = active.first_seq
             active.outstanding += 1
         if to_relog and self._fsync != "never":
@@ -485,127 +479,16 @@ class WalQueue(MemoryQueue):
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             for plan in plans:
-                f.write(_manifest_line(_plan_record(plan)))
+                f.write(manifest_line(plan_record(plan)))
             if confirmed:
-                f.write(_manifest_line({"done": seq_ranges(confirmed)}))
+                f.write(manifest_line({"done": seq_ranges(confirmed)}))
             if ids:
-                f.write(_manifest_line({"ids": ids}))
+                f.write(manifest_line({"ids": ids}))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(self._dir)
         self._manifest_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-
-
-def _encode_record(entry: Entry, options: pa.ipc.IpcWriteOptions) -> list[Any]:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, entry.batch.schema, options=options) as w:
-        w.write_batch(entry.batch)
-    ipc = sink.getvalue()
-    dataset = entry.dataset.encode()
-    cid = entry.client_id.encode() if entry.client_id is not None else b""
-    head = (
-        BATCH.pack(entry.seq, entry.received_at, len(dataset), NO_ID if entry.client_id is None else len(cid))
-        + dataset
-        + cid
-    )
-    crc = zlib.crc32(ipc, zlib.crc32(head))
-    return [HEADER.pack(MAGIC, len(head) + ipc.size, crc) + head, ipc]
-
-
-def _decode_payload(payload: pa.Buffer) -> Entry:
-    view = memoryview(payload)
-    seq, received_at, ds_len, id_len = BATCH.unpack_from(view)
-    pos = BATCH.size
-    dataset = bytes(view[pos : pos + ds_len]).decode()
-    pos += ds_len
-    client_id = None
-    if id_len != NO_ID:
-        client_id = bytes(view[pos : pos + id_len]).decode()
-        pos += id_len
-    reader = pa.ipc.open_stream(payload.slice(pos))
-    batch = reader.read_next_batch()
-    schema_key = batch.schema.serialize().to_pybytes()
-    return Entry(seq, dataset, schema_key, batch, received_at, batch.get_total_buffer_size(), client_id)
-
-
-def _scan_segment(path: Path) -> tuple[list[Entry], tuple[int, int, bool] | None]:
-    """Intact records, and the damage as (first bad byte, end of the last bad stretch, whether an intact
-    record follows the first bad byte)."""
-    blob = path.read_bytes()
-    data = pa.py_buffer(blob)  # batches decoded from it share its memory
-    records: list[Entry] = []
-    damage: tuple[int, int, bool] | None = None
-    pos, n = 0, len(blob)
-    while pos < n:
-        if (length := _intact_at(blob, pos)) is not None:
-            records.append(_decode_payload(data.slice(pos + HEADER.size, length)))
-            if damage is not None:
-                damage = (damage[0], damage[1], True)
-            pos += HEADER.size + length
-            continue
-        nxt = blob.find(MAGIC, pos + 1)
-        while nxt != -1 and _intact_at(blob, nxt) is None:
-            nxt = blob.find(MAGIC, nxt + 1)
-        end = n if nxt == -1 else nxt
-        damage = (pos, end, False) if damage is None else (damage[0], end, damage[2])
-        pos = end
-    return records, damage
-
-
-def _intact_at(blob: bytes, pos: int) -> int | None:
-    """The payload length of an intact record at ``pos``, else None."""
-    if pos + HEADER.size > len(blob):
-        return None
-    magic, length, crc = HEADER.unpack_from(blob, pos)
-    body = pos + HEADER.size
-    if magic != MAGIC or length < BATCH.size or body + length > len(blob):
-        return None
-    return length if zlib.crc32(memoryview(blob)[body : body + length]) == crc else None
-
-
-def _plan_record(plan: Plan) -> dict[str, Any]:
-    record: dict[str, Any] = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
-    if plan.error is not None:
-        record["error"] = plan.error
-    return record
-
-
-def _manifest_line(record: dict[str, Any]) -> bytes:
-    body = json.dumps(record, separators=(",", ":")).encode()
-    return b"%08x %s\n" % (zlib.crc32(body), body)
-
-
-def _read_manifest(path: Path) -> tuple[dict[str, Plan], set[int], dict[int, str], list[tuple[str, int]]]:
-    plans: dict[str, Plan] = {}
-    done: set[int] = set()
-    failed: dict[int, str] = {}
-    ids: list[tuple[str, int]] = []
-    if not path.exists():
-        return plans, done, failed, ids
-    lines = path.read_bytes().split(b"\n")
-    for number, line in enumerate(lines, 1):
-        if not line:
-            continue
-        crc, _, body = line.partition(b" ")
-        try:
-            if int(crc, 16) != zlib.crc32(body):
-                raise ValueError("checksum mismatch")
-            record = json.loads(body)
-        except ValueError as exc:
-            if number < len(lines) - 1:  # not the last line: damage, not a torn append
-                logger.error("WAL manifest line {} is damaged ({}); skipped", number, exc)
-            continue
-        if "plan" in record:
-            seqs = tuple(parse_ranges(record["seqs"]))
-            plans[record["plan"]] = Plan(record["plan"], record["kind"], seqs, record.get("error"))
-            if record["kind"] == "failed" and record.get("error"):
-                failed.update(dict.fromkeys(seqs, record["error"]))
-        elif "done" in record:
-            done.update(parse_ranges(record["done"]))
-        elif "ids" in record:
-            ids.extend((str(i), int(s)) for i, s in record["ids"])
-    return plans, done, {s: e for s, e in failed.items() if s in done}, ids
 
 
 def _fsync_dir(path: Path) -> None:
