@@ -363,53 +363,7 @@ class WalQueue(MemoryQueue):
     def _recover(self) -> None:
         manifest_path = self._dir / MANIFEST
         plans, done, failed_errors, ids = read_manifest(manifest_path)
-        segment_paths = sorted(self._dir.glob("seg-*.wal"))
-        entries: list[Entry] = []
-        to_relog: list[Entry] = []
-        confirmed_here: dict[int, list[int]] = {}  # per segment: its records already confirmed
-        last_seq = max((int(p.stem[4:]) - 1 for p in segment_paths), default=0)
-        report = {"segments": len(segment_paths), "records": 0, "torn_bytes": 0, "quarantined": []}
-        for i, seg_path in enumerate(segment_paths):
-            newest = i == len(segment_paths) - 1
-            records, damage = scan_segment(seg_path)
-            report["records"] += len(records)
-            if damage is not None:
-                start, end, found_after = damage
-                if newest and not found_after:
-                    logger.warning(
-                        "WAL {}: cut off a torn record at its end ({} bytes at offset {})",
-                        seg_path.name,
-                        end - start,
-                        start,
-                    )
-                    report["torn_bytes"] += end - start
-                    os.truncate(seg_path, start)
-                else:
-                    corrupt = seg_path.with_suffix(".wal.corrupt")
-                    logger.error(
-                        "WAL {} is damaged at bytes {}..{}: kept its {} intact records, lost what "
-                        "lay in that range; moved it to {}",
-                        seg_path.name,
-                        start,
-                        end,
-                        len(records),
-                        corrupt.name,
-                    )
-                    report["quarantined"].append(corrupt.name)
-                    seg_path.rename(corrupt)
-            seg_first = int(seg_path.stem[4:])
-            for entry in records:
-                last_seq = max(last_seq, entry.seq)
-                if entry.client_id is not None:
-                    ids.append((entry.client_id, entry.seq))
-                if entry.seq in done:
-                    confirmed_here.setdefault(seg_first, []).append(entry.seq)
-                    continue
-                entry.segment = seg_first
-                entries.append(entry)
-                if damage is not None and not (newest and not damage[2]):
-                    entry.segment = -1  # its segment is quarantined: log it again below
-                    to_relog.append(entry)
+        entries, to_relog, confirmed_here, last_seq, report = self._read_segments(done, ids)
         last_seq = max([last_seq, *(max(p.seqs) for p in plans.values() if p.seqs), *(s for _, s in ids)])
         entries.sort(key=lambda e: e.seq)
         pending = {e.seq for e in entries}
@@ -421,22 +375,7 @@ class WalQueue(MemoryQueue):
         for client_id, seq in ids:
             self._ids.add(client_id, seq)
         self._last_seq = last_seq
-        # segments: keep those with pending records, delete the rest; then a fresh active segment
-        live = Counter(e.segment for e in entries)
-        for seg_path in sorted(self._dir.glob("seg-*.wal")):
-            first = int(seg_path.stem[4:])
-            if first in live:
-                seg = _Segment(first, seg_path, -1, seg_path.stat().st_size, outstanding=live[first])
-                self._segments[first] = seg
-            else:
-                seg_path.unlink()
-        active = self._open_segment(last_seq + 1)
-        for entry in to_relog:  # intact records of a quarantined segment, logged again with their seq
-            self._append(active, encode_record(entry, self._ipc_options))
-            entry.segment = active.first_seq
-            active.outstanding += 1
-        if to_relog and self._fsync != "never":
-            os.fsync(active.fd)
+        self._keep_segments(entries, to_relog, last_seq)
         self._synced, self._synced_seq = self._written, last_seq  # all that came before is on disk
         still_confirmed = sorted(s for first in self._segments for s in confirmed_here.get(first, []))
         self._rewrite_manifest(
@@ -471,6 +410,85 @@ class WalQueue(MemoryQueue):
                 self.recovery["replanned"],
                 last_seq + 1,
             )
+
+    def _read_segments(
+        self, done: set[int], ids: list[tuple[str, int]]
+    ) -> tuple[list[Entry], list[Entry], dict[int, list[int]], int, dict[str, Any]]:
+        """Every segment's intact records: the pending entries, those of them to log again (their segment
+        is quarantined), per segment the seqs already confirmed, the highest seq, and a report. Client ids
+        found are added to ``ids``."""
+        segment_paths = sorted(self._dir.glob("seg-*.wal"))
+        entries: list[Entry] = []
+        to_relog: list[Entry] = []
+        confirmed_here: dict[int, list[int]] = {}  # per segment: its records already confirmed
+        last_seq = max((int(p.stem[4:]) - 1 for p in segment_paths), default=0)
+        report: dict[str, Any] = {"segments": len(segment_paths), "records": 0, "torn_bytes": 0, "quarantined": []}
+        for i, seg_path in enumerate(segment_paths):
+            newest = i == len(segment_paths) - 1
+            records, damage = scan_segment(seg_path)
+            report["records"] += len(records)
+            relog = damage is not None and self._set_damage_aside(seg_path, damage, newest, len(records), report)
+            seg_first = int(seg_path.stem[4:])
+            for entry in records:
+                last_seq = max(last_seq, entry.seq)
+                if entry.client_id is not None:
+                    ids.append((entry.client_id, entry.seq))
+                if entry.seq in done:
+                    confirmed_here.setdefault(seg_first, []).append(entry.seq)
+                    continue
+                entry.segment = seg_first
+                entries.append(entry)
+                if relog:
+                    entry.segment = -1  # its segment is quarantined: log it again
+                    to_relog.append(entry)
+        return entries, to_relog, confirmed_here, last_seq, report
+
+    @staticmethod
+    def _set_damage_aside(
+        seg_path: Path, damage: tuple[int, int, bool], newest: bool, intact: int, report: dict[str, Any]
+    ) -> bool:
+        """Cut off a torn end of the newest segment (False), or quarantine a damaged segment (True: its
+        intact records must be logged again)."""
+        start, end, found_after = damage
+        if newest and not found_after:
+            logger.warning(
+                "WAL {}: cut off a torn record at its end ({} bytes at offset {})", seg_path.name, end - start, start
+            )
+            report["torn_bytes"] += end - start
+            os.truncate(seg_path, start)
+            return False
+        corrupt = seg_path.with_suffix(".wal.corrupt")
+        logger.error(
+            "WAL {} is damaged at bytes {}..{}: kept its {} intact records, lost what lay in that range; "
+            "moved it to {}",
+            seg_path.name,
+            start,
+            end,
+            intact,
+            corrupt.name,
+        )
+        report["quarantined"].append(corrupt.name)
+        seg_path.rename(corrupt)
+        return True
+
+    def _keep_segments(self, entries: list[Entry], to_relog: list[Entry], last_seq: int) -> None:
+        """Keep the segments with pending records, delete the rest, open a fresh active segment and log
+        in it again the intact records of quarantined ones (with their seq)."""
+        live = Counter(e.segment for e in entries)
+        for seg_path in sorted(self._dir.glob("seg-*.wal")):
+            first = int(seg_path.stem[4:])
+            if first in live:
+                seg = _Segment(first, seg_path, -1, seg_path.stat().st_size, outstanding=live[first])
+                self._segments[first] = seg
+            else:
+                seg_path.unlink()
+        active = self._open_segment(last_seq + 1)
+        for entry in to_relog:
+            self._append(active, encode_record(entry, self._ipc_options))
+            entry.segment = active.first_seq
+            active.outstanding += 1
+        if to_relog and self._fsync != "never":
+            os.fsync(active.fd)
 
     def _rewrite_manifest(
         self, path: Path, plans: list[Plan], confirmed: list[int], ids: list[tuple[str, int]]
