@@ -142,7 +142,7 @@ class DatasetRule:
     time_column: str = ""  # partition = "event": a timestamp column
     granularity: str = "hour"  # hour (date=/hour= folders) or day (date= only)
     fields: tuple[str, ...] = ()  # columns to partition by after the time (low cardinality: service, region)
-    max_partitions: int = 100  # partitions one batch may fall in; more: refused
+    max_partitions: int = 100  # partitions one batch may fall in (more: refused) and buffers open at once
     schema: str = "evolve"  # separate, evolve or strict (schemas.py)
     columns: tuple[tuple[str, str], ...] = ()  # declared columns: (name, "type [not null]")
 

@@ -80,6 +80,7 @@ class Writer:
         self._tracker = tracker
         self._settings = s = settings or WriterSettings()
         self._buffers: dict[tuple[str, bytes, int | str], _Buffer] = {}  # by dataset, schema, partition
+        self._open_of: dict[str, int] = {}  # buffers per dataset
         self._datasets = datasets or DatasetSettings()
         self._rules: dict[str, DatasetRule] = {}  # dataset -> its rule (a glob match per batch costs)
         self._shapes: dict[tuple[bytes, DatasetRule], Shape] = {}
@@ -235,9 +236,12 @@ class Writer:
             if buf is None:
                 if len(self._buffers) >= s.max_open_buffers:
                     self._seal_oldest()
+                if self._open_of.get(e.dataset, 0) >= rule.max_partitions:  # the dataset's own cap
+                    self._seal_oldest(e.dataset)
                 folders = partition if isinstance(partition, str) else partition_path(rule, e.batch, e.received_at)
                 file = ParquetFile(self._files, e.dataset, folders, e.seq, self._shape(e, rule))
                 buf = self._buffers[key] = _Buffer(file, e.received_at)
+                self._open_of[e.dataset] = self._open_of.get(e.dataset, 0) + 1
             rows = e.batch.num_rows
             buf.fresh.append(e)
             buf.rows += rows
@@ -286,18 +290,20 @@ class Writer:
             shape = self._shapes[(e.schema_key, rule)] = Shape.of(e.batch.schema, rule)
         return shape
 
-    def _seal_oldest(self) -> None:
-        """One buffer too many (``max_open_buffers``: each costs memory and a file): the one that started
-        first is written now, as if its ``flush_interval`` had passed."""
-        key = min(self._buffers, key=lambda k: self._buffers[k].oldest)
+    def _seal_oldest(self, dataset: str | None = None) -> None:
+        """One buffer too many (``max_open_buffers`` in all, or a ``dataset``'s ``max_partitions``: each
+        costs memory and a file): the one that started first is written now, as if its ``flush_interval``
+        had passed."""
+        keys = [k for k in self._buffers if dataset is None or k[0] == dataset]
+        key = min(keys, key=lambda k: self._buffers[k].oldest)
         self.sealed_early += 1
         now = time.monotonic()
         if now - self._warned_at > 60:
             self._warned_at = now
             logger.warning(
-                "{} buffers are filling, writer.max_open_buffers: writing {!r} early (smaller files); "
-                "{} sealed early so far",
-                len(self._buffers),
+                "{} buffers are filling{}: writing one of {!r} early (smaller files); {} sealed early so far",
+                len(self._buffers) if dataset is None else len(keys),
+                " (writer.max_open_buffers)" if dataset is None else f" for {dataset!r} (datasets.max_partitions)",
                 key[0],
                 self.sealed_early,
             )
@@ -309,6 +315,10 @@ class Writer:
 
     def _submit(self, buf: _Buffer) -> None:
         self._buffered_bytes -= buf.nbytes
+        if (left := self._open_of[buf.file.dataset] - 1) > 0:
+            self._open_of[buf.file.dataset] = left
+        else:
+            del self._open_of[buf.file.dataset]
         buf.file.seal(buf.fresh)
         self._track(buf.file)
 

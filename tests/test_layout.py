@@ -172,3 +172,15 @@ def test_wal_batches_from_before_a_rule_change_go_to_received_time_folders(tmp_p
         assert action(c, "flush")["durable_through"] == 1  # the writer is alive and stored it
     [file] = parquet_files(tmp_path / "data", "old")
     assert file.parent.name.startswith("hour=") and read_dataset(tmp_path / "data", "old").num_rows == 2
+
+
+def test_a_dataset_with_more_open_partitions_than_max_partitions_writes_out_its_oldest(data_root):
+    rule = {"rules": [{"match": "hours", "partition": "event", "time_column": "t", "max_partitions": 2}]}
+    with running(data_root, datasets=rule) as svc, flight.connect(svc.location) as c:
+        for hour in (1, 2, 3):  # three partitions, a batch each: the third seals the first
+            put(c, "hours", [pa.record_batch({"t": pa.array([at(2026, 1, 2, hour)], pa.timestamp("s"))})])
+        put(c, "other", [pa.record_batch({"n": [1]})])  # another dataset is not counted with it
+        [first] = action(c, "ack", {"seq": 1, "wait_ms": 30_000})["acks"]
+        assert first["state"] == "durable" and first["file"].startswith("hours/date=2026-01-02/hour=1/")
+        assert [a["state"] for a in action(c, "ack", {"seqs": [2, 3, 4]})["acks"]] == ["queued"] * 3
+        assert action(c, "status")["buffers_sealed_early"] == 1
