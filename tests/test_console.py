@@ -88,6 +88,14 @@ def test_status_without_a_server_is_one_line_and_exit_1(capsys):
     assert "no answer from" in capsys.readouterr().err
 
 
+def test_top_with_a_basic_login_and_no_server_is_one_line_too(capsys, monkeypatch):
+    monkeypatch.setenv("FLIGHT_WRITER_USER", "someone")
+    monkeypatch.setenv("FLIGHT_WRITER_PASSWORD", "something-long-enough")
+    assert cli("top", "--once", "--location", f"grpc://127.0.0.1:{free_port()}") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("flight-writer: no answer from grpc://127.0.0.1:") and err.count("\n") == 1
+
+
 def test_bearer_token_and_basic_login(data_root, tmp_path, inputs, capsys, monkeypatch):
     principals = tmp_path / "principals.toml"
     secret = "team-a-secret-0123456789"

@@ -148,3 +148,16 @@ def test_counts_per_dataset_and_the_oldest_pending_age(new_queue):
     assert stats["oldest_pending_age_s"] >= 0 and stats["received_batches"] == 3 and stats["received_rows"] == 300
     q.done(q.get(10, 0))
     assert q.stats()["oldest_pending_age_s"] is None
+
+
+def test_a_duplicate_waiting_for_room_is_answered_as_one_once_its_twin_goes_in(new_queue):
+    q = new_queue(max_bytes=SIZE)
+    q.put("ds", b"k", BATCH, 1)
+    results: list[object] = []
+    waiting = [threading.Thread(target=lambda: results.append(q.put("ds", b"k", BATCH, 30, "same"))) for _ in "ab"]
+    for t in waiting:
+        t.start()
+    q.done(q.get(1, 0))  # room for one: the other is its duplicate, not a second wait
+    for t in waiting:
+        t.join(30)
+    assert sorted(results) == [(2, False), (2, True)]

@@ -145,7 +145,10 @@ def run_top(args: argparse.Namespace) -> int:
         raise CommandError("--interval must be more than 0 seconds")
     conn = Connection(args)
     state = TopState(args.location, args.interval)
-    client = conn.open()
+    try:
+        client = conn.open()  # with a Basic login, this calls the server already
+    except CALL_ERRORS as exc:
+        raise CommandError(f"no answer from {conn.location}: {one_line(exc)}") from None
     state.update(fetch_status(conn, client))  # a server that does not answer at all: one line, exit 1
     console = Console()
     if args.once:

@@ -50,11 +50,8 @@ class MemoryQueue(Queue):
     ) -> Accepted:
         nbytes = batch.get_total_buffer_size()  # 0.7 µs; .nbytes took 18 µs on a 100-row span batch
         with self._lock:
-            if client_id is not None and (seq := self._ids.get(client_id)) is not None:
-                return Accepted(seq, True)
-            self._wait_for_room(nbytes, timeout)
-            if client_id is not None and (seq := self._ids.get(client_id)) is not None:
-                return Accepted(seq, True)  # came in while this one waited
+            if not self._wait_for_room([nbytes], [client_id], timeout):
+                return Accepted(self._ids.get(client_id), True)  # type: ignore[arg-type]
             seq = self._take(dataset, schema_key, batch, nbytes, client_id)
         if wait:
             self.logged(seq, wait=True)
@@ -72,9 +69,7 @@ class MemoryQueue(Queue):
     ) -> list[Accepted]:
         sizes = [b.get_total_buffer_size() for b in batches]
         with self._lock:
-            new = sum(n for n, c in zip(sizes, client_ids, strict=True) if c is None or self._ids.get(c) is None)
-            if new:
-                self._wait_for_room(new, timeout)  # all or none: a partial split is never left behind
+            self._wait_for_room(sizes, client_ids, timeout)  # all or none: a partial split is never left behind
             accepted = []
             for batch, nbytes, client_id in zip(batches, sizes, client_ids, strict=True):
                 if client_id is not None and (seq := self._ids.get(client_id)) is not None:
@@ -85,14 +80,18 @@ class MemoryQueue(Queue):
             self.logged(max(a.seq for a in accepted), wait=True)
         return accepted
 
-    def _wait_for_room(self, nbytes: int, timeout: float) -> None:
-        """Under the lock: wait until ``nbytes`` more fit (always, when nothing is pending)."""
+    def _wait_for_room(self, sizes: list[int], client_ids: list[str | None], timeout: float) -> bool:
+        """Under the lock: wait until the batches whose ids are not known yet fit (always, when nothing is
+        pending). False if every one is known (a duplicate, also one that came in during the wait)."""
         deadline = None
         while True:
+            new = sum(n for n, c in zip(sizes, client_ids, strict=True) if c is None or self._ids.get(c) is None)
+            if not new:
+                return False
             if self._closed:
                 raise QueueClosed("queue is closed")
-            if not self._pending_bytes or self._pending_bytes + nbytes <= self._max_bytes:
-                return
+            if not self._pending_bytes or self._pending_bytes + new <= self._max_bytes:
+                return True
             if deadline is None:
                 deadline = time.monotonic() + timeout
             remaining = deadline - time.monotonic()
