@@ -80,6 +80,11 @@ class Admission:
             partitioner.split if partitioner.splits else None,
         )
 
+    def forget(self, dataset: str) -> None:
+        """Take the dataset's schema from storage again at its next stream (a replace that failed)."""
+        with self._schemas_lock:
+            self._schemas.pop(dataset, None)
+
     def _conformer(
         self, dataset: str, rule: DatasetRule, schema: pa.Schema, stored: pa.Schema, fresh: bool
     ) -> Conformer | None:

@@ -94,6 +94,10 @@ class FlightSqlDoor:
         if durable or replace:  # a replace removes the old data only once the new data is safe
             result = self._make_durable(dataset, seqs)
             if result.get("failed"):
+                if replace:  # none of it: the old data stays as it was, and so does the dataset's schema
+                    for path in result.get("files", ()):
+                        self._storage.delete(path)
+                    self._admission.forget(dataset)
                 raise flight.FlightServerError(
                     f"{len(result['failed'])} batches could not be stored in Parquet: {result['failed'][0]['error']}"
                 )

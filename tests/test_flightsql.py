@@ -114,6 +114,17 @@ def test_failed_replace_loses_nothing(conn, data_root):
     assert read_dataset(data_root, "keep").num_rows == 2  # the old content is still there
 
 
+def test_a_failed_retyping_replace_leaves_the_old_data_and_schema(conn, data_root):
+    old = pa.table({"a": pa.array([1, 2], pa.int64()), "t": pa.array([0, 1], pa.timestamp("s"))})
+    ingest(conn, "retry", old, "create")
+    good = pa.table({"a": ["x"], "t": pa.array([5], pa.timestamp("s"))})
+    bad = pa.table({"a": ["y"], "t": pa.array([2**62], pa.timestamp("s"))})  # beyond microseconds: rejected
+    with pytest.raises(adbc_driver_manager.OperationalError, match="could not be stored in Parquet"):
+        ingest(conn, "retry", pa.concat_tables([good, bad]), "replace")  # two batches: one stored
+    assert read_dataset(data_root, "retry").column("a").to_pylist() == [1, 2]  # the replace's rows are gone
+    assert ingest(conn, "retry", old.slice(0, 1), "append") == 1  # the old schema still holds
+
+
 def test_temporary_tables_and_queries_are_refused_clearly(conn):
     with pytest.raises(adbc_driver_manager.NotSupportedError, match="temporary tables are not supported"):
         ingest(conn, "tmp", TABLE, "create", temporary=True)
