@@ -20,9 +20,10 @@ from loguru import logger
 from flight_writer.config import DatasetRule, DatasetSettings
 from flight_writer.datasets import Datasets
 from flight_writer.layout import LayoutError, Partitioner, Shape, stored_type
-from flight_writer.schemas import Conformer, SchemaError, declared_schema, plan
+from flight_writer.schemas import Conformer, SchemaError, declared_schema, plan, union
 
 LIST_AGAIN = 60.0  # seconds before a failed listing of the dataset names is tried again
+RECENT_FILES = 16  # a dataset's schema after a start: the union of its newest files' (footers read once)
 
 
 class AdmissionError(ValueError):
@@ -37,6 +38,7 @@ class Admitted:
     schema: pa.Schema
     conform: Conformer | None
     split: Callable[[pa.RecordBatch], list[pa.RecordBatch]] | None
+    version: int | None = None  # evolve: the dataset's schema version this was decided on
 
 
 class Admission:
@@ -44,6 +46,9 @@ class Admission:
         self._datasets = datasets
         self._layout = layout
         self._schemas: dict[str, pa.Schema] = {}  # evolve, strict: each dataset's schema so far
+        #: evolve: a dataset's schema version, one more at each change; a stream that began on another
+        #: version is admitted again (read without a lock per batch: a stale read only delays that)
+        self.versions: dict[str, int] = {}
         self._schemas_lock = threading.Lock()
         self._known: set[str] = set()  # dataset names: those in storage and those admitted here
         self._listed = False  # storage's names are in _known
@@ -72,27 +77,29 @@ class Admission:
         stored = Shape.of(schema, rule).schema
         if (problem := check(schema, stored)) is not None:
             raise AdmissionError(problem)
-        conform = self._conformer(dataset, rule, schema, stored, fresh)
+        conform, version = self._conformer(dataset, rule, schema, stored, fresh)
         self._check_nesting(dataset)
         return Admitted(
             conform.schema if conform is not None else schema,
             conform,
             partitioner.split if partitioner.splits else None,
+            version,
         )
 
     def forget(self, dataset: str) -> None:
         """Take the dataset's schema from storage again at its next stream (a replace that failed)."""
         with self._schemas_lock:
             self._schemas.pop(dataset, None)
+            self.versions[dataset] = self.versions.get(dataset, 0) + 1
 
     def _conformer(
         self, dataset: str, rule: DatasetRule, schema: pa.Schema, stored: pa.Schema, fresh: bool
-    ) -> Conformer | None:
-        """How this stream's batches become what the dataset's schema mode and declared columns say; None
-        when they are queued as sent."""
+    ) -> tuple[Conformer | None, int | None]:
+        """How this stream's batches become what the dataset's schema mode and declared columns say (None
+        when they are queued as sent), and, under evolve, the schema version that was decided on."""
         declared = declared_schema(rule.columns)
         if rule.schema == "separate" and declared is None:
-            return None
+            return None, None
         look = rule.schema != "separate" and not fresh
         stored_now = self._dataset_schema(dataset) if look else None  # outside the lock
         try:
@@ -104,18 +111,21 @@ class Admission:
                     current = pa.schema([f for f in current if f.name not in rule.fields], current.metadata)
                 target = plan(rule.schema, current, stored, declared)
                 if rule.schema == "evolve" or current is None:
+                    if self._schemas.get(dataset) != target:
+                        self.versions[dataset] = self.versions.get(dataset, 0) + 1
                     self._schemas[dataset] = target
+                version = self.versions.get(dataset) if rule.schema == "evolve" else None
         except SchemaError as exc:
             raise AdmissionError(f"dataset {dataset!r} (schema = {rule.schema}): {exc}") from None
         conform = Conformer(target, schema, rule.fields, lambda kind: stored_type(kind, rule.types))
-        return None if conform.identity else conform
+        return (None if conform.identity else conform), version
 
     def _dataset_schema(self, dataset: str) -> pa.Schema | None:
-        """The dataset's schema so far: this process's, else (read once) its newest file's in storage."""
+        """The dataset's schema so far: this process's, else (read once) the union of its newest files'."""
         if dataset in self._schemas:
             return self._schemas[dataset]
         try:
-            return self._datasets.schema(dataset)
+            return union(self._datasets.recent_schemas(dataset, RECENT_FILES))
         except Exception as exc:  # ingest never waits for a failing storage: the stream's schema starts it
             logger.warning("dataset {}: cannot read its schema from storage ({}: {})", dataset, type(exc).__name__, exc)
             return None

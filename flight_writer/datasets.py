@@ -40,6 +40,22 @@ class Datasets:
             p for p in self._storage.list(prefix) if p.endswith(".parquet") and p[len(prefix) :].startswith("date=")
         ]
 
+    def recent_schemas(self, dataset: str, count: int) -> list[pa.Schema]:
+        """The Arrow schemas of the dataset's ``count`` newest objects, oldest first (by the modification
+        time the listing gives, then name). Buffers opened before a schema change are written around the
+        time of the first files after it, so the newest file alone may be an older shape."""
+        prefix = dataset + "/"
+        found = []
+        for e in self._storage.operator.scan(prefix):
+            if e.path.endswith(".parquet") and e.path[len(prefix) :].startswith("date="):
+                modified = e.metadata.last_modified
+                found.append((modified.timestamp() if modified is not None else 0.0, e.path.rsplit("/", 1)[-1], e.path))
+        schemas = []
+        for _, _, path in sorted(found)[-count:]:
+            with self._storage.operator.open(path, "rb") as f:
+                schemas.append(pq.ParquetFile(io.BufferedReader(f)).schema_arrow.remove_metadata())
+        return schemas
+
     def _newest(self, dataset: str) -> str | None:
         """The object written last: by the modification time the listing gives (part names start with
         their first seq, and the memory queue's seqs start at 1 again after a restart), then by name."""

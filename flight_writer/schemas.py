@@ -186,6 +186,16 @@ def _evolve(base: pa.Schema, stream: pa.Schema, problems: list[str]) -> pa.Schem
     return pa.schema(fields, base.metadata)
 
 
+def union(schemas: list[pa.Schema]) -> pa.Schema | None:
+    """The schema that ``evolve`` would have made of these, oldest first (a conflict keeps the older type)."""
+    if not schemas:
+        return None
+    base = _nullable(schemas[0], None)
+    for schema in schemas[1:]:
+        base = _evolve(base, schema, [])
+    return base
+
+
 class Conformer:
     """Brings one stream's batches to the schema they are stored under: casts, null columns for those the
     stream leaves out, the ``not null`` check; the stream's other columns (partition fields) follow as they

@@ -315,6 +315,7 @@ class FlightWriterServer(flight.FlightServerBase):
             raise flight.FlightServerError(str(exc)) from None
         conform, split = admitted.conform, admitted.split
         schema_key = admitted.schema.serialize().to_pybytes()
+        versions = self._admission.versions  # evolve: the dataset's schema changed since the stream began?
         max_metadata, max_batch = self._limits.max_metadata_bytes, self._limits.max_batch_bytes
         put, timeout, logged = self._queue.put, self._put_timeout, self._queue.logged
         reply = writer.write if writer is not None else None
@@ -338,6 +339,15 @@ class FlightWriterServer(flight.FlightServerBase):
                         f"a record batch of {nbytes} Arrow bytes ({batch.num_rows} rows) is over "
                         f"server.max_batch_bytes ({max_batch}): send smaller batches"
                     )
+                if admitted.version is not None and versions.get(dataset) != admitted.version:
+                    # another stream widened the dataset's schema: this one's batches follow it from now on
+                    try:
+                        admitted = self._admission.admit(dataset, reader.schema, lambda schema, stored: None)
+                    except AdmissionError as exc:
+                        problem = str(exc)
+                    else:
+                        conform, split = admitted.conform, admitted.split
+                        schema_key = admitted.schema.serialize().to_pybytes()
                 pieces = None
                 if problem is None and (conform is not None or split is not None):
                     try:

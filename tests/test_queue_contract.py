@@ -161,3 +161,10 @@ def test_a_duplicate_waiting_for_room_is_answered_as_one_once_its_twin_goes_in(n
     for t in waiting:
         t.join(30)
     assert sorted(results) == [(2, False), (2, True)]
+
+
+def test_an_empty_batch_takes_a_seq_like_any_other(new_queue):
+    q = new_queue()
+    empty = BATCH.slice(0, 0)
+    assert q.put("ds", b"k", empty, 1) == (1, False)
+    assert q.put("ds", b"k", empty, 1, "e") == (2, False) and q.put("ds", b"k", empty, 1, "e") == (2, True)

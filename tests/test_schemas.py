@@ -171,3 +171,53 @@ def test_evolve_starts_from_the_newest_file_when_the_memory_queue_restarted_its_
         pytest.raises(flight.FlightServerError, match="column 'b' is string in the dataset"),
     ):
         send(c, flight.FlightDescriptor.for_path("re"), batch(b=pa.array([1])))
+
+
+def test_an_open_stream_follows_a_schema_another_stream_widened(data_root):
+    """A long-lived stream began on {n, name}; another added "extra": the first one's later batches are
+    stored under the unified schema too, and after a restart the dataset's schema still has "extra"."""
+    with running(data_root) as svc, flight.connect(svc.location) as c:
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("long"), A.schema)
+        writer.write_batch(A)
+        assert reader.read() is not None
+        put(c, "long", [B])  # adds extra (double)
+        writer.write_batch(A)  # the open stream's next batch: now with extra = null
+        assert reader.read() is not None
+        writer.close()
+        action(c, "flush")
+    files = sorted(parquet_files(data_root, "long"))
+    assert [pq.read_schema(f).names for f in files] == [["n", "name"], ["n", "name", "extra"]]
+    assert pq.read_table(files[1]).column("n").to_pylist() == [3, 1, 2]  # B's batch and A's second one
+    with (
+        running(data_root) as svc,
+        flight.connect(svc.location) as c,
+        pytest.raises(flight.FlightServerError, match="column 'extra' is double in the dataset"),
+    ):
+        send(c, flight.FlightDescriptor.for_path("long"), batch(extra=pa.array(["text"])))
+
+
+def test_the_readme_read_lines_for_polars_and_pyarrow_see_every_column(data_root):
+    import glob
+
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    with running(data_root) as svc, flight.connect(svc.location) as c:
+        put(c, "rd", [B])  # with extra
+        action(c, "flush")
+        put(c, "rd", [batch(n=pa.array([7]))])  # a newer file without it would hide it from one-file readers
+        action(c, "flush")
+    path = str(data_root / "rd")
+    files = glob.glob(f"{path}/**/*.parquet", recursive=True)
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    polars = pl.scan_parquet(
+        f"{path}/**/*.parquet",
+        hive_partitioning=True,
+        missing_columns="insert",
+        schema=pl.from_arrow(schema.empty_table()).schema,
+        cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),  # n: int32, then int64
+    ).collect()
+    assert sorted(polars["extra"].to_list(), key=str) == [1.5, None]
+    folders = ds.dataset(path, format="parquet", partitioning="hive").partitioning.schema
+    table = ds.dataset(path, format="parquet", partitioning="hive", schema=pa.unify_schemas([schema, folders]))
+    assert sorted(table.to_table().column("extra").to_pylist(), key=str) == [1.5, None]

@@ -85,9 +85,10 @@ class MemoryQueue(Queue):
         pending). False if every one is known (a duplicate, also one that came in during the wait)."""
         deadline = None
         while True:
-            new = sum(n for n, c in zip(sizes, client_ids, strict=True) if c is None or self._ids.get(c) is None)
-            if not new:
+            unknown = [n for n, c in zip(sizes, client_ids, strict=True) if c is None or self._ids.get(c) is None]
+            if not unknown:
                 return False
+            new = sum(unknown)
             if self._closed:
                 raise QueueClosed("queue is closed")
             if not self._pending_bytes or self._pending_bytes + new <= self._max_bytes:
