@@ -11,7 +11,7 @@ when a new buffer would make more than ``max_open_buffers``, the oldest is seale
 kept per buffer, whatever number of datasets producers name); and when all buffers together hold more
 than ``buffer_limit`` bytes (half of ``queue.max_bytes``), the largest is sealed early, so a full queue
 always drains without waiting for ``flush_interval``. A sealed
-file is stored under one name, with retries and backoff: a retry after an ambiguous failure overwrites the
+file is stored under one name, with retries and backoff (retries.py): a retry after an ambiguous failure overwrites the
 same object rather than adding a second copy.
 
 Only after storage confirmed the object are its seqs marked durable and their queue capacity released.
@@ -36,16 +36,13 @@ from flight_writer.layout import Shape, partition_path
 from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import Entry, Queue
 from flight_writer.queue.base import count_for
-from flight_writer.storage import PERMANENT_ERRORS, Storage, first_line
+from flight_writer.retries import Aborted, Retries
+from flight_writer.storage import Storage
 from flight_writer.tracker import DurabilityTracker
 
 GET_BATCH = 4096  # entries taken from the queue per call: amortizes locking for small batches
 MAX_IDLE_WAIT = 1.0
 LINGER = 0.005  # after a partial take, let batches gather: one wake-up per batch cost the receive path
-
-
-class Aborted(Exception):
-    """The writer was told to give up (hard stop); pending data was not written."""
 
 
 @dataclass(slots=True)
@@ -93,21 +90,18 @@ class Writer:
         self._stopping = threading.Event()
         self._abort = threading.Event()
         self._executor = ThreadPoolExecutor(s.threads, thread_name_prefix="flight-writer-file")
+        self._retries = Retries(s, self._abort)
         self._files = FileContext(
-            queue, storage, tracker, s, self._executor, self._with_retries, self._stored, self._rejected
+            queue, storage, tracker, s, self._executor, self._retries.run, self._stored, self._rejected
         )
         self._thread = threading.Thread(target=self._run, name="flight-writer-loop", daemon=True)
         self.files_written = 0
         self.rows_written = 0
         self.bytes_written = 0
         self.batches_failed = 0
-        self.retries = 0
-        self._retries_by_kind: dict[tuple[str, str], int] = {}  # (operation, error class) -> retries
         self._written_by_dataset: dict[str, list[int]] = {}  # files, rows, bytes
         self.sealed_early = 0  # buffers written before they were due: writer.max_open_buffers
         self._warned_at = -3600.0
-        self.last_error: str | None = None
-        self.error_since: float | None = None
         #: called with (rows, bytes, encode seconds, upload seconds) after each file is stored
         self.file_listeners: list[Callable[[int, int, float, float], None]] = []
 
@@ -133,6 +127,7 @@ class Writer:
         """New settings (a live reload): files started from now on use them, files already filling keep
         theirs. ``threads`` stays as it is (the pool is not rebuilt)."""
         self._settings = settings
+        self._retries.settings = settings
         self._files = dataclasses.replace(self._files, settings=settings)
 
     def abort(self) -> None:
@@ -191,7 +186,7 @@ class Writer:
                 self._seal(lambda b, cutoff=cutoff: b.oldest <= cutoff)
         except Exception:
             logger.exception("writer loop crashed")
-            self._set_error("writer loop crashed; see the log")
+            self._retries.report("writer loop crashed; see the log")
             raise
         finally:
             with self._lock:
@@ -224,7 +219,7 @@ class Writer:
                 continue
             if e.batch.num_rows == 0:  # acknowledged, nothing to store
                 self._tracker.mark_durable([e.seq], None)
-                self._with_retries("confirm an empty batch", lambda e=e: self._queue.done([e]))
+                self._retries.run("confirm an empty batch", lambda e=e: self._queue.done([e]))
                 continue
             rule = self._rules.get(e.dataset) or self._rule(e.dataset)
             if rule.partition == "received" and not rule.fields:  # the common case, without a path per batch
@@ -353,61 +348,18 @@ class Writer:
         with self._lock:
             self.batches_failed += 1
 
-    def _with_retries(
-        self, what: str, action: Callable[[], Any], transient: tuple[type[BaseException], ...] = (Exception,)
-    ) -> Any:
-        """Run ``action`` until it succeeds; errors of the ``transient`` kinds are retried with backoff
-        (shown in ``last_error``), others raised. ``Aborted`` on a hard stop."""
-        delay = self._settings.retry_initial_delay
-        while True:
-            try:
-                result = action()
-            except transient as exc:
-                kind = (what.split(" ", 1)[0], type(exc).__name__)  # e.g. ("upload", "Unexpected")
-                with self._lock:
-                    self.retries += 1
-                    self._retries_by_kind[kind] = self._retries_by_kind.get(kind, 0) + 1
-                message = f"{what} failed: {type(exc).__name__}: {first_line(exc)}"
-                if isinstance(exc, PERMANENT_ERRORS):
-                    # retrying cannot fix it (credentials, bucket): keep the data, try again now and then
-                    message += " (needs fixing: check the bucket and credentials; the data is kept)"
-                    delay = self._settings.retry_max_delay
-                    logger.error("{}; retrying in {:.1f}s", message, delay)
-                else:
-                    logger.warning("{}; retrying in {:.1f}s", message, delay)
-                self._set_error(message)
-                if self._abort.wait(delay):
-                    raise Aborted(what) from exc
-                delay = min(delay * 2, self._settings.retry_max_delay)
-            else:
-                if self.last_error is not None:
-                    with self._lock:
-                        self.last_error, self.error_since = None, None
-                return result
-
     def report_error(self, message: str) -> None:
         """Show a problem found outside the writer (e.g. the storage check) in ``last_error``."""
-        self._set_error(message)
-
-    def _set_error(self, message: str) -> None:
-        with self._lock:
-            self.last_error = message
-            if self.error_since is None:
-                self.error_since = time.time()
+        self._retries.report(message)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {
+            counts = {
                 "files_written": self.files_written,
                 "rows_written": self.rows_written,
                 "bytes_written": self.bytes_written,
                 "batches_failed": self.batches_failed,
-                "retries": self.retries,
-                "retries_by_kind": [
-                    {"operation": op, "error": error, "retries": n} for (op, error), n in self._retries_by_kind.items()
-                ],
                 "open_buffers": len(self._buffers),
                 "buffers_sealed_early": self.sealed_early,
-                "last_error": self.last_error,
-                "error_for_s": None if self.error_since is None else round(time.time() - self.error_since, 3),
             }
+        return {**counts, **self._retries.stats()}
