@@ -41,34 +41,26 @@ class Datasets:
         ]
 
     def recent_schemas(self, dataset: str, count: int) -> list[pa.Schema]:
-        """The Arrow schemas of the dataset's ``count`` newest objects, oldest first (by the modification
-        time the listing gives, then name). Buffers opened before a schema change are written around the
-        time of the first files after it, so the newest file alone may be an older shape."""
+        """The Arrow schemas of the dataset's ``count`` newest objects, oldest first. Buffers opened before
+        a schema change are written around the time of the first files after it, so the newest file alone
+        may be an older shape."""
+        schemas = []
+        for path in self._recent(dataset, count):
+            with self._storage.operator.open(path, "rb") as f:
+                schemas.append(pq.ParquetFile(io.BufferedReader(f)).schema_arrow.remove_metadata())
+        return schemas
+
+    def _recent(self, dataset: str, count: int) -> list[str]:
+        """The paths of the ``count`` objects written last, oldest first: by the modification time the
+        listing gives (part names start with their first seq, and the memory queue's seqs start at 1 again
+        after a restart), then by name."""
         prefix = dataset + "/"
         found = []
         for e in self._storage.operator.scan(prefix):
             if e.path.endswith(".parquet") and e.path[len(prefix) :].startswith("date="):
                 modified = e.metadata.last_modified
                 found.append((modified.timestamp() if modified is not None else 0.0, e.path.rsplit("/", 1)[-1], e.path))
-        schemas = []
-        for _, _, path in sorted(found)[-count:]:
-            with self._storage.operator.open(path, "rb") as f:
-                schemas.append(pq.ParquetFile(io.BufferedReader(f)).schema_arrow.remove_metadata())
-        return schemas
-
-    def _newest(self, dataset: str) -> str | None:
-        """The object written last: by the modification time the listing gives (part names start with
-        their first seq, and the memory queue's seqs start at 1 again after a restart), then by name."""
-        prefix = dataset + "/"
-        newest, newest_key = None, None
-        for e in self._storage.operator.scan(prefix):
-            if not e.path.endswith(".parquet") or not e.path[len(prefix) :].startswith("date="):
-                continue
-            modified = e.metadata.last_modified
-            key = (modified.timestamp() if modified is not None else 0.0, e.path.rsplit("/", 1)[-1])
-            if newest_key is None or key > newest_key:
-                newest, newest_key = e.path, key
-        return newest
+        return [path for _, _, path in sorted(found)[-count:]]
 
     def schema(self, dataset: str) -> pa.Schema | None:
         """The Arrow schema of the dataset's newest object."""
@@ -82,10 +74,10 @@ class Datasets:
         return footer.schema if footer is not None else None
 
     def _footer(self, dataset: str) -> pq.FileMetaData | None:
-        newest = self._newest(dataset)
-        if newest is None:
+        recent = self._recent(dataset, 1)
+        if not recent:
             return None
-        with self._storage.operator.open(newest, "rb") as f:  # reads the footer, not the whole object
+        with self._storage.operator.open(recent[0], "rb") as f:  # reads the footer, not the whole object
             return pq.ParquetFile(io.BufferedReader(f)).metadata
 
 

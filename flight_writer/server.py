@@ -358,9 +358,7 @@ class FlightWriterServer(flight.FlightServerBase):
                     except (pa.ArrowException, KeyError, ValueError) as exc:  # not foreseen: said, not a traceback
                         problem = f"batch cannot be stored as dataset {dataset!r} says: {type(exc).__name__}: {exc}"
                 if problem is not None:
-                    if replies is not None:
-                        with contextlib.suppress(QueueWriteError):
-                            replies.finish()  # what was taken is answered before the error
+                    _answer_taken(replies)
                     raise flight.FlightServerError(problem)
                 if meta is not None and meta.size:
                     client_id = _client_id(meta)
@@ -374,9 +372,7 @@ class FlightWriterServer(flight.FlightServerBase):
                         split_seqs = [a.seq for a in accepted]
                         seq, duplicate = max(split_seqs), all(a.duplicate for a in accepted)
                 except (QueueFull, QueueClosed, QueueWriteError) as exc:
-                    if replies is not None:
-                        with contextlib.suppress(QueueWriteError):
-                            replies.finish()  # what was taken is answered before the error
+                    _answer_taken(replies)
                     if isinstance(exc, QueueWriteError):
                         raise  # worded below, with a failed fsync
                     message = (
@@ -555,6 +551,13 @@ def _count_fields(schema: pa.Schema) -> tuple[int, int]:
         deepest = max(deepest, depth)
         todo.extend((kind.field(i).type, depth + 1) for i in range(kind.num_fields))
     return fields, deepest
+
+
+def _answer_taken(replies: _Replies | None) -> None:
+    """Before a stream ends with an error: send the replies of the batches it took."""
+    if replies is not None:
+        with contextlib.suppress(QueueWriteError):
+            replies.finish()
 
 
 def _piece_id(client_id: str | None, k: int) -> str | None:

@@ -50,8 +50,12 @@ class MemoryQueue(Queue):
     ) -> Accepted:
         nbytes = batch.get_total_buffer_size()  # 0.7 µs; .nbytes took 18 µs on a 100-row span batch
         with self._lock:
-            if not self._wait_for_room([nbytes], [client_id], timeout):
-                return Accepted(self._ids.get(client_id), True)  # type: ignore[arg-type]
+            if client_id is not None and (seq := self._ids.get(client_id)) is not None:
+                return Accepted(seq, True)
+            # the common case, room and open, without the waiting loop's bookkeeping
+            room = not self._closed and (not self._pending_bytes or self._pending_bytes + nbytes <= self._max_bytes)
+            if not room and not self._wait_for_room([nbytes], [client_id], timeout):
+                return Accepted(self._ids.get(client_id), True)  # type: ignore[arg-type]  # came in during the wait
             seq = self._take(dataset, schema_key, batch, nbytes, client_id)
         if wait:
             self.logged(seq, wait=True)
