@@ -136,6 +136,31 @@ def send(
     writer.close()
 
 
+def answered_then_refused(
+    client: flight.FlightClient,
+    dataset: str,
+    first: pa.RecordBatch,
+    second: pa.RecordBatch,
+    match: str,
+    metadata: tuple[bytes | None, bytes | None] = (None, None),
+) -> dict[str, Any]:
+    """One stream: ``first`` is answered (its reply is returned), then ``second`` ends the stream with a
+    ``FlightServerError`` matching ``match``."""
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path(*dataset.split("/")), first.schema)
+    for k, (batch, meta) in enumerate(zip((first, second), metadata, strict=True)):
+        if meta is None:
+            writer.write_batch(batch)
+        else:
+            writer.write_with_metadata(batch, pa.py_buffer(meta))
+        if k == 0:
+            reply = json.loads(reader.read().to_pybytes())
+    with pytest.raises(flight.FlightServerError, match=match):
+        writer.done_writing()
+        reader.read()
+        writer.close()
+    return reply
+
+
 def action(client: flight.FlightClient, name: str, body: Any = None) -> dict[str, Any]:
     raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
     results = list(client.do_action(flight.Action(name, raw)))

@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.flight as flight
 import pytest
 
-from conftest import action, parquet_files, put, read_dataset, running, send
+from conftest import action, answered_then_refused, parquet_files, put, read_dataset, running, send
 
 UTC = datetime.UTC
 
@@ -101,16 +101,7 @@ def test_a_batch_in_too_many_partitions_is_refused_after_answering_the_others(da
     few = pa.record_batch({"service": ["a", "b"], "n": [1, 2]})
     many = pa.record_batch({"service": ["a", "b", "c", "d"], "n": [1, 2, 3, 4]})
     with running(data_root, datasets=rule) as svc, flight.connect(svc.location) as c:
-        writer, reader = c.do_put(flight.FlightDescriptor.for_path("many"), few.schema)
-        writer.write_batch(few)
-        assert reader.read() is not None
-        writer.write_batch(many)
-        with pytest.raises(
-            flight.FlightServerError, match=r"falls in 4 partitions, more than datasets\.max_partitions"
-        ):
-            writer.done_writing()
-            reader.read()
-            writer.close()
+        answered_then_refused(c, "many", few, many, r"falls in 4 partitions, more than datasets\.max_partitions")
         action(c, "flush")
     assert sorted(read_dataset(data_root, "many").column("n").to_pylist()) == [1, 2]
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import action, put, read_dataset, running, send
+from conftest import action, answered_then_refused, put, read_dataset, running, send
 
 GOOD = pa.record_batch({"i": pa.array(range(10), pa.int64())})
 
@@ -30,16 +30,9 @@ def test_too_many_columns_or_too_deep_a_schema_is_refused_at_stream_start(data_r
 
 def test_oversized_app_metadata_ends_the_stream_after_answering_what_was_taken(data_root):
     with running(data_root, server={"max_metadata_bytes": "100"}) as svc, flight.connect(svc.location) as c:
-        writer, reader = c.do_put(flight.FlightDescriptor.for_path("meta"), GOOD.schema)
-        writer.write_with_metadata(GOOD, pa.py_buffer(json.dumps({"id": "a"}).encode()))
-        assert json.loads(reader.read().to_pybytes())["id"] == "a"
-        writer.write_with_metadata(GOOD, pa.py_buffer(json.dumps({"id": "b" * 200}).encode()))
-        with pytest.raises(
-            flight.FlightServerError, match=r"app_metadata of \d+ bytes is over server\.max_metadata_bytes \(100\)"
-        ):
-            writer.done_writing()
-            reader.read()
-            writer.close()
+        ids = json.dumps({"id": "a"}).encode(), json.dumps({"id": "b" * 200}).encode()
+        message = r"app_metadata of \d+ bytes is over server\.max_metadata_bytes \(100\)"
+        assert answered_then_refused(c, "meta", GOOD, GOOD, message, ids)["id"] == "a"
         action(c, "flush")
     assert read_dataset(data_root, "meta").num_rows == 10  # the first batch, acknowledged, is stored
 
@@ -65,15 +58,8 @@ def test_streams_beyond_max_streams_are_refused_until_one_closes(data_root):
 def test_a_batch_over_max_batch_bytes_ends_the_stream_after_answering_what_was_taken(data_root):
     big = pa.record_batch({"i": pa.array(range(1000), pa.int64())})  # 8,000 bytes
     with running(data_root, server={"max_batch_bytes": "1000"}) as svc, flight.connect(svc.location) as c:
-        writer, reader = c.do_put(flight.FlightDescriptor.for_path("sized"), GOOD.schema)
-        writer.write_batch(GOOD)
-        assert json.loads(reader.read().to_pybytes())["seq"] == 1
-        writer.write_batch(big)
         message = r"a record batch of 8000 Arrow bytes \(1000 rows\) is over server\.max_batch_bytes \(1000\)"
-        with pytest.raises(flight.FlightServerError, match=message):
-            writer.done_writing()
-            reader.read()
-            writer.close()
+        assert answered_then_refused(c, "sized", GOOD, big, message)["seq"] == 1
         put(c, "other", [GOOD])  # the server and other streams go on
         action(c, "flush")
         assert action(c, "status")["received_seq"] == 2

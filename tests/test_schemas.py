@@ -9,7 +9,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import action, parquet_files, put, read_dataset, running, send
+from conftest import action, answered_then_refused, parquet_files, put, read_dataset, running, send
 
 
 def batch(**columns) -> pa.RecordBatch:
@@ -88,14 +88,8 @@ def test_declared_columns_cast_require_and_refuse_nulls(data_root):
     good = batch(Id=pa.array([1, 2], pa.int32()), note=pa.array(["x", None]))
     nulls = batch(Id=pa.array([3, None], pa.int32()), note=pa.array(["y", "z"]))
     with running(data_root, datasets=rule) as svc, flight.connect(svc.location) as c:
-        writer, reader = c.do_put(flight.FlightDescriptor.for_path("orders"), good.schema)
-        writer.write_batch(good)
-        assert reader.read() is not None
-        writer.write_batch(nulls)  # refused whole: nothing of it stored
-        with pytest.raises(flight.FlightServerError, match=r"column 'Id' may not be null .* has 1 nulls"):
-            writer.done_writing()
-            reader.read()
-            writer.close()
+        # the second batch is refused whole: nothing of it stored
+        answered_then_refused(c, "orders", good, nulls, r"column 'Id' may not be null .* has 1 nulls")
         with pytest.raises(
             flight.FlightServerError, match=r"column 'Id' is declared \(int64\) and the stream does not"
         ):

@@ -20,6 +20,18 @@ from conftest import action, read_dataset, settings_for, write_config
 ROWS = 100
 
 
+def stop_then_signal_again(server, second: signal.Signals, handled: str) -> None:
+    """SIGTERM, then ``second`` once ``handled`` is logged and the same-stop window has passed: the server
+    exits at once with status 1."""
+    server.proc.send_signal(signal.SIGTERM)
+    first = time.monotonic()
+    server.wait_for_log(handled)
+    time.sleep(max(0.0, SAME_STOP + 0.2 - (time.monotonic() - first)))  # the rule is a time window
+    server.proc.send_signal(second)
+    assert server.proc.wait(30) == 1
+    server.wait_for_log(f"{second.name} again: exiting now")
+
+
 def test_sigterm_under_load_keeps_every_acknowledged_batch(tmp_path, server_process):
     root = tmp_path / "data"
     server = server_process(write_config(tmp_path / "s.toml", root, "[writer]\nflush_interval = 0.5\n"))
@@ -80,13 +92,7 @@ def test_second_signal_exits_at_once_even_with_storage_down(tmp_path, server_pro
         assert reader.read() is not None
         writer.close()
         assert action(c, "status")["received_seq"] == 1
-    server.proc.send_signal(signal.SIGTERM)  # graceful: the upload would be retried forever
-    first = time.monotonic()
-    server.wait_for_log("retrying")
-    time.sleep(max(0.0, SAME_STOP + 0.2 - (time.monotonic() - first)))  # the rule is a time window
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(30) == 1
-    server.wait_for_log("SIGTERM again: exiting now")
+    stop_then_signal_again(server, signal.SIGTERM, "retrying")  # graceful would retry the upload forever
 
 
 def test_a_duplicate_signal_is_the_same_graceful_stop(tmp_path, server_process):
@@ -114,13 +120,7 @@ def test_a_later_signal_exits_at_once_while_a_stream_is_open(tmp_path, server_pr
         writer, reader = c.do_put(flight.FlightDescriptor.for_path("open"), pa.schema([("x", pa.int64())]))
         writer.write_batch(pa.record_batch({"x": [1]}))
         assert reader.read() is not None  # the stream stays open
-        server.proc.send_signal(signal.SIGTERM)
-        first = time.monotonic()
-        server.wait_for_log("stopping: finishing calls in flight")
-        time.sleep(max(0.0, SAME_STOP + 0.2 - (time.monotonic() - first)))  # the rule is a time window
-        server.proc.send_signal(signal.SIGINT)
-        assert server.proc.wait(30) == 1
-    server.wait_for_log("SIGINT again: exiting now")
+        stop_then_signal_again(server, signal.SIGINT, "stopping: finishing calls in flight")
 
 
 def test_group_sigterm_through_make_serve_loses_nothing(tmp_path, server_process):
