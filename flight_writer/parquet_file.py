@@ -16,8 +16,8 @@ in one request once complete.
 The batches stay with the file until it is stored. If encoding a part fails (the encoder rejects a batch),
 the file is encoded again in one piece at seal, with retries while the local disk fails; batches the encoder
 rejects on their own are kept as Arrow IPC under ``_failed/{dataset}/`` and marked failed. Then the plan
-(path and exact seqs) is recorded, the object is stored under that one name with retries, its seqs are
-marked durable and the queue is told.
+(path and exact seqs) is recorded, the object is stored under that one name with retries, and the queue
+confirms it (its seqs become durable, their capacity is released).
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ from flight_writer._version import __version__
 from flight_writer.config import WriterSettings
 from flight_writer.encoding import SAMPLE_ROWS, Encoder, Joined, dictionary_columns
 from flight_writer.layout import Shape
-from flight_writer.queue import Entry, Plan, Queue
+from flight_writer.queue import Entry, Feed, Plan
 from flight_writer.seqs import seq_ranges
 from flight_writer.storage import Storage
-from flight_writer.tracker import DurabilityTracker
 
 ARROW_TYPE = "application/vnd.apache.arrow.file"
 
@@ -54,9 +53,8 @@ Retry = Callable[[str, Callable[[], Any], tuple[type[BaseException], ...]], Any]
 class FileContext:
     """What every file of one writer shares."""
 
-    queue: Queue
+    queue: Feed
     storage: Storage
-    tracker: DurabilityTracker
     settings: WriterSettings
     executor: Executor
     retry: Retry
@@ -188,8 +186,7 @@ class ParquetFile:
         ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
         upload_s = time.monotonic() - started
         rows = sum(e.batch.num_rows for e in entries)
-        ctx.tracker.mark_durable(plan.seqs, self.path)
-        ctx.retry(f"confirm {self.path}", lambda: ctx.queue.done(entries), (Exception,))
+        ctx.retry(f"confirm {self.path}", lambda: ctx.queue.confirm(entries, self.path), (Exception,))
         ctx.stored(self.dataset, rows, size, self._encode_s, upload_s)
         logger.info(
             "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
@@ -270,8 +267,8 @@ class ParquetFile:
             lambda: ctx.storage.write(plan.path, data, ARROW_TYPE),
             (Exception,),
         )
-        ctx.tracker.mark_failed([e.seq], plan.error or "rejected by the Parquet encoder")
-        ctx.retry(f"confirm {plan.path}", lambda: ctx.queue.done([e]), (Exception,))
+        error = plan.error or "rejected by the Parquet encoder"
+        ctx.retry(f"confirm {plan.path}", lambda: ctx.queue.reject([e], error), (Exception,))
         ctx.rejected()
         logger.error("dataset={} seq={} rejected by the Parquet encoder: {}", e.dataset, e.seq, plan.error)
 

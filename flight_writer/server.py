@@ -24,12 +24,10 @@ from flight_writer.auth import Authenticator, AuthMiddlewareFactory, HandshakeAl
 from flight_writer.config import DatasetSettings, FlightSqlSettings, ServerSettings
 from flight_writer.datasets import Datasets
 from flight_writer.layout import LayoutError
-from flight_writer.queue import Queue, QueueClosed, QueueFull, QueueWriteError
+from flight_writer.queue import Ingest, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.schemas import SchemaError
 from flight_writer.sql_door import FlightSqlDoor
 from flight_writer.storage import Storage
-from flight_writer.tracker import DurabilityTracker
-from flight_writer.writer import Writer
 
 ACK_HEADER = "x-flight-writer-ack"
 ACK_LEVELS = ("queued", "durable")
@@ -91,14 +89,14 @@ class _AckLevelFactory(flight.ServerMiddlewareFactory):
 
 
 class _Replies:
-    """One stream's PutResults for batches not yet logged, sent in seq order by a thread of their own as
+    """One stream's PutResults for batches not yet settled, sent in seq order by a thread of their own as
     each batch is logged, while the stream's handler goes on reading. gRPC lets one thread write a stream
     while another reads it; every reply of the stream goes through here once this exists."""
 
     MAX_WAITING = 4096  # replies held before the handler stops reading to wait for the log
 
-    def __init__(self, logged: Callable[[int, bool], bool], reply: Callable[[pa.Buffer], None]) -> None:
-        self._logged = logged
+    def __init__(self, settle: Callable[[int, bool], bool], reply: Callable[[pa.Buffer], None]) -> None:
+        self._settle = settle
         self._reply = reply
         self._waiting: deque[tuple[int, bytes]] = deque()
         self._cond = threading.Condition()
@@ -144,7 +142,7 @@ class _Replies:
                     return
                 seq, answer = self._waiting[0]
             try:
-                self._logged(seq, True)
+                self._settle(seq, True)
                 self._reply(pa.py_buffer(answer))
             except Exception as exc:  # raised again in the handler's thread
                 with self._cond:
@@ -162,9 +160,7 @@ class FlightWriterServer(flight.FlightServerBase):
     def __init__(
         self,
         location: str,
-        queue: Queue,
-        writer: Writer,
-        tracker: DurabilityTracker,
+        queue: Ingest,
         status: Callable[[], dict[str, Any]],
         put_timeout: float,
         storage: Storage,
@@ -180,8 +176,7 @@ class FlightWriterServer(flight.FlightServerBase):
             kwargs["auth_handler"] = HandshakeAllowed()
         super().__init__(location, middleware=middleware, **kwargs)  # kwargs: TLS
         self._queue = queue
-        self._writer = writer
-        self._tracker = tracker
+        self._position = queue.position
         self._status = status
         self._put_timeout = put_timeout
         self._storage = storage
@@ -194,7 +189,7 @@ class FlightWriterServer(flight.FlightServerBase):
             lambda: self._flight_sql,
             lambda dataset, reader, fresh: self._ingest(dataset, reader, None, keep_seqs=True, fresh=fresh),
             self._make_durable,
-            writer.flush,
+            lambda dataset: queue.flush(dataset, None),
             dataset_from_path,
         )
         self._flight_sql = flight_sql or FlightSqlSettings()
@@ -317,10 +312,10 @@ class FlightWriterServer(flight.FlightServerBase):
         schema_key = admitted.schema.serialize().to_pybytes()
         versions = self._admission.versions  # evolve: the dataset's schema changed since the stream began?
         max_metadata, max_batch = self._limits.max_metadata_bytes, self._limits.max_batch_bytes
-        put, timeout, logged = self._queue.put, self._put_timeout, self._queue.logged
+        put, timeout, settle = self._queue.put, self._put_timeout, self._queue.settle
         reply = writer.write if writer is not None else None
         state = self._queue.ack_state.encode()
-        replies: _Replies | None = None  # started at the first batch not logged at once
+        replies: _Replies | None = None  # started at the first batch not settled at once
         seqs: list[int] = []
         rows = 0
         last = 0  # without replies: the newest seq, to wait for before the stream ends
@@ -397,19 +392,19 @@ class FlightWriterServer(flight.FlightServerBase):
                     if split_seqs is not None:  # in several partitions: durable once every seq is
                         fields["seqs"] = split_seqs
                     if duplicate:  # accepted before: nothing stored again; say where the original stands
-                        fields["state"] = self._tracker.describe(seq)["state"]
+                        fields["state"] = self._position.describe(seq)["state"]
                         fields["duplicate"] = True
                     answer = json.dumps(fields).encode()
-                if replies is None and logged(seq, False):
+                if replies is None and settle(seq, False):
                     reply(pa.py_buffer(answer))
                     continue
                 if replies is None:
-                    replies = _Replies(logged, reply)
+                    replies = _Replies(settle, reply)
                 replies.add(seq, answer)
             if replies is not None:
                 replies.finish()
             elif last:
-                logged(last, True)  # a stream without replies is still logged before it ends
+                settle(last, True)  # a stream without replies is still settled before it ends
         except QueueWriteError as exc:
             raise flight.FlightServerError(f"batch not accepted: {exc}") from None
         finally:
@@ -430,18 +425,13 @@ class FlightWriterServer(flight.FlightServerBase):
 
     def _make_durable(self, dataset: str, seqs: list[int]) -> dict[str, Any]:
         """Write out the dataset and wait until these seqs are resolved; what a durable reply says."""
-        try:
-            self._writer.flush(dataset)
-        except RuntimeError:  # the writer stopped (a stop's deadline passed): the seqs are written by the stop
-            raise flight.FlightUnavailableError(
+        position = self._position
+        if not self._queue.flush(dataset, None) and not position.wait(seqs, 0):
+            raise flight.FlightUnavailableError(  # the queue closed: a stop whose deadline passed
                 "server is shutting down: the batches were received and are being written; ack them once it is back"
-            ) from None
-        self._tracker.wait(seqs, None)
-        result: dict[str, Any] = {
-            "durable_through": self._tracker.durable_through,
-            "files": self._tracker.files_of(seqs),
-        }
-        failed = [d for s in seqs if (d := self._tracker.describe(s))["state"] == "failed"]
+            )
+        result: dict[str, Any] = {"durable_through": position.durable_through, "files": position.files_of(seqs)}
+        failed = [d for s in seqs if (d := position.describe(s))["state"] == "failed"]
         if failed:
             result["failed"] = failed
         return result
@@ -523,12 +513,10 @@ class FlightWriterServer(flight.FlightServerBase):
         if not _is_int(wait_ms) or not 0 <= wait_ms <= MAX_WAIT_MS:
             raise ValueError(f'"wait_ms" must be an integer from 0 to {MAX_WAIT_MS}')
         last = self._queue.last_seq
+        position = self._position
         if wait_ms:
-            self._tracker.wait([s for s in seqs if 1 <= s <= last], wait_ms / 1000)
-        return {
-            "acks": [self._tracker.describe(s, last) for s in seqs],
-            "durable_through": self._tracker.durable_through,
-        }
+            position.wait([s for s in seqs if 1 <= s <= last], wait_ms / 1000)
+        return {"acks": [position.describe(s, last) for s in seqs], "durable_through": position.durable_through}
 
     def _flush(self, body: bytes) -> dict[str, Any]:
         request = _json_object(body, required=False)
@@ -537,8 +525,9 @@ class FlightWriterServer(flight.FlightServerBase):
             if not isinstance(dataset, str):
                 raise ValueError('"dataset" must be a string')
             dataset = dataset_from_path(dataset.split("/"))
-        self._writer.flush(dataset)
-        return {"durable_through": self._tracker.durable_through}
+        if not self._queue.flush(dataset, None):
+            raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")
+        return {"durable_through": self._position.durable_through}
 
 
 def _count_fields(schema: pa.Schema) -> tuple[int, int]:

@@ -43,13 +43,17 @@ class Service:
         self._state = "unopened"
         self.queue: Queue
         self.storage: Storage
-        self.tracker: DurabilityTracker
         self.writer: Writer
         self.server: FlightWriterServer
         self.metrics: Metrics | None = None
         #: after stop(): calls were still open at server.shutdown_timeout (they end with the process)
         self.calls_open = False
         self._started_at = 0.0
+
+    @property
+    def tracker(self) -> DurabilityTracker:
+        """The durability position (the queue's)."""
+        return self.queue.position
 
     @property
     def port(self) -> int:
@@ -81,24 +85,15 @@ class Service:
                 raise
             check_error = str(exc)
             logger.error("{} (storage.startup_check = false: starting anyway)", exc)
-        self.queue = self._queue_arg or make_queue(s.queue)
-        through, resolved, failed = self.queue.recovered()
-        self.tracker = DurabilityTracker(s.server.ack_history, through, pending_state=self.queue.ack_state)
-        self.tracker.mark_durable(resolved, None)
-        for seq, error in failed.items():
-            self.tracker.mark_failed([seq], error)
+        self.queue = self._queue_arg or make_queue(s.queue, s.server.ack_history)
         self.storage.remove_partials()
-        self.writer = Writer(
-            self.queue, self.storage, self.tracker, s.writer, buffer_limit=s.queue.max_bytes // 2, datasets=s.datasets
-        ).start()
+        self.writer = Writer(self.queue, self.storage, s.writer, s.datasets, crashed=self.queue.close).start()
         if check_error is not None:
             self.writer.report_error(check_error)
         try:
             self.server = FlightWriterServer(
                 s.server.location,
                 self.queue,
-                self.writer,
-                self.tracker,
                 self.status,
                 s.queue.put_timeout,
                 self.storage,

@@ -19,6 +19,9 @@ from typing import Any
 
 
 class DurabilityTracker:
+    """The durability position of one queue: applies its durability records (``mark_durable``,
+    ``mark_failed``) and answers ``ack`` (``describe``, ``wait``) and ``flush`` from them."""
+
     def __init__(self, history: int = 100_000, durable_through: int = 0, pending_state: str = "queued") -> None:
         self._history = history
         self._pending_state = pending_state  # "logged" when pending batches are already on disk
@@ -27,6 +30,7 @@ class DurabilityTracker:
         self._above: set[int] = set()  # resolved seqs > _through
         self._files: OrderedDict[int, str] = OrderedDict()
         self._failed: dict[int, str] = {}
+        self._closed = False
 
     @property
     def durable_through(self) -> int:
@@ -63,8 +67,14 @@ class DurabilityTracker:
     def _is_resolved(self, seq: int) -> bool:
         return seq <= self._through or seq in self._above
 
+    def close(self) -> None:
+        """No more records will come (the queue closed): every ``wait`` returns what it has now."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
     def wait(self, seqs: Iterable[int], timeout: float | None) -> bool:
-        """Wait until every seq is resolved; False if ``timeout`` s passed first."""
+        """Wait until every seq is resolved; False if ``timeout`` s passed first or the position closed."""
         pending = list(seqs)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -73,7 +83,7 @@ class DurabilityTracker:
                 if not pending:
                     return True
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if self._closed or (remaining is not None and remaining <= 0):
                     return False
                 self._cond.wait(remaining)
 

@@ -1,20 +1,27 @@
-"""The writer: drains the queue into Parquet objects and marks their seqs durable.
+"""The writer: drains the queue's feed into Parquet objects; the queue marks their seqs durable.
 
-One loop thread owns the buffers, one per (dataset, schema, hour received). It takes batches from the
-queue in groups, pausing 5 ms after a take that did not fill a group, so a stream of small batches wakes
-it about 200 times a second instead of once per batch (each wake-up competed with the receiving thread).
-Each buffer feeds one ``ParquetFile``: every ``row_group_rows`` rows or ``row_group_bytes`` Arrow bytes the
-buffer's new batches go to the file as a row group, which ``threads`` pool workers encode while the buffer
-goes on filling (see parquet_file.py). A buffer is sealed when it reaches ``max_file_bytes`` (Arrow bytes)
-or ``max_file_rows``, when its oldest batch is ``flush_interval`` seconds old, on ``flush``, and on close;
-when a new buffer would make more than ``max_open_buffers``, the oldest is sealed (a bound on the state
-kept per buffer, whatever number of datasets producers name); and when all buffers together hold more
-than ``buffer_limit`` bytes (half of ``queue.max_bytes``), the largest is sealed early, so a full queue
-always drains without waiting for ``flush_interval``. A sealed
-file is stored under one name, with retries and backoff (retries.py): a retry after an ambiguous failure overwrites the
-same object rather than adding a second copy.
+One loop thread owns the buffers, one per (dataset, schema, partition). Each round (``step``) takes batches
+from the feed in groups, pausing 5 ms after a take that did not fill a group, so a stream of small batches
+wakes it about 200 times a second instead of once per batch (each wake-up competed with the receiving
+thread). Each buffer feeds one ``ParquetFile``: every ``row_group_rows`` rows or ``row_group_bytes`` Arrow
+bytes the buffer's new batches go to the file as a row group, which ``threads`` pool workers encode while
+the buffer goes on filling (see parquet_file.py).
 
-Only after storage confirmed the object are its seqs marked durable and their queue capacity released.
+A buffer is sealed when it reaches ``max_file_bytes`` (Arrow bytes) or ``max_file_rows``, when its oldest
+batch is ``flush_interval`` seconds old, when the queue asks for a flush (``Feed.flush_requests``), and on
+close; when a new buffer would make more than ``max_open_buffers`` (or its dataset's ``max_partitions``),
+the oldest is sealed (a bound on the state kept per buffer, whatever number of datasets producers name);
+and when the buffers together hold more than the queue has room left (``Feed.room``: the one byte bound,
+``queue.max_bytes``, counted by the queue), the largest is sealed early, so a full queue always drains
+without waiting for ``flush_interval``. With nothing in flight that is the old rule "buffers over half the
+bound"; uploads in flight make it act sooner.
+
+A sealed file is stored under one name, with retries and backoff (retries.py): a retry after an ambiguous
+failure overwrites the same object rather than adding a second copy. Only after storage confirmed the
+object does the file call ``Feed.confirm``, which makes its seqs durable and releases their capacity.
+
+``start()`` runs the loop on its own thread; without it, ``step()`` and ``sync()`` drive the writer
+synchronously (tests, and library users who want no thread), as litestream's ``Sync`` does.
 """
 
 from __future__ import annotations
@@ -34,11 +41,10 @@ from loguru import logger
 from flight_writer.config import DatasetRule, DatasetSettings, WriterSettings
 from flight_writer.layout import Shape, partition_path
 from flight_writer.parquet_file import FileContext, ParquetFile
-from flight_writer.queue import Entry, Queue
+from flight_writer.queue import Entry, Feed
 from flight_writer.queue.base import count_for
 from flight_writer.retries import Aborted, Retries
 from flight_writer.storage import Storage
-from flight_writer.tracker import DurabilityTracker
 
 GET_BATCH = 4096  # entries taken from the queue per call: amortizes locking for small batches
 MAX_IDLE_WAIT = 1.0
@@ -56,25 +62,21 @@ class _Buffer:
     fresh_bytes: int = 0
 
 
-@dataclass(slots=True)
-class _FlushRequest:
-    dataset: str | None
-    ready: threading.Event = field(default_factory=threading.Event)
-    futures: list[Future[None]] = field(default_factory=list)
-
-
 class Writer:
+    """Buffers entries of the feed per dataset, schema and partition, and stores them as Parquet files.
+
+    ``crashed`` is called if the loop dies of a bug (the service closes the queue then, so producers and
+    flushes get an answer instead of waiting for a writer that is gone)."""
+
     def __init__(
         self,
-        queue: Queue,
+        feed: Feed,
         storage: Storage,
-        tracker: DurabilityTracker,
         settings: WriterSettings | None = None,
-        buffer_limit: int | None = None,
         datasets: DatasetSettings | None = None,
+        crashed: Callable[[], None] | None = None,
     ) -> None:
-        self._queue = queue
-        self._tracker = tracker
+        self._feed = feed
         self._settings = s = settings or WriterSettings()
         self._buffers: dict[tuple[str, bytes, int | str], _Buffer] = {}  # by dataset, schema, partition
         self._open_of: dict[str, int] = {}  # buffers per dataset
@@ -83,17 +85,14 @@ class Writer:
         self._shapes: dict[tuple[bytes, DatasetRule], Shape] = {}
         self._replans: dict[str, list[Entry]] = {}  # recovered plans, collected until complete
         self._buffered_bytes = 0
-        self._buffer_limit = buffer_limit
-        self._lock = threading.Lock()  # guards _inflight, _requests and the counters
+        self._lock = threading.Lock()  # guards _inflight and the counters
         self._inflight: dict[Future[None], str] = {}
-        self._requests: list[_FlushRequest] = []
         self._stopping = threading.Event()
         self._abort = threading.Event()
+        self._crashed = crashed
         self._executor = ThreadPoolExecutor(s.threads, thread_name_prefix="flight-writer-file")
         self._retries = Retries(s, self._abort)
-        self._files = FileContext(
-            queue, storage, tracker, s, self._executor, self._retries.run, self._stored, self._rejected
-        )
+        self._files = FileContext(feed, storage, s, self._executor, self._retries.run, self._stored, self._rejected)
         self._thread = threading.Thread(target=self._run, name="flight-writer-loop", daemon=True)
         self.files_written = 0
         self.rows_written = 0
@@ -111,10 +110,14 @@ class Writer:
         return self
 
     def close(self, timeout: float | None = None) -> bool:
-        """Drain the queue, write every buffer, wait for uploads. False if ``timeout`` ran out first,
+        """Drain the feed, write every buffer, wait for uploads. False if ``timeout`` ran out first,
         in which case retries are abandoned and what was not stored stays un-durable."""
         self._stopping.set()
-        self._queue.wake()
+        if not self._thread.is_alive() and self._thread.ident is None:  # never started: driven by step()
+            self.sync()
+            self._executor.shutdown(wait=True)
+            return True
+        self._feed.wake()
         self._thread.join(timeout)
         finished = not self._thread.is_alive()
         if not finished:
@@ -140,60 +143,51 @@ class Writer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- flush -----------------------------------------------------------------------------------------
-    def flush(self, dataset: str | None = None, timeout: float | None = None) -> bool:
-        """Write out everything received before this call (for ``dataset``, or all) and wait until it is
-        resolved. False if ``timeout`` s passed first."""
-        if not self._thread.is_alive():
-            raise RuntimeError("writer is not running")
-        request = _FlushRequest(dataset)
+    # -- driving it ------------------------------------------------------------------------------------
+    def step(self, wait: float = 0.0) -> int:
+        """One round: take what the feed has (waiting up to ``wait`` s for the first entry), write out what
+        flush requests ask for and what ``flush_interval`` makes due. Returns the entries taken."""
+        entries = self._feed.take(GET_BATCH, wait)
+        self._add(entries)
+        if requests := self._feed.flush_requests():
+            self._drain()  # everything put before the request
+            for dataset in requests:
+                self._seal(lambda b, ds=dataset: ds is None or b.file.dataset == ds)
+        cutoff = time.time() - self._settings.flush_interval
+        self._seal(lambda b: b.oldest <= cutoff)
+        return len(entries)
+
+    def sync(self, dataset: str | None = None) -> None:
+        """Take everything the feed has, write out every buffer (of ``dataset``, or all) and wait until the
+        files are stored: the synchronous step, for a writer whose loop is not running."""
+        if self._thread.is_alive():
+            raise RuntimeError("sync() drives a writer without its loop; this one runs (use the queue's flush)")
+        self._drain()
+        self._seal(lambda b: dataset is None or b.file.dataset == dataset)
         with self._lock:
-            self._requests.append(request)
-        self._queue.wake()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not request.ready.wait(timeout):
-            return False
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        _, not_done = wait_futures(request.futures, remaining)
-        return not not_done
+            futures = list(self._inflight)
+        wait_futures(futures)
 
     # -- the loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
             while True:
                 stopping = self._stopping.is_set()
-                entries = self._queue.get(GET_BATCH, 0.0 if stopping else self._idle_wait())
-                self._add(entries)
-                if 0 < len(entries) < GET_BATCH and not stopping:
-                    time.sleep(LINGER)
-                with self._lock:
-                    requests, self._requests = self._requests, []
-                if requests:
-                    self._drain()
-                    for request in requests:
-                        self._seal(lambda b, ds=request.dataset: ds is None or b.file.dataset == ds)
-                        with self._lock:
-                            request.futures = [
-                                f
-                                for f, ds in self._inflight.items()
-                                if request.dataset is None or ds == request.dataset
-                            ]
-                        request.ready.set()
-                if stopping and not entries:
+                taken = self.step(0.0 if stopping else self._idle_wait())
+                if stopping and not taken:
                     self._seal(lambda b: True)
                     break
-                cutoff = time.time() - self._settings.flush_interval
-                self._seal(lambda b, cutoff=cutoff: b.oldest <= cutoff)
+                if 0 < taken < GET_BATCH and not stopping:
+                    time.sleep(LINGER)
         except Exception:
             logger.exception("writer loop crashed")
             self._retries.report("writer loop crashed; see the log")
+            if self._crashed is not None:
+                self._crashed()
             raise
         finally:
             with self._lock:
                 futures = list(self._inflight)
-                for request in self._requests:  # arrived during the last round
-                    request.futures = futures
-                    request.ready.set()
             wait_futures(futures)
 
     def _idle_wait(self) -> float:
@@ -203,23 +197,23 @@ class Writer:
         return max(0.0, min(MAX_IDLE_WAIT, oldest + self._settings.flush_interval - time.time()))
 
     def _drain(self) -> None:
-        while entries := self._queue.get(GET_BATCH, 0.0):
+        while entries := self._feed.take(GET_BATCH, 0.0):
             self._add(entries)
 
     def _add(self, entries: list[Entry]) -> None:
         s = self._settings
+        room = self._feed.room()  # what producers may still put: the buffers may hold no more than that
         for e in entries:
-            if e.plan is not None:  # recovered: store exactly this plan again
-                collected = self._replans.setdefault(e.plan.path, [])
+            if e.planned is not None:  # recovered: store exactly this plan again
+                collected = self._replans.setdefault(e.planned.path, [])
                 collected.append(e)
-                if len(collected) == len(e.plan.seqs):
-                    file = ParquetFile(self._files, e.dataset, "", 0, self._shape(e), e.plan)
-                    file.seal(self._replans.pop(e.plan.path))
+                if len(collected) == len(e.planned.seqs):
+                    file = ParquetFile(self._files, e.dataset, "", 0, self._shape(e), e.planned)
+                    file.seal(self._replans.pop(e.planned.path))
                     self._track(file)
                 continue
             if e.batch.num_rows == 0:  # acknowledged, nothing to store
-                self._tracker.mark_durable([e.seq], None)
-                self._retries.run("confirm an empty batch", lambda e=e: self._queue.done([e]))
+                self._retries.run("confirm an empty batch", lambda e=e: self._feed.confirm([e], None))
                 continue
             rule = self._rules.get(e.dataset) or self._rule(e.dataset)
             if rule.partition == "received" and not rule.fields:  # the common case, without a path per batch
@@ -249,7 +243,7 @@ class Writer:
             elif buf.fresh_rows >= s.row_group_rows or buf.fresh_bytes >= s.row_group_bytes:
                 buf.file.add(buf.fresh)  # encoded while the buffer goes on filling
                 buf.fresh, buf.fresh_rows, buf.fresh_bytes = [], 0, 0
-            while self._buffer_limit is not None and self._buffered_bytes > self._buffer_limit:
+            while self._buffered_bytes > room and self._buffers:
                 # producers would soon wait on a full queue for data that only age would write out
                 largest = max(self._buffers, key=lambda k: self._buffers[k].nbytes)
                 self._submit(self._buffers.pop(largest))

@@ -22,7 +22,6 @@ from flight_writer.layout import Shape
 from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import MemoryQueue
 from flight_writer.storage import Storage
-from flight_writer.tracker import DurabilityTracker
 
 from conftest import action, parquet_files, put, read_dataset, running, wait_for
 
@@ -103,20 +102,18 @@ def one_file(tmp_path: Path):
     """A ParquetFile on fs storage with a one-thread pool, and the queue that feeds it."""
     queue = MemoryQueue(1 << 30)
     storage = Storage.from_settings(StorageSettings(type="fs", root=str(tmp_path)))
-    tracker = DurabilityTracker()
     pool = ThreadPoolExecutor(1)
     stored: list[tuple[int, int]] = []
     ctx = FileContext(
         queue,
         storage,
-        tracker,
         WriterSettings(),
         pool,
         lambda what, action, transient: action(),
         lambda dataset, rows, nbytes, encode_s, upload_s: stored.append((rows, nbytes)),
         lambda: None,
     )
-    yield ctx, queue, tracker, stored
+    yield ctx, queue, queue.position, stored
     pool.shutdown()
 
 
@@ -124,7 +121,7 @@ def test_row_groups_are_encoded_before_the_file_is_sealed(one_file, tmp_path):
     ctx, queue, tracker, stored = one_file
     for i in range(3):
         queue.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
-    entries = queue.get(10, 0)
+    entries = queue.take(10, 0)
     file = ParquetFile(ctx, "ds", "date=2025-11-25/hour=16", entries[0].seq, Shape.of(entries[0].batch.schema, EXACT))
     file.add(entries[:1])
     file.add(entries[1:2])
@@ -213,7 +210,7 @@ def test_nearly_unique_columns_get_no_dictionary(one_file, tmp_path, parts):
         kinds = pa.array([f"kind-{n % 5}" for n in range(rows)])
         tags = pa.array([[f"t{n % 3}"] for n in range(rows)], pa.list_(pa.string()))
         queue.put("ds", b"k", pa.record_batch({"id": ids, "kind": kinds, "tags": tags}), 1.0)
-    entries = queue.get(10, 0)
+    entries = queue.take(10, 0)
     file = ParquetFile(ctx, "ds", "date=2025-11-25/hour=16", entries[0].seq, Shape.of(entries[0].batch.schema, EXACT))
     if parts == 2:
         file.add(entries[:1])

@@ -37,7 +37,7 @@ def test_seqs_increase_and_get_returns_them_in_order(new_queue):
     q = new_queue()
     seqs = [q.put("ds", b"k", BATCH, 1).seq for _ in range(5)]
     assert seqs == [1, 2, 3, 4, 5] and q.last_seq == 5
-    got = q.get(3, 0) + q.get(10, 0)
+    got = q.take(3, 0) + q.take(10, 0)
     assert [e.seq for e in got] == seqs and got[0].batch.equals(BATCH) and got[0].dataset == "ds"
 
 
@@ -45,9 +45,9 @@ def test_capacity_is_held_from_put_until_done_not_until_get(new_queue):
     q = new_queue()
     for _ in range(4):
         q.put("ds", b"k", BATCH, 1)
-    got = q.get(10, 0)
+    got = q.take(10, 0)
     assert q.stats()["pending_bytes"] == 4 * SIZE and q.stats()["pending_batches"] == 4
-    q.done(got)
+    q.confirm(got, None)
     assert q.stats()["pending_bytes"] == 0 and q.stats()["pending_batches"] == 0
 
 
@@ -62,7 +62,7 @@ def test_a_full_queue_waits_then_refuses_naming_its_bound(new_queue):
 def test_a_waiting_put_goes_in_once_done_releases_room(new_queue):
     q = new_queue(max_bytes=SIZE)
     q.put("ds", b"k", BATCH, 1)
-    entries = q.get(1, 0)
+    entries = q.take(1, 0)
     put_done = threading.Event()
     result: list[int] = []
 
@@ -72,7 +72,7 @@ def test_a_waiting_put_goes_in_once_done_releases_room(new_queue):
 
     threading.Thread(target=producer).start()
     assert not put_done.wait(0.1)  # held back by the bound (a bounded wait: nothing can signal "still waiting")
-    q.done(entries)
+    q.confirm(entries, None)
     assert put_done.wait(30) and result == [2]
 
 
@@ -105,14 +105,14 @@ def test_put_many_takes_all_pieces_or_none(new_queue):
 def test_a_put_is_as_safe_as_ack_state_once_logged(new_queue):
     q = new_queue()
     seq, _ = q.put("ds", b"k", BATCH, 1, wait=False)
-    assert q.logged(seq, True) and q.logged(seq, False)
+    assert q.settle(seq, True) and q.settle(seq, False)
     assert q.ack_state in ("queued", "logged")
 
 
 def test_wake_returns_a_waiting_get_empty(new_queue):
     q = new_queue()
     result: list[list] = []
-    t = threading.Thread(target=lambda: result.append(q.get(10, 60)))
+    t = threading.Thread(target=lambda: result.append(q.take(10, 60)))
     t.start()
     q.wake()
     t.join(30)
@@ -127,7 +127,7 @@ def test_refuse_puts_keeps_what_was_put_for_get(new_queue):
         q.put("ds", b"k", BATCH, 1)
     with pytest.raises(QueueClosed):
         q.put_many("ds", b"k", [BATCH], 1, [None])
-    assert [e.seq for e in q.get(10, 0)] == [1]
+    assert [e.seq for e in q.take(10, 0)] == [1]
 
 
 def test_close_refuses_puts(new_queue):
@@ -146,7 +146,7 @@ def test_counts_per_dataset_and_the_oldest_pending_age(new_queue):
     assert q.received_by_dataset() == {"a": (2, 200, 2 * SIZE), "b": (1, 100, SIZE)}
     stats = q.stats()
     assert stats["oldest_pending_age_s"] >= 0 and stats["received_batches"] == 3 and stats["received_rows"] == 300
-    q.done(q.get(10, 0))
+    q.confirm(q.take(10, 0), None)
     assert q.stats()["oldest_pending_age_s"] is None
 
 
@@ -157,7 +157,7 @@ def test_a_duplicate_waiting_for_room_is_answered_as_one_once_its_twin_goes_in(n
     waiting = [threading.Thread(target=lambda: results.append(q.put("ds", b"k", BATCH, 30, "same"))) for _ in "ab"]
     for t in waiting:
         t.start()
-    q.done(q.get(1, 0))  # room for one: the other is its duplicate, not a second wait
+    q.confirm(q.take(1, 0), None)  # room for one: the other is its duplicate, not a second wait
     for t in waiting:
         t.join(30)
     assert sorted(results) == [(2, False), (2, True)]
@@ -168,3 +168,59 @@ def test_an_empty_batch_takes_a_seq_like_any_other(new_queue):
     empty = BATCH.slice(0, 0)
     assert q.put("ds", b"k", empty, 1) == (1, False)
     assert q.put("ds", b"k", empty, 1, "e") == (2, False) and q.put("ds", b"k", empty, 1, "e") == (2, True)
+
+
+# -- the write side's records reach the position, and flush goes through the feed ---------------------------
+def test_confirm_and_reject_advance_the_position_and_release_capacity(new_queue):
+    q = new_queue()
+    for _ in range(3):
+        q.put("ds", b"k", BATCH, 1)
+    first, second, third = q.take(10, 0)
+    assert q.position.describe(1)["state"] == q.ack_state and q.position.durable_through == 0
+    q.confirm([second], "ds/part-2.parquet")
+    assert q.position.durable_through == 0  # seq 1 is not resolved yet: the position only moves in order
+    q.reject([first], "rejected by the Parquet encoder")
+    assert q.position.durable_through == 2
+    assert q.position.describe(1) == {"seq": 1, "state": "failed", "error": "rejected by the Parquet encoder"}
+    assert q.position.describe(2) == {"seq": 2, "state": "durable", "file": "ds/part-2.parquet"}
+    assert q.stats()["pending_batches"] == 1 and q.room() == 100 * SIZE - SIZE
+    q.confirm([third], None)  # no rows, no file
+    assert q.position.durable_through == 3 and q.room() == 100 * SIZE
+
+
+def test_flush_asks_the_feed_and_returns_once_the_position_has_the_seqs(new_queue):
+    q = new_queue()
+    q.put("a", b"k", BATCH, 1)
+    q.put("b", b"k", BATCH, 1)
+    assert q.flush("a", 0) is False  # nobody wrote it yet
+    assert q.flush_requests() == ["a"] and q.flush_requests() == []
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(q.flush("a", 60)))
+    waiter.start()
+    entries = q.take(10, 0)  # a writer: takes, sees the request, stores a's batch
+    assert _requests_arrive(q) == ["a"]
+    q.confirm([e for e in entries if e.dataset == "a"], "a/part-1.parquet")
+    waiter.join(30)
+    assert result == [True] and q.position.describe(2)["state"] == q.ack_state  # b's batch was not asked for
+    assert q.flush("a", 0) is True  # nothing of a pending: nothing to ask
+
+
+def test_flush_of_everything_and_close_ends_a_waiting_flush(new_queue):
+    q = new_queue()
+    assert q.flush(None, 0) is True  # nothing pending
+    q.put("a", b"k", BATCH, 1)
+    q.take(10, 0)
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(q.flush(None, 60)))
+    waiter.start()
+    assert _requests_arrive(q) == [None]
+    q.close()  # the writer is gone: the flush answers instead of waiting forever
+    waiter.join(30)
+    assert result == [False]
+
+
+def _requests_arrive(q: Queue) -> list[str | None]:
+    """The flush requests a writer would see, once the flushing thread has made one (it runs beside us)."""
+    while not (requests := q.flush_requests()):
+        q.take(0, 0.05)  # a writer waiting on the feed is woken by a request
+    return requests

@@ -8,7 +8,6 @@ import dataclasses
 import io
 import os
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,7 +21,7 @@ from flight_writer import Service, Storage, StorageError
 from flight_writer.config import StorageSettings
 from flight_writer.storage import OPENDAL_ERRORS
 
-from conftest import action, put, settings_for
+from conftest import action, put, settings_for, wait_for
 
 CLOUDS = ["s3", "azblob", "gcs"]
 
@@ -143,11 +142,9 @@ def test_startup_check_off_starts_and_reports_then_writes_once_fixed(tmp_path, e
             status = action(c, "status")
             assert status["last_error"].startswith(f"storage check failed at s3:{bucket}/")
             [r] = put(c, "late", [pa.record_batch({"x": [1, 2]})])
-            svc.writer.flush("late", timeout=0)  # start writing it out, without waiting
-            deadline = time.monotonic() + 30
-            while "needs fixing" not in (action(c, "status")["last_error"] or "") and time.monotonic() < deadline:
-                time.sleep(0.02)  # waiting for the writer to report, which no action can wait on
-            assert "NoSuchBucket" in action(c, "status")["last_error"]
+            assert not svc.queue.flush("late", timeout=0)  # start writing it out, without waiting
+            error = wait_for(lambda: "needs fixing" in (e := action(c, "status")["last_error"] or "") and e, "an error")
+            assert "NoSuchBucket" in error
             assert action(c, "ack", {"seq": r["seq"]})["acks"][0]["state"] == "queued"  # kept
             emulators.s3_client(emulator).create_bucket(Bucket=bucket)  # fixed: the kept data goes out
             fixed = True
@@ -206,10 +203,7 @@ def test_s3_outage_mid_ingest_loses_nothing_and_duplicates_nothing(tmp_path, emu
         produce(10)
         with paused(emulator):  # S3 stops answering in the middle of the ingest
             produce(20)  # producers keep going: the queue holds the data
-            deadline = time.monotonic() + 30
-            while not action(c, "status")["last_error"] and time.monotonic() < deadline:
-                time.sleep(0.02)  # waiting for an upload to time out, which no action can wait on
-            status = action(c, "status")
+            status = wait_for(lambda: (s := action(c, "status"))["last_error"] and s, "an upload to time out")
             assert "timeout" in status["last_error"] and status["error_for_s"] >= 0
             assert status["durable_through"] < status["received_seq"]
         produce(10)  # S3 is back, on the same port, with everything it had

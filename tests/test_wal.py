@@ -41,16 +41,16 @@ def test_records_come_back_after_reopen_and_seqs_continue(tmp_path):
     assert fill(q, 3) == [1, 2, 3]
     q.close()
     q = wal(tmp_path)
-    got = q.get(10, 0)
+    got = q.take(10, 0)
     assert [e.seq for e in got] == [1, 2, 3]
     assert all(e.batch.equals(BATCH) and e.dataset == "ds" for e in got)
     assert q.put("ds", b"k", BATCH, 1).seq == 4
-    assert q.recovered() == (0, [], {})
-    q.done(got)
+    assert q.position.durable_through == 0
+    q.confirm(got, None)
     q.close()
     q = wal(tmp_path)
-    assert [e.seq for e in q.get(10, 0)] == [4]  # the confirmed ones are gone
-    assert q.recovered() == (3, [], {})
+    assert [e.seq for e in q.take(10, 0)] == [4]  # the confirmed ones are gone
+    assert q.position.durable_through == 3 and q.position.describe(4)["state"] == "logged"
     q.close()
 
 
@@ -63,7 +63,7 @@ def test_records_compressed_one_way_are_read_under_any_setting(tmp_path):
         q.close()
         sizes[compression] = segments(tmp_path / compression)[0].stat().st_size
         q = wal(tmp_path / compression, compression="none" if compression != "none" else "zstd")
-        assert q.get(10, 0)[0].batch.equals(big)
+        assert q.take(10, 0)[0].batch.equals(big)
         q.close()
     assert max(sizes["lz4"], sizes["zstd"]) < sizes["none"] / 2
 
@@ -79,8 +79,8 @@ def test_segments_rotate_and_are_deleted_when_durable(tmp_path):
     q = wal(tmp_path, segment_bytes=2 * record_size(tmp_path))  # two records per segment
     fill(q, 6)
     assert len(segments(tmp_path)) == 3
-    entries = q.get(10, 0)
-    q.done(entries[:4])
+    entries = q.take(10, 0)
+    q.confirm(entries[:4], None)
     assert [p.name for p in segments(tmp_path)] == ["seg-00000000000000000005.wal"]
     assert q.stats()["wal_segments"] == 1
     q.close()
@@ -99,13 +99,13 @@ def test_fsync_always_replies_logged_only_after_fsync(tmp_path):
 def test_put_without_waiting_is_logged_later(tmp_path):
     q = wal(tmp_path, fsync="always")
     seqs = [q.put("ds", b"k", BATCH, 1, wait=False).seq for _ in range(50)]
-    assert q.logged(seqs[-1], wait=True)
-    assert all(q.logged(s, wait=False) for s in seqs)
+    assert q.settle(seqs[-1], wait=True)
+    assert all(q.settle(s, wait=False) for s in seqs)
     stats = q.stats()
     assert stats["wal_synced_bytes"] == stats["wal_written_bytes"] > 0
     assert 1 <= stats["wal_fsyncs"] <= 50
     q.close()
-    assert wal(tmp_path, fsync="always").logged(50, wait=False)  # what was there at start is on disk
+    assert wal(tmp_path, fsync="always").settle(50, wait=False)  # what was there at start is on disk
 
 
 def test_one_streaming_producer_shares_fsyncs_and_gets_every_reply_in_order(tmp_path):
@@ -145,7 +145,7 @@ def test_fsync_interval_and_never(tmp_path):
     q.put("ds", b"k", BATCH, 1)
     assert q.stats()["wal_synced_bytes"] == 0 and q.stats()["wal_written_bytes"] > 0
     q.close()
-    assert len(wal(tmp_path / "never").get(10, 0)) == 1  # written to the OS: a process crash loses nothing
+    assert len(wal(tmp_path / "never").take(10, 0)) == 1  # written to the OS: a process crash loses nothing
 
 
 def test_torn_tail_is_cut_off_keeping_every_intact_record(tmp_path, caplog_loguru):
@@ -156,7 +156,7 @@ def test_torn_tail_is_cut_off_keeping_every_intact_record(tmp_path, caplog_logur
     whole = seg.read_bytes()
     seg.write_bytes(whole[:-700])  # the last record half-written
     q = wal(tmp_path)
-    assert [e.seq for e in q.get(10, 0)] == [1, 2, 3, 4]
+    assert [e.seq for e in q.take(10, 0)] == [1, 2, 3, 4]
     assert q.recovery["torn_bytes"] > 0
     assert "cut off a torn record" in caplog_loguru.text
     q.close()
@@ -172,14 +172,14 @@ def test_flipped_byte_in_the_middle_quarantines_the_segment_and_keeps_the_rest(t
     data[record + HEADER.size + 40] ^= 0xFF  # inside the payload of record 2: its checksum fails
     seg.write_bytes(bytes(data))
     q = wal(tmp_path)
-    assert [e.seq for e in q.get(10, 0)] == [1, 3, 4, 5]
+    assert [e.seq for e in q.take(10, 0)] == [1, 3, 4, 5]
     corrupt = tmp_path / (seg.stem + ".wal.corrupt")
     assert corrupt.exists() and q.recovery["quarantined"] == [corrupt.name]
     assert f"WAL {seg.name} is damaged at bytes {record}..{2 * record}" in caplog_loguru.text
     assert q.put("ds", b"k", BATCH, 1).seq == 6
     q.close()
     q = wal(tmp_path)  # the kept records were logged anew: still there after another restart
-    assert [e.seq for e in q.get(10, 0)] == [1, 3, 4, 5, 6]
+    assert [e.seq for e in q.take(10, 0)] == [1, 3, 4, 5, 6]
     q.close()
 
 
@@ -192,7 +192,7 @@ def test_flipped_length_field_is_not_mistaken_for_a_torn_tail(tmp_path):
     data[4:8] = (10**9).to_bytes(4, "little")  # record 1 now claims to run past the end of the file
     seg.write_bytes(bytes(data))
     q = wal(tmp_path)
-    assert [e.seq for e in q.get(10, 0)] == [2, 3]
+    assert [e.seq for e in q.take(10, 0)] == [2, 3]
     assert q.recovery["quarantined"] and q.recovery["torn_bytes"] == 0
     q.close()
 
@@ -200,13 +200,13 @@ def test_flipped_length_field_is_not_mistaken_for_a_torn_tail(tmp_path):
 def test_unconfirmed_plan_comes_back_as_the_same_plan(tmp_path):
     q = wal(tmp_path)
     fill(q, 4)
-    entries = q.get(10, 0)
+    entries = q.take(10, 0)
     q.plan(Plan("ds/date=2026-01-01/hour=00/part-1.parquet", "parquet", (1, 2)))
     q.plan(Plan("ds/date=2026-01-01/hour=00/part-3.parquet", "parquet", (3,)))
-    q.done([entries[2]])  # part-3 confirmed, part-1 not
+    q.confirm([entries[2]], "ds/date=2026-01-01/hour=00/part-3.parquet")  # part-3 confirmed, part-1 not
     q.close()
     q = wal(tmp_path)
-    got = {e.seq: e.plan for e in q.get(10, 0)}
+    got = {e.seq: e.planned for e in q.take(10, 0)}
     assert set(got) == {1, 2, 4}
     assert got[1] == got[2] == Plan("ds/date=2026-01-01/hour=00/part-1.parquet", "parquet", (1, 2))
     assert got[4] is None
@@ -216,7 +216,7 @@ def test_unconfirmed_plan_comes_back_as_the_same_plan(tmp_path):
 def test_client_ids_survive_restarts_and_segment_deletion(tmp_path):
     q = wal(tmp_path, segment_bytes=2 * record_size(tmp_path))
     fill(q, 6, ids=True)
-    q.done(q.get(10, 0))  # all durable: old segments deleted, their ids kept in the manifest
+    q.confirm(q.take(10, 0), None)  # all durable: old segments deleted, their ids kept in the manifest
     q.close()
     q = wal(tmp_path)
     assert q.put("ds", b"k", BATCH, 1, "id0") == (1, True)

@@ -4,13 +4,25 @@
 from __future__ import annotations
 
 from flight_writer.config import QueueSettings
-from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueClosed, QueueFull, QueueWriteError
+from flight_writer.queue.base import (
+    Accepted,
+    Entry,
+    Feed,
+    Ingest,
+    Plan,
+    Queue,
+    QueueClosed,
+    QueueFull,
+    QueueWriteError,
+)
 from flight_writer.queue.memory import MemoryQueue
 from flight_writer.queue.wal import WalQueue
 
 __all__ = [
     "Accepted",
     "Entry",
+    "Feed",
+    "Ingest",
     "MemoryQueue",
     "Plan",
     "Queue",
@@ -22,10 +34,10 @@ __all__ = [
 ]
 
 
-def make_queue(settings: QueueSettings) -> Queue:
-    """The queue that ``queue.type`` names."""
+def make_queue(settings: QueueSettings, history: int = 100_000) -> Queue:
+    """The queue that ``queue.type`` names; its position remembers the files of ``history`` seqs."""
     if settings.type == "memory":
-        return MemoryQueue(settings.max_bytes, settings.dedupe_window)
+        return MemoryQueue(settings.max_bytes, settings.dedupe_window, history=history)
     if settings.type == "wal":
         return WalQueue(
             settings.path,
@@ -35,5 +47,6 @@ def make_queue(settings: QueueSettings) -> Queue:
             fsync_interval_ms=settings.fsync_interval_ms,
             compression=settings.compression,
             dedupe_window=settings.dedupe_window,
+            history=history,
         )
     raise ValueError(f"unknown queue.type {settings.type!r}")

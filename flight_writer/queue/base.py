@@ -1,14 +1,24 @@
-"""The queue seam: what the Flight server puts batches into and the writer drains.
+"""The queue seam, split by role: what the ingest doors need (:class:`Ingest`) and what the writer needs
+(:class:`Feed`). One :class:`Queue` implements both; in one process (``memory``, ``wal``) the two roles hold
+the same object, across processes each role holds its own end of a shared log.
 
-A queue assigns every batch its sequence number (``seq``) at ``put``, so queue order is seq order and a
-WAL can persist the numbering. Capacity is counted in Arrow bytes from ``put`` until the writer calls
-``done`` -- that is, until the batch is durable, not merely dequeued -- so ``max_bytes`` bounds everything
-the server holds for producers: the queue, the writer's buffers and files being uploaded.
+Ingest: ``put`` assigns every batch its sequence number (``seq``) and returns a receipt (:class:`Accepted`);
+``settle(seq)`` resolves it once the batch is as safe as the reply says (``ack_state``: ``queued``, or
+``logged`` when it is on disk first). ``flush`` asks the writers to write out what was put so far and waits
+for it. ``position`` (a :class:`~flight_writer.tracker.DurabilityTracker`) answers ``ack`` and ``status``: it
+applies the durability records the write side produces, so it advances only after storage confirmed a write.
 
-The writer tells the queue what it is about to store (``plan``: the object's path and exact seqs) before
-uploading, and ``done`` after storage confirmed it. A queue that survives crashes logs both, so that after a
-restart it hands back each planned-but-unconfirmed file as the same plan (``Entry.plan``) and the writer
-stores the same object again under the same name: exactly once, never a second copy.
+Feed: ``take`` hands out entries in seq order. Before storing an object the writer records its ``plan``
+(the object's path and exact seqs); after storage confirmed it, ``confirm`` (or ``reject``, for batches the
+encoder refused for good, kept aside) produces the durability record and releases the entries' capacity.
+A queue that survives crashes keeps plans and confirmations, and after a restart hands back each
+planned-but-unconfirmed entry with its plan (``Entry.planned``), so the writer stores the same object under
+the same name again: exactly once, never a second copy.
+
+One byte bound, counted here: capacity is held from ``put`` until ``confirm``/``reject`` -- until the batch is
+durable, not merely taken -- so ``max_bytes`` bounds everything the server holds for producers: the queue,
+the writer's buffers and files being uploaded. ``room()`` is what is left; the writer seals buffers early
+when they hold more than that (writer.py).
 
 A ``put`` that carries a client id already accepted within the last ``dedupe_window`` ids returns the
 original seq with ``duplicate=True`` and stores nothing.
@@ -22,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pyarrow as pa
+
+from flight_writer.tracker import DurabilityTracker
 
 MAX_DATASETS = 10_000  # datasets counted by name (status, metrics); beyond, together: names are the clients'
 OTHER = "(other)"  # what those are counted as: not a valid dataset name, so it cannot collide with one
@@ -68,23 +80,27 @@ class Entry:
     schema_key: bytes  # the stream's serialized schema: batches with equal keys may share a file
     batch: pa.RecordBatch
     received_at: float  # UTC epoch seconds; picks the date=/hour= partition
-    nbytes: int  # the memory its buffers hold (get_total_buffer_size)
+    nbytes: int  # the memory its buffers hold (get_total_buffer_size): what it counts against max_bytes
     client_id: str | None = None
-    segment: int = 0  # where a log-backed queue keeps it
-    plan: Plan | None = None  # set on recovery: this entry must be stored exactly as planned
+    handle: Any = None  # the implementation's own reference to where the batch is kept
+    planned: Plan | None = None  # handed back after a restart: store it exactly as this plan says
 
 
 class Accepted(NamedTuple):
+    """The receipt of a ``put``: the batch's seq, and whether it was a duplicate of an earlier id."""
+
     seq: int
     duplicate: bool
 
 
-class Queue(abc.ABC):
-    """Bounded, FIFO, seq-assigning. Implementations must be safe to call from many threads."""
+class Ingest(abc.ABC):
+    """What the ingest doors use: put batches in, learn how safe they are, ask for a flush."""
 
     type: str
     #: the state a PutResult reports: ``queued``, or ``logged`` when the batch is on disk before the reply
     ack_state: str = "queued"
+    #: which seqs are durable or failed, advanced by the durability records the write side produces
+    position: DurabilityTracker
 
     @abc.abstractmethod
     def put(
@@ -97,9 +113,10 @@ class Queue(abc.ABC):
         *,
         wait: bool = True,
     ) -> Accepted:
-        """Append a batch and return its seq; wait up to ``timeout`` s for room, else raise QueueFull.
-        With ``wait=False`` it returns before the batch is ``logged`` (see there)."""
+        """Append a batch and return its receipt; wait up to ``timeout`` s for room, else raise QueueFull.
+        With ``wait=False`` it returns before the batch is settled (see ``settle``)."""
 
+    @abc.abstractmethod
     def put_many(
         self,
         dataset: str,
@@ -111,40 +128,23 @@ class Queue(abc.ABC):
         wait: bool = True,
     ) -> list[Accepted]:
         """Put these batches (the partition pieces of one batch) all or none: room for every one, or
-        QueueFull/QueueClosed with none taken. This fallback is not atomic; implementations override it."""
-        return [
-            self.put(dataset, schema_key, b, timeout, c, wait=wait) for b, c in zip(batches, client_ids, strict=True)
-        ]
+        QueueFull/QueueClosed with none taken."""
 
-    def logged(self, seq: int, wait: bool) -> bool:
+    def settle(self, seq: int, wait: bool) -> bool:
         """Whether batch ``seq`` is as safe as ``ack_state`` says (fsynced, for a WAL that replies
         ``logged``); with ``wait``, block until it is. Raises QueueWriteError if it never will be.
-        ``put(wait=False)`` then ``logged`` lets a stream go on reading while its records are fsynced."""
+        ``put(wait=False)`` then ``settle`` lets a stream go on reading while its records are made safe."""
         return True
 
     @abc.abstractmethod
-    def get(self, max_items: int, timeout: float) -> list[Entry]:
-        """Up to ``max_items`` entries in seq order, waiting up to ``timeout`` s for one (``[]`` if none)."""
-
-    def plan(self, plan: Plan) -> None:  # noqa: B027 - optional hook: only a crash-safe queue records plans
-        """The writer is about to store ``plan.path`` holding exactly ``plan.seqs``."""
-
-    @abc.abstractmethod
-    def done(self, entries: list[Entry]) -> None:
-        """The entries are durable (or failed for good): release their capacity."""
-
-    @abc.abstractmethod
-    def wake(self) -> None:
-        """Make a ``get`` that is waiting now return at once."""
+    def flush(self, dataset: str | None, timeout: float | None) -> bool:
+        """Ask the writers to write out everything put before this call (of ``dataset``, or all) and wait
+        until ``position`` has it resolved. False if ``timeout`` s passed first, or the queue closed."""
 
     @abc.abstractmethod
     def refuse_puts(self) -> None:
-        """From now on ``put`` raises QueueClosed (and waiting puts stop waiting); ``get`` still hands
+        """From now on ``put`` raises QueueClosed (and waiting puts stop waiting); ``take`` still hands
         out what was put before, so a writer can drain it (a stop whose deadline passed)."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Refuse further puts, wake every waiter, release resources."""
 
     @property
     @abc.abstractmethod
@@ -153,16 +153,50 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
-        """At least ``pending_batches`` and ``pending_bytes`` (put, not yet done)."""
+        """At least ``pending_batches`` and ``pending_bytes`` (put, not yet confirmed)."""
 
     def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
         """Batches, rows and Arrow bytes put since start, per dataset (for status and metrics)."""
         return {}
 
-    def recovered(self) -> tuple[int, list[int], dict[int, str]]:
-        """For the durability tracker at start: (durable_through, seqs above it that are already resolved,
-        failed seqs with their errors). A queue that forgets everything on restart has nothing to say."""
-        return self.last_seq, [], {}
+
+class Feed(abc.ABC):
+    """What the write role uses: take entries, say what it is about to store, confirm what it stored."""
+
+    @abc.abstractmethod
+    def take(self, max_items: int, timeout: float) -> list[Entry]:
+        """Up to ``max_items`` entries in seq order, waiting up to ``timeout`` s for one (``[]`` if none)."""
+
+    @abc.abstractmethod
+    def flush_requests(self) -> list[str | None]:
+        """The datasets ``flush`` asked to be written out since the last call (None: every dataset)."""
+
+    def plan(self, plan: Plan) -> None:  # noqa: B027 - optional: a queue that forgets on restart needs no plans
+        """The writer is about to store ``plan.path`` holding exactly ``plan.seqs``."""
+
+    @abc.abstractmethod
+    def confirm(self, entries: list[Entry], path: str | None) -> None:
+        """The entries are stored in ``path`` (None: they had no rows): mark them durable, release them."""
+
+    @abc.abstractmethod
+    def reject(self, entries: list[Entry], error: str) -> None:
+        """The entries failed for good (kept aside as a ``failed`` plan said): mark them failed, release."""
+
+    @abc.abstractmethod
+    def room(self) -> int:
+        """Bytes that can still be put before producers wait (negative when over the bound)."""
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Make a ``take`` that is waiting now return at once."""
+
+
+class Queue(Ingest, Feed):
+    """Both roles, for one process. Implementations must be safe to call from many threads."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Refuse further puts, wake every waiter (``flush`` returns False), release resources."""
 
 
 class IdWindow:

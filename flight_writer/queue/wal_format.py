@@ -1,4 +1,4 @@
-"""The write-ahead log's bytes on disk (wal.py has the queue that writes and recovers them).
+"""The write-ahead log's bytes on disk (wal_log.py writes them, wal_recovery.py reads them back).
 
 A batch record is ``magic "FWR1" | u32 length | u32 crc32 | payload`` with payload ``u64 seq | f64
 received_at | u16 len(dataset) | u32 len(client id) | dataset | client id | Arrow IPC stream`` (schema,
@@ -28,11 +28,17 @@ BATCH = struct.Struct("<QdHI")  # seq, received_at, len(dataset), len(client id)
 NO_ID = 0xFFFFFFFF
 
 
-def encode_record(entry: Entry, options: pa.ipc.IpcWriteOptions) -> list[Any]:
+def encode_ipc(batch: pa.RecordBatch, options: pa.ipc.IpcWriteOptions) -> pa.Buffer:
+    """A batch's Arrow IPC stream (schema, dictionaries, the batch): the costly part of a record, made
+    before the queue's lock is taken."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, entry.batch.schema, options=options) as w:
-        w.write_batch(entry.batch)
-    ipc = sink.getvalue()
+    with pa.ipc.new_stream(sink, batch.schema, options=options) as w:
+        w.write_batch(batch)
+    return sink.getvalue()
+
+
+def encode_record(entry: Entry, ipc: pa.Buffer) -> list[Any]:
+    """The record of ``entry`` whose batch ``encode_ipc`` made ``ipc``, as buffers for one writev."""
     dataset = entry.dataset.encode()
     cid = entry.client_id.encode() if entry.client_id is not None else b""
     head = (
