@@ -161,6 +161,11 @@ def answered_then_refused(
     return reply
 
 
+def ints(n: int, start: int = 0) -> pa.RecordBatch:
+    """``n`` int64 values ``start, start+1, ...`` in a column ``i``: the suite's plain batch."""
+    return pa.record_batch({"i": pa.array(range(start, start + n), pa.int64())})
+
+
 def action(client: flight.FlightClient, name: str, body: Any = None) -> dict[str, Any]:
     raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
     results = list(client.do_action(flight.Action(name, raw)))

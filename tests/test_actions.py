@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import threading
 
-import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import action, parquet_files, put, read_dataset
-
-
-def batch(n: int, start: int = 0) -> pa.RecordBatch:
-    return pa.record_batch({"i": pa.array(range(start, start + n), pa.int64())})
+from conftest import action, ints, parquet_files, put, read_dataset
 
 
 def test_list_actions_names_each_action_with_a_description(client):
@@ -22,7 +17,7 @@ def test_list_actions_names_each_action_with_a_description(client):
 
 
 def test_ack_reports_queued_then_durable_with_file(client, data_root):
-    replies = put(client, "acked", [batch(5), batch(5, 5)], ids=["a", "b"])
+    replies = put(client, "acked", [ints(5), ints(5, 5)], ids=["a", "b"])
     assert [r["id"] for r in replies] == ["a", "b"]
     seqs = [r["seq"] for r in replies]
 
@@ -50,21 +45,21 @@ def test_ack_wait_ms_returns_when_durable(data_root):
 
     # a short flush interval makes the writer store the data on its own while ack waits
     with running(data_root, writer={"flush_interval": 0.3}) as svc, flight.connect(svc.location) as c:
-        [r] = put(c, "waited", [batch(3)])
+        [r] = put(c, "waited", [ints(3)])
         got = action(c, "ack", {"seq": r["seq"], "wait_ms": 60_000})
         assert got["acks"][0]["state"] == "durable"
         assert got["durable_through"] >= r["seq"]
 
 
 def test_ack_wait_ms_gives_up_at_the_deadline(client):
-    [r] = put(client, "notyet", [batch(3)])  # flush_interval is 600 s in tests: nothing writes it
+    [r] = put(client, "notyet", [ints(3)])  # flush_interval is 600 s in tests: nothing writes it
     got = action(client, "ack", {"seqs": [r["seq"]], "wait_ms": 200})
     assert got["acks"][0]["state"] == "queued"
 
 
 def test_flush_for_one_dataset_leaves_the_others_buffered(client, data_root):
-    [a] = put(client, "one", [batch(3)])
-    [b] = put(client, "two", [batch(3)])
+    [a] = put(client, "one", [ints(3)])
+    [b] = put(client, "two", [ints(3)])
     got = action(client, "flush", {"dataset": "one"})
     assert got["durable_through"] == a["seq"]
     states = {x["seq"]: x["state"] for x in action(client, "ack", {"seqs": [a["seq"], b["seq"]]})["acks"]}
@@ -80,7 +75,7 @@ def test_status_counts_what_happened(client, service, data_root):
     assert s0["storage"] == {"service": "fs", "root": str(data_root)}
     assert s0["last_error"] is None and s0["uptime_s"] >= 0
 
-    put(client, "st", [batch(10), batch(20)])
+    put(client, "st", [ints(10), ints(20)])
     s1 = action(client, "status")
     assert s1["received_seq"] == 2
     assert s1["pending_batches"] == 2 and s1["pending_bytes"] == 240
@@ -93,7 +88,7 @@ def test_status_counts_what_happened(client, service, data_root):
 
 
 def test_durable_ack_level_returns_after_storage_has_the_data(client, data_root):
-    replies = put(client, "dur", [batch(4), batch(4, 4)], ack="durable")
+    replies = put(client, "dur", [ints(4), ints(4, 4)], ack="durable")
     *queued, final = replies
     assert [r["state"] for r in queued] == ["queued", "queued"]
     assert final["state"] == "durable"
@@ -104,13 +99,13 @@ def test_durable_ack_level_returns_after_storage_has_the_data(client, data_root)
 
 def test_durable_stream_waits_only_for_itself(client, data_root):
     """A durable stream on one dataset flushes that dataset, not the others."""
-    put(client, "other", [batch(2)])
-    put(client, "mine", [batch(2)], ack="durable")
+    put(client, "other", [ints(2)])
+    put(client, "mine", [ints(2)], ack="durable")
     assert parquet_files(data_root, "other") == []
 
 
 def test_many_concurrent_ack_waiters_all_wake(client, service):
-    replies = put(client, "waiters", [batch(1, i) for i in range(10)])
+    replies = put(client, "waiters", [ints(1, i) for i in range(10)])
     results: list[str] = []
 
     def wait_one(seq: int) -> None:
@@ -128,7 +123,7 @@ def test_many_concurrent_ack_waiters_all_wake(client, service):
 
 def test_oversized_action_bodies_and_acks_are_refused_and_cost_nothing(client, data_root):
     """An ack listing ~5 million seqs once built a >2 GB reply and aborted the process."""
-    replies = put(client, "keep", [batch(10)])
+    replies = put(client, "keep", [ints(10)])
     with pytest.raises(flight.FlightServerError, match="at most 10000"):
         action(client, "ack", {"seqs": list(range(1, 10_002))})
     with pytest.raises(flight.FlightServerError, match=r"action body of \d+ bytes is over the limit of 1048576"):

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
+from emulators import free_port
 
 from flight_writer.auth import hash_secret
 from flight_writer.cli import main
@@ -352,12 +352,6 @@ def row(screen: str, label: str) -> list[str]:
         if cells[0] == label:
             return cells
     return []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cli(*argv: str, stdin: Path) -> subprocess.CompletedProcess[str]:

@@ -14,11 +14,7 @@ import pyarrow.flight as flight
 import pyarrow.ipc as ipc
 import pytest
 
-from conftest import action, parquet_files, put, read_dataset, running, wait_for
-
-
-def batch(start: int, n: int = 1000) -> pa.RecordBatch:
-    return pa.record_batch({"i": pa.array(range(start, start + n), pa.int64())})
+from conftest import action, ints, parquet_files, put, read_dataset, running, wait_for
 
 
 def block(root: Path, dataset: str) -> Path:
@@ -31,7 +27,7 @@ def block(root: Path, dataset: str) -> Path:
 def test_failing_storage_is_retried_and_loses_nothing(data_root):
     blocker = block(data_root, "flaky")
     with running(data_root) as svc, flight.connect(svc.location) as c:
-        replies = put(c, "flaky", [batch(0), batch(1000)])
+        replies = put(c, "flaky", [ints(1000, 0), ints(1000, 1000)])
         flusher = threading.Thread(target=action, args=(c, "flush"))
         flusher.start()
         status = wait_for(lambda: (s := action(c, "status"))["last_error"] and s, "last_error")
@@ -60,10 +56,10 @@ def test_full_queue_blocks_producers_then_fails_with_unavailable(data_root):
         flight.connect(svc.location) as c,
     ):
         acked: list[int] = []
-        writer, reader = c.do_put(flight.FlightDescriptor.for_path("slow"), batch(0).schema)
+        writer, reader = c.do_put(flight.FlightDescriptor.for_path("slow"), ints(1000, 0).schema)
         with pytest.raises(flight.FlightUnavailableError, match="queue full"):
             for k in range(1000):
-                writer.write_batch(batch(k * 1000))
+                writer.write_batch(ints(1000, k * 1000))
                 if reader.read() is not None:
                     acked.append(k)
             writer.close()
@@ -89,7 +85,7 @@ def test_blocked_producer_resumes_when_room_appears(data_root):
 
         def produce() -> None:
             with flight.connect(svc.location) as pc:
-                result.append(put(pc, "paced", [batch(k * 1000) for k in range(20)]))
+                result.append(put(pc, "paced", [ints(1000, k * 1000) for k in range(20)]))
             done.set()
 
         producer = threading.Thread(target=produce)

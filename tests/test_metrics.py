@@ -7,7 +7,6 @@ import threading
 import urllib.error
 import urllib.request
 
-import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flight_writer import Service
 from flight_writer.config import ConfigError, build_settings
 
-from conftest import action, put, running, settings_for, wait_for
+from conftest import action, ints, put, running, settings_for, wait_for
 
 METRICS = {"listen": "127.0.0.1:0"}
 
@@ -39,10 +38,6 @@ def scrape(svc) -> dict[str, float]:
     status, text = get(svc, "/metrics")
     assert status == 200
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-
-
-def ints(n: int, start: int = 0) -> pa.RecordBatch:
-    return pa.record_batch({"i": pa.array(range(start, start + n), pa.int64())})
 
 
 def test_metrics_count_what_happened(data_root):

@@ -23,7 +23,7 @@ from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import MemoryQueue
 from flight_writer.storage import Storage
 
-from conftest import action, parquet_files, put, read_dataset, running, wait_for
+from conftest import action, ints, parquet_files, put, read_dataset, running, wait_for
 
 EXACT = DatasetRule(types="exact")
 
@@ -143,13 +143,9 @@ def test_row_groups_are_encoded_before_the_file_is_sealed(one_file, tmp_path):
 SMALL_ROW_GROUPS = {"row_group_bytes": "8000"}  # one 1,000-row int64 batch per row group
 
 
-def ints(start: int, n: int = 1000) -> pa.RecordBatch:
-    return pa.record_batch({"i": pa.array(range(start, start + n), pa.int64())})
-
-
 def test_a_file_of_many_row_groups_from_a_live_server(data_root):
     with running(data_root, writer=SMALL_ROW_GROUPS) as svc, flight.connect(svc.location) as c:
-        replies = put(c, "many", [ints(k * 1000) for k in range(12)])
+        replies = put(c, "many", [ints(1000, k * 1000) for k in range(12)])
         action(c, "flush")
     [f] = parquet_files(data_root, "many")
     meta = pq.read_metadata(f)
@@ -187,7 +183,7 @@ def test_a_failing_local_disk_is_retried(data_root, writer, step):
         tmp = data_root / "_tmp"
         tmp.rmdir()
         tmp.write_text("a file where the temporary directory must be")  # every local write fails
-        replies = put(c, "disk", [ints(k * 1000) for k in range(3)])
+        replies = put(c, "disk", [ints(1000, k * 1000) for k in range(3)])
         flusher = threading.Thread(target=action, args=(c, "flush"))
         flusher.start()
         status = wait_for(lambda: (s := action(c, "status"))["last_error"] and s, "last_error")
