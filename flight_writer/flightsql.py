@@ -2,7 +2,9 @@
 ``CommandGetSqlInfo`` (asked on connect) and the ``CloseSession`` action.
 
 Messages are decoded and encoded by hand: a handful of protobuf fields, defined here after Arrow's
-``FlightSql.proto`` (field numbers) rather than generated, so the server needs no protobuf runtime.
+``FlightSql.proto`` (field numbers) rather than generated, so the server needs no protobuf runtime. The wire
+format itself (varints, length-delimited fields) is protowire.py; ``ProtobufError`` and ``decode`` are
+re-exported here, so the Flight SQL door needs only this module.
 """
 
 from __future__ import annotations
@@ -13,6 +15,46 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from flight_writer._version import __version__
+from flight_writer.protowire import (
+    ProtobufError,
+    bytes_field,
+    decode,
+    get_bytes,
+    get_int,
+    get_text,
+    read_varint,
+    varint_field,
+)
+
+__all__ = [
+    "CATALOG_COMMANDS",
+    "GET_CATALOGS",
+    "GET_DB_SCHEMAS",
+    "GET_SQL_INFO",
+    "GET_TABLES",
+    "GET_TABLE_TYPES",
+    "IF_EXISTS",
+    "IF_NOT_EXIST",
+    "INGEST",
+    "SQL_ACTIONS",
+    "SQL_INFO",
+    "SQL_INFO_SCHEMA",
+    "SQL_INFO_VALUE",
+    "TYPE_PREFIX",
+    "IngestCommand",
+    "ProtobufError",
+    "catalog_rows",
+    "catalog_schema",
+    "close_session_result",
+    "decode",
+    "like",
+    "pack_any",
+    "parse_ingest",
+    "parse_sql_info_request",
+    "sql_info_table",
+    "unpack_any",
+    "update_result",
+]
 
 TYPE_PREFIX = "type.googleapis.com/arrow.flight.protocol.sql."
 INGEST = "CommandStatementIngest"
@@ -82,7 +124,7 @@ def catalog_schema(name: str, value: bytes) -> pa.Schema:
     fields = [pa.field("catalog_name", text), pa.field("db_schema_name", text, nullable=name == GET_TABLES)]
     if name == GET_TABLES:
         fields += [pa.field("table_name", text, nullable=required), pa.field("table_type", text, nullable=required)]
-        if _int(decode(value), 5):
+        if get_int(decode(value), 5):
             fields.append(pa.field("table_schema", pa.binary(), nullable=required))
     return pa.schema(fields)
 
@@ -92,9 +134,9 @@ def catalog_rows(
 ) -> pa.Table:
     """Answer a catalog command from dataset names: ``catalog/schema/table``, ``schema/table`` or ``table``."""
     fields = decode(value) if name in (GET_DB_SCHEMAS, GET_TABLES) else {}
-    catalog = _text(fields, 1) if _bytes(fields, 1) is not None else None
-    schema_like = _text(fields, 2) if _bytes(fields, 2) is not None else None
-    table_like = _text(fields, 3) if _bytes(fields, 3) is not None else None
+    catalog = get_text(fields, 1) if get_bytes(fields, 1) is not None else None
+    schema_like = get_text(fields, 2) if get_bytes(fields, 2) is not None else None
+    table_like = get_text(fields, 3) if get_bytes(fields, 3) is not None else None
     types = [t.decode() for t in fields.get(4, []) if isinstance(t, bytes)]
     out_schema = catalog_schema(name, value)
     if name == GET_TABLE_TYPES:
@@ -150,10 +192,6 @@ def like(pattern: str, text: str) -> bool:
     return all(c == "%" for c in pattern[p:])
 
 
-class ProtobufError(ValueError):
-    """Bytes that are not the protobuf message they should be."""
-
-
 @dataclass
 class IngestCommand:
     table: str = ""
@@ -173,32 +211,32 @@ class IngestCommand:
 def unpack_any(data: bytes) -> tuple[str, bytes]:
     """``google.protobuf.Any`` -> (message name under Flight SQL's prefix, or the full type URL; value)."""
     fields = decode(data)
-    url = _text(fields, 1)
-    value = _bytes(fields, 2) or b""
+    url = get_text(fields, 1)
+    value = get_bytes(fields, 2) or b""
     return (url[len(TYPE_PREFIX) :] if url.startswith(TYPE_PREFIX) else url), value
 
 
 def pack_any(name: str, value: bytes) -> bytes:
-    return _field_bytes(1, (TYPE_PREFIX + name).encode()) + _field_bytes(2, value)
+    return bytes_field(1, (TYPE_PREFIX + name).encode()) + bytes_field(2, value)
 
 
 def parse_ingest(value: bytes) -> IngestCommand:
     fields = decode(value)
     cmd = IngestCommand(
-        table=_text(fields, 2),
-        schema=_text(fields, 3) or None,
-        catalog=_text(fields, 4) or None,
-        temporary=bool(_int(fields, 5)),
-        transaction_id=_bytes(fields, 6),
+        table=get_text(fields, 2),
+        schema=get_text(fields, 3) or None,
+        catalog=get_text(fields, 4) or None,
+        temporary=bool(get_int(fields, 5)),
+        transaction_id=get_bytes(fields, 6),
     )
-    if (options := _bytes(fields, 1)) is not None:
+    if (options := get_bytes(fields, 1)) is not None:
         table_options = decode(options)
-        cmd.if_not_exist = IF_NOT_EXIST.get(_int(table_options, 1), "unspecified")
-        cmd.if_exists = IF_EXISTS.get(_int(table_options, 2), "unspecified")
+        cmd.if_not_exist = IF_NOT_EXIST.get(get_int(table_options, 1), "unspecified")
+        cmd.if_exists = IF_EXISTS.get(get_int(table_options, 2), "unspecified")
     for entry in fields.get(1000, []):
         if isinstance(entry, bytes):
             kv = decode(entry)
-            cmd.options[_text(kv, 1)] = _text(kv, 2)
+            cmd.options[get_text(kv, 1)] = get_text(kv, 2)
     return cmd
 
 
@@ -211,7 +249,7 @@ def parse_sql_info_request(value: bytes) -> list[int]:
         else:  # packed repeated uint32
             pos = 0
             while pos < len(item):
-                number, pos = _read_varint(item, pos)
+                number, pos = read_varint(item, pos)
                 ids.append(number)
     return ids
 
@@ -234,88 +272,9 @@ def sql_info_table(ids: list[int]) -> pa.Table:
 
 def update_result(record_count: int) -> bytes:
     """``DoPutUpdateResult { int64 record_count = 1 }``."""
-    return _field_varint(1, record_count)
+    return varint_field(1, record_count)
 
 
 def close_session_result() -> bytes:
     """``CloseSessionResult { status = CLOSED (1) }``."""
-    return _field_varint(1, 1)
-
-
-# -- protobuf wire format: varints and length-delimited fields are all these messages use ---------------
-def decode(data: bytes) -> dict[int, list[int | bytes]]:
-    fields: dict[int, list[int | bytes]] = {}
-    pos = 0
-    try:
-        while pos < len(data):
-            key, pos = _read_varint(data, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                value, pos = _read_varint(data, pos)
-            elif wire == 2:
-                length, pos = _read_varint(data, pos)
-                if pos + length > len(data):
-                    raise ProtobufError("length runs past the end")
-                value, pos = data[pos : pos + length], pos + length
-            elif wire == 1:
-                value, pos = int.from_bytes(data[pos : pos + 8], "little"), pos + 8
-            elif wire == 5:
-                value, pos = int.from_bytes(data[pos : pos + 4], "little"), pos + 4
-            else:
-                raise ProtobufError(f"unsupported wire type {wire}")
-            fields.setdefault(number, []).append(value)
-    except IndexError:
-        raise ProtobufError("truncated message") from None
-    return fields
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ProtobufError("varint too long")
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 as protobuf does
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
-
-
-def _field_bytes(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
-def _bytes(fields: dict[int, list[int | bytes]], number: int) -> bytes | None:
-    values = [v for v in fields.get(number, []) if isinstance(v, bytes)]
-    return values[-1] if values else None
-
-
-def _text(fields: dict[int, list[int | bytes]], number: int) -> str:
-    value = _bytes(fields, number)
-    try:
-        return value.decode() if value is not None else ""
-    except UnicodeDecodeError:
-        raise ProtobufError(f"field {number} is not UTF-8") from None
-
-
-def _int(fields: dict[int, list[int | bytes]], number: int) -> int:
-    values = [v for v in fields.get(number, []) if isinstance(v, int)]
-    return values[-1] if values else 0
+    return varint_field(1, 1)
