@@ -1,0 +1,169 @@
+"""The settings: frozen dataclasses holding every setting and its default, and ConfigError.
+
+``config.py`` reads them from a file and the environment (``load_settings``); ``config_values.py`` parses
+each value; ``config_checks.py`` validates the whole. ``configs/settings.toml`` lists the same defaults
+with a comment each (a test keeps the two in step). ``Settings.masked()`` is what logs and ``status`` show:
+secret-looking storage options and endpoint passwords hidden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    location: str = "grpc://127.0.0.1:8815"
+    ack_history: int = 100_000
+    tls_cert_file: str = ""  # PEM certificate chain for grpc+tls:// locations
+    tls_key_file: str = ""  # its PEM private key
+    tls_client_ca_file: str = ""  # PEM CA bundle: when set, clients must present a certificate it signed (mTLS)
+    shutdown_timeout: float = 20.0  # seconds a stop waits for open calls before it ends them
+    max_streams: int = 1000  # do_put calls open at once; each holds a server thread
+    max_streams_per_principal: int = 100  # ... of them by one principal (with auth; a principal may set its own)
+    max_batch_bytes: int = 256 * MiB  # Arrow bytes of one record batch
+    max_columns: int = 10_000  # fields in a stream's schema, nested ones included
+    max_nesting: int = 32  # levels of nested types in a stream's schema
+    max_metadata_bytes: int = 65_536  # a batch's app_metadata ({"id": ...})
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    type: str = "memory"
+    max_bytes: int = 512 * MiB
+    put_timeout: float = 30.0
+    dedupe_window: int = 100_000
+    path: str = "./wal"
+    segment_bytes: int = 64 * MiB
+    fsync: str = "always"
+    fsync_interval_ms: int = 100
+    compression: str = "lz4"
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    max_file_bytes: int = 128 * MiB
+    max_file_rows: int = 10_000_000
+    row_group_rows: int = 1_048_576
+    row_group_bytes: int = 32 * MiB
+    flush_interval: float = 10.0
+    compression: str = "zstd"
+    compression_level: int = 0
+    threads: int = 2
+    max_open_buffers: int = 1000  # (dataset, schema, hour) buffers filling at once; more: the oldest is sealed
+    retry_initial_delay: float = 0.2
+    retry_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    type: str = "fs"
+    root: str = "./data"
+    bucket: str = ""  # the bucket (s3, gcs) or container (azblob)
+    endpoint: str = ""
+    region: str = ""
+    upload_chunk_bytes: int = 8 * MiB
+    upload_concurrency: int = 4
+    multipart_threshold: int = 256 * MiB
+    timeout: float = 30.0
+    io_timeout: float = 60.0
+    startup_check: bool = True
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FlightSqlSettings:
+    ack: str = "durable"
+    allow_schema_change: bool = False
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    principals_file: str = ""  # TOML file of principals (auth.py); "" = every call is anonymous
+    allow_anonymous: bool = False  # without principals, listening beyond loopback needs this to be true
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""  # host:port of the HTTP listener for /metrics, /healthz, /readyz; "" = off
+    ready_max_queue: float = 0.9  # /readyz fails while the queue holds more than this share of max_bytes
+    ready_max_error_s: float = 60.0  # ... or while storage has failed for longer than this
+    datasets: int = 20  # per-dataset figures in status and /metrics: this many busiest datasets; 0 = none
+
+
+@dataclass(frozen=True)
+class DatasetRule:
+    """How the datasets a rule matches are stored (layout.py): ``[datasets]`` holds the defaults, each
+    ``[[datasets.rules]]`` with a ``match`` glob overrides some of them; the first rule that matches wins."""
+
+    types: str = "compatible"  # compatible: what every lake reader reads; exact: the Arrow types as sent
+    partition: str = "received"  # received: the time a batch arrived; event: time_column's value
+    time_column: str = ""  # partition = "event": a timestamp column
+    granularity: str = "hour"  # hour (date=/hour= folders) or day (date= only)
+    fields: tuple[str, ...] = ()  # columns to partition by after the time (low cardinality: service, region)
+    max_partitions: int = 100  # partitions one batch may fall in (more: refused) and buffers open at once
+    schema: str = "evolve"  # separate, evolve or strict (schemas.py)
+    columns: tuple[tuple[str, str], ...] = ()  # declared columns: (name, "type [not null]")
+
+
+@dataclass(frozen=True)
+class DatasetSettings(DatasetRule):
+    rules: tuple[tuple[str, DatasetRule], ...] = ()  # (match, rule)
+
+    def rule_for(self, dataset: str) -> DatasetRule:
+        for pattern, rule in self.rules:
+            if fnmatch.fnmatchcase(dataset, pattern):
+                return rule
+        return self
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    writer: WriterSettings = field(default_factory=WriterSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    flight_sql: FlightSqlSettings = field(default_factory=FlightSqlSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    datasets: DatasetSettings = field(default_factory=DatasetSettings)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data with secret-looking storage options replaced by ``***`` and a
+        password in the endpoint URL hidden."""
+        data = dataclasses.asdict(self)
+        data["storage"]["options"] = {
+            k: ("***" if _MASKED_KEY.search(k) else v) for k, v in self.storage.options.items()
+        }
+        data["storage"]["endpoint"] = without_password(self.storage.endpoint)
+        return data
+
+
+def without_password(url: str) -> str:
+    """``https://user:pass@host`` -> ``https://user:***@host``: URLs are logged and shown by ``status``."""
+    return _USERINFO.sub(lambda m: f"//{m.group(1)}:***@", url)
+
+
+# storage option names that hold a secret: refused in a config file (config.py), shown as ***
+SECRET_OPTION = re.compile(r"secret|password|token|credential|account_key|sas|private_key", re.IGNORECASE)
+# shown as *** (README): any name with "key" too, e.g. access_key_id, server_side_encryption_customer_key
+_MASKED_KEY = re.compile(SECRET_OPTION.pattern + "|key", re.IGNORECASE)
+_USERINFO = re.compile(r"//([^/@:]*):[^/@]*@")
