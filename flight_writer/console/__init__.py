@@ -11,8 +11,9 @@ All three connect alike: ``--location``, ``--tls-ca``, a bearer secret (``--toke
 ``FLIGHT_WRITER_TOKEN``) or a Basic login (``FLIGHT_WRITER_USER`` and ``FLIGHT_WRITER_PASSWORD``).
 Expected failures (no server, a refused call, a file that cannot be read) end in one line and exit 1.
 
-One module per command (status.py, top.py, send.py; send's inputs are read in sources.py); common.py
-holds what they share: the connection options, ``Connection``, one-line errors and numbers for people."""
+One module per command (status.py, top.py, send.py; send's inputs are read in sources.py, its sending
+done by sender.py); common.py holds what they share: the connection options, ``Connection``, one-line
+errors and numbers for people."""
 
 from __future__ import annotations
 

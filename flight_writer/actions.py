@@ -1,0 +1,129 @@
+"""The Flight actions: ``ack``, ``status``, ``flush`` (and Flight SQL's ``CloseSession``), answered from the
+queue's durability position, which every ingest process shares through the queue.
+
+Bodies and answers are JSON objects (CloseSession answers in protobuf, as Flight SQL clients expect). A bad
+body is a ``FlightServerError`` naming the problem; a flush the queue cannot finish because it is closing is
+``FlightUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow.flight as flight
+
+from flight_writer import flightsql
+from flight_writer.auth import authorize
+from flight_writer.queue import Ingest
+
+MAX_WAIT_MS = 3_600_000
+MAX_ACTION_BODY = 1 << 20  # bytes; ack/flush/status bodies are a few hundred bytes
+MAX_ACK_SEQS = 10_000  # one ack of ~5 million seqs built a >2 GB reply and aborted the process
+
+
+class Actions:
+    """``list()`` for ``list_actions``, ``call()`` for ``do_action``. ``dataset_from_path`` checks a
+    dataset name given to ``flush``."""
+
+    def __init__(
+        self,
+        queue: Ingest,
+        status: Callable[[], dict[str, Any]],
+        dataset_from_path: Callable[[list[str]], str],
+    ) -> None:
+        self._queue = queue
+        self._position = queue.position
+        self._dataset_from_path = dataset_from_path
+        self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any] | None]]] = {
+            "ack": ('Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms"', self._ack),
+            "status": (
+                "Server counters: received and durable seqs, pending data, files written, errors",
+                lambda body: status(),
+            ),
+            "flush": (
+                'Write out everything received so far (optional {"dataset": name}); returns once durable',
+                self._flush,
+            ),
+            "CloseSession": ("Flight SQL session close (sessions hold nothing here)", lambda body: None),
+        }
+
+    def list(self) -> list[tuple[str, str]]:
+        return [(name, description) for name, (description, _) in self._actions.items()]
+
+    def call(self, context: flight.ServerCallContext, action: flight.Action) -> list[bytes]:
+        entry = self._actions.get(action.type)
+        if entry is None and action.type in flightsql.SQL_ACTIONS:
+            raise NotImplementedError(
+                f"Flight SQL action {action.type} is not supported: this server only ingests "
+                "(adbc_ingest / CommandStatementIngest)"
+            )
+        if entry is None:
+            raise flight.FlightServerError(f"unknown action {action.type!r}; known: {', '.join(self._actions)}")
+        if action.body is not None and action.body.size > MAX_ACTION_BODY:
+            raise flight.FlightServerError(
+                f"{action.type}: action body of {action.body.size} bytes is over the limit of {MAX_ACTION_BODY}"
+            )
+        if action.type != "CloseSession":
+            authorize(context, f"call action {action.type!r}", lambda who: action.type in who.actions)
+        body = action.body.to_pybytes() if action.body is not None else b""
+        try:
+            result = entry[1](body)
+        except ValueError as exc:
+            raise flight.FlightServerError(f"{action.type}: {exc}") from None
+        if result is None:  # CloseSession answers in protobuf, as Flight SQL clients expect
+            return [flightsql.close_session_result()]
+        return [json.dumps(result).encode()]
+
+    def _ack(self, body: bytes) -> dict[str, Any]:
+        request = _json_object(body, required=True)
+        if "seqs" in request:
+            seqs = request["seqs"]
+            if not isinstance(seqs, list) or not all(_is_int(s) for s in seqs):
+                raise ValueError('"seqs" must be a list of integers')
+        elif "seq" in request:
+            if not _is_int(request["seq"]):
+                raise ValueError('"seq" must be an integer')
+            seqs = [request["seq"]]
+        else:
+            raise ValueError('body needs "seqs": [<int>, ...] or "seq": <int>')
+        if len(seqs) > MAX_ACK_SEQS:
+            raise ValueError(f'"seqs" lists {len(seqs)} seqs; one ack takes at most {MAX_ACK_SEQS}')
+        wait_ms = request.get("wait_ms", 0)
+        if not _is_int(wait_ms) or not 0 <= wait_ms <= MAX_WAIT_MS:
+            raise ValueError(f'"wait_ms" must be an integer from 0 to {MAX_WAIT_MS}')
+        last = self._queue.last_seq
+        position = self._position
+        if wait_ms:
+            position.wait([s for s in seqs if 1 <= s <= last], wait_ms / 1000)
+        return {"acks": [position.describe(s, last) for s in seqs], "durable_through": position.durable_through}
+
+    def _flush(self, body: bytes) -> dict[str, Any]:
+        request = _json_object(body, required=False)
+        dataset = request.get("dataset")
+        if dataset is not None:
+            if not isinstance(dataset, str):
+                raise ValueError('"dataset" must be a string')
+            dataset = self._dataset_from_path(dataset.split("/"))
+        if not self._queue.flush(dataset, None):
+            raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")
+        return {"durable_through": self._position.durable_through}
+
+
+def _json_object(body: bytes, required: bool) -> dict[str, Any]:
+    if not body.strip():
+        if required:
+            raise ValueError("body must be a JSON object")
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,244 @@
+"""The one ingest path of both front doors (the path door in server.py, Flight SQL's in sql_door.py).
+
+A stream is admitted to its dataset once (admission.py: rule, schema mode, nesting names; the schema within
+``server.max_columns``/``max_nesting`` and storable in Parquet), then each batch is checked against the
+per-batch limits, conformed to the dataset (declared columns, safe casts, partition split), put in the
+queue, and answered with a PutResult once the queue says it is settled. Errors a client can cause are
+``FlightServerError`` naming the problem; a full or closing queue is ``FlightUnavailableError``; either way
+the batches before the bad one are answered first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+
+from flight_writer.admission import Admission, AdmissionError
+from flight_writer.config import ServerSettings
+from flight_writer.layout import LayoutError
+from flight_writer.queue import Ingest, QueueClosed, QueueFull, QueueWriteError
+from flight_writer.replies import Replies
+from flight_writer.schemas import SchemaError
+
+
+class Ingestor:
+    """Streams into the queue: ``ingest`` a stream, ``make_durable`` what it sent. ``limits`` and
+    ``put_timeout`` may be replaced while running (a live reload); a stream keeps what it read."""
+
+    def __init__(self, queue: Ingest, admission: Admission, limits: ServerSettings, put_timeout: float) -> None:
+        self._queue = queue
+        self._position = queue.position
+        self._admission = admission
+        self.limits = limits
+        self.put_timeout = put_timeout
+
+    def ingest(
+        self,
+        dataset: str,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter | None,
+        keep_seqs: bool,
+        fresh: bool = False,
+    ) -> tuple[list[int], int]:
+        """Enqueue the stream batch by batch; a PutResult per batch when ``writer`` is given.
+        Returns the seqs (when ``keep_seqs``: a long-lived queued stream should not collect them) and the
+        number of rows taken.
+
+        A reply goes out only once its batch is ``logged`` (fsynced, for a WAL that says so), but the
+        stream does not wait for that: it reads on while earlier batches are fsynced, so one producer's
+        batches share fsyncs, and a thread of the stream (``Replies``) sends the replies in seq order as
+        each batch is logged."""
+        try:
+            admitted = self._admission.admit(
+                dataset,
+                reader.schema,
+                lambda schema, stored: self._over_limits(schema) or parquet_problem(stored),
+                fresh,
+            )
+        except AdmissionError as exc:
+            raise flight.FlightServerError(str(exc)) from None
+        conform, split = admitted.conform, admitted.split
+        schema_key = admitted.schema.serialize().to_pybytes()
+        versions = self._admission.versions  # evolve: the dataset's schema changed since the stream began?
+        max_metadata, max_batch = self.limits.max_metadata_bytes, self.limits.max_batch_bytes
+        put, timeout, settle = self._queue.put, self.put_timeout, self._queue.settle
+        reply = writer.write if writer is not None else None
+        state = self._queue.ack_state.encode()
+        replies: Replies | None = None  # started at the first batch not settled at once
+        seqs: list[int] = []
+        rows = 0
+        last = 0  # without replies: the newest seq, to wait for before the stream ends
+        try:
+            for chunk in reader:
+                batch = chunk.data
+                if batch is None:  # a metadata-only message carries no rows
+                    continue
+                meta = chunk.app_metadata
+                client_id = None
+                problem = None
+                if meta is not None and meta.size > max_metadata:
+                    problem = f"app_metadata of {meta.size} bytes is over server.max_metadata_bytes ({max_metadata})"
+                elif (nbytes := batch.get_total_buffer_size()) > max_batch:  # .nbytes: 18 µs per batch
+                    problem = (
+                        f"a record batch of {nbytes} Arrow bytes ({batch.num_rows} rows) is over "
+                        f"server.max_batch_bytes ({max_batch}): send smaller batches"
+                    )
+                if admitted.version is not None and versions.get(dataset) != admitted.version:
+                    # another stream widened the dataset's schema: this one's batches follow it from now on
+                    try:
+                        admitted = self._admission.admit(dataset, reader.schema, lambda schema, stored: None)
+                    except AdmissionError as exc:
+                        problem = str(exc)
+                    else:
+                        conform, split = admitted.conform, admitted.split
+                        schema_key = admitted.schema.serialize().to_pybytes()
+                pieces = None
+                if problem is None and (conform is not None or split is not None):
+                    try:
+                        batch = conform.apply(batch) if conform is not None else batch
+                        pieces = split(batch) if split is not None else None
+                    except (LayoutError, SchemaError) as exc:
+                        problem = str(exc)
+                    except (pa.ArrowException, KeyError, ValueError) as exc:  # not foreseen: said, not a traceback
+                        problem = f"batch cannot be stored as dataset {dataset!r} says: {type(exc).__name__}: {exc}"
+                if problem is not None:
+                    _answer_taken(replies)
+                    raise flight.FlightServerError(problem)
+                if meta is not None and meta.size:
+                    client_id = _client_id(meta)
+                try:
+                    if pieces is None or len(pieces) == 1:
+                        seq, duplicate = put(dataset, schema_key, batch, timeout, client_id, wait=False)
+                        split_seqs = None
+                    else:  # a seq per partition, each piece with an id of its own, all taken or none
+                        ids = [_piece_id(client_id, k) for k in range(len(pieces))]
+                        accepted = self._queue.put_many(dataset, schema_key, pieces, timeout, ids, wait=False)
+                        split_seqs = [a.seq for a in accepted]
+                        seq, duplicate = max(split_seqs), all(a.duplicate for a in accepted)
+                except (QueueFull, QueueClosed, QueueWriteError) as exc:
+                    _answer_taken(replies)
+                    if isinstance(exc, QueueWriteError):
+                        raise  # worded below, with a failed fsync
+                    message = (
+                        str(exc)
+                        if isinstance(exc, QueueFull)
+                        else "server is shutting down: the batches before this one were answered; send the "
+                        "rest again once it is back"
+                    )
+                    raise flight.FlightUnavailableError(message) from None
+                if keep_seqs:
+                    seqs.extend(split_seqs or (seq,))
+                rows += batch.num_rows
+                if reply is None:
+                    last = max(last, seq)  # a duplicate's seq can be older
+                    continue
+                if client_id is None and split_seqs is None:
+                    answer = b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, state)
+                else:
+                    fields = {"seq": seq, "rows": batch.num_rows, "state": state.decode()}
+                    if client_id is not None:
+                        fields["id"] = client_id
+                    if split_seqs is not None:  # in several partitions: durable once every seq is
+                        fields["seqs"] = split_seqs
+                    if duplicate:  # accepted before: nothing stored again; say where the original stands
+                        fields["state"] = self._position.describe(seq)["state"]
+                        fields["duplicate"] = True
+                    answer = json.dumps(fields).encode()
+                if replies is None and settle(seq, False):
+                    reply(pa.py_buffer(answer))
+                    continue
+                if replies is None:
+                    replies = Replies(settle, reply)
+                replies.add(seq, answer)
+            if replies is not None:
+                replies.finish()
+            elif last:
+                settle(last, True)  # a stream without replies is still settled before it ends
+        except QueueWriteError as exc:
+            raise flight.FlightServerError(f"batch not accepted: {exc}") from None
+        finally:
+            if replies is not None:
+                replies.stop()
+        return seqs, rows
+
+    def _over_limits(self, schema: pa.Schema) -> str | None:
+        """A schema over the limits (columns, nesting), which a producer cannot mean and which would cost
+        the encoder dearly; None if within them."""
+        columns, depth = _count_fields(schema)
+        if columns > self.limits.max_columns:
+            limit = self.limits.max_columns
+            return f"the schema has {columns} fields (nested ones included); server.max_columns is {limit}"
+        if depth > self.limits.max_nesting:
+            return f"the schema nests {depth} levels deep; server.max_nesting is {self.limits.max_nesting}"
+        return None
+
+    def make_durable(self, dataset: str, seqs: list[int]) -> dict[str, Any]:
+        """Write out the dataset and wait until these seqs are resolved; what a durable reply says."""
+        position = self._position
+        if not self._queue.flush(dataset, None) and not position.wait(seqs, 0):
+            raise flight.FlightUnavailableError(  # the queue closed: a stop whose deadline passed
+                "server is shutting down: the batches were received and are being written; ack them once it is back"
+            )
+        result: dict[str, Any] = {"durable_through": position.durable_through, "files": position.files_of(seqs)}
+        failed = [d for s in seqs if (d := position.describe(s))["state"] == "failed"]
+        if failed:
+            result["failed"] = failed
+        return result
+
+
+def parquet_problem(schema: pa.Schema) -> str | None:
+    """Why Parquet cannot store this schema, naming the column; None if it can."""
+
+    def refuses(s: pa.Schema) -> str | None:
+        try:
+            pq.ParquetWriter(pa.BufferOutputStream(), s).close()
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            return str(exc)
+        return None
+
+    if refuses(schema) is None:
+        return None
+    for f in schema:
+        if (reason := refuses(pa.schema([f]))) is not None:
+            return f"column {f.name!r} of type {f.type} cannot be stored in Parquet: {reason}"
+    return f"schema cannot be stored in Parquet: {refuses(schema)}"
+
+
+def _count_fields(schema: pa.Schema) -> tuple[int, int]:
+    """(fields, nested ones included; deepest nesting, 1 for a flat schema)."""
+    fields, deepest = 0, 0
+    todo = [(f.type, 1) for f in schema]
+    while todo:
+        kind, depth = todo.pop()
+        fields += 1
+        deepest = max(deepest, depth)
+        todo.extend((kind.field(i).type, depth + 1) for i in range(kind.num_fields))
+    return fields, deepest
+
+
+def _answer_taken(replies: Replies | None) -> None:
+    """Before a stream ends with an error: send the replies of the batches it took."""
+    if replies is not None:
+        with contextlib.suppress(QueueWriteError):
+            replies.finish()
+
+
+def _piece_id(client_id: str | None, k: int) -> str | None:
+    """The id of a batch's k-th partition piece: a re-sent batch splits the same way, so each piece is
+    recognised again."""
+    return client_id if client_id is None or k == 0 else f"{client_id}#{k}"
+
+
+def _client_id(metadata: pa.Buffer) -> str | None:
+    try:
+        value = json.loads(metadata.to_pybytes())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return value["id"]
+    return None
