@@ -50,9 +50,7 @@ def recover(directory: Path) -> Recovered:
                 by_seq[s].planned = plan
     live = Counter(e.handle for e in entries if e.handle is not None)
     through = (entries[0].seq - 1) if entries else last_seq
-    report.update(
-        pending=len(entries), replanned=sum(1 for e in entries if e.planned), last_recovered_seq=last_seq
-    )
+    report.update(pending=len(entries), replanned=sum(1 for e in entries if e.planned), last_recovered_seq=last_seq)
     if report["segments"]:
         logger.info(
             "WAL recovered: {} segments, {} records, {} batches to write ({} as planned files), next seq {}",
