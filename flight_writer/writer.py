@@ -35,15 +35,14 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 from loguru import logger
 
-from flight_writer.config import DatasetRule, DatasetSettings, WriterSettings
-from flight_writer.layout import Shape, partition_path
+from flight_writer.config import DatasetSettings, WriterSettings
 from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import Entry, Feed
 from flight_writer.queue.base import count_for
 from flight_writer.retries import Aborted, Retries
+from flight_writer.routing import Routes
 from flight_writer.storage import Storage
 
 GET_BATCH = 4096  # entries taken from the queue per call: amortizes locking for small batches
@@ -80,9 +79,7 @@ class Writer:
         self._settings = s = settings or WriterSettings()
         self._buffers: dict[tuple[str, bytes, int | str], _Buffer] = {}  # by dataset, schema, partition
         self._open_of: dict[str, int] = {}  # buffers per dataset
-        self._datasets = datasets or DatasetSettings()
-        self._rules: dict[str, DatasetRule] = {}  # dataset -> its rule (a glob match per batch costs)
-        self._shapes: dict[tuple[bytes, DatasetRule], Shape] = {}
+        self._routes = Routes(datasets or DatasetSettings())
         self._replans: dict[str, list[Entry]] = {}  # recovered plans, collected until complete
         self._buffered_bytes = 0
         self._lock = threading.Lock()  # guards _inflight and the counters
@@ -201,25 +198,22 @@ class Writer:
             self._add(entries)
 
     def _add(self, entries: list[Entry]) -> None:
-        s = self._settings
+        s, routes = self._settings, self._routes
         room = self._feed.room()  # what producers may still put: the buffers may hold no more than that
         for e in entries:
             if e.planned is not None:  # recovered: store exactly this plan again
                 collected = self._replans.setdefault(e.planned.path, [])
                 collected.append(e)
                 if len(collected) == len(e.planned.seqs):
-                    file = ParquetFile(self._files, e.dataset, "", 0, self._shape(e), e.planned)
+                    file = ParquetFile(self._files, e.dataset, "", 0, routes.shape(e), e.planned)
                     file.seal(self._replans.pop(e.planned.path))
                     self._track(file)
                 continue
             if e.batch.num_rows == 0:  # acknowledged, nothing to store
                 self._retries.run("confirm an empty batch", lambda e=e: self._feed.confirm([e], None))
                 continue
-            rule = self._rules.get(e.dataset) or self._rule(e.dataset)
-            if rule.partition == "received" and not rule.fields:  # the common case, without a path per batch
-                partition: int | str = int(e.received_at // 3600)
-            else:
-                partition = self._partition_path(rule, e)
+            rule = routes.rule(e.dataset)
+            partition = routes.partition(rule, e)
             key = (e.dataset, e.schema_key, partition)
             buf = self._buffers.get(key)
             if buf is None:
@@ -227,8 +221,8 @@ class Writer:
                     self._seal_oldest()
                 if self._open_of.get(e.dataset, 0) >= rule.max_partitions:  # the dataset's own cap
                     self._seal_oldest(e.dataset)
-                folders = partition if isinstance(partition, str) else partition_path(rule, e.batch, e.received_at)
-                file = ParquetFile(self._files, e.dataset, folders, e.seq, self._shape(e, rule))
+                folders = routes.folders(rule, e, partition)
+                file = ParquetFile(self._files, e.dataset, folders, e.seq, routes.shape(e, rule))
                 buf = self._buffers[key] = _Buffer(file, e.received_at)
                 self._open_of[e.dataset] = self._open_of.get(e.dataset, 0) + 1
             rows = e.batch.num_rows
@@ -247,37 +241,6 @@ class Writer:
                 # producers would soon wait on a full queue for data that only age would write out
                 largest = max(self._buffers, key=lambda k: self._buffers[k].nbytes)
                 self._submit(self._buffers.pop(largest))
-
-    def _partition_path(self, rule: DatasetRule, e: Entry) -> str:
-        """The folders of a batch the server split by this rule. A batch queued before the rule changed
-        (a WAL recovered after a restart) may lack its columns: it goes to the received-time folders."""
-        try:
-            return partition_path(rule, e.batch, e.received_at)
-        except (KeyError, ValueError, OSError, OverflowError, pa.ArrowException) as exc:
-            logger.warning(
-                "dataset={} seq={}: no partition by {} ({}: {}); stored by the time received",
-                e.dataset,
-                e.seq,
-                rule.time_column or ", ".join(rule.fields),
-                type(exc).__name__,
-                exc,
-            )
-            return partition_path(DatasetRule(granularity=rule.granularity), e.batch, e.received_at)
-
-    def _rule(self, dataset: str) -> DatasetRule:
-        if len(self._rules) > 100_000:
-            self._rules.clear()
-        rule = self._rules[dataset] = self._datasets.rule_for(dataset)
-        return rule
-
-    def _shape(self, e: Entry, rule: DatasetRule | None = None) -> Shape:
-        rule = rule or self._rule(e.dataset)
-        shape = self._shapes.get((e.schema_key, rule))
-        if shape is None:
-            if len(self._shapes) > 10_000:
-                self._shapes.clear()
-            shape = self._shapes[(e.schema_key, rule)] = Shape.of(e.batch.schema, rule)
-        return shape
 
     def _seal_oldest(self, dataset: str | None = None) -> None:
         """One buffer too many (``max_open_buffers`` in all, or a ``dataset``'s ``max_partitions``: each
