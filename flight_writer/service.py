@@ -30,6 +30,9 @@ from flight_writer.writer import Writer
 
 
 class Service:
+    """One process of flight-writer: a queue, the writer draining its feed into storage, and the Flight
+    server putting into it; ``start``/``stop`` (or ``with``) open and close them in order."""
+
     def __init__(
         self,
         settings: Settings | None = None,

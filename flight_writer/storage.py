@@ -47,6 +47,9 @@ class StorageError(Exception):
 
 
 class Storage:
+    """Whole objects on an OpenDAL operator: write (visible only when complete), read, list, delete; on
+    ``fs`` also a temporary local file for native code to write and rename into place."""
+
     def __init__(
         self, operator: opendal.Operator, service: str = "", root: str = "", settings: StorageSettings | None = None
     ) -> None:
