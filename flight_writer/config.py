@@ -129,6 +129,11 @@ def _refuse_secrets_in(path: str | os.PathLike[str]) -> None:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError):
         return  # dynaconf reports unreadable files
+    queue = data.get("queue", {})
+    for key in ("password", "token"):
+        if isinstance(queue, dict) and queue.get(key):
+            var = f"{ENV_PREFIX}_QUEUE__{key.upper()}"
+            raise ConfigError(f"queue.{key} is a secret: set it in the environment ({var}), not in {os.fspath(path)}")
     options = data.get("storage", {}).get("options", {})
     for key in options if isinstance(options, dict) else ():
         if SECRET_OPTION.search(key):

@@ -13,7 +13,8 @@ import re
 from flight_writer.settings import ConfigError, DatasetRule, Settings
 
 COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "none")
-QUEUE_TYPES = ("memory", "wal")
+QUEUE_TYPES = ("memory", "wal", "nats")
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a JetStream stream or consumer name
 FSYNC_POLICIES = ("always", "interval", "never")
 WAL_COMPRESSIONS = ("lz4", "zstd", "none")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -49,8 +50,16 @@ def check_settings(s: Settings) -> None:
             raise ConfigError(f"server.{key}: no such file {path!r}")
     if s.queue.type not in QUEUE_TYPES:
         raise ConfigError(f"queue.type must be one of {', '.join(QUEUE_TYPES)}, got {s.queue.type!r}")
-    for key in ("max_bytes", "dedupe_window", "segment_bytes", "fsync_interval_ms"):
+    for key in ("max_bytes", "dedupe_window", "segment_bytes", "fsync_interval_ms", "replicas", "ack_wait"):
         positive(f"queue.{key}", getattr(s.queue, key))
+    if s.queue.type == "nats":
+        if not s.queue.url:
+            raise ConfigError("queue.url must name at least one NATS server")
+        if not NAME.fullmatch(s.queue.stream) or not NAME.fullmatch(s.queue.consumer):
+            raise ConfigError(
+                f"queue.stream and queue.consumer must be names of letters, digits, - and _, got "
+                f"{s.queue.stream!r} and {s.queue.consumer!r}"
+            )
     if s.queue.fsync not in FSYNC_POLICIES:
         raise ConfigError(f"queue.fsync must be one of {', '.join(FSYNC_POLICIES)}, got {s.queue.fsync!r}")
     if s.queue.compression not in WAL_COMPRESSIONS:

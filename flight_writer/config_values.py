@@ -68,6 +68,8 @@ def parse_value(name: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f'{name} must be a table of column = "type", got {value!r}')
         return tuple((str(k), v) for k, v in value.items())
     if hint == tuple[str, ...]:
+        if isinstance(value, str):  # "a,b" (an environment variable): a list too
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name} must be a list of strings, got {value!r}")
         return tuple(value)

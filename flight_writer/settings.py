@@ -49,6 +49,17 @@ class QueueSettings:
     fsync: str = "always"
     fsync_interval_ms: int = 100
     compression: str = "lz4"
+    # type = "nats" (queue/nats.py): ingest and write processes sharing one JetStream stream
+    url: tuple[str, ...] = ("nats://127.0.0.1:4222",)  # one or more servers of the cluster
+    stream: str = "FLIGHT_WRITER"  # its subjects are <stream>.data, <stream>.records, <stream>.flush
+    replicas: int = 1  # JetStream replicas of the streams (3 on a 3-node cluster)
+    consumer: str = "writers"  # the durable pull consumer the write processes share
+    ack_wait: float = 30.0  # seconds: a write process silent for this long has its batches redelivered
+    duplicate_window: float = 120.0  # seconds JetStream remembers a batch id (Nats-Msg-Id)
+    user: str = ""
+    password: str = ""  # secrets from the environment only (FLIGHT_WRITER_QUEUE__PASSWORD)
+    token: str = ""  # FLIGHT_WRITER_QUEUE__TOKEN
+    creds_file: str = ""  # a NATS credentials file (JWT + nkey seed)
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,9 @@ class Settings:
             k: ("***" if _MASKED_KEY.search(k) else v) for k, v in self.storage.options.items()
         }
         data["storage"]["endpoint"] = without_password(self.storage.endpoint)
+        for key in ("password", "token"):
+            data["queue"][key] = "***" if data["queue"][key] else ""
+        data["queue"]["url"] = [without_password(u) for u in self.queue.url]
         return data
 
 

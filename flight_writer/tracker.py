@@ -33,6 +33,10 @@ class DurabilityTracker:
         self._closed = False
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def durable_through(self) -> int:
         return self._through
 
@@ -86,6 +90,22 @@ class DurabilityTracker:
                 if self._closed or (remaining is not None and remaining <= 0):
                     return False
                 self._cond.wait(remaining)
+
+    def wait_through(self, seq: int, timeout: float | None) -> bool:
+        """Wait until every seq up to ``seq`` is resolved (``durable_through >= seq``); False if ``timeout``
+        s passed first or the position closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._through < seq:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self._closed or (remaining is not None and remaining <= 0):
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def is_resolved(self, seq: int) -> bool:
+        with self._cond:
+            return self._is_resolved(seq)
 
     def describe(self, seq: int, last_seq: int | None = None) -> dict[str, Any]:
         """One ``ack`` entry: state ``queued`` (or ``logged``), ``durable``, ``failed`` or ``unknown`` (a seq

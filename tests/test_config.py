@@ -61,7 +61,7 @@ def test_seed_variables(monkeypatch):
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
-        ({"queue": {"type": "kafka"}}, "queue.type must be one of memory, wal, got 'kafka'"),
+        ({"queue": {"type": "kafka"}}, "queue.type must be one of memory, wal, nats, got 'kafka'"),
         ({"queue": {"max_bytes": -1}}, "queue.max_bytes must be positive"),
         ({"queue": {"max_bytes": "lots"}}, "queue.max_bytes must be an integer, got 'lots'"),
         ({"writer": {"compression": "brotli2"}}, "writer.compression must be one of zstd, snappy"),

@@ -1,35 +1,69 @@
-"""The queue seam's contract, one suite run against every implementation: memory, and the write-ahead log
-with each fsync policy. (The distributed queue will run it too.)"""
+"""The queue seam's contract, one suite run against every implementation: memory, the write-ahead log with
+each fsync policy, and NATS JetStream (a real nats-server). Where an implementation differs by design the
+test says so."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
+import natsd
 import pyarrow as pa
 import pytest
 
-from flight_writer.queue import MemoryQueue, Queue, QueueClosed, QueueFull, WalQueue
+from flight_writer.config import QueueSettings
+from flight_writer.queue import MemoryQueue, Queue, QueueClosed, QueueFull, QueueWriteError, WalQueue
 
 BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64())})
-SIZE = BATCH.get_total_buffer_size()  # what a batch counts against max_bytes
+SIZE = BATCH.get_total_buffer_size()  # what a batch counts against max_bytes in memory and the WAL
 
 
-@pytest.fixture(params=["memory", "wal-always", "wal-interval"])
-def new_queue(request, tmp_path) -> Iterator[Callable[..., Queue]]:
-    made: list[Queue] = []
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[natsd.Nats]:
+    server = natsd.start()
+    yield server
+    server.stop()
 
-    def make(max_bytes: int = 100 * SIZE, dedupe_window: int = 100_000) -> Queue:
-        if request.param == "memory":
+
+class Queues:
+    """Makes queues of one kind; ``unit`` is what one BATCH counts against ``max_bytes`` in it (JetStream
+    counts stored message bytes: Arrow IPC and headers)."""
+
+    def __init__(self, kind: str, tmp_path, nats: natsd.Nats | None) -> None:
+        self.kind, self._tmp, self._nats = kind, tmp_path, nats
+        self.made: list[Queue] = []
+        self.unit = SIZE
+        if kind == "nats":
+            probe = self(room=1000)
+            probe.put("ds", b"k", BATCH, 1)
+            self.unit = probe.stats()["pending_bytes"] + 64  # ids differ by a few bytes: leave headroom
+
+    def __call__(self, room: int = 100, dedupe_window: int = 100_000) -> Queue:
+        """A queue with room for ``room`` batches."""
+        max_bytes = int(room * self.unit)
+        if self.kind == "memory":
             queue: Queue = MemoryQueue(max_bytes, dedupe_window)
+        elif self.kind == "nats":
+            from flight_writer.queue.nats import NatsQueue
+
+            settings = QueueSettings(
+                type="nats", url=self._nats.urls, stream=self._nats.new_stream(), max_bytes=max_bytes, ack_wait=5
+            )
+            queue = NatsQueue(settings)
         else:
-            fsync = request.param.split("-")[1]
-            queue = WalQueue(tmp_path / f"wal{len(made)}", max_bytes, fsync=fsync, dedupe_window=dedupe_window)
-        made.append(queue)
+            fsync = self.kind.split("-")[1]
+            path = self._tmp / f"wal{len(self.made)}"
+            queue = WalQueue(path, max_bytes, fsync=fsync, dedupe_window=dedupe_window)
+        self.made.append(queue)
         return queue
 
-    yield make
-    for queue in made:
+
+@pytest.fixture(params=["memory", "wal-always", "wal-interval", "nats"])
+def new_queue(request, tmp_path) -> Iterator[Queues]:
+    nats = request.getfixturevalue("nats_server") if request.param == "nats" else None
+    queues = Queues(request.param, tmp_path, nats)
+    yield queues
+    for queue in queues.made:
         queue.close()
 
 
@@ -46,21 +80,22 @@ def test_capacity_is_held_from_put_until_done_not_until_get(new_queue):
     for _ in range(4):
         q.put("ds", b"k", BATCH, 1)
     got = q.take(10, 0)
-    assert q.stats()["pending_bytes"] == 4 * SIZE and q.stats()["pending_batches"] == 4
+    assert 4 * (new_queue.unit - 128) <= q.stats()["pending_bytes"] <= 4 * new_queue.unit
+    assert q.stats()["pending_batches"] == 4
     q.confirm(got, None)
     assert q.stats()["pending_bytes"] == 0 and q.stats()["pending_batches"] == 0
 
 
 def test_a_full_queue_waits_then_refuses_naming_its_bound(new_queue):
-    q = new_queue(max_bytes=2 * SIZE)
+    q = new_queue(room=2)
     q.put("ds", b"k", BATCH, 1)
     q.put("ds", b"k", BATCH, 1)
-    with pytest.raises(QueueFull, match=rf"queue full: {2 * SIZE} of {2 * SIZE} bytes pending, waited 0\.05 s"):
+    with pytest.raises(QueueFull, match=r"queue full: .*(bytes pending|queue\.max_bytes).*waited 0\.05 s"):
         q.put("ds", b"k", BATCH, 0.05)
 
 
 def test_a_waiting_put_goes_in_once_done_releases_room(new_queue):
-    q = new_queue(max_bytes=SIZE)
+    q = new_queue(room=1)
     q.put("ds", b"k", BATCH, 1)
     entries = q.take(1, 0)
     put_done = threading.Event()
@@ -76,12 +111,17 @@ def test_a_waiting_put_goes_in_once_done_releases_room(new_queue):
     assert put_done.wait(30) and result == [2]
 
 
-def test_an_oversized_batch_is_admitted_when_nothing_is_pending(new_queue):
-    q = new_queue(max_bytes=10)
-    assert q.put("ds", b"k", BATCH, 0) == (1, False)
+def test_a_batch_larger_than_the_whole_bound_is_refused_at_once(new_queue):
+    q = new_queue(room=1)
+    big = pa.record_batch({"i": pa.array(range(2000), pa.int64())})  # 20 x BATCH
+    with pytest.raises(QueueWriteError, match=r"max_bytes"):
+        q.put("ds", b"k", big, 30)  # at once: it could never fit
+    assert q.put("ds", b"k", BATCH, 1) == (1, False)
 
 
 def test_a_known_client_id_returns_the_original_seq_within_the_window(new_queue):
+    if new_queue.kind == "nats":
+        pytest.skip("JetStream's window is a duration (queue.duplicate_window): tests/test_nats.py")
     q = new_queue(dedupe_window=2)
     assert q.put("ds", b"k", BATCH, 1, "a") == (1, False)
     assert q.put("ds", b"k", BATCH, 1, "a") == (1, True)
@@ -92,7 +132,9 @@ def test_a_known_client_id_returns_the_original_seq_within_the_window(new_queue)
 
 
 def test_put_many_takes_all_pieces_or_none(new_queue):
-    q = new_queue(max_bytes=SIZE * 5 // 2)
+    if new_queue.kind == "nats":
+        pytest.skip("one message per piece on JetStream; ids make a re-sent batch store only missing pieces")
+    q = new_queue(room=2.5)
     q.put("d", b"k", BATCH, 1.0)
     with pytest.raises(QueueFull):
         q.put_many("d", b"k", [BATCH, BATCH], 0.05, [None, None])  # one piece would fit, two do not
@@ -143,7 +185,7 @@ def test_counts_per_dataset_and_the_oldest_pending_age(new_queue):
     q.put("a", b"k", BATCH, 1)
     q.put("b", b"k", BATCH, 1)
     q.put("a", b"k", BATCH, 1)
-    assert q.received_by_dataset() == {"a": (2, 200, 2 * SIZE), "b": (1, 100, SIZE)}
+    assert q.received_by_dataset() == {"a": (2, 200, 2 * SIZE), "b": (1, 100, SIZE)}  # Arrow bytes
     stats = q.stats()
     assert stats["oldest_pending_age_s"] >= 0 and stats["received_batches"] == 3 and stats["received_rows"] == 300
     q.confirm(q.take(10, 0), None)
@@ -151,7 +193,7 @@ def test_counts_per_dataset_and_the_oldest_pending_age(new_queue):
 
 
 def test_a_duplicate_waiting_for_room_is_answered_as_one_once_its_twin_goes_in(new_queue):
-    q = new_queue(max_bytes=SIZE)
+    q = new_queue(room=1)
     q.put("ds", b"k", BATCH, 1)
     results: list[object] = []
     waiting = [threading.Thread(target=lambda: results.append(q.put("ds", b"k", BATCH, 30, "same"))) for _ in "ab"]
@@ -183,26 +225,34 @@ def test_confirm_and_reject_advance_the_position_and_release_capacity(new_queue)
     assert q.position.durable_through == 2
     assert q.position.describe(1) == {"seq": 1, "state": "failed", "error": "rejected by the Parquet encoder"}
     assert q.position.describe(2) == {"seq": 2, "state": "durable", "file": "ds/part-2.parquet"}
-    assert q.stats()["pending_batches"] == 1 and q.room() == 100 * SIZE - SIZE
+    full = 100 * new_queue.unit
+    assert q.stats()["pending_batches"] == 1 and full - new_queue.unit <= q.room() < full
     q.confirm([third], None)  # no rows, no file
-    assert q.position.durable_through == 3 and q.room() == 100 * SIZE
+    assert q.position.durable_through == 3 and q.room() == full
 
 
 def test_flush_asks_the_feed_and_returns_once_the_position_has_the_seqs(new_queue):
     q = new_queue()
     q.put("a", b"k", BATCH, 1)
     q.put("b", b"k", BATCH, 1)
+    # JetStream: a dataset's seqs are not known across processes, so writers write out every buffer and the
+    # flush waits for everything put before it
+    asked = [None] if new_queue.kind == "nats" else ["a"]
     assert q.flush("a", 0) is False  # nobody wrote it yet
-    assert q.flush_requests() == ["a"] and q.flush_requests() == []
+    assert _requests_arrive(q) == asked
     result: list[bool] = []
     waiter = threading.Thread(target=lambda: result.append(q.flush("a", 60)))
     waiter.start()
-    entries = q.take(10, 0)  # a writer: takes, sees the request, stores a's batch
-    assert _requests_arrive(q) == ["a"]
-    q.confirm([e for e in entries if e.dataset == "a"], "a/part-1.parquet")
+    a, b = q.take(10, 0)  # a writer: takes, sees the request, stores what it asks for
+    assert _requests_arrive(q) == asked
+    q.confirm([a], "a/part-1.parquet")
+    if new_queue.kind != "nats":
+        waiter.join(30)
+        assert result == [True] and q.position.describe(b.seq)["state"] == q.ack_state  # b was not asked for
+    q.confirm([b], "b/part-2.parquet")
     waiter.join(30)
-    assert result == [True] and q.position.describe(2)["state"] == q.ack_state  # b's batch was not asked for
-    assert q.flush("a", 0) is True  # nothing of a pending: nothing to ask
+    assert result == [True]
+    assert q.flush("a", 0) is True  # nothing pending: nothing to ask
 
 
 def test_flush_of_everything_and_close_ends_a_waiting_flush(new_queue):

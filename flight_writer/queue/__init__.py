@@ -34,8 +34,15 @@ __all__ = [
 ]
 
 
-def make_queue(settings: QueueSettings, history: int = 100_000) -> Queue:
-    """The queue that ``queue.type`` names; its position remembers the files of ``history`` seqs."""
+def make_queue(settings: QueueSettings, history: int = 100_000, role: str = "all") -> Queue:
+    """The queue that ``queue.type`` names; its position remembers the files of ``history`` seqs. ``role``
+    (``all``, ``ingest``, ``write``) is the part of it this process uses: only ``nats`` has more than ``all``."""
+    if settings.type == "nats":
+        from flight_writer.queue.nats import NatsQueue  # nats-py only where it is used
+
+        return NatsQueue(settings, role, history)
+    if role != "all":
+        raise ValueError(f"queue.type {settings.type!r} runs ingest and write in one process: role must be all")
     if settings.type == "memory":
         return MemoryQueue(settings.max_bytes, settings.dedupe_window, history=history)
     if settings.type == "wal":

@@ -1,0 +1,487 @@
+"""NATS JetStream queue: any number of ingest and write processes, on any machines, sharing one stream.
+
+A batch is one message on ``<stream>.data`` (Arrow IPC, lz4 by ``queue.compression``; headers: dataset,
+time received); its ``seq`` is the stream sequence, global across processes, and its reply says
+``logged`` once JetStream acknowledged the publish (stored, replicated when ``replicas`` > 1). Every publish
+carries a ``Nats-Msg-Id``: the producer's batch id, or one the process makes, so a publish retried after an
+ambiguous timeout is stored once; JetStream remembers ids for ``duplicate_window`` seconds (a duration, not
+the memory and WAL queues' count of ids). A full stream (``max_bytes``) refuses publishes: ``put`` retries
+until ``put_timeout``, then QueueFull. Batches over NATS's ``max_payload`` are refused with a message saying
+so (queue.max_payload notes in the README).
+
+Write processes share one durable pull consumer: JetStream spreads the messages over them and redelivers a
+message not acknowledged within ``ack_wait`` (its process died). A process keeps the messages it holds
+alive (``in_progress`` every ``ack_wait / 3``) while they wait in its buffers, and acknowledges them only
+after storage confirmed the object holding them and the durability record is published.
+
+Durability records on ``<stream>.records`` (``{"plan": path, "kind", "seqs"}``, ``{"durable": seqs,
+"file"}``, ``{"failed": seqs, "error"}``) are read by every process from the start: ingest processes answer
+``ack``/``status``/``flush`` from them whichever process received the batch, write processes learn the plans.
+Exactly once: a writer records its plan before the upload; a message redelivered after its writer died
+that belongs to an unconfirmed plan is stored as that plan says, under the same name, with the plan's
+other batches read from the stream by sequence (``get_msg``), so batches split across writers neither
+stall nor make a second copy; a message already in a confirmed object is acknowledged and dropped.
+
+``flush`` publishes a request on ``<stream>.flush`` to every write process (repeated each second, for
+messages delivered after it) and waits until everything up to the stream's last sequence is resolved;
+writers then write out every buffer, not only the dataset's: which seqs belong to a dataset is not known
+across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import nats
+import pyarrow as pa
+from loguru import logger
+from nats.js import api
+
+from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueClosed, QueueFull, QueueWriteError, count_for
+from flight_writer.queue.nats_link import Link
+from flight_writer.queue.wal_format import encode_ipc
+from flight_writer.seqs import parse_ranges, seq_ranges
+from flight_writer.settings import QueueSettings
+from flight_writer.tracker import DurabilityTracker
+
+ROLES = ("all", "ingest", "write")
+FETCH_BYTES = 32 << 20  # per fetch: JetStream drops a consumer whose pending bytes pass its max_pending (64 MB)
+FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
+STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
+
+
+class NatsQueue(Queue):
+    """Implements :class:`Queue` on NATS JetStream (see the module docstring). ``role`` says which side this
+    process uses: ``ingest`` cannot ``take``, ``write`` cannot ``put``."""
+
+    type = "nats"
+    ack_state = "logged"
+
+    def __init__(self, settings: QueueSettings, role: str = "all", history: int = 100_000) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        self._s = settings
+        self._role = role
+        self._name = f"flight-writer-{role}-{uuid.uuid4().hex[:8]}"
+        self._ipc = pa.ipc.IpcWriteOptions(
+            compression=None if settings.compression == "none" else settings.compression, use_threads=False
+        )
+        self._link = link = Link(settings, self._name)
+        self._lock = threading.Lock()
+        self._ids = 0
+        self._state: tuple[float, Any] = (0.0, None)
+        state = self._stream_state(fresh=True)
+        self._last_seq = state.last_seq
+        # work-queue retention deletes a message once acknowledged, i.e. stored: below the first one, all is
+        through = state.first_seq - 1 if state.messages else state.last_seq
+        self.position = DurabilityTracker(history, through, pending_state=self.ack_state)
+        self._plans: dict[int, Plan] = {}  # seq -> the unconfirmed plan holding it
+        self._held: dict[int, Any] = {}  # seq -> message delivered here, not yet confirmed
+        self._late: dict[int, Any] = {}  # messages of seqs this process already stores through a plan
+        self._redoing: set[str] = set()  # plans (paths) handed to the writer to redo
+        self._flushes: list[str | None] = []
+        self._woken = threading.Event()
+        self._refusing = False
+        self._received = [0, 0, 0]
+        self._by_dataset: dict[str, list[int]] = {}
+        self._avg_size = 1 << 20
+        self._records_applied = 0
+        self._subs: list[Any] = []
+        try:
+            link.run(self._subscribe(), timeout=60)
+            self._catch_up()
+        except BaseException:
+            link.close()
+            raise
+
+    async def _subscribe(self) -> None:
+        link, js = self._link, self._link.js
+        self._subs.append(
+            await js.subscribe(
+                link.records_subject,
+                stream=link.records_stream,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.ALL,
+                cb=self._on_record,
+            )
+        )
+        if self._role == "ingest":
+            return
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self._s.ack_wait, max_ack_pending=-1, max_deliver=-1
+        )
+        self._pull = await js.pull_subscribe(
+            link.data_subject, durable=self._s.consumer, stream=self._s.stream, config=config
+        )
+        self._subs.append(await link.nc.subscribe(link.flush_subject, cb=self._on_flush))
+        link.loop.create_task(self._keep_alive())
+
+    def _catch_up(self, timeout: float = 30.0) -> None:
+        """Wait until every record stored so far is applied (plans and confirmations of other processes)."""
+        last = self._link.run(self._link.js.stream_info(self._link.records_stream), timeout=30).state.last_seq
+        deadline = time.monotonic() + timeout
+        while self._records_applied < last and time.monotonic() < deadline:
+            time.sleep(0.005)  # applied on the loop thread; a few ms at start
+
+    # -- records ---------------------------------------------------------------------------------------
+    async def _on_record(self, msg: Any) -> None:
+        try:
+            record = json.loads(msg.data)
+        except ValueError:
+            logger.error("NATS: a durability record is not JSON; skipped")
+        else:
+            self._apply(record)
+        self._records_applied = msg.metadata.sequence.stream
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        if "plan" in record:
+            plan = Plan(record["plan"], record["kind"], tuple(parse_ranges(record["seqs"])), record.get("error"))
+            with self._lock:
+                for seq in plan.seqs:
+                    if not self.position.is_resolved(seq):
+                        self._plans[seq] = plan
+            return
+        if "durable" in record:
+            seqs = list(parse_ranges(record["durable"]))
+            self.position.mark_durable(seqs, record.get("file"))
+        elif "failed" in record:
+            seqs = list(parse_ranges(record["failed"]))
+            self.position.mark_failed(seqs, record.get("error", "failed"))
+        else:
+            return
+        with self._lock:
+            self._last_seq = max(self._last_seq, *seqs)
+            late = [m for s in seqs if (m := self._late.pop(s, None)) is not None]
+            for s in seqs:
+                if (plan := self._plans.pop(s, None)) is not None:
+                    self._redoing.discard(plan.path)
+        for m in late:  # their batches are in a stored object: done
+            self._link.spawn(m.ack())
+
+    async def _publish_record(self, record: dict[str, Any]) -> None:
+        await self._link.js.publish(
+            self._link.records_subject, json.dumps(record).encode(), stream=self._link.records_stream
+        )
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self._link.run(self._publish_record(record), timeout=60)
+        self._apply(record)
+
+    # -- ingest ----------------------------------------------------------------------------------------
+    def put(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batch: pa.RecordBatch,
+        timeout: float,
+        client_id: str | None = None,
+        *,
+        wait: bool = True,
+    ) -> Accepted:
+        if self._refusing:
+            raise QueueClosed("queue is closed")
+        if self._role == "write":
+            raise RuntimeError("a write process takes no batches (role = write)")
+        payload = encode_ipc(batch, self._ipc).to_pybytes()
+        if len(payload) > self._s.max_bytes:
+            raise QueueWriteError(
+                f"a batch of {len(payload)} bytes as Arrow IPC is larger than queue.max_bytes ({self._s.max_bytes}), "
+                "the stream's limit: it can never fit"
+            )
+        headers = {"fw-dataset": dataset, "fw-at": repr(time.time())}
+        if client_id is not None:
+            headers["Nats-Msg-Id"], headers["fw-id"] = client_id, "1"
+        else:
+            with self._lock:
+                self._ids += 1
+                headers["Nats-Msg-Id"] = f"{self._name}-{self._ids}"  # a retried publish is stored once
+        ack = self._link.run(self._publish(payload, headers, timeout))
+        with self._lock:
+            self._last_seq = max(self._last_seq, ack.seq)
+            if not ack.duplicate:
+                rows, nbytes = batch.num_rows, batch.get_total_buffer_size()
+                self._received[0] += 1
+                self._received[1] += rows
+                self._received[2] += nbytes
+                count_for(self._by_dataset, dataset, 1, rows, nbytes)
+        return Accepted(ack.seq, bool(ack.duplicate))
+
+    def put_many(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batches: list[pa.RecordBatch],
+        timeout: float,
+        client_ids: list[str | None],
+        *,
+        wait: bool = True,
+    ) -> list[Accepted]:
+        """One message per piece: not all or none (a failure leaves the earlier pieces queued; with batch
+        ids, sending the batch again stores only the missing ones)."""
+        return [self.put(dataset, schema_key, b, timeout, c) for b, c in zip(batches, client_ids, strict=True)]
+
+    async def _publish(self, payload: bytes, headers: dict[str, str], timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return await self._link.js.publish(
+                    self._link.data_subject,
+                    payload,
+                    timeout=max(0.5, min(5.0, remaining)),
+                    stream=self._s.stream,
+                    headers=headers,
+                )
+            except nats.errors.MaxPayloadError:
+                raise QueueWriteError(
+                    f"a batch of {len(payload)} bytes as Arrow IPC is over NATS's max_payload: send smaller batches "
+                    "or raise max_payload on the NATS servers"
+                ) from None
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in FULL:
+                    raise QueueWriteError(f"NATS refused the batch: {exc.description or exc}") from None
+                reason = f"queue full: stream {self._s.stream} holds queue.max_bytes ({self._s.max_bytes}) unstored"
+            except (TimeoutError, nats.errors.Error) as exc:
+                reason = f"NATS did not take the batch ({type(exc).__name__})"
+                self._link.last_error = reason
+            if self._refusing:
+                raise QueueClosed("queue is closed")
+            if remaining <= 0:
+                raise QueueFull(f"{reason}; waited {timeout:g} s")
+            await asyncio.sleep(min(delay, max(remaining, 0.001)))
+            delay = min(delay * 2, 0.5)
+
+    def flush(self, dataset: str | None, timeout: float | None) -> bool:
+        through = self.last_seq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        request = json.dumps({"dataset": None, "through": through}).encode()
+        while True:
+            if self.position.durable_through >= through:
+                return True
+            if self.position.closed:
+                return False
+            try:
+                self._link.run(self._link.nc.publish(self._link.flush_subject, request), timeout=10)
+            except Exception as exc:  # NATS away: keep waiting, ask again
+                self._link.last_error = f"NATS: flush request not sent ({type(exc).__name__})"
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if self.position.wait_through(through, 1.0 if remaining is None else min(1.0, max(0.0, remaining))):
+                return True
+            if self.position.closed or (remaining is not None and remaining <= 1.0):
+                return False
+
+    def refuse_puts(self) -> None:
+        self._refusing = True
+
+    @property
+    def last_seq(self) -> int:
+        state = self._stream_state()
+        with self._lock:
+            self._last_seq = max(self._last_seq, state.last_seq)
+            return self._last_seq
+
+    def _stream_state(self, fresh: bool = False) -> Any:
+        at, state = self._state
+        if fresh or state is None or time.monotonic() - at > STATE_TTL:
+            try:
+                state = self._link.run(self._link.js.stream_info(self._s.stream), timeout=10).state
+            except Exception as exc:
+                if state is None:
+                    raise
+                self._link.last_error = f"NATS: stream info unavailable ({type(exc).__name__})"
+            else:
+                self._state = (time.monotonic(), state)
+        return state
+
+    # -- feed ------------------------------------------------------------------------------------------
+    def take(self, max_items: int, timeout: float) -> list[Entry]:
+        if self._role == "ingest":
+            raise RuntimeError("an ingest process has no feed (role = ingest)")
+        if max_items <= 0:
+            self._woken.wait(timeout)
+            self._woken.clear()
+            return []
+        deadline = time.monotonic() + timeout
+        batch = max(1, min(max_items, FETCH_BYTES // max(1, self._avg_size)))
+        while True:
+            wait = max(0.01, min(0.1, deadline - time.monotonic()))
+            try:
+                msgs = self._link.run(self._pull.fetch(batch, timeout=wait))
+            except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            except nats.errors.Error as exc:
+                self._link.last_error = f"NATS: fetch failed ({type(exc).__name__})"
+                msgs = []
+            if msgs or self._woken.is_set() or time.monotonic() >= deadline:
+                break
+        self._woken.clear()
+        if msgs:
+            self._avg_size = (self._avg_size * 3 + sum(len(m.data) for m in msgs) // len(msgs)) // 4
+        return self._entries(msgs)
+
+    def _entries(self, msgs: list[Any]) -> list[Entry]:
+        entries: list[Entry] = []
+        done: list[Any] = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            with self._lock:
+                plan = self._plans.get(seq)
+                if self.position.is_resolved(seq):  # already in a stored object (its writer died before acking)
+                    done.append(msg)
+                    continue
+                if plan is not None and plan.path in self._redoing:  # its batch is being stored already
+                    self._late[seq] = msg
+                    continue
+                self._held[seq] = msg
+            entry = _entry(seq, msg.data, msg.headers or {}, msg)
+            if plan is None:
+                entries.append(entry)
+            else:
+                entries.extend(self._redo(plan, entry))
+        for msg in done:
+            self._link.spawn(msg.ack())
+        return entries
+
+    def _redo(self, plan: Plan, mine: Entry) -> list[Entry]:
+        """The entries of an unconfirmed plan, to store again as planned: ``mine`` and the others read from
+        the stream by sequence (another writer may hold their messages: it drops them once this confirms)."""
+        entries = [mine]
+        for seq in plan.seqs:
+            if seq == mine.seq:
+                continue
+            try:
+                raw = self._link.run(self._link.js.get_msg(self._s.stream, seq), timeout=30)
+            except nats.js.errors.NotFoundError:
+                self._catch_up()  # acknowledged, so its confirmation was published first
+                if all(self.position.is_resolved(s) for s in plan.seqs):
+                    with self._lock:
+                        msg = self._held.pop(mine.seq)
+                    self._link.spawn(msg.ack())
+                    return []
+                logger.error("plan {}: seq {} is missing from the stream; storing what is left", plan.path, seq)
+                return [mine]
+            entries.append(_entry(seq, raw.data, raw.headers or {}, None))
+        with self._lock:
+            self._redoing.add(plan.path)
+        for entry in entries:
+            entry.planned = plan
+        return entries
+
+    def flush_requests(self) -> list[str | None]:
+        if not self._flushes:
+            return []
+        with self._lock:
+            requests, self._flushes = self._flushes, []
+            return requests
+
+    async def _on_flush(self, msg: Any) -> None:
+        with self._lock:
+            if None not in self._flushes:
+                self._flushes.append(None)  # every buffer: what a dataset holds is not known across processes
+        self._woken.set()
+
+    async def _keep_alive(self) -> None:
+        while not self._link.nc.is_closed:
+            await asyncio.sleep(self._s.ack_wait / 3)
+            with self._lock:
+                msgs = [*self._held.values(), *self._late.values()]
+            for msg in msgs:
+                try:
+                    await msg.in_progress()
+                except Exception:  # disconnected: redelivery may follow; the plans keep it exactly once
+                    break
+
+    def plan(self, plan: Plan) -> None:
+        record: dict[str, Any] = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
+        if plan.error is not None:
+            record["error"] = plan.error
+        self._link.run(self._publish_record(record), timeout=60)
+
+    def confirm(self, entries: list[Entry], path: str | None) -> None:
+        if entries:
+            self._resolved(entries, {"durable": seq_ranges(sorted(e.seq for e in entries)), "file": path})
+
+    def reject(self, entries: list[Entry], error: str) -> None:
+        if entries:
+            self._resolved(entries, {"failed": seq_ranges(sorted(e.seq for e in entries)), "error": error})
+
+    def _resolved(self, entries: list[Entry], record: dict[str, Any]) -> None:
+        self._record(record)  # published before the acks: a redelivered message finds it resolved
+        with self._lock:
+            msgs = [m for e in entries if (m := self._held.pop(e.seq, None)) is not None]
+        if msgs:
+            self._link.run(_ack_all(msgs), timeout=60)
+            self._state = (0.0, self._state[1])  # room changed: ask the stream again
+
+    def room(self) -> int:
+        return self._s.max_bytes - self._stream_state().bytes
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    # -- both ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._refusing = True
+        self._woken.set()
+        self.position.close()
+        self._link.close()
+
+    def stats(self) -> dict[str, Any]:
+        state = self._stream_state(fresh=True)
+        age = self._age_of(state.first_seq) if state.messages else None  # outside the lock: the loop takes it
+        with self._lock:
+            stats: dict[str, Any] = {
+                "pending_batches": state.messages,  # in the stream: not yet stored, by any process
+                "pending_bytes": state.bytes,
+                "queued_batches": None,
+                "received_batches": self._received[0],  # by this process
+                "received_rows": self._received[1],
+                "received_bytes": self._received[2],
+                "oldest_pending_age_s": age,
+                "nats_stream": self._s.stream,
+                "nats_connected": self._link.nc.is_connected,
+                "role": self._role,
+            }
+        if self._link.last_error and not self._link.nc.is_connected:
+            stats["queue_error"] = self._link.last_error
+        return stats
+
+    def _age_of(self, seq: int) -> float | None:
+        """Seconds since the batch ``seq`` was received (one read of the stream)."""
+        try:
+            raw = self._link.run(self._link.js.get_msg(self._s.stream, seq), timeout=10)
+        except Exception:  # stored meanwhile, or NATS away: no age to tell
+            return None
+        return round(max(0.0, time.time() - float((raw.headers or {}).get("fw-at", time.time()))), 3)
+
+    def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
+        with self._lock:
+            return {name: (c[0], c[1], c[2]) for name, c in self._by_dataset.items()}
+
+
+async def _ack_all(msgs: list[Any]) -> None:
+    """Acknowledge every message, the last one waiting for the server's answer: acks of one connection are
+    handled in order, so then all are (and work-queue retention has deleted them)."""
+    for msg in msgs[:-1]:
+        await msg.ack()
+    await msgs[-1].ack_sync()
+
+
+def _entry(seq: int, data: bytes, headers: dict[str, str], msg: Any) -> Entry:
+    batch = pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch()
+    return Entry(
+        seq,
+        headers.get("fw-dataset", ""),
+        batch.schema.serialize().to_pybytes(),
+        batch,
+        float(headers.get("fw-at", time.time())),
+        len(data),  # what it takes of the stream's max_bytes
+        headers.get("Nats-Msg-Id") if headers.get("fw-id") else None,
+        msg,
+    )

@@ -1,0 +1,138 @@
+"""The connection to NATS: one asyncio loop on a thread of its own, called from the server's and writer's
+threads (nats-py is asyncio-only; one bridge call costs ~150 us, FACTS.md, so the queue makes one per batch
+or per group), and the two JetStream streams the queue uses, created if missing:
+
+- ``<stream>`` on ``<stream>.data``: the batches. Work-queue retention (a message is deleted once a writer
+  acknowledges it, which it does only after storage confirmed the object holding it), ``discard = new``
+  with ``max_bytes = queue.max_bytes`` (a full stream refuses publishes: backpressure, never dropped data),
+  file storage, ``replicas``, and ``duplicate_window`` for batch ids (``Nats-Msg-Id``).
+- ``<stream>_RECORDS`` on ``<stream>.records``: the durability records (plans, durable and failed seqs)
+  every process reads from the start. Limits retention, kept for ``RECORDS_AGE`` seconds: a process that
+  starts later takes ``durable_through`` from the data stream's first sequence and needs only the newer
+  records.
+
+``<stream>.flush`` is a plain NATS subject (not stored): flush requests to every write process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import nats
+from loguru import logger
+from nats.js import api
+
+from flight_writer.settings import QueueSettings, without_password
+
+T = TypeVar("T")
+RECORDS_AGE = 24 * 3600.0
+
+
+class Link:
+    """A connected NATS client on its own loop thread. ``run(coro)`` runs a coroutine there and returns
+    its result to the calling thread; ``spawn(coro)`` starts one without waiting."""
+
+    def __init__(self, settings: QueueSettings, name: str) -> None:
+        self.settings = settings
+        self.data_subject = f"{settings.stream}.data"
+        self.records_subject = f"{settings.stream}.records"
+        self.flush_subject = f"{settings.stream}.flush"
+        self.records_stream = f"{settings.stream}_RECORDS"
+        self.last_error: str | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="flight-writer-nats", daemon=True)
+        self._thread.start()
+        try:
+            self.nc = self.run(self._connect(name), timeout=60)
+            self.js = self.nc.jetstream()
+            self.run(self._ensure_streams(), timeout=60)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if not self.loop.is_running():
+            coro.close()
+            raise ConnectionError("the NATS connection is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def _connect(self, name: str) -> Any:
+        s = self.settings
+        options: dict[str, Any] = {
+            "servers": list(s.url),
+            "name": name,
+            "max_reconnect_attempts": -1,  # keep trying: NATS coming back is recovery without a restart
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        if s.user:
+            options.update(user=s.user, password=s.password)
+        if s.token:
+            options["token"] = s.token
+        if s.creds_file:
+            options["user_credentials"] = s.creds_file
+        return await nats.connect(**options)
+
+    async def _ensure_streams(self) -> None:
+        s = self.settings
+        await self._ensure(
+            api.StreamConfig(
+                name=s.stream,
+                subjects=[self.data_subject],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                discard=api.DiscardPolicy.NEW,
+                max_bytes=s.max_bytes,
+                storage=api.StorageType.FILE,
+                num_replicas=s.replicas,
+                duplicate_window=s.duplicate_window,
+            )
+        )
+        await self._ensure(
+            api.StreamConfig(
+                name=self.records_stream,
+                subjects=[self.records_subject],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=RECORDS_AGE,
+                storage=api.StorageType.FILE,
+                num_replicas=s.replicas,
+            )
+        )
+
+    async def _ensure(self, config: api.StreamConfig) -> None:
+        try:
+            await self.js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(config)
+            logger.info("created JetStream stream {} ({})", config.name, ", ".join(config.subjects or []))
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.last_error = f"NATS: {type(exc).__name__}: {exc}"
+
+    async def _on_disconnected(self) -> None:
+        self.last_error = "NATS: disconnected; reconnecting"
+        logger.warning("NATS disconnected; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        self.last_error = None
+        logger.info("NATS reconnected to {}", without_password(str(self.nc.connected_url.geturl())))
+
+    def close(self) -> None:
+        if hasattr(self, "nc") and not self.nc.is_closed:
+            try:
+                self.run(self.nc.close(), timeout=10)
+            except Exception as exc:  # closing: nothing left to save
+                logger.warning("NATS close: {}", exc)
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+        if not self.loop.is_running() and not self.loop.is_closed():
+            self.loop.close()
