@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the Flight ingestion server")
     serve.add_argument("--config", help="a TOML settings file (see configs/settings.toml)")
+    serve.add_argument(
+        "--role",
+        choices=("all", "ingest", "write"),
+        default="all",
+        help="all: take batches and write them (default); ingest or write: one side, with queue.type = nats",
+    )
     check = sub.add_parser("check", help="exit 0 if a server answers the status action")
     check.add_argument("--location", default="grpc://127.0.0.1:8815")
     check.add_argument("--tls-ca", help="PEM file of the CA that signed a grpc+tls:// server's certificate")
@@ -44,18 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         return _hash_secret()
     if args.command == "check":
         return _check(args.location, args.tls_ca)
-    return _serve(args.config)
+    return _serve(args.config, args.role)
 
 
-def _serve(config: str | None) -> int:
+def _serve(config: str | None, role: str = "all") -> int:
     try:
         settings = load_settings(config)
+        if role != "all" and settings.queue.type != "nats":
+            shared = settings.queue.type
+            raise ConfigError(f"--role {role} needs queue.type = nats (a queue processes share), not {shared}")
     except ConfigError as exc:
         print(f"flight-writer: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
     _tune_malloc(settings.writer.threads)
-    service = Service(settings)
+    service = Service(settings, role=role)
     try:
         service.start()
     except (StorageError, OSError) as exc:

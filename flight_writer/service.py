@@ -31,7 +31,10 @@ from flight_writer.writer import Writer
 
 class Service:
     """One process of flight-writer: a queue, the writer draining its feed into storage, and the Flight
-    server putting into it; ``start``/``stop`` (or ``with``) open and close them in order."""
+    server putting into it; ``start``/``stop`` (or ``with``) open and close them in order.
+
+    ``role``: ``all`` (the default: both in this process), ``ingest`` (the Flight server only) or ``write``
+    (the writer only); the last two need a queue shared between processes (``queue.type = "nats"``)."""
 
     def __init__(
         self,
@@ -39,15 +42,19 @@ class Service:
         *,
         queue: Queue | None = None,
         storage: Storage | opendal.Operator | None = None,
+        role: str = "all",
     ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         self.settings = settings or Settings()
+        self.role = role
         self._queue_arg = queue
         self._storage_arg = storage
         self._state = "unopened"
         self.queue: Queue
         self.storage: Storage
-        self.writer: Writer
-        self.server: FlightWriterServer
+        self.writer: Writer | None = None
+        self.server: FlightWriterServer | None = None
         self.metrics: Metrics | None = None
         #: after stop(): calls were still open at server.shutdown_timeout (they end with the process)
         self.calls_open = False
@@ -60,6 +67,8 @@ class Service:
 
     @property
     def port(self) -> int:
+        if self.server is None:
+            raise RuntimeError("a write process has no Flight server")
         return self.server.port
 
     @property
@@ -88,43 +97,48 @@ class Service:
                 raise
             check_error = str(exc)
             logger.error("{} (storage.startup_check = false: starting anyway)", exc)
-        self.queue = self._queue_arg or make_queue(s.queue, s.server.ack_history)
-        self.storage.remove_partials()
-        self.writer = Writer(self.queue, self.storage, s.writer, s.datasets, crashed=self.queue.close).start()
-        if check_error is not None:
-            self.writer.report_error(check_error)
+        self.queue = self._queue_arg or make_queue(s.queue, s.server.ack_history, self.role)
         try:
-            self.server = FlightWriterServer(
-                s.server.location,
-                self.queue,
-                self.status,
-                s.queue.put_timeout,
-                self.storage,
-                s.flight_sql,
-                s.server,
-                auth,
-                s.datasets,
-                **_tls_options(s),
-            )
+            if self.role != "ingest":
+                # write processes share the root: only what no one has touched for an hour is a crash's
+                self.storage.remove_partials(None if self.role == "all" else 3600.0)
+                self.writer = Writer(self.queue, self.storage, s.writer, s.datasets, crashed=self.queue.close)
+                self.writer.start()
+                if check_error is not None:
+                    self.writer.report_error(check_error)
+            if self.role != "write":
+                self.server = FlightWriterServer(
+                    s.server.location,
+                    self.queue,
+                    self.status,
+                    s.queue.put_timeout,
+                    self.storage,
+                    s.flight_sql,
+                    s.server,
+                    auth,
+                    s.datasets,
+                    **_tls_options(s),
+                )
             if s.metrics.listen:
                 self.metrics = Metrics(s.metrics, self.status, self.not_ready)
-                self.writer.file_listeners.append(self.metrics.file_stored)
+                if self.writer is not None:
+                    self.writer.file_listeners.append(self.metrics.file_stored)
                 if isinstance(self.queue, WalQueue):
                     self.queue.fsync_listeners.append(self.metrics.wal_fsync)
                 self.metrics.start()
         except Exception:  # e.g. the port is taken: give back what was opened (the WAL's lock and threads)
-            if hasattr(self, "server"):
+            if self.server is not None:
                 self.server.shutdown()
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
             self.queue.close()
             raise
         self._started_at = time.monotonic()
         self._state = "opened"
         logger.info(
-            "flight-writer {} listening on {} (port {}) queue={} storage={}:{} settings={}",
+            "flight-writer {} {} queue={} storage={}:{} settings={}",
             __version__,
-            s.server.location,
-            self.port,
+            f"listening on {s.server.location} (port {self.port})" if self.server else "writing (role = write)",
             self.queue.type,
             self.storage.service,
             self.storage.root,
@@ -139,6 +153,22 @@ class Service:
         if self._state != "opened":
             return True
         self._state = "closing"
+        if self.server is not None:
+            self._stop_calls()
+        finished = True
+        if self.writer is not None:
+            logger.info("stopping: writing {} pending batches", self.queue.stats()["pending_batches"])
+            finished = self.writer.close(timeout)
+        self.queue.close()
+        self._state = "closed"
+        logger.info("stopped: durable through seq {}", self.tracker.durable_through)
+        if self.metrics is not None:  # last: /readyz said "shutting down" during the stop
+            self.metrics.close()
+        return finished
+
+    def _stop_calls(self) -> None:
+        """Let calls in flight finish, for up to ``server.shutdown_timeout`` seconds."""
+        assert self.server is not None
         logger.info("stopping: finishing calls in flight")
         calls = threading.Thread(target=self.server.shutdown, name="flight-writer-shutdown", daemon=True)
         calls.start()
@@ -154,14 +184,6 @@ class Service:
                 self.settings.server.shutdown_timeout,
             )
             self.calls_open = True
-        logger.info("stopping: writing {} pending batches", self.queue.stats()["pending_batches"])
-        finished = self.writer.close(timeout)
-        self.queue.close()
-        self._state = "closed"
-        logger.info("stopped: durable through seq {}", self.tracker.durable_through)
-        if self.metrics is not None:  # last: /readyz said "shutting down" during the stop
-            self.metrics.close()
-        return finished
 
     def reload(self, new: Settings) -> tuple[list[str], list[str]]:
         """Apply what can change while running (SIGHUP); returns (settings changed now, settings that
@@ -170,7 +192,7 @@ class Service:
         nothing changes then. Logging is the caller's (``log.*`` are returned as changed)."""
         before, after = _flat(self.settings), _flat(new)
         changed = [name for name, value in after.items() if before[name] != value]
-        auth = self.server.authenticator
+        auth = self.server.authenticator if self.server is not None else None
         if auth is not None and new.auth.principals_file:  # another file, while auth stays on: live too
             live_names = (*LIVE, "auth.principals_file")
             auth.reload(load_principals(new.auth.principals_file))  # raises before anything changed
@@ -180,13 +202,15 @@ class Service:
         restart = [n for n in changed if n not in live]
         kept = {name: before[name] for name in restart}  # these stay as they are
         self.settings = _with(new, kept)
-        self.writer.update(self.settings.writer)
-        self.server.update(self.settings.server, self.settings.flight_sql, self.settings.queue.put_timeout)
+        if self.writer is not None:
+            self.writer.update(self.settings.writer)
+        if self.server is not None:
+            self.server.update(self.settings.server, self.settings.flight_sql, self.settings.queue.put_timeout)
         return live, restart  # metrics.ready_* are read from self.settings at each /readyz
 
     def abort(self) -> None:
         """Stop retrying storage now; used by a second signal."""
-        if self._state in ("opened", "closing"):
+        if self._state in ("opened", "closing") and self.writer is not None:
             self.writer.abort()
 
     def __enter__(self) -> Service:
@@ -218,27 +242,31 @@ class Service:
 
     def status(self) -> dict[str, Any]:
         q = self.queue.stats()
-        return {
+        status = {
             "version": __version__,
             "received_seq": self.queue.last_seq,
             "durable_through": self.tracker.durable_through,
             **q,
-            **self.writer.stats(),
+            **(self.writer.stats() if self.writer is not None else _no_writer(q)),
             "oldest_pending_seq": self.tracker.durable_through + 1
             if self.tracker.durable_through < self.queue.last_seq
             else None,
             "queue": self.queue.type,
             "queue_max_bytes": self.settings.queue.max_bytes,
-            "active_streams": self.server.active_streams,
+            "active_streams": self.server.active_streams if self.server is not None else 0,
+            "role": self.role,
             "storage": self.storage.describe(),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "datasets": self.busiest_datasets(self.settings.metrics.datasets),
         }
+        if status["last_error"] is None and q.get("queue_error"):  # NATS away: the queue says so
+            status["last_error"] = q["queue_error"]
+        return status
 
     def busiest_datasets(self, n: int) -> dict[str, dict[str, int]]:
         """Received and written counts of the ``n`` datasets that received the most Arrow bytes since start."""
         received = self.queue.received_by_dataset()
-        written = self.writer.written_by_dataset()
+        written = self.writer.written_by_dataset() if self.writer is not None else {}
         names = sorted(received.keys() | written.keys(), key=lambda d: received.get(d, (0, 0, 0))[2], reverse=True)
         busiest = {}
         for name in names[:n]:
@@ -252,6 +280,27 @@ class Service:
                 "bytes_written": w[2],
             }
         return busiest
+
+
+ROLES = ("all", "ingest", "write")
+
+
+def _no_writer(queue_stats: dict[str, Any]) -> dict[str, Any]:
+    """An ingest process's writer counters: none of its own (the write processes have them); its last error
+    is the queue's (NATS unreachable)."""
+    error = queue_stats.get("queue_error")
+    return {
+        "files_written": 0,
+        "rows_written": 0,
+        "bytes_written": 0,
+        "batches_failed": 0,
+        "open_buffers": 0,
+        "buffers_sealed_early": 0,
+        "retries": 0,
+        "retries_by_kind": [],
+        "last_error": error,
+        "error_for_s": 0.0 if error else None,
+    }
 
 
 # settings that can change without a restart (Service.reload); a prefix matches a whole section

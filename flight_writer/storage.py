@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from typing import Any
 
@@ -144,13 +145,17 @@ class Storage:
         """Move a complete temporary object from ``local_tmp`` to ``path`` (a rename: all or nothing)."""
         self.operator.rename(tmp, path)
 
-    def remove_partials(self) -> None:
-        """Delete what a crash left under ``_tmp/`` (one server per storage root)."""
+    def remove_partials(self, older_than: float | None = None) -> None:
+        """Delete what a crash left under ``_tmp/``: everything (one process writes to this root), or with
+        ``older_than`` only files untouched for that many seconds (write processes share the root: another's
+        file in the making is written to continuously, and a file job takes seconds to minutes)."""
         if not self._can_rename:
             return
+        now = time.time()
         for path in self.list(TMP_DIR):
             with contextlib.suppress(Exception):
-                self.operator.delete(path)
+                if older_than is None or now - os.path.getmtime(os.path.join(self.root, path)) > older_than:
+                    self.operator.delete(path)
 
     def read(self, path: str) -> bytes:
         return bytes(self.operator.read(path))
