@@ -202,7 +202,13 @@ class ServerProcess:
     """``flight-writer serve`` in a subprocess; its port is read from the startup line and its stderr is
     drained by a thread (so the server never blocks on a full pipe) into ``lines``."""
 
-    def __init__(self, config: Path | None, env: dict[str, str] | None = None, cmd: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path | None,
+        env: dict[str, str] | None = None,
+        cmd: list[str] | None = None,
+        ready: str = "(port ",
+    ) -> None:
         self.proc = subprocess.Popen(
             cmd or [sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)],
             stderr=subprocess.PIPE,
@@ -215,8 +221,9 @@ class ServerProcess:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
-        line = self.wait_for_log("(port ", 60)
-        self.port = int(re.search(r"\(port (\d+)\)", line).group(1))  # type: ignore[union-attr]
+        line = self.wait_for_log(ready, 60)
+        found = re.search(r"\(port (\d+)\)", line)
+        self.port = int(found.group(1)) if found else 0  # a write process has none
         self.location = f"grpc://127.0.0.1:{self.port}"
 
     def _drain(self) -> None:
@@ -261,8 +268,10 @@ class ServerProcess:
 def server_process() -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def start(config: Path | None, env: dict[str, str] | None = None, cmd: list[str] | None = None) -> ServerProcess:
-        started.append(ServerProcess(config, env, cmd))
+    def start(
+        config: Path | None, env: dict[str, str] | None = None, cmd: list[str] | None = None, ready: str = "(port "
+    ) -> ServerProcess:
+        started.append(ServerProcess(config, env, cmd, ready))
         return started[-1]
 
     yield start
