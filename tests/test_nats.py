@@ -4,7 +4,13 @@ processes), sharing one stream and one storage root, against a real nats-server.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import natsd
@@ -12,8 +18,13 @@ import pyarrow.flight as flight
 import pytest
 
 from flight_writer import Service
+from flight_writer.config import QueueSettings
+from flight_writer.queue import Plan
+from flight_writer.queue.nats import NatsQueue
 
-from conftest import STOP_TIMEOUT, action, ints, parquet_files, put, read_dataset, settings_for
+from conftest import STOP_TIMEOUT, action, ints, parquet_files, put, read_dataset, settings_for, write_config
+
+KILLS = 20  # per run: the target the issue sets
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +54,17 @@ def roles(root: Path, nats: natsd.Nats, *names: str, **queue) -> Iterator[list[S
 
 
 def test_ingest_and_write_roles_store_every_batch_once(data_root, nats_server):
-    with roles(data_root, nats_server, "write", "write", "ingest") as (_, _, ingest):
-        with flight.connect(ingest.location) as c:
-            replies = put(c, "spans", [ints(1000, k * 1000) for k in range(20)])
-            assert [r["seq"] for r in replies] == list(range(1, 21))
-            assert {r["state"] for r in replies} == {"logged"}  # JetStream acknowledged each publish
-            flushed = action(c, "flush")
-            assert flushed["durable_through"] == 20
-            acks = action(c, "ack", {"seqs": [1, 20]})["acks"]
-            assert [a["state"] for a in acks] == ["durable", "durable"]
+    with (
+        roles(data_root, nats_server, "write", "write", "ingest") as (_, _, ingest),
+        flight.connect(ingest.location) as c,
+    ):
+        replies = put(c, "spans", [ints(1000, k * 1000) for k in range(20)])
+        assert [r["seq"] for r in replies] == list(range(1, 21))
+        assert {r["state"] for r in replies} == {"logged"}  # JetStream acknowledged each publish
+        flushed = action(c, "flush")
+        assert flushed["durable_through"] == 20
+        acks = action(c, "ack", {"seqs": [1, 20]})["acks"]
+        assert [a["state"] for a in acks] == ["durable", "durable"]
     got = read_dataset(data_root, "spans", sort_by="i").column("i").to_pylist()
     assert got == list(range(20_000))
 
@@ -93,3 +106,172 @@ def test_durable_streams_go_through_any_ingest_process(data_root, nats_server):
         final = replies[-1]
         assert final["state"] == "durable" and final["durable_through"] >= 2 and final["files"]
     assert len(parquet_files(data_root, "dur")) >= 1
+
+
+# -- the queue itself: plans redone across writers, messages kept alive --------------------------------
+def queue_settings(nats: natsd.Nats, **values) -> QueueSettings:
+    return QueueSettings(type="nats", url=nats.urls, stream=nats.new_stream(), **{"ack_wait": 1.0, **values})
+
+
+def test_a_plan_whose_writer_died_is_redone_as_planned_by_every_writer_that_gets_part_of_it(nats_server):
+    settings = queue_settings(nats_server)
+    dead = NatsQueue(settings)
+    dead.put("ds", b"k", ints(10), 5)
+    dead.put("ds", b"k", ints(10, 10), 5)
+    plan = Plan("ds/date=2026-11-27/hour=21/part-x.parquet", "parquet", (1, 2))
+    assert [e.seq for e in dead.take(10, 5)] == [1, 2]
+    dead.plan(plan)
+    dead.close()  # died after recording its plan, before storing: nothing acknowledged
+    first, second = NatsQueue(settings, "write"), NatsQueue(settings, "write")
+    try:
+        got = first.take(1, 30)  # seq 1, redelivered after ack_wait; seq 2 is read from the stream
+        assert sorted(e.seq for e in got) == [1, 2] and {e.planned for e in got} == {plan}
+        also = second.take(1, 30)  # seq 2, redelivered here: the same plan, the same object name
+        assert sorted(e.seq for e in also) == [1, 2] and {e.planned for e in also} == {plan}
+        assert got[0].batch.equals(ints(10)) or got[1].batch.equals(ints(10))
+        first.confirm(got, plan.path)
+        second.confirm(also, plan.path)  # the same object again: overwritten, not a second copy
+        assert first.position.durable_through == 2 and first.stats()["pending_batches"] == 0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_batch_already_in_a_confirmed_object_is_dropped_when_redelivered(nats_server):
+    settings = queue_settings(nats_server)
+    slow = NatsQueue(settings)
+    slow.put("ds", b"k", ints(10), 5)
+    entries = slow.take(10, 5)
+    other = NatsQueue(settings, "write")
+    try:
+        slow.confirm(entries, "ds/part-1.parquet")  # confirmed, and acknowledged
+        assert other.take(10, 0.5) == []  # nothing comes back
+        assert other.position.describe(1)["state"] == "durable"
+    finally:
+        slow.close()
+        other.close()
+
+
+def test_batches_buffered_longer_than_ack_wait_stay_with_their_writer(nats_server):
+    settings = queue_settings(nats_server, ack_wait=1.0)
+    holder, other = NatsQueue(settings), NatsQueue(settings, "write")
+    try:
+        holder.put("ds", b"k", ints(10), 5)
+        entries = holder.take(10, 5)
+        # three ack_waits in a buffer: the keepalive (in_progress every ack_wait / 3) keeps them here
+        assert other.take(10, 3.0) == []
+        holder.confirm(entries, "ds/part-1.parquet")
+        assert holder.stats()["pending_batches"] == 0
+    finally:
+        holder.close()
+        other.close()
+
+
+def test_the_dedupe_window_is_a_duration(nats_server):
+    q = NatsQueue(queue_settings(nats_server, duplicate_window=1.0))
+    try:
+        assert q.put("ds", b"k", ints(1), 5, "a") == (1, False)
+        assert q.put("ds", b"k", ints(1), 5, "a") == (1, True)
+        time.sleep(1.5)  # the window is a duration: after it, the id is new again
+        assert q.put("ds", b"k", ints(1), 5, "a") == (2, False)
+    finally:
+        q.close()
+
+
+# -- processes: kill -9 of writers and ingest processes, of NATS itself -----------------------------------
+def cluster_config(tmp_path: Path, root: Path, nats: natsd.Nats, stream: str, extra: str = "") -> Path:
+    urls = ", ".join(f'"{u}"' for u in nats.urls)
+    return write_config(
+        tmp_path / "fw.toml",
+        root,
+        f"""
+[queue]
+type = "nats"
+url = [{urls}]
+stream = "{stream}"
+ack_wait = 2.0
+put_timeout = 60.0
+[writer]
+flush_interval = 0.3
+max_file_rows = 20000
+{extra}""",
+    )
+
+
+def serve(role: str, config: Path) -> list[str]:
+    return [sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config), "--role", role]
+
+
+class Producer:
+    """Sends numbered 1,000-row batches with ids (``b<k>``), ten per stream, re-sending a stream whose call
+    failed (the ingest process died, NATS was away): what it was told is safe is in ``acked``."""
+
+    def __init__(self, location: Callable[[], str]) -> None:
+        self.location = location
+        self.acked: set[int] = set()
+        self.stop = threading.Event()
+        self.errors = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        k = 0
+        while not self.stop.is_set():
+            ks = list(range(k, k + 10))
+            try:
+                with flight.connect(self.location()) as c:
+                    replies = put(c, "kills", [ints(1000, j * 1000) for j in ks], ids=[f"b{j}" for j in ks])
+            except (flight.FlightError, OSError):
+                self.errors += 1
+                time.sleep(0.1)  # the process is being restarted; try the same batches again
+                continue
+            self.acked.update(int(r["id"][1:]) for r in replies)
+            k += 10
+
+    def finish(self) -> set[int]:
+        self.stop.set()
+        self.thread.join(120)
+        return self.acked
+
+
+def exactly_once(root: Path, acked: set[int]) -> None:
+    values = read_dataset(root, "kills").column("i").to_numpy()
+    counts = Counter((values // 1000).tolist())
+    assert not [k for k, n in counts.items() if n != 1000], "a batch stored more or less than once"
+    assert acked <= set(counts), f"lost: {sorted(acked - set(counts))[:10]}"
+
+
+def test_killed_write_processes_lose_nothing_and_store_nothing_twice(tmp_path, data_root, nats_server, server_process):
+    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream())
+    ingest = server_process(config, cmd=serve("ingest", config))
+    writers = [server_process(config, cmd=serve("write", config), ready="writing (role = write)") for _ in "ab"]
+    producer = Producer(lambda: ingest.location)
+    rng = random.Random(int(os.environ.get("CRASH_SEED", random.randrange(1 << 30))))
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(0.2, 0.8))  # mid-file: files are sealed every 0.3 s
+        victim = rng.randrange(len(writers))
+        writers[victim].close()  # kill -9
+        writers[victim] = server_process(config, cmd=serve("write", config), ready="writing (role = write)")
+    acked = producer.finish()
+    with flight.connect(ingest.location) as c:
+        assert action(c, "flush")["durable_through"] >= len(acked)
+    assert len(acked) >= 100
+    exactly_once(data_root, acked)
+
+
+def test_a_killed_ingest_process_loses_nothing_its_producers_send_again(
+    tmp_path, data_root, nats_server, server_process
+):
+    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream())
+    server_process(config, cmd=serve("write", config), ready="writing (role = write)")
+    ingest = [server_process(config, cmd=serve("ingest", config))]
+    producer = Producer(lambda: ingest[0].location)
+    for _ in range(5):
+        time.sleep(0.5)
+        ingest[0].close()  # kill -9 mid-stream: the producer's stream fails and is sent again
+        ingest[0] = server_process(config, cmd=serve("ingest", config))
+    acked = producer.finish()
+    with flight.connect(ingest[0].location) as c:
+        action(c, "flush")
+    assert producer.errors >= 1 and len(acked) >= 50
+    exactly_once(data_root, acked)
