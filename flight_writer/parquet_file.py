@@ -182,7 +182,7 @@ class ParquetFile:
         plan = self._plan
         if plan is None:
             plan = Plan(self.path, "parquet", seqs)
-            ctx.retry(f"record the plan for {self.path}", lambda: ctx.queue.plan(plan), (Exception,))
+            ctx.retry(f"record the plan for {self.path}", lambda: ctx.queue.plan(plan, entries), (Exception,))
         ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
         upload_s = time.monotonic() - started
         rows = sum(e.batch.num_rows for e in entries)
@@ -249,7 +249,7 @@ class ParquetFile:
                     raise
                 path = f"_failed/{e.dataset}/seq-{e.seq:012d}.arrow"
                 plan = Plan(path, "failed", (e.seq,), f"{type(exc).__name__}: {exc} (batch kept at {path})")
-                ctx.retry(f"record the plan for {path}", lambda p=plan: ctx.queue.plan(p), (Exception,))
+                ctx.retry(f"record the plan for {path}", lambda p=plan, e=e: ctx.queue.plan(p, [e]), (Exception,))
                 self._store_rejected(e, plan)
             else:
                 good.append(e)

@@ -17,6 +17,7 @@ from typing import Any
 from loguru import logger
 
 from flight_writer.config import WriterSettings
+from flight_writer.queue.base import QueueLost
 from flight_writer.storage import PERMANENT_ERRORS, first_line
 
 
@@ -44,6 +45,8 @@ class Retries:
         while True:
             try:
                 result = action()
+            except QueueLost:
+                raise  # retrying cannot bring the batches back: they come again from the feed
             except transient as exc:
                 kind = (what.split(" ", 1)[0], type(exc).__name__)  # e.g. ("upload", "Unexpected")
                 with self._lock:

@@ -39,7 +39,7 @@ from loguru import logger
 
 from flight_writer.config import DatasetSettings, WriterSettings
 from flight_writer.parquet_file import FileContext, ParquetFile
-from flight_writer.queue import Entry, Feed
+from flight_writer.queue import Entry, Feed, QueueLost
 from flight_writer.queue.base import count_for
 from flight_writer.retries import Aborted, Retries
 from flight_writer.routing import Routes
@@ -145,6 +145,8 @@ class Writer:
         """One round: take what the feed has (waiting up to ``wait`` s for the first entry), write out what
         flush requests ask for and what ``flush_interval`` makes due. Returns the entries taken."""
         entries = self._feed.take(GET_BATCH, wait)
+        if self._feed.dropped():  # the queue gave what it handed out to others: these buffers are not ours
+            self._drop_buffers()
         self._add(entries)
         if requests := self._feed.flush_requests():
             self._drain()  # everything put before the request
@@ -186,6 +188,17 @@ class Writer:
             with self._lock:
                 futures = list(self._inflight)
             wait_futures(futures)
+
+    def _drop_buffers(self) -> None:
+        logger.warning(
+            "the queue took back {} open buffers ({} bytes): dropped, their batches come again",
+            len(self._buffers),
+            self._buffered_bytes,
+        )
+        self._buffers.clear()
+        self._open_of.clear()
+        self._replans.clear()
+        self._buffered_bytes = 0
 
     def _idle_wait(self) -> float:
         if not self._buffers:
@@ -283,7 +296,9 @@ class Writer:
         with self._lock:
             self._inflight.pop(future, None)
         exc = future.exception()
-        if exc is not None and not isinstance(exc, Aborted):
+        if isinstance(exc, QueueLost):
+            logger.warning("a file was not stored: {}", exc)
+        elif exc is not None and not isinstance(exc, Aborted):
             logger.opt(exception=exc).error("file job crashed")
 
     # -- what files report ---------------------------------------------------------------------------

@@ -92,7 +92,32 @@ def start(nodes: int = 1) -> Nats:
     try:
         for s in servers:
             s.start()
+        wait_for_jetstream(nats.urls)
     except Exception:
         nats.stop()
         raise
     return nats
+
+
+def wait_for_jetstream(urls: tuple[str, ...], timeout: float = 60.0) -> None:
+    """Until JetStream answers (a cluster elects its meta leader a few seconds after the nodes start)."""
+    import asyncio
+
+    import nats
+
+    async def ready() -> None:
+        nc = await nats.connect(servers=list(urls))
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                try:
+                    await nc.jetstream().account_info()
+                    return
+                except Exception:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    asyncio.run(ready())

@@ -22,7 +22,18 @@ from flight_writer.config import QueueSettings
 from flight_writer.queue import Plan
 from flight_writer.queue.nats import NatsQueue
 
-from conftest import STOP_TIMEOUT, action, ints, parquet_files, put, read_dataset, settings_for, write_config
+from conftest import (
+    STOP_TIMEOUT,
+    action,
+    ints,
+    parquet_files,
+    put,
+    read_dataset,
+    send,
+    settings_for,
+    wait_for,
+    write_config,
+)
 
 KILLS = 20  # per run: the target the issue sets
 
@@ -206,10 +217,12 @@ class Producer:
     """Sends numbered 1,000-row batches with ids (``b<k>``), ten per stream, re-sending a stream whose call
     failed (the ingest process died, NATS was away): what it was told is safe is in ``acked``."""
 
-    def __init__(self, location: Callable[[], str]) -> None:
+    def __init__(self, location: Callable[[], str], per_stream: int = 10) -> None:
         self.location = location
+        self.per_stream = per_stream
         self.acked: set[int] = set()
         self.stop = threading.Event()
+        self.streaming = threading.Event()  # set while a stream is open
         self.errors = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -217,14 +230,17 @@ class Producer:
     def _run(self) -> None:
         k = 0
         while not self.stop.is_set():
-            ks = list(range(k, k + 10))
+            ks = list(range(k, k + self.per_stream))
             try:
                 with flight.connect(self.location()) as c:
+                    self.streaming.set()
                     replies = put(c, "kills", [ints(1000, j * 1000) for j in ks], ids=[f"b{j}" for j in ks])
-            except (flight.FlightError, OSError):
+            except (flight.FlightError, OSError, AttributeError):  # AttributeError: the stream ended, no reply
                 self.errors += 1
                 time.sleep(0.1)  # the process is being restarted; try the same batches again
                 continue
+            finally:
+                self.streaming.clear()
             self.acked.update(int(r["id"][1:]) for r in replies)
             k += 10
 
@@ -265,13 +281,55 @@ def test_a_killed_ingest_process_loses_nothing_its_producers_send_again(
     config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream())
     server_process(config, cmd=serve("write", config), ready="writing (role = write)")
     ingest = [server_process(config, cmd=serve("ingest", config))]
-    producer = Producer(lambda: ingest[0].location)
+    producer = Producer(lambda: ingest[0].location, per_stream=200)
     for _ in range(5):
-        time.sleep(0.5)
+        assert producer.streaming.wait(60)
+        time.sleep(0.05)
         ingest[0].close()  # kill -9 mid-stream: the producer's stream fails and is sent again
         ingest[0] = server_process(config, cmd=serve("ingest", config))
+    wait_for(lambda: len(producer.acked) >= 400, "the producer to get its re-sent streams through", 120)
     acked = producer.finish()
     with flight.connect(ingest[0].location) as c:
         action(c, "flush")
     assert producer.errors >= 1 and len(acked) >= 50
     exactly_once(data_root, acked)
+
+
+# -- NATS itself failing ------------------------------------------------------------------------------------
+def test_nats_down_then_back_refuses_clearly_then_recovers_without_a_restart(data_root):
+    nats = natsd.start()  # its own: this test kills it
+    try:
+        with (
+            roles(data_root, nats, "write", "ingest", put_timeout=2.0) as (_, ingest),
+            flight.connect(ingest.location) as c,
+        ):
+            first = put(c, "outage", [ints(100, k * 100) for k in range(5)], ids=[f"o{k}" for k in range(5)])
+            nats.servers[0].kill()  # kill -9: what it acknowledged is on its disk
+            with pytest.raises(flight.FlightUnavailableError, match="NATS did not take the batch"):
+                send(c, flight.FlightDescriptor.for_path("outage"), ints(100, 500), metadata=b'{"id": "o5"}')
+            status = wait_for(lambda: (s := action(c, "status"))["last_error"] and s, "the error in status")
+            assert "NATS" in status["last_error"]
+            nats.servers[0].start()  # back on the same port and store
+            again = put(c, "outage", [ints(100, k * 100) for k in range(5, 10)], ids=[f"o{k}" for k in range(5, 10)])
+            assert [r["seq"] for r in again] == list(range(6, 11)) and first[-1]["seq"] == 5
+            assert action(c, "flush")["durable_through"] == 10
+            assert action(c, "status")["last_error"] is None
+        assert sorted(read_dataset(data_root, "outage").column("i").to_pylist()) == list(range(1000))
+    finally:
+        nats.stop()
+
+
+def test_a_three_node_cluster_keeps_every_batch_when_a_node_dies(data_root):
+    nats = natsd.start(nodes=3)
+    try:
+        with (
+            roles(data_root, nats, "write", "ingest", replicas=3, put_timeout=30.0) as (_, ingest),
+            flight.connect(ingest.location) as c,
+        ):
+            put(c, "r3", [ints(100, k * 100) for k in range(5)], ids=[f"r{k}" for k in range(5)])
+            nats.servers[1].kill()  # one of three: the stream keeps a quorum
+            put(c, "r3", [ints(100, k * 100) for k in range(5, 10)], ids=[f"r{k}" for k in range(5, 10)])
+            assert action(c, "flush")["durable_through"] == 10
+        assert sorted(read_dataset(data_root, "r3").column("i").to_pylist()) == list(range(1000))
+    finally:
+        nats.stop()

@@ -13,6 +13,7 @@ from flight_writer.queue.base import (
     Queue,
     QueueClosed,
     QueueFull,
+    QueueLost,
     QueueWriteError,
 )
 from flight_writer.queue.memory import MemoryQueue
@@ -28,6 +29,7 @@ __all__ = [
     "Queue",
     "QueueClosed",
     "QueueFull",
+    "QueueLost",
     "QueueWriteError",
     "WalQueue",
     "make_queue",

@@ -58,6 +58,11 @@ class QueueClosed(Exception):
     """The queue is closed: no more puts."""
 
 
+class QueueLost(Exception):
+    """The queue took back what it handed out (a shared queue redelivers it to another writer after this one
+    lost its connection): the file holding it must not be stored; the batches come again from the feed."""
+
+
 class QueueWriteError(Exception):
     """The queue could not record the batch (e.g. its disk is full); nothing was accepted."""
 
@@ -171,8 +176,15 @@ class Feed(abc.ABC):
     def flush_requests(self) -> list[str | None]:
         """The datasets ``flush`` asked to be written out since the last call (None: every dataset)."""
 
-    def plan(self, plan: Plan) -> None:  # noqa: B027 - optional: a queue that forgets on restart needs no plans
-        """The writer is about to store ``plan.path`` holding exactly ``plan.seqs``."""
+    def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:  # noqa: B027 - optional
+        """The writer is about to store ``plan.path`` holding exactly ``plan.seqs`` (these ``entries``).
+        QueueLost if the queue took some of them back: the object must not be stored. (A queue that
+        forgets on restart needs no plans.)"""
+
+    def dropped(self) -> bool:
+        """True once after the queue took back everything it handed out and not yet planned (a shared queue
+        whose connection was lost for long enough to redeliver it): the writer drops its open buffers."""
+        return False
 
     @abc.abstractmethod
     def confirm(self, entries: list[Entry], path: str | None) -> None:

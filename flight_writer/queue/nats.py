@@ -42,7 +42,17 @@ import pyarrow as pa
 from loguru import logger
 from nats.js import api
 
-from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueClosed, QueueFull, QueueWriteError, count_for
+from flight_writer.queue.base import (
+    Accepted,
+    Entry,
+    Plan,
+    Queue,
+    QueueClosed,
+    QueueFull,
+    QueueLost,
+    QueueWriteError,
+    count_for,
+)
 from flight_writer.queue.nats_link import Link
 from flight_writer.queue.wal_format import encode_ipc
 from flight_writer.seqs import parse_ranges, seq_ranges
@@ -92,6 +102,8 @@ class NatsQueue(Queue):
         self._avg_size = 1 << 20
         self._records_applied = 0
         self._subs: list[Any] = []
+        self._lost = False
+        link.reconnect_listeners.append(self._on_reconnect)
         try:
             link.run(self._subscribe(), timeout=60)
             self._catch_up()
@@ -335,7 +347,9 @@ class NatsQueue(Queue):
                 if self.position.is_resolved(seq):  # already in a stored object (its writer died before acking)
                     done.append(msg)
                     continue
-                if plan is not None and plan.path in self._redoing:  # its batch is being stored already
+                if seq in self._held or (plan is not None and plan.path in self._redoing):
+                    # delivered again while a buffer or a plan of this process holds it: acknowledged once
+                    # that is stored, kept alive till then
                     self._late[seq] = msg
                     continue
                 self._held[seq] = msg
@@ -397,7 +411,36 @@ class NatsQueue(Queue):
                 except Exception:  # disconnected: redelivery may follow; the plans keep it exactly once
                     break
 
-    def plan(self, plan: Plan) -> None:
+    def _on_reconnect(self, down: float) -> None:
+        """Down long enough for JetStream to give what this process held to other writers: let go of it
+        (the writer drops its buffers; files not yet planned are not stored). Planned files go on: whoever
+        gets their batches stores the same object again."""
+        if self._role == "ingest" or down < self._s.ack_wait / 2:
+            return
+        with self._lock:
+            if not self._held and not self._late:
+                return
+            logger.warning(
+                "NATS was away {:.1f} s (ack_wait {:g} s): letting go of {} batches held here; they come again",
+                down,
+                self._s.ack_wait,
+                len(self._held),
+            )
+            self._held.clear()
+            self._late.clear()
+            self._lost = True
+
+    def dropped(self) -> bool:
+        if not self._lost:
+            return False
+        self._lost = False
+        return True
+
+    def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:
+        with self._lock:
+            gone = [e.seq for e in entries or () if e.handle is not None and self._held.get(e.seq) is not e.handle]
+        if gone:
+            raise QueueLost(f"{plan.path}: seqs {seq_ranges(gone)} were given to another writer (NATS was away)")
         record: dict[str, Any] = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
         if plan.error is not None:
             record["error"] = plan.error

@@ -17,8 +17,10 @@ or per group), and the two JetStream streams the queue uses, created if missing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import nats
@@ -42,6 +44,9 @@ class Link:
         self.flush_subject = f"{settings.stream}.flush"
         self.records_stream = f"{settings.stream}_RECORDS"
         self.last_error: str | None = None
+        self._down_since: float | None = None
+        #: called on the loop with the seconds the connection was down, after a reconnect
+        self.reconnect_listeners: list[Callable[[float], None]] = []
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="flight-writer-nats", daemon=True)
         self._thread.start()
@@ -119,10 +124,16 @@ class Link:
 
     async def _on_disconnected(self) -> None:
         self.last_error = "NATS: disconnected; reconnecting"
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         logger.warning("NATS disconnected; reconnecting")
 
     async def _on_reconnected(self) -> None:
         self.last_error = None
+        down = time.monotonic() - self._down_since if self._down_since is not None else 0.0
+        self._down_since = None
+        for listener in self.reconnect_listeners:
+            listener(down)
         logger.info("NATS reconnected to {}", without_password(str(self.nc.connected_url.geturl())))
 
     def close(self) -> None:
@@ -132,7 +143,16 @@ class Link:
             except Exception as exc:  # closing: nothing left to save
                 logger.warning("NATS close: {}", exc)
         if self.loop.is_running():
+            with contextlib.suppress(Exception):
+                self.run(_cancel_others(), timeout=10)  # the keepalive and subscriptions' tasks
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
         if not self.loop.is_running() and not self.loop.is_closed():
             self.loop.close()
+
+
+async def _cancel_others() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

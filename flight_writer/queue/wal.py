@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flight_writer.queue.base import Plan, QueueWriteError
+from flight_writer.queue.base import Entry, Plan, QueueWriteError
 from flight_writer.queue.memory import MemoryQueue
 from flight_writer.queue.wal_format import plan_record
 from flight_writer.queue.wal_log import FSYNC_POLICIES, SegmentLog
@@ -98,7 +98,7 @@ class WalQueue(MemoryQueue):
     def settle(self, seq: int, wait: bool) -> bool:
         return self._log.settle(seq, wait)
 
-    def plan(self, plan: Plan) -> None:
+    def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:
         self._manifest.append([plan_record(plan)], sync=self._log.fsync != "never")
 
     def close(self) -> None:
