@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 IMAGE ?= flight-writer
 
-.PHONY: serve test bench lint image image-base emulators clean
+.PHONY: serve test bench lint image image-base emulators cluster clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 serve: $(STAMP)
 	$(BIN)/flight-writer serve --config configs/settings.toml
+
+# the scale-out topology as local processes: nats-server, WRITERS=2 write processes, one ingest process
+cluster: $(STAMP)
+	deploy/cluster.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -46,4 +50,4 @@ emulators: .emulators/node_modules/.bin/azurite-blob
 	npm install --prefix .emulators --no-audit --no-fund --silent azurite@3
 
 clean:
-	rm -rf $(VENV) data wal .pytest_cache .emulators
+	rm -rf $(VENV) data wal cluster .pytest_cache .emulators

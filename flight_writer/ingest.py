@@ -66,6 +66,7 @@ class Ingestor:
         schema_key = admitted.schema.serialize().to_pybytes()
         versions = self._admission.versions  # evolve: the dataset's schema changed since the stream began?
         max_metadata, max_batch = self.limits.max_metadata_bytes, self.limits.max_batch_bytes
+        max_message = self._queue.max_message_bytes  # None, or batches over it go as pieces (NATS)
         put, timeout, settle = self._queue.put, self.put_timeout, self._queue.settle
         reply = writer.write if writer is not None else None
         state = self._queue.ack_state.encode()
@@ -109,6 +110,8 @@ class Ingestor:
                 if problem is not None:
                     _answer_taken(replies)
                     raise flight.FlightServerError(problem)
+                if max_message is not None and (pieces is not None or nbytes > max_message):
+                    pieces = _fitting(pieces or [batch], max_message)
                 if meta is not None and meta.size:
                     client_id = _client_id(meta)
                 try:
@@ -226,6 +229,19 @@ def _answer_taken(replies: Replies | None) -> None:
     if replies is not None:
         with contextlib.suppress(QueueWriteError):
             replies.finish()
+
+
+def _fitting(batches: list[pa.RecordBatch], limit: int) -> list[pa.RecordBatch]:
+    """Each batch as row slices of at most ``limit`` Arrow bytes (a row larger than that stays whole)."""
+    out = []
+    for batch in batches:
+        size = batch.get_total_buffer_size()
+        if size <= limit or batch.num_rows <= 1:
+            out.append(batch)
+            continue
+        step = max(1, batch.num_rows * limit // size)
+        out.extend(batch.slice(i, step) for i in range(0, batch.num_rows, step))
+    return out
 
 
 def _piece_id(client_id: str | None, k: int) -> str | None:

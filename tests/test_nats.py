@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import natsd
 import pyarrow.flight as flight
 import pytest
+from emulators import free_port
 
 from flight_writer import Service
 from flight_writer.config import QueueSettings
@@ -109,6 +111,19 @@ def test_a_batch_id_is_stored_once_whichever_ingest_process_gets_it(data_root, n
         assert two["seq"] == one["seq"] and two["duplicate"] is True
         action(a, "flush")
     assert len(read_dataset(data_root, "ids")) == 5
+
+
+def test_a_batch_over_max_payload_goes_as_pieces_with_a_seq_each(data_root, nats_server):
+    big = ints(300_000)  # 2.4 MB of int64: over the server's max_payload (1 MiB by default)
+    with roles(data_root, nats_server, "write", "ingest") as (_, ingest), flight.connect(ingest.location) as c:
+        [reply] = put(c, "big", [big], ids=["big-1"])
+        assert len(reply["seqs"]) >= 3 and reply["seq"] == max(reply["seqs"]) and reply["rows"] == 300_000
+        [again] = put(c, "big", [big], ids=["big-1"])  # re-sent: every piece known by its id
+        assert again["duplicate"] is True and again["seqs"] == reply["seqs"]
+        acks = action(c, "ack", {"seqs": reply["seqs"], "wait_ms": 0})["acks"]
+        assert {a["state"] for a in acks} == {"logged"}
+        action(c, "flush")
+    assert read_dataset(data_root, "big", sort_by="i").column("i").to_pylist() == list(range(300_000))
 
 
 def test_durable_streams_go_through_any_ingest_process(data_root, nats_server):
@@ -333,3 +348,29 @@ def test_a_three_node_cluster_keeps_every_batch_when_a_node_dies(data_root):
         assert sorted(read_dataset(data_root, "r3").column("i").to_pylist()) == list(range(1000))
     finally:
         nats.stop()
+
+
+def test_the_cluster_script_runs_the_topology_and_stops_in_order(tmp_path, server_process):
+    root, cluster = tmp_path / "data", tmp_path / "cluster"
+    env = {
+        "NATS_PORT": str(free_port()),
+        "CLUSTER_DIR": str(cluster),
+        "BIN": str(Path(sys.executable).parent),
+        "FLIGHT_WRITER_SERVER__LOCATION": "grpc://127.0.0.1:0",
+        "FLIGHT_WRITER_STORAGE__ROOT": str(root),
+        "FLIGHT_WRITER_WRITER__FLUSH_INTERVAL": "600",
+    }
+    proc = server_process(None, env=env, cmd=["deploy/cluster.sh"])  # what make cluster runs
+    try:
+        with flight.connect(proc.location) as c:
+            put(c, "tryout", [ints(1000, k * 1000) for k in range(10)])
+            assert action(c, "flush")["durable_through"] == 10
+            put(c, "tryout", [ints(1000, 10_000)])  # left buffered: the stop writes it
+        os.killpg(proc.proc.pid, signal.SIGTERM)  # as a terminal's Ctrl-C: the script stops them in order
+        assert proc.proc.wait(60) == 0
+        assert read_dataset(root, "tryout", sort_by="i").column("i").to_pylist() == list(range(11_000))
+    finally:
+        if (cluster / "pids").exists():
+            for pid in (cluster / "pids").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)

@@ -106,6 +106,9 @@ class Ingest(abc.ABC):
     ack_state: str = "queued"
     #: which seqs are durable or failed, advanced by the durability records the write side produces
     position: DurabilityTracker
+    #: batches over this many Arrow bytes are put as row slices, each with a seq of its own (NATS's
+    #: max_payload); None: any size in one piece
+    max_message_bytes: int | None = None
 
     @abc.abstractmethod
     def put(

@@ -269,6 +269,11 @@ class NatsQueue(Queue):
             await asyncio.sleep(min(delay, max(remaining, 0.001)))
             delay = min(delay * 2, 0.5)
 
+    @property
+    def max_message_bytes(self) -> int:
+        """Three quarters of the server's ``max_payload``: room for the IPC schema and headers."""
+        return int(self._link.nc.max_payload * 0.75)
+
     def flush(self, dataset: str | None, timeout: float | None) -> bool:
         through = self.last_seq
         deadline = None if timeout is None else time.monotonic() + timeout
