@@ -138,7 +138,7 @@ class Server:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if m := re.search(port_pattern, line):
-                self.port = int(m.group(1))
+                self.port = int(m.group(1) or 0)  # a write process has none
                 break
         else:
             raise RuntimeError("server did not start")
@@ -166,7 +166,7 @@ def discard_server(reply: bool) -> Server:
     return Server([sys.executable, "-c", DISCARD_SERVER, "reply" if reply else "drop"], r"^(\d+)$")
 
 
-def flight_writer_server(root: Path, queue: str, env: dict[str, str] | None = None) -> Server:
+def flight_writer_server(root: Path, queue: str, env: dict[str, str] | None = None, role: str = "all") -> Server:
     """flight-writer serve with the bench's settings; ``env`` overrides any (FLIGHT_WRITER_...)."""
     config = root / "bench.toml"
     config.write_text(f"""
@@ -182,9 +182,59 @@ flush_interval = 10.0
 [storage]
 root = "{root / "data"}"
 """)
-    return Server(
-        [sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config)], r"\(port (\d+)\)", env=env
-    )
+    cmd = [sys.executable, "-m", "flight_writer.cli", "serve", "--config", str(config), "--role", role]
+    return Server(cmd, r"\(port (\d+)\)" if role != "write" else r"writing \(role = write\)()", env=env)
+
+
+class NatsTopology:
+    """The scale-out topology as processes: nats-server (JetStream, deploy/nats.conf), ``writers`` write
+    processes and one ingest process, all on this machine; CPU seconds are theirs together."""
+
+    def __init__(self, root: Path, writers: int) -> None:
+        nats_port = _free_port()
+        binary = str(Path(sys.executable).with_name("nats-server"))
+        conf = str(REPO / "deploy" / "nats.conf")
+        self.nats = subprocess.Popen(
+            [binary, "-c", conf, "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(root / "nats")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        env = {"FLIGHT_WRITER_QUEUE__URL": f"nats://127.0.0.1:{nats_port}", "FLIGHT_WRITER_QUEUE__STREAM": "BENCH"}
+        _wait_for_port(nats_port)
+        self.writers = [flight_writer_server(root, "nats", env, role="write") for _ in range(writers)]
+        self.ingest = flight_writer_server(root, "nats", env, role="ingest")
+        self.location = self.ingest.location
+
+    def cpu_seconds(self) -> float:
+        nats = Path(f"/proc/{self.nats.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = (int(nats[11]) + int(nats[12])) / os.sysconf("SC_CLK_TCK")
+        return own + sum(s.cpu_seconds() for s in [self.ingest, *self.writers])
+
+    def stop(self) -> None:
+        for server in [self.ingest, *self.writers]:
+            server.stop()
+        self.nats.terminate()
+        self.nats.wait(60)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 # -- contenders ---------------------------------------------------------------------------------------------
@@ -296,6 +346,25 @@ CONTENDERS = {
     "memory": measure_server(lambda tmp: flight_writer_server(tmp, "memory"), until_durable=True),
     "wal": measure_server(lambda tmp: flight_writer_server(tmp, "wal"), until_durable=True),
 }
+NATS_SCENARIOS = [(8192, 1, 1), (8192, 4, 4)]  # (batch rows, producers, datasets)
+NATS_WRITERS = [1, 2]  # 1 ingest + K write processes
+
+
+def nats(base: pa.Table) -> list[dict]:
+    """The scale-out topology on this machine against the memory queue in one process: 1 ingest process
+    and K write processes on one JetStream stream, until `flush` says everything is durable."""
+    results = []
+    for batch_rows, producers, datasets in NATS_SCENARIOS:
+        contenders = {"memory": CONTENDERS["memory"]}
+        for k in NATS_WRITERS:
+            contenders[f"nats-{k}w"] = measure_server(lambda tmp, k=k: NatsTopology(tmp, k), until_durable=True)
+        row = compare(Workload(base, batch_rows), producers, datasets, contenders)
+        for k in NATS_WRITERS:
+            row[f"nats_{k}w_vs_memory"] = round(row["memory"]["seconds"] / row[f"nats-{k}w"]["seconds"], 2)
+        results.append(row)
+    return results
+
+
 SCENARIOS = [  # (batch rows, producers, datasets)
     (100, 1, 1),
     (8192, 1, 1),
@@ -664,6 +733,15 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
     if by:
         worst = min(r["wal_vs_memory"] for r in report["throughput"])
         rows.append(("wal >= 0.85 x memory (every scenario)", f"{worst} (lowest)", worst >= 0.85))
+    for r in report.get("nats", []):
+        if (r["batch_rows"], r["producers"]) == (8192, 1):
+            rows.append(
+                (
+                    "8,192 rows, 1 producer: nats (1 ingest, 1 writer) >= 0.4 x memory",
+                    str(r["nats_1w_vs_memory"]),
+                    r["nats_1w_vs_memory"] >= 0.4,
+                )
+            )
     if "burst" in report:
         b = report["burst"]
         rows.append(
@@ -778,6 +856,7 @@ def main() -> None:
         "throughput": throughput,
         "cores": cores,
         "burst": burst,
+        "nats": nats,
         "gil": gil_share,
         "latency": latency,
         "memory": peak_memory,
