@@ -45,6 +45,7 @@ class Link:
         self.records_stream = f"{settings.stream}_RECORDS"
         self.last_error: str | None = None
         self._down_since: float | None = None
+        self._closing = False
         #: called on the loop with the seconds the connection was down, after a reconnect
         self.reconnect_listeners: list[Callable[[float], None]] = []
         self.loop = asyncio.new_event_loop()
@@ -123,6 +124,8 @@ class Link:
         self.last_error = f"NATS: {type(exc).__name__}: {exc}"
 
     async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
         self.last_error = "NATS: disconnected; reconnecting"
         if self._down_since is None:
             self._down_since = time.monotonic()
@@ -137,6 +140,7 @@ class Link:
         logger.info("NATS reconnected to {}", without_password(str(self.nc.connected_url.geturl())))
 
     def close(self) -> None:
+        self._closing = True
         if hasattr(self, "nc") and not self.nc.is_closed:
             try:
                 self.run(self.nc.close(), timeout=10)
