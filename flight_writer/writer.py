@@ -110,6 +110,7 @@ class Writer:
         """Drain the feed, write every buffer, wait for uploads. False if ``timeout`` ran out first,
         in which case retries are abandoned and what was not stored stays un-durable."""
         self._stopping.set()
+        self._feed.stop_taking()
         if not self._thread.is_alive() and self._thread.ident is None:  # never started: driven by step()
             self.sync()
             self._executor.shutdown(wait=True)

@@ -374,3 +374,21 @@ def test_the_cluster_script_runs_the_topology_and_stops_in_order(tmp_path, serve
             for pid in (cluster / "pids").read_text().split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_stopping_write_process_stores_what_it_holds_and_leaves_the_rest(data_root, nats_server):
+    with roles(data_root, nats_server, "ingest") as (ingest,), flight.connect(ingest.location) as c:
+        settings = nats_settings(data_root, nats_server, ingest.settings.queue.stream)
+        writer = Service(settings, role="write").start()
+        put(c, "leaving", [ints(100, k * 100) for k in range(3)])
+        wait_for(lambda: writer.writer.stats()["open_buffers"], "the writer to hold a batch")
+        writer.stop(STOP_TIMEOUT)  # stores what it holds; takes nothing more while producers go on
+        put(c, "leaving", [ints(100, 300)])
+        status = action(c, "status")
+        stored = status["durable_through"]
+        assert stored >= 1 and status["pending_batches"] == 4 - stored  # the rest waits for a writer
+        with Service(settings, role="write") as other:
+            assert action(c, "flush")["durable_through"] == 4
+            rows = (4 - stored) * 100  # counted just after the confirmation that flush waited for
+            wait_for(lambda: other.writer.stats()["rows_written"] == rows, "the other writer's count")
+    assert sorted(read_dataset(data_root, "leaving").column("i").to_pylist()) == list(range(400))

@@ -184,6 +184,10 @@ class Feed(abc.ABC):
         QueueLost if the queue took some of them back: the object must not be stored. (A queue that
         forgets on restart needs no plans.)"""
 
+    def stop_taking(self) -> None:  # noqa: B027 - a queue of one process hands out everything to the end
+        """The writer is stopping: from now on ``take`` hands out only what this process must write before
+        it goes (a queue of one process: everything put; a shared one: nothing more, others take it)."""
+
     def dropped(self) -> bool:
         """True once after the queue took back everything it handed out and not yet planned (a shared queue
         whose connection was lost for long enough to redeliver it): the writer drops its open buffers."""

@@ -103,6 +103,7 @@ class NatsQueue(Queue):
         self._records_applied = 0
         self._subs: list[Any] = []
         self._lost = False
+        self._not_taking = False
         link.reconnect_listeners.append(self._on_reconnect)
         try:
             link.run(self._subscribe(), timeout=60)
@@ -320,7 +321,7 @@ class NatsQueue(Queue):
     def take(self, max_items: int, timeout: float) -> list[Entry]:
         if self._role == "ingest":
             raise RuntimeError("an ingest process has no feed (role = ingest)")
-        if max_items <= 0:
+        if max_items <= 0 or self._not_taking:
             self._woken.wait(timeout)
             self._woken.clear()
             return []
@@ -434,6 +435,12 @@ class NatsQueue(Queue):
             self._held.clear()
             self._late.clear()
             self._lost = True
+
+    def stop_taking(self) -> None:
+        """A stopping write process takes no more: the stream's other messages are other writers' to take
+        (draining it would never end while producers send)."""
+        self._not_taking = True
+        self._woken.set()
 
     def dropped(self) -> bool:
         if not self._lost:
