@@ -76,14 +76,15 @@ class Nats:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start(nodes: int = 1) -> Nats:
+def start(nodes: int = 1, extra: list[str] | None = None) -> Nats:
+    """``nodes`` servers (a cluster when more than one); ``extra``: more arguments for each."""
     root = Path(tempfile.mkdtemp(prefix="natsd-"))
     ports = [free_port() for _ in range(nodes)]
     routes = [free_port() for _ in range(nodes)] if nodes > 1 else []
     servers = []
     for i, port in enumerate(ports):
         store = root / f"n{i}"
-        args = ["-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store), "-n", f"n{i}"]
+        args = ["-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store), "-n", f"n{i}", *(extra or [])]
         if routes:
             others = ",".join(f"nats://127.0.0.1:{r}" for j, r in enumerate(routes) if j != i)
             args += ["--cluster_name", "fw", "--cluster", f"nats://127.0.0.1:{routes[i]}", "--routes", others]
@@ -92,21 +93,24 @@ def start(nodes: int = 1) -> Nats:
     try:
         for s in servers:
             s.start()
-        wait_for_jetstream(nats.urls)
+        wait_for_jetstream(nats.urls, extra or [])
     except Exception:
         nats.stop()
         raise
     return nats
 
 
-def wait_for_jetstream(urls: tuple[str, ...], timeout: float = 60.0) -> None:
+def wait_for_jetstream(urls: tuple[str, ...], extra: list[str], timeout: float = 60.0) -> None:
     """Until JetStream answers (a cluster elects its meta leader a few seconds after the nodes start)."""
     import asyncio
 
     import nats
 
     async def ready() -> None:
-        nc = await nats.connect(servers=list(urls))
+        login = {}
+        if "--user" in extra:
+            login = {"user": extra[extra.index("--user") + 1], "password": extra[extra.index("--pass") + 1]}
+        nc = await nats.connect(servers=list(urls), **login)
         try:
             deadline = asyncio.get_running_loop().time() + timeout
             while True:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from flight_writer.queue import Plan
 from flight_writer.queue.nats import NatsQueue
 
 from conftest import (
+    REPO,
     STOP_TIMEOUT,
     action,
     ints,
@@ -392,3 +394,68 @@ def test_a_stopping_write_process_stores_what_it_holds_and_leaves_the_rest(data_
             rows = (4 - stored) * 100  # counted just after the confirmation that flush waited for
             wait_for(lambda: other.writer.stats()["rows_written"] == rows, "the other writer's count")
     assert sorted(read_dataset(data_root, "leaving").column("i").to_pylist()) == list(range(400))
+
+
+def test_flight_sql_ingest_goes_through_an_ingest_process(data_root, nats_server):
+    import adbc_driver_flightsql.dbapi as dbapi
+    import pyarrow as pa
+
+    table = pa.table({"a": pa.array([1, 2, 3], pa.int64()), "b": ["x", "y", "z"]})
+    with (
+        roles(data_root, nats_server, "write", "ingest") as (_, ingest),
+        dbapi.connect(ingest.location, autocommit=True) as conn,
+        conn.cursor() as cur,
+    ):
+        assert cur.adbc_ingest("events", table, mode="create") == 3  # returns once durable
+        assert cur.adbc_ingest("events", table.slice(1), mode="append") == 2
+        assert len(parquet_files(data_root, "events")) == 2
+    assert sorted(read_dataset(data_root, "events").column("a").to_pylist()) == [1, 2, 2, 3, 3]
+
+
+def test_a_full_stream_holds_producers_back_then_refuses_and_loses_nothing(data_root, nats_server):
+    with (
+        roles(data_root, nats_server, "ingest", max_bytes=200_000, put_timeout=1.0) as (ingest,),
+        flight.connect(ingest.location) as c,
+    ):
+        acked = []
+        with pytest.raises(flight.FlightUnavailableError, match="queue full"):
+            for k in range(100):  # no writer: the stream fills
+                send(c, flight.FlightDescriptor.for_path("full"), ints(1000, k * 1000))  # raises if refused
+                acked.append(k)
+        assert 10 <= len(acked) < 100
+        settings = nats_settings(data_root, nats_server, ingest.settings.queue.stream, max_bytes=200_000)
+        with Service(settings, role="write"):  # a writer comes: everything answered is stored
+            assert action(c, "flush")["durable_through"] == len(acked)
+            put(c, "full", [ints(1000, 100_000)])  # and there is room again
+    values = read_dataset(data_root, "full").column("i").to_pylist()
+    assert sorted(values) == [i for k in acked for i in range(k * 1000, k * 1000 + 1000)] + list(
+        range(100_000, 101_000)
+    )
+
+
+def test_credentials_come_from_the_environment(tmp_path, data_root, server_process):
+    nats = natsd.start(extra=["--user", "fw", "--pass", "s3cret"])
+    try:
+        config = cluster_config(tmp_path, data_root, nats, nats.new_stream())
+        config.write_text(config.read_text().replace('[queue]\ntype = "nats"', '[queue]\nuser = "fw"\ntype = "nats"'))
+        refused = subprocess.run(serve("ingest", config), capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert refused.returncode == 2 and "cannot connect to NATS" in refused.stderr  # no password
+        assert "authorization" in refused.stderr.lower(), refused.stderr
+        proc = server_process(config, env={"FLIGHT_WRITER_QUEUE__PASSWORD": "s3cret"}, cmd=serve("ingest", config))
+        with flight.connect(proc.location) as c:
+            assert put(c, "auth", [ints(10)])[0]["state"] == "logged"
+            assert "s3cret" not in proc.log
+    finally:
+        nats.stop()
+
+
+def test_a_password_in_the_config_file_is_refused(tmp_path, data_root):
+    config = write_config(tmp_path / "fw.toml", data_root, '[queue]\ntype = "nats"\npassword = "s3cret"\n')
+    result = subprocess.run(serve("ingest", config), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2 and "FLIGHT_WRITER_QUEUE__PASSWORD" in result.stderr
+
+
+def test_roles_need_a_queue_processes_share(tmp_path, data_root):
+    config = write_config(tmp_path / "fw.toml", data_root)  # memory
+    result = subprocess.run(serve("write", config), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2 and "--role write needs queue.type = nats" in result.stderr

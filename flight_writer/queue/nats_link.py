@@ -31,6 +31,7 @@ from flight_writer.settings import QueueSettings, without_password
 
 T = TypeVar("T")
 RECORDS_AGE = 24 * 3600.0
+CONNECT_TIMEOUT = 15.0  # at start: then the process exits and its supervisor starts it again
 
 
 class Link:
@@ -86,7 +87,13 @@ class Link:
             options["token"] = s.token
         if s.creds_file:
             options["user_credentials"] = s.creds_file
-        return await nats.connect(**options)
+        try:  # reconnects are endless (the option is the same for the first connect), the start is not
+            return await asyncio.wait_for(nats.connect(**options), CONNECT_TIMEOUT)
+        except TimeoutError:
+            urls = ", ".join(without_password(u) for u in s.url)
+            raise ConnectionError(
+                f"cannot connect to NATS at {urls} within {CONNECT_TIMEOUT:g} s: {self.last_error or 'no answer'}"
+            ) from None
 
     async def _ensure_streams(self) -> None:
         s = self.settings
