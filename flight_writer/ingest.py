@@ -232,15 +232,18 @@ def _answer_taken(replies: Replies | None) -> None:
 
 
 def _fitting(batches: list[pa.RecordBatch], limit: int) -> list[pa.RecordBatch]:
-    """Each batch as row slices of at most ``limit`` Arrow bytes (a row larger than that stays whole)."""
+    """Each batch as row slices of at most ``limit`` Arrow bytes, halved until each fits (rows differ in
+    size); a single row larger than that stays whole (the queue then says it is too large)."""
     out = []
-    for batch in batches:
-        size = batch.get_total_buffer_size()
-        if size <= limit or batch.num_rows <= 1:
+    todo = list(reversed(batches))
+    while todo:
+        batch = todo.pop()
+        # a slice's buffers are its parent's: nbytes (18 us) counts only its rows; checked on oversize only
+        if batch.num_rows <= 1 or batch.nbytes <= limit:
             out.append(batch)
             continue
-        step = max(1, batch.num_rows * limit // size)
-        out.extend(batch.slice(i, step) for i in range(0, batch.num_rows, step))
+        half = batch.num_rows // 2
+        todo.extend([batch.slice(half), batch.slice(0, half)])
     return out
 
 

@@ -58,6 +58,16 @@ class DurabilityTracker:
                 self._resolve(seq)
             self._advance()
 
+    def advance_to(self, seq: int) -> None:
+        """Every seq up to ``seq`` is resolved, as the queue knows without a record for each (a shared log
+        deletes what was stored: its first sequence says so)."""
+        with self._cond:
+            if seq <= self._through:
+                return
+            self._through = seq
+            self._above = {s for s in self._above if s > seq}
+            self._advance()
+
     def _resolve(self, seq: int) -> None:
         if seq > self._through:
             self._above.add(seq)

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from emulators import free_port, require_binary, wait_for_port
 
@@ -29,14 +30,16 @@ class NatsServer:
     store: Path
     args: list[str]
     proc: subprocess.Popen[bytes] | None = None
+    log: Any = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
-        log = open(self.store.with_suffix(".log"), "ab")  # noqa: SIM115 - the server's, closed with it
-        self.proc = subprocess.Popen([binary(), *self.args], stdout=log, stderr=log)
+        if self.log is None:
+            self.log = open(self.store.with_suffix(".log"), "ab")  # noqa: SIM115 - the server's, closed in stop
+        self.proc = subprocess.Popen([binary(), *self.args], stdout=self.log, stderr=self.log)
         wait_for_port(self.port, self.proc)
         return self
 
@@ -53,6 +56,9 @@ class NatsServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
 
 @dataclass

@@ -22,7 +22,7 @@ from emulators import free_port
 
 from flight_writer import Service
 from flight_writer.config import QueueSettings
-from flight_writer.queue import Plan
+from flight_writer.queue import Plan, QueueLost
 from flight_writer.queue.nats import NatsQueue
 
 from conftest import (
@@ -163,6 +163,34 @@ def test_a_plan_whose_writer_died_is_redone_as_planned_by_every_writer_that_gets
     finally:
         first.close()
         second.close()
+
+
+def test_two_live_writers_holding_one_batch_store_it_once(nats_server):
+    """A batch given to a second writer while the first still holds it (the first was slow, or NATS was
+    away): the plan recorded first keeps it; the other file is not stored and its batches come again."""
+    settings = queue_settings(nats_server, ack_wait=30.0)
+    slow, fast = NatsQueue(settings), NatsQueue(settings, "write")
+    try:
+        slow.put("ds", b"k", ints(10), 5)
+        slow.put("ds", b"k", ints(10, 10), 5)
+        mine = slow.take(10, 5)
+        assert [e.seq for e in mine] == [1, 2]
+        slow._link.run(mine[0].handle.nak())  # as JetStream does after ack_wait: seq 1 goes to another writer
+        [theirs] = fast.take(10, 10)
+        assert theirs.seq == 1
+        fast.plan(Plan("ds/part-fast.parquet", "parquet", (1,)), [theirs])  # recorded first: it holds seq 1
+        with pytest.raises(QueueLost, match="seqs 1 are in another writer's plan"):
+            slow.plan(Plan("ds/part-slow.parquet", "parquet", (1, 2)), mine)
+        fast.confirm([theirs], "ds/part-fast.parquet")
+        [again] = fast.take(10, 10)  # seq 2, given back by the slow writer, stored once by whoever takes it
+        assert again.seq == 2 and again.planned is None
+        fast.plan(Plan("ds/part-2.parquet", "parquet", (2,)), [again])
+        fast.confirm([again], "ds/part-2.parquet")
+        assert fast.position.describe(1)["file"] == "ds/part-fast.parquet"
+        assert fast.position.durable_through == 2 and fast.stats()["pending_batches"] == 0
+    finally:
+        slow.close()
+        fast.close()
 
 
 def test_a_batch_already_in_a_confirmed_object_is_dropped_when_redelivered(nats_server):

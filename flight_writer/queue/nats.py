@@ -85,6 +85,11 @@ class NatsQueue(Queue):
         self._lock = threading.Lock()
         self._ids = 0
         self._state: tuple[float, Any] = (0.0, None)
+        info = link.run(link.js.stream_info(settings.stream), timeout=30)
+        # records of an earlier stream of the same name (deleted, made again) must not resolve this one's seqs
+        self._incarnation = info.created.isoformat() if info.created else ""
+        self._max_bytes = info.config.max_bytes or settings.max_bytes  # the stream's, if made with another
+        self._ack_wait = settings.ack_wait  # the consumer's, once subscribed
         state = self._stream_state(fresh=True)
         self._last_seq = state.last_seq
         # work-queue retention deletes a message once acknowledged, i.e. stored: below the first one, all is
@@ -107,7 +112,8 @@ class NatsQueue(Queue):
         link.reconnect_listeners.append(self._on_reconnect)
         try:
             link.run(self._subscribe(), timeout=60)
-            self._catch_up()
+            if not self._catch_up(60.0):
+                raise ConnectionError(f"NATS: the records of {settings.stream} were not read within 60 s")
         except BaseException:
             link.close()
             raise
@@ -131,15 +137,30 @@ class NatsQueue(Queue):
         self._pull = await js.pull_subscribe(
             link.data_subject, durable=self._s.consumer, stream=self._s.stream, config=config
         )
+        consumer = await js.consumer_info(self._s.stream, self._s.consumer)
+        if consumer.config.ack_wait and abs(consumer.config.ack_wait - self._s.ack_wait) > 0.001:
+            logger.warning(
+                "consumer {} keeps its ack_wait of {:g} s (queue.ack_wait is {:g} s): delete it to change it",
+                self._s.consumer,
+                consumer.config.ack_wait,
+                self._s.ack_wait,
+            )
+            self._ack_wait = consumer.config.ack_wait
         self._subs.append(await link.nc.subscribe(link.flush_subject, cb=self._on_flush))
         link.loop.create_task(self._keep_alive())
 
-    def _catch_up(self, timeout: float = 30.0) -> None:
-        """Wait until every record stored so far is applied (plans and confirmations of other processes)."""
-        last = self._link.run(self._link.js.stream_info(self._link.records_stream), timeout=30).state.last_seq
+    def _catch_up(self, timeout: float) -> bool:
+        """Wait until every record stored so far is applied (plans and confirmations of other processes);
+        False if ``timeout`` s passed first."""
+        state = self._link.run(self._link.js.stream_info(self._link.records_stream), timeout=30).state
+        if not state.messages:
+            return True
         deadline = time.monotonic() + timeout
-        while self._records_applied < last and time.monotonic() < deadline:
-            time.sleep(0.005)  # applied on the loop thread; a few ms at start
+        while self._records_applied < state.last_seq:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)  # applied on the loop thread; a few ms
+        return True
 
     # -- records ---------------------------------------------------------------------------------------
     async def _on_record(self, msg: Any) -> None:
@@ -152,12 +173,20 @@ class NatsQueue(Queue):
         self._records_applied = msg.metadata.sequence.stream
 
     def _apply(self, record: dict[str, Any]) -> None:
+        if record.get("of", self._incarnation) != self._incarnation:
+            return  # about an earlier stream of this name
         if "plan" in record:
             plan = Plan(record["plan"], record["kind"], tuple(parse_ranges(record["seqs"])), record.get("error"))
             with self._lock:
                 for seq in plan.seqs:
                     if not self.position.is_resolved(seq):
-                        self._plans[seq] = plan
+                        self._plans.setdefault(seq, plan)  # the first plan of a seq holds it
+            return
+        if "withdraw" in record:  # a plan that lost a seq to an earlier one: its batches come again
+            with self._lock:
+                for seq in parse_ranges(record["seqs"]):
+                    if (plan := self._plans.get(seq)) is not None and plan.path == record["withdraw"]:
+                        del self._plans[seq]
             return
         if "durable" in record:
             seqs = list(parse_ranges(record["durable"]))
@@ -176,10 +205,14 @@ class NatsQueue(Queue):
         for m in late:  # their batches are in a stored object: done
             self._link.spawn(m.ack())
 
-    async def _publish_record(self, record: dict[str, Any]) -> None:
-        await self._link.js.publish(
-            self._link.records_subject, json.dumps(record).encode(), stream=self._link.records_stream
+    async def _publish_record(self, record: dict[str, Any]) -> int:
+        """Publish a record; its sequence in the records stream."""
+        ack = await self._link.js.publish(
+            self._link.records_subject,
+            json.dumps({**record, "of": self._incarnation}).encode(),
+            stream=self._link.records_stream,
         )
+        return ack.seq
 
     def _record(self, record: dict[str, Any]) -> None:
         self._link.run(self._publish_record(record), timeout=60)
@@ -315,6 +348,9 @@ class NatsQueue(Queue):
                 self._link.last_error = f"NATS: stream info unavailable ({type(exc).__name__})"
             else:
                 self._state = (time.monotonic(), state)
+                # acknowledged means stored: below the first message everything is resolved, records or not
+                if (position := getattr(self, "position", None)) is not None:  # made from the first answer
+                    position.advance_to(state.first_seq - 1 if state.messages else state.last_seq)
         return state
 
     # -- feed ------------------------------------------------------------------------------------------
@@ -346,52 +382,77 @@ class NatsQueue(Queue):
     def _entries(self, msgs: list[Any]) -> list[Entry]:
         entries: list[Entry] = []
         done: list[Any] = []
-        for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            with self._lock:
+        fresh: list[tuple[int, Any, Plan | None]] = []
+        with self._lock:  # all held at once: the keepalive covers them while the rest is read
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
                 plan = self._plans.get(seq)
                 if self.position.is_resolved(seq):  # already in a stored object (its writer died before acking)
                     done.append(msg)
-                    continue
-                if seq in self._held or (plan is not None and plan.path in self._redoing):
+                elif seq in self._held or (plan is not None and plan.path in self._redoing):
                     # delivered again while a buffer or a plan of this process holds it: acknowledged once
                     # that is stored, kept alive till then
                     self._late[seq] = msg
-                    continue
-                self._held[seq] = msg
-            entry = _entry(seq, msg.data, msg.headers or {}, msg)
-            if plan is None:
-                entries.append(entry)
-            else:
-                entries.extend(self._redo(plan, entry))
+                else:
+                    self._held[seq] = msg
+                    fresh.append((seq, msg, plan))
         for msg in done:
             self._link.spawn(msg.ack())
+        for seq, msg, plan in fresh:
+            try:
+                entry = _entry(seq, msg.data, msg.headers or {}, msg)
+            except (pa.ArrowException, ValueError) as exc:  # no writer can read it: set aside, said loudly
+                logger.error("NATS message {} is not an Arrow batch ({}); terminated, not stored", seq, exc)
+                self._let_go([seq], "term")
+                continue
+            if plan is None:
+                entries.append(entry)
+                continue
+            with self._lock:
+                redoing = plan.path in self._redoing
+                if redoing:  # an earlier message of this fetch started its redo
+                    self._late[seq] = self._held.pop(seq)
+            if not redoing:
+                entries.extend(self._redo(plan, entry))
         return entries
 
     def _redo(self, plan: Plan, mine: Entry) -> list[Entry]:
         """The entries of an unconfirmed plan, to store again as planned: ``mine`` and the others read from
         the stream by sequence (another writer may hold their messages: it drops them once this confirms)."""
         entries = [mine]
-        for seq in plan.seqs:
-            if seq == mine.seq:
-                continue
-            try:
-                raw = self._link.run(self._link.js.get_msg(self._s.stream, seq), timeout=30)
-            except nats.js.errors.NotFoundError:
-                self._catch_up()  # acknowledged, so its confirmation was published first
-                if all(self.position.is_resolved(s) for s in plan.seqs):
-                    with self._lock:
-                        msg = self._held.pop(mine.seq)
-                    self._link.spawn(msg.ack())
-                    return []
-                logger.error("plan {}: seq {} is missing from the stream; storing what is left", plan.path, seq)
-                return [mine]
-            entries.append(_entry(seq, raw.data, raw.headers or {}, None))
+        try:
+            for seq in plan.seqs:
+                if seq != mine.seq:
+                    raw = self._link.run(self._link.js.get_msg(self._s.stream, seq), timeout=30)
+                    entries.append(_entry(seq, raw.data, raw.headers or {}, None))
+        except nats.js.errors.NotFoundError:  # acknowledged, so its confirmation was published first
+            self._catch_up(10.0)
+            if all(self.position.is_resolved(s) for s in plan.seqs):
+                self._let_go([mine.seq], "ack")
+            else:  # not yet readable as resolved: later, not as a second copy
+                logger.warning("plan {}: seq {} is not in the stream yet unconfirmed; trying later", plan.path, seq)
+                self._let_go([mine.seq], "nak")
+            return []
+        except Exception as exc:  # NATS away for a moment: the message comes again
+            logger.warning("plan {}: cannot read its batches ({}); trying later", plan.path, type(exc).__name__)
+            self._let_go([mine.seq], "nak")
+            return []
         with self._lock:
             self._redoing.add(plan.path)
         for entry in entries:
             entry.planned = plan
         return entries
+
+    def _let_go(self, seqs: list[int], how: str) -> None:
+        """Stop holding these seqs' messages: ``ack`` (stored), ``nak`` (again later, to any writer) or
+        ``term`` (never again)."""
+        with self._lock:
+            msgs = [m for s in seqs if (m := self._held.pop(s, None)) is not None]
+        for msg in msgs:
+            if how == "nak":
+                self._link.spawn(msg.nak(delay=min(5.0, self._ack_wait)))
+            else:
+                self._link.spawn(getattr(msg, how)())
 
     def flush_requests(self) -> list[str | None]:
         if not self._flushes:
@@ -408,7 +469,7 @@ class NatsQueue(Queue):
 
     async def _keep_alive(self) -> None:
         while not self._link.nc.is_closed:
-            await asyncio.sleep(self._s.ack_wait / 3)
+            await asyncio.sleep(self._ack_wait / 3)
             with self._lock:
                 msgs = [*self._held.values(), *self._late.values()]
             for msg in msgs:
@@ -421,7 +482,7 @@ class NatsQueue(Queue):
         """Down long enough for JetStream to give what this process held to other writers: let go of it
         (the writer drops its buffers; files not yet planned are not stored). Planned files go on: whoever
         gets their batches stores the same object again."""
-        if self._role == "ingest" or down < self._s.ack_wait / 2:
+        if self._role == "ingest" or down < self._ack_wait / 2:
             return
         with self._lock:
             if not self._held and not self._late:
@@ -429,7 +490,7 @@ class NatsQueue(Queue):
             logger.warning(
                 "NATS was away {:.1f} s (ack_wait {:g} s): letting go of {} batches held here; they come again",
                 down,
-                self._s.ack_wait,
+                self._ack_wait,
                 len(self._held),
             )
             self._held.clear()
@@ -449,14 +510,41 @@ class NatsQueue(Queue):
         return True
 
     def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:
+        """Record the plan, then check it against the records stream's order: a seq that an earlier plan
+        holds or that is resolved already went to another writer while this one held it (it was slow, or
+        NATS was away). Then the plan is withdrawn, what is still held here goes back to the stream, and
+        QueueLost keeps the file from being stored."""
+        entries = entries or []
         with self._lock:
-            gone = [e.seq for e in entries or () if e.handle is not None and self._held.get(e.seq) is not e.handle]
+            gone = [e.seq for e in entries if e.handle is not None and self._held.get(e.seq) is not e.handle]
         if gone:
-            raise QueueLost(f"{plan.path}: seqs {seq_ranges(gone)} were given to another writer (NATS was away)")
+            self._lose(plan, entries, gone, "were given to another writer (NATS was away)")
         record: dict[str, Any] = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
         if plan.error is not None:
             record["error"] = plan.error
-        self._link.run(self._publish_record(record), timeout=60)
+        at = self._link.run(self._publish_record(record), timeout=60)
+        deadline = time.monotonic() + 60
+        while self._records_applied < at:  # the loop thread applies records in order
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"NATS: the plan record of {plan.path} was not read back within 60 s")
+            time.sleep(0.001)
+        with self._lock:
+            taken = [
+                s
+                for s in plan.seqs
+                if self.position.is_resolved(s) or ((other := self._plans.get(s)) and other.path != plan.path)
+            ]
+        if taken:
+            self._link.run(self._publish_record({"withdraw": plan.path, "seqs": seq_ranges(list(plan.seqs))}), 60)
+            self._lose(plan, entries, taken, "are in another writer's plan or object")
+
+    def _lose(self, plan: Plan, entries: list[Entry], seqs: list[int], why: str) -> None:
+        """Give back what this process still holds of ``entries`` (stored ones acknowledged) and raise."""
+        with self._lock:
+            mine = [e.seq for e in entries if e.handle is not None and self._held.get(e.seq) is e.handle]
+        self._let_go([s for s in mine if self.position.is_resolved(s)], "ack")
+        self._let_go([s for s in mine if not self.position.is_resolved(s)], "nak")
+        raise QueueLost(f"{plan.path}: seqs {seq_ranges(sorted(seqs))} {why}")
 
     def confirm(self, entries: list[Entry], path: str | None) -> None:
         if entries:
@@ -475,7 +563,7 @@ class NatsQueue(Queue):
             self._state = (0.0, self._state[1])  # room changed: ask the stream again
 
     def room(self) -> int:
-        return self._s.max_bytes - self._stream_state().bytes
+        return self._max_bytes - self._stream_state().bytes
 
     def wake(self) -> None:
         self._woken.set()
@@ -525,7 +613,7 @@ async def _ack_all(msgs: list[Any]) -> None:
     handled in order, so then all are (and work-queue retention has deleted them)."""
     for msg in msgs[:-1]:
         await msg.ack()
-    await msgs[-1].ack_sync()
+    await msgs[-1].ack_sync(timeout=30)
 
 
 def _entry(seq: int, data: bytes, headers: dict[str, str], msg: Any) -> Entry:

@@ -47,6 +47,7 @@ class Link:
         self.last_error: str | None = None
         self._down_since: float | None = None
         self._closing = False
+        self._refused: str | None = None
         #: called on the loop with the seconds the connection was down, after a reconnect
         self.reconnect_listeners: list[Callable[[float], None]] = []
         self.loop = asyncio.new_event_loop()
@@ -92,7 +93,8 @@ class Link:
         except TimeoutError:
             urls = ", ".join(without_password(u) for u in s.url)
             raise ConnectionError(
-                f"cannot connect to NATS at {urls} within {CONNECT_TIMEOUT:g} s: {self.last_error or 'no answer'}"
+                f"cannot connect to NATS at {urls} within {CONNECT_TIMEOUT:g} s: "
+                f"{self._refused or self.last_error or 'no answer'}"
             ) from None
 
     async def _ensure_streams(self) -> None:
@@ -129,6 +131,8 @@ class Link:
 
     async def _on_error(self, exc: Exception) -> None:
         self.last_error = f"NATS: {type(exc).__name__}: {exc}"
+        if "authoriz" in str(exc).lower() or "authentic" in str(exc).lower():
+            self._refused = self.last_error  # what a connection reset after it would hide
 
     async def _on_disconnected(self) -> None:
         if self._closing:
