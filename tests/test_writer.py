@@ -3,6 +3,8 @@ and real local storage, with no clock in the way."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -78,3 +80,16 @@ def test_sync_refuses_a_writer_whose_loop_runs(storage):
     queue = MemoryQueue(1 << 30)
     with Writer(queue, storage) as writer, pytest.raises(RuntimeError, match="without its loop"):
         writer.sync()
+
+
+def test_a_write_process_removes_only_partials_no_one_touched_for_an_hour(storage, tmp_path):
+    tmp = tmp_path / "_tmp"
+    tmp.mkdir()
+    (tmp / "old.partial").write_bytes(b"left by a crash")
+    (tmp / "busy.partial").write_bytes(b"another writer's file in the making")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(tmp / "old.partial", (hours_ago, hours_ago))
+    storage.remove_partials(older_than=3600)  # write processes share the root
+    assert sorted(p.name for p in tmp.iterdir()) == ["busy.partial"]
+    storage.remove_partials()  # role all: the only writer, everything under _tmp/ is a crash's
+    assert list(tmp.iterdir()) == []
