@@ -104,7 +104,7 @@ class NatsQueue(Queue):
         self._refusing = False
         self._received = [0, 0, 0]
         self._by_dataset: dict[str, list[int]] = {}
-        self._avg_size = 1 << 20
+        self._msg_size = 1 << 20  # the fetch's size per message: the largest lately (decays by 1/8 per fetch)
         self._records_applied = 0
         self._subs: list[Any] = []
         self._lost = False
@@ -362,7 +362,7 @@ class NatsQueue(Queue):
             self._woken.clear()
             return []
         deadline = time.monotonic() + timeout
-        batch = max(1, min(max_items, FETCH_BYTES // max(1, self._avg_size)))
+        batch = max(1, min(max_items, FETCH_BYTES // max(16 << 10, self._msg_size)))
         while True:
             wait = max(0.01, min(0.1, deadline - time.monotonic()))
             try:
@@ -376,7 +376,9 @@ class NatsQueue(Queue):
                 break
         self._woken.clear()
         if msgs:
-            self._avg_size = (self._avg_size * 3 + sum(len(m.data) for m in msgs) // len(msgs)) // 4
+            # the largest, not the mean: a fetch of many messages sized by small ones could pass the server's
+            # max_pending (64 MB) when large ones follow; decaying, so small batches get large fetches again
+            self._msg_size = max(max(len(m.data) for m in msgs), self._msg_size * 7 // 8)
         return self._entries(msgs)
 
     def _entries(self, msgs: list[Any]) -> list[Entry]:
