@@ -60,7 +60,7 @@ from flight_writer.settings import QueueSettings
 from flight_writer.tracker import DurabilityTracker
 
 ROLES = ("all", "ingest", "write")
-FETCH_BYTES = 32 << 20  # per fetch: JetStream drops a consumer whose pending bytes pass its max_pending (64 MB)
+FETCH_BYTES = 8 << 20  # per fetch: NATS drops a connection whose pending bytes pass max_pending (64 MB)
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
 STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
 
