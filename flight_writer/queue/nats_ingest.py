@@ -1,0 +1,198 @@
+"""The ingest side of the NATS queue (nats.py): publishing batches, flush requests, the stream's state.
+
+A put is one message on ``<stream>.data``, published with a ``Nats-Msg-Id`` (the producer's batch id, or
+one this process makes, so a retried publish is stored once) and acknowledged by JetStream before it
+returns: its seq is the stream's sequence. A full stream (``discard = new``) refuses: the put retries with
+backoff until ``put_timeout``, then QueueFull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import nats
+import pyarrow as pa
+
+from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError, count_for
+from flight_writer.queue.wal_format import encode_ipc
+
+FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
+STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
+
+
+class NatsIngest:
+    """Mixed into NatsQueue: its state is made in NatsQueue.__init__."""
+
+    _s: Any
+    _link: Any
+    _lock: Any
+    position: Any
+
+    def put(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batch: pa.RecordBatch,
+        timeout: float,
+        client_id: str | None = None,
+        *,
+        wait: bool = True,
+    ) -> Accepted:
+        if self._refusing:
+            raise QueueClosed("queue is closed")
+        if self._role == "write":
+            raise RuntimeError("a write process takes no batches (role = write)")
+        payload = memoryview(encode_ipc(batch, self._ipc))  # nats-py joins it into the command: one copy, not two
+        if len(payload) > self._s.max_bytes:
+            raise QueueWriteError(
+                f"a batch of {len(payload)} bytes as Arrow IPC is larger than queue.max_bytes ({self._s.max_bytes}), "
+                "the stream's limit: it can never fit"
+            )
+        headers = {"fw-dataset": dataset, "fw-at": repr(time.time())}
+        if client_id is not None:
+            headers["Nats-Msg-Id"], headers["fw-id"] = client_id, "1"
+        else:
+            with self._lock:
+                self._ids += 1
+                headers["Nats-Msg-Id"] = f"{self._name}-{self._ids}"  # a retried publish is stored once
+        ack = self._link.run(self._publish(payload, headers, timeout))
+        with self._lock:
+            self._last_seq = max(self._last_seq, ack.seq)
+            if not ack.duplicate:
+                rows, nbytes = batch.num_rows, batch.get_total_buffer_size()
+                self._received[0] += 1
+                self._received[1] += rows
+                self._received[2] += nbytes
+                count_for(self._by_dataset, dataset, 1, rows, nbytes)
+        return Accepted(ack.seq, bool(ack.duplicate))
+
+    def put_many(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batches: list[pa.RecordBatch],
+        timeout: float,
+        client_ids: list[str | None],
+        *,
+        wait: bool = True,
+    ) -> list[Accepted]:
+        """One message per piece: not all or none (a failure leaves the earlier pieces queued; with batch
+        ids, sending the batch again stores only the missing ones)."""
+        return [self.put(dataset, schema_key, b, timeout, c) for b, c in zip(batches, client_ids, strict=True)]
+
+    async def _publish(self, payload: bytes, headers: dict[str, str], timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return await self._link.js.publish(
+                    self._link.data_subject,
+                    payload,
+                    timeout=max(0.5, min(5.0, remaining)),
+                    stream=self._s.stream,
+                    headers=headers,
+                )
+            except nats.errors.MaxPayloadError:
+                raise QueueWriteError(
+                    f"a batch of {len(payload)} bytes as Arrow IPC is over NATS's max_payload: send smaller batches "
+                    "or raise max_payload on the NATS servers"
+                ) from None
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in FULL:
+                    raise QueueWriteError(f"NATS refused the batch: {exc.description or exc}") from None
+                reason = f"queue full: stream {self._s.stream} holds queue.max_bytes ({self._s.max_bytes}) unstored"
+            except (TimeoutError, nats.errors.Error) as exc:
+                reason = f"NATS did not take the batch ({type(exc).__name__})"
+                self._link.last_error = reason
+            if self._refusing:
+                raise QueueClosed("queue is closed")
+            if remaining <= 0:
+                raise QueueFull(f"{reason}; waited {timeout:g} s")
+            await asyncio.sleep(min(delay, max(remaining, 0.001)))
+            delay = min(delay * 2, 0.5)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Three quarters of the server's ``max_payload``: room for the IPC schema and headers."""
+        return int(self._link.nc.max_payload * 0.75)
+
+    def flush(self, dataset: str | None, timeout: float | None) -> bool:
+        through = self.last_seq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        request = json.dumps({"dataset": None, "through": through}).encode()
+        while True:
+            if self.position.durable_through >= through:
+                return True
+            if self.position.closed:
+                return False
+            try:
+                self._link.run(self._link.nc.publish(self._link.flush_subject, request), timeout=10)
+            except Exception as exc:  # NATS away: keep waiting, ask again
+                self._link.last_error = f"NATS: flush request not sent ({type(exc).__name__})"
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if self.position.wait_through(through, 1.0 if remaining is None else min(1.0, max(0.0, remaining))):
+                return True
+            if self.position.closed or (remaining is not None and remaining <= 1.0):
+                return False
+
+    def refuse_puts(self) -> None:
+        self._refusing = True
+
+    @property
+    def last_seq(self) -> int:
+        state = self._stream_state()
+        with self._lock:
+            self._last_seq = max(self._last_seq, state.last_seq)
+            return self._last_seq
+
+    def _stream_state(self, fresh: bool = False) -> Any:
+        at, state = self._state
+        if fresh or state is None or time.monotonic() - at > STATE_TTL:
+            try:
+                state = self._link.run(self._link.js.stream_info(self._s.stream), timeout=10).state
+            except Exception as exc:
+                if state is None:
+                    raise
+                self._link.last_error = f"NATS: stream info unavailable ({type(exc).__name__})"
+            else:
+                self._state = (time.monotonic(), state)
+                # acknowledged means stored: below the first message everything is resolved, records or not
+                if (position := getattr(self, "position", None)) is not None:  # made from the first answer
+                    position.advance_to(state.first_seq - 1 if state.messages else state.last_seq)
+        return state
+
+    def stats(self) -> dict[str, Any]:
+        state = self._stream_state(fresh=True)
+        age = self._age_of(state.first_seq) if state.messages else None  # outside the lock: the loop takes it
+        with self._lock:
+            stats: dict[str, Any] = {
+                "pending_batches": state.messages,  # in the stream: not yet stored, by any process
+                "pending_bytes": state.bytes,
+                "queued_batches": None,
+                "received_batches": self._received[0],  # by this process
+                "received_rows": self._received[1],
+                "received_bytes": self._received[2],
+                "oldest_pending_age_s": age,
+                "nats_stream": self._s.stream,
+                "nats_connected": self._link.nc.is_connected,
+                "role": self._role,
+            }
+        if self._link.last_error and not self._link.nc.is_connected:
+            stats["queue_error"] = self._link.last_error
+        return stats
+
+    def _age_of(self, seq: int) -> float | None:
+        """Seconds since the batch ``seq`` was received (one read of the stream)."""
+        try:
+            raw = self._link.run(self._link.js.get_msg(self._s.stream, seq), timeout=10)
+        except Exception:  # stored meanwhile, or NATS away: no age to tell
+            return None
+        return round(max(0.0, time.time() - float((raw.headers or {}).get("fw-at", time.time()))), 3)
+
+    def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
+        with self._lock:
+            return {name: (c[0], c[1], c[2]) for name, c in self._by_dataset.items()}
