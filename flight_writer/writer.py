@@ -40,7 +40,7 @@ from loguru import logger
 from flight_writer.config import DatasetSettings, WriterSettings
 from flight_writer.parquet_file import FileContext, ParquetFile
 from flight_writer.queue import Entry, Feed, QueueLost
-from flight_writer.queue.base import count_for
+from flight_writer.queue.base import Counts
 from flight_writer.retries import Aborted, Retries
 from flight_writer.routing import Routes
 from flight_writer.storage import Storage
@@ -91,11 +91,8 @@ class Writer:
         self._retries = Retries(s, self._abort)
         self._files = FileContext(feed, storage, s, self._executor, self._retries.run, self._stored, self._rejected)
         self._thread = threading.Thread(target=self._run, name="flight-writer-loop", daemon=True)
-        self.files_written = 0
-        self.rows_written = 0
-        self.bytes_written = 0
+        self._written = Counts()  # files, rows, Parquet bytes
         self.batches_failed = 0
-        self._written_by_dataset: dict[str, list[int]] = {}  # files, rows, bytes
         self.sealed_early = 0  # buffers written before they were due: writer.max_open_buffers
         self._warned_at = -3600.0
         #: called with (rows, bytes, encode seconds, upload seconds) after each file is stored
@@ -305,17 +302,14 @@ class Writer:
     # -- what files report ---------------------------------------------------------------------------
     def _stored(self, dataset: str, rows: int, nbytes: int, encode_s: float, upload_s: float) -> None:
         with self._lock:
-            self.files_written += 1
-            self.rows_written += rows
-            self.bytes_written += nbytes
-            count_for(self._written_by_dataset, dataset, 1, rows, nbytes)
+            self._written.add(dataset, rows, nbytes)
         for listener in self.file_listeners:
             listener(rows, nbytes, encode_s, upload_s)
 
     def written_by_dataset(self) -> dict[str, tuple[int, int, int]]:
         """Files, rows and Parquet bytes stored since start, per dataset (the first ``MAX_DATASETS``)."""
         with self._lock:
-            return {name: (c[0], c[1], c[2]) for name, c in self._written_by_dataset.items()}
+            return self._written.by_dataset()
 
     def _rejected(self) -> None:
         with self._lock:
@@ -328,9 +322,9 @@ class Writer:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counts = {
-                "files_written": self.files_written,
-                "rows_written": self.rows_written,
-                "bytes_written": self.bytes_written,
+                "files_written": self._written.total[0],
+                "rows_written": self._written.total[1],
+                "bytes_written": self._written.total[2],
                 "batches_failed": self.batches_failed,
                 "open_buffers": len(self._buffers),
                 "buffers_sealed_early": self.sealed_early,

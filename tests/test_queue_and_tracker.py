@@ -52,7 +52,8 @@ def test_per_dataset_counts_take_the_first_names_then_count_the_rest_together(mo
     from flight_writer.queue import base
 
     monkeypatch.setattr(base, "MAX_DATASETS", 2)
-    table: dict[str, list[int]] = {}
+    counts = base.Counts()
     for name in ("a", "b", "c", "d", "a"):
-        base.count_for(table, name, 1, 10, 100)
-    assert table == {"a": [2, 20, 200], "b": [1, 10, 100], base.OTHER: [2, 20, 200]}
+        counts.add(name, 10, 100)
+    assert counts.by_dataset() == {"a": (2, 20, 200), "b": (1, 10, 100), base.OTHER: (2, 20, 200)}
+    assert counts.total == [5, 50, 500]

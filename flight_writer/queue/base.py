@@ -39,15 +39,31 @@ MAX_DATASETS = 10_000  # datasets counted by name (status, metrics); beyond, tog
 OTHER = "(other)"  # what those are counted as: not a valid dataset name, so it cannot collide with one
 
 
-def count_for(table: dict[str, list[int]], dataset: str, items: int, rows: int, nbytes: int) -> None:
-    """Add to a dataset's three counters in ``table`` (under its owner's lock): the first ``MAX_DATASETS``
-    names each on their own, later ones together as ``OTHER``."""
-    counts = table.get(dataset)
-    if counts is None:
-        counts = table.setdefault(dataset if len(table) < MAX_DATASETS else OTHER, [0, 0, 0])
-    counts[0] += items
-    counts[1] += rows
-    counts[2] += nbytes
+class Counts:
+    """Items (batches or files), rows and bytes, in all (``total``) and per dataset, added under the owner's
+    lock: the first ``MAX_DATASETS`` dataset names each on their own, later ones together as ``OTHER``."""
+
+    __slots__ = ("_by_dataset", "total")
+
+    def __init__(self) -> None:
+        self.total = [0, 0, 0]
+        self._by_dataset: dict[str, list[int]] = {}
+
+    def add(self, dataset: str, rows: int, nbytes: int) -> None:
+        total = self.total
+        total[0] += 1
+        total[1] += rows
+        total[2] += nbytes
+        counts = self._by_dataset.get(dataset)
+        if counts is None:
+            table = self._by_dataset
+            counts = table.setdefault(dataset if len(table) < MAX_DATASETS else OTHER, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += rows
+        counts[2] += nbytes
+
+    def by_dataset(self) -> dict[str, tuple[int, int, int]]:
+        return {name: (c[0], c[1], c[2]) for name, c in self._by_dataset.items()}
 
 
 class QueueFull(Exception):

@@ -18,13 +18,13 @@ import pyarrow as pa
 
 from flight_writer.queue.base import (
     Accepted,
+    Counts,
     Entry,
     IdWindow,
     Queue,
     QueueClosed,
     QueueFull,
     QueueWriteError,
-    count_for,
 )
 from flight_writer.tracker import DurabilityTracker
 
@@ -69,8 +69,7 @@ class MemoryQueue(Queue):
         self._flushes: list[str | None] = []
         self._woken = False
         self._closed = False
-        self._received = [0, 0, 0]  # batches, rows, Arrow bytes put since the queue was made (not recovered)
-        self._by_dataset: dict[str, list[int]] = {}  # the same per dataset (the first MAX_DATASETS, then OTHER)
+        self._received = Counts()  # batches, rows, Arrow bytes put since the queue was made (not recovered)
         self.position = DurabilityTracker(history, last_seq, pending_state=self.ack_state)
 
     # -- ingest ----------------------------------------------------------------------------------------
@@ -161,12 +160,7 @@ class MemoryQueue(Queue):
         if self._journal is not None:
             self._journal.append(entry, prepared)
         self._accept(entry)
-        rows = batch.num_rows
-        received = self._received
-        received[0] += 1
-        received[1] += rows
-        received[2] += nbytes
-        count_for(self._by_dataset, dataset, 1, rows, nbytes)
+        self._received.add(dataset, batch.num_rows, nbytes)
         return entry.seq
 
     def _accept(self, entry: Entry) -> None:
@@ -259,9 +253,9 @@ class MemoryQueue(Queue):
                 "pending_bytes": self._pending_bytes,
                 "queued_batches": len(self._items),
                 "dedupe_ids": len(self._ids),
-                "received_batches": self._received[0],
-                "received_rows": self._received[1],
-                "received_bytes": self._received[2],
+                "received_batches": self._received.total[0],
+                "received_rows": self._received.total[1],
+                "received_bytes": self._received.total[2],
                 # the dict keeps insertion (seq) order; scanning past removed keys costs only here
                 "oldest_pending_age_s": round(max(0.0, time.time() - oldest[0]), 3)
                 if (oldest := next(iter(self._pending.values()), None)) is not None
@@ -272,4 +266,4 @@ class MemoryQueue(Queue):
         """Batches, rows and Arrow bytes put since the queue was made, per dataset (the first
         ``MAX_DATASETS`` names; the rest together under ``OTHER``)."""
         with self._lock:
-            return {name: (c[0], c[1], c[2]) for name, c in self._by_dataset.items()}
+            return self._received.by_dataset()

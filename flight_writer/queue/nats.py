@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -40,7 +39,7 @@ import pyarrow as pa
 from loguru import logger
 from nats.js import api
 
-from flight_writer.queue.base import Plan, Queue
+from flight_writer.queue.base import Counts, Plan, Queue
 from flight_writer.queue.nats_feed import NatsFeed
 from flight_writer.queue.nats_ingest import NatsIngest
 from flight_writer.queue.nats_link import Link
@@ -89,10 +88,10 @@ class NatsQueue(NatsIngest, NatsFeed, Queue):
         self._flushes: list[str | None] = []
         self._woken = threading.Event()
         self._refusing = False
-        self._received = [0, 0, 0]
-        self._by_dataset: dict[str, list[int]] = {}
+        self._received = Counts()  # by this process
         self._msg_size = 1 << 20  # the fetch's size per message: the largest lately (decays by 1/8 per fetch)
-        self._records_applied = 0
+        self._records_applied = 0  # the records stream's sequence applied so far (on the loop thread)
+        self._applied = threading.Condition()
         self._subs: list[Any] = []
         self._lost = False
         self._not_taking = False
@@ -140,14 +139,12 @@ class NatsQueue(NatsIngest, NatsFeed, Queue):
         """Wait until every record stored so far is applied (plans and confirmations of other processes);
         False if ``timeout`` s passed first."""
         state = self._link.run(self._link.js.stream_info(self._link.records_stream), timeout=30).state
-        if not state.messages:
-            return True
-        deadline = time.monotonic() + timeout
-        while self._records_applied < state.last_seq:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)  # applied on the loop thread; a few ms
-        return True
+        return not state.messages or self._wait_applied(state.last_seq, timeout)
+
+    def _wait_applied(self, seq: int, timeout: float) -> bool:
+        """Wait until the records up to ``seq`` (the records stream's sequence) are applied here."""
+        with self._applied:
+            return self._applied.wait_for(lambda: self._records_applied >= seq, timeout)
 
     # -- records ---------------------------------------------------------------------------------------
     async def _on_record(self, msg: Any) -> None:
@@ -157,7 +154,9 @@ class NatsQueue(NatsIngest, NatsFeed, Queue):
             logger.error("NATS: a durability record is not JSON; skipped")
         else:
             self._apply(record)
-        self._records_applied = msg.metadata.sequence.stream
+        with self._applied:
+            self._records_applied = msg.metadata.sequence.stream
+            self._applied.notify_all()
 
     def _apply(self, record: dict[str, Any]) -> None:
         if record.get("of", self._incarnation) != self._incarnation:

@@ -202,11 +202,8 @@ class NatsFeed:
         if plan.error is not None:
             record["error"] = plan.error
         at = self._link.run(self._publish_record(record), timeout=60)
-        deadline = time.monotonic() + 60
-        while self._records_applied < at:  # the loop thread applies records in order
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"NATS: the plan record of {plan.path} was not read back within 60 s")
-            time.sleep(0.001)
+        if not self._wait_applied(at, 60.0):  # the loop thread applies records in order
+            raise TimeoutError(f"NATS: the plan record of {plan.path} was not read back within 60 s")
         with self._lock:
             taken = [
                 s

@@ -9,14 +9,13 @@ backoff until ``put_timeout``, then QueueFull.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 import nats
 import pyarrow as pa
 
-from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError, count_for
+from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.queue.wal_format import encode_ipc
 
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
@@ -46,10 +45,10 @@ class NatsIngest:
         if self._role == "write":
             raise RuntimeError("a write process takes no batches (role = write)")
         payload = memoryview(encode_ipc(batch, self._ipc))  # nats-py joins it into the command: one copy, not two
-        if len(payload) > self._s.max_bytes:
+        if len(payload) > self._max_bytes:
             raise QueueWriteError(
-                f"a batch of {len(payload)} bytes as Arrow IPC is larger than queue.max_bytes ({self._s.max_bytes}), "
-                "the stream's limit: it can never fit"
+                f"a batch of {len(payload)} bytes as Arrow IPC is larger than the stream's max_bytes "
+                f"({self._max_bytes}, queue.max_bytes when it was made): it can never fit"
             )
         headers = {"fw-dataset": dataset, "fw-at": repr(time.time())}
         if client_id is not None:
@@ -62,11 +61,7 @@ class NatsIngest:
         with self._lock:
             self._last_seq = max(self._last_seq, ack.seq)
             if not ack.duplicate:
-                rows, nbytes = batch.num_rows, batch.get_total_buffer_size()
-                self._received[0] += 1
-                self._received[1] += rows
-                self._received[2] += nbytes
-                count_for(self._by_dataset, dataset, 1, rows, nbytes)
+                self._received.add(dataset, batch.num_rows, batch.get_total_buffer_size())
         return Accepted(ack.seq, bool(ack.duplicate))
 
     def put_many(
@@ -104,7 +99,10 @@ class NatsIngest:
             except nats.js.errors.APIError as exc:
                 if exc.err_code not in FULL:
                     raise QueueWriteError(f"NATS refused the batch: {exc.description or exc}") from None
-                reason = f"queue full: stream {self._s.stream} holds queue.max_bytes ({self._s.max_bytes}) unstored"
+                reason = (
+                    f"queue full: stream {self._s.stream} is at its max_bytes ({self._max_bytes}; "
+                    "queue.max_bytes when the stream was made)"
+                )
             except (TimeoutError, nats.errors.Error) as exc:
                 reason = f"NATS did not take the batch ({type(exc).__name__})"
                 self._link.last_error = reason
@@ -123,14 +121,14 @@ class NatsIngest:
     def flush(self, dataset: str | None, timeout: float | None) -> bool:
         through = self.last_seq
         deadline = None if timeout is None else time.monotonic() + timeout
-        request = json.dumps({"dataset": None, "through": through}).encode()
         while True:
             if self.position.durable_through >= through:
                 return True
             if self.position.closed:
                 return False
             try:
-                self._link.run(self._link.nc.publish(self._link.flush_subject, request), timeout=10)
+                # empty: every writer writes out every buffer (a dataset's seqs are not known across processes)
+                self._link.run(self._link.nc.publish(self._link.flush_subject, b""), timeout=10)
             except Exception as exc:  # NATS away: keep waiting, ask again
                 self._link.last_error = f"NATS: flush request not sent ({type(exc).__name__})"
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -173,9 +171,9 @@ class NatsIngest:
                 "pending_batches": state.messages,  # in the stream: not yet stored, by any process
                 "pending_bytes": state.bytes,
                 "queued_batches": None,
-                "received_batches": self._received[0],  # by this process
-                "received_rows": self._received[1],
-                "received_bytes": self._received[2],
+                "received_batches": self._received.total[0],  # by this process
+                "received_rows": self._received.total[1],
+                "received_bytes": self._received.total[2],
                 "oldest_pending_age_s": age,
                 "nats_stream": self._s.stream,
                 "nats_connected": self._link.nc.is_connected,
@@ -195,4 +193,4 @@ class NatsIngest:
 
     def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
         with self._lock:
-            return {name: (c[0], c[1], c[2]) for name, c in self._by_dataset.items()}
+            return self._received.by_dataset()
