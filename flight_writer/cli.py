@@ -21,10 +21,10 @@ from flight_writer import console
 from flight_writer.config import ConfigError, load_settings
 from flight_writer.log import configure_logging
 from flight_writer.service import Service
+from flight_writer.signals import SignalInbox, StopRequests
 from flight_writer.storage import StorageError
 
 TRIM_EVERY = 0.1  # seconds between malloc_trim calls
-SAME_STOP = 1.0  # a second SIGTERM/SIGINT this soon after the first is the same request (make forwards it)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +65,7 @@ def _serve(config: str | None, role: str = "all") -> int:
     configure_logging(settings.log)
     _tune_malloc(settings.writer.threads)
     service = Service(settings, role=role)
+    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))  # a stop during start waits for it
     try:
         service.start()
     except (StorageError, OSError) as exc:
@@ -74,59 +75,23 @@ def _serve(config: str | None, role: str = "all") -> int:
         print(f"flight-writer: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
-    stop = threading.Event()
-    first_at = 0.0
-    said: list[str] = []  # what the handlers have to say, logged by the main thread: loguru is not re-entrant
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal first_at
-        name = signal.Signals(signum).name
-        now = time.monotonic()
-        if not stop.is_set():
-            first_at = now
-            said.append(f"{name}: stopping gracefully (a signal again after {SAME_STOP:g} s exits at once)")
-            stop.set()
-        elif now - first_at < SAME_STOP:
-            # make and shell wrappers forward the signal their process group got: the same request twice
-            said.append(f"{name} again within {SAME_STOP:g} s: already stopping gracefully")
-        else:
-            os.write(2, f"{name} again: exiting now; what is not durable yet is not written\n".encode())
-            os._exit(1)
-
-    def log_said() -> None:
-        while said:
-            logger.info(said.pop(0))
-
-    wake = threading.Event()  # a signal came: the main thread has something to do
-    reload = threading.Event()
-
-    def on_hangup(signum: int, frame: object) -> None:
-        reload.set()
-        wake.set()
-
-    def on_stop(signum: int, frame: object) -> None:
-        on_signal(signum, frame)
-        wake.set()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hangup)
-    while not stop.is_set():
-        wake.wait(0.5)
-        wake.clear()
-        log_said()
-        if reload.is_set() and not stop.is_set():
-            reload.clear()
-            _reload(service, config)
-    log_said()
+    stops = StopRequests(settings.server.same_stop_window)
+    while not stops.asked:
+        for signum in inbox.wait(0.5):
+            if signum == signal.SIGHUP:
+                if not stops.asked:
+                    _reload(service, config)
+            else:
+                stops.note(signum)
     # the stop runs beside the main thread, which stays in Python so that a later signal is handled (a
     # blocking server.shutdown() on the main thread deferred every handler until open streams closed)
     stopping = threading.Thread(target=service.stop, name="flight-writer-stop")
     stopping.start()
     while stopping.is_alive():
-        stopping.join(0.2)
-        log_said()
-    log_said()
+        for signum in inbox.wait(0.2):
+            if signum != signal.SIGHUP:
+                stops.note(signum)
+    inbox.close()
     if service.calls_open:  # streams still open at server.shutdown_timeout: everything answered is written
         logger.info("exiting: ending the streams still open")
         logger.complete()
@@ -144,16 +109,17 @@ def _reload(service: Service, config: str | None) -> None:
     except (ConfigError, AuthError) as exc:
         logger.error("SIGHUP: nothing changed: {}", exc)
         return
-    if any(name.startswith("log.") for name in live):
-        configure_logging(service.settings.log)
     for name in restart:
         logger.warning("SIGHUP: {} changed but needs a restart: kept as it was", name)
     principals = service.settings.auth.principals_file
+    # said before a new log level applies: a reload that raises the level still leaves its line
     logger.info(
         "SIGHUP: settings reloaded{}; changed now: {}",
         f", principals read again from {principals}" if principals else "",
         ", ".join(live) or "nothing",
     )
+    if any(name.startswith("log.") for name in live):
+        configure_logging(service.settings.log)
 
 
 def _tune_malloc(threads: int) -> None:

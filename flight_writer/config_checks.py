@@ -68,6 +68,8 @@ def check_settings(s: Settings) -> None:
         )
     if s.server.shutdown_timeout < 0:
         raise ConfigError(f"server.shutdown_timeout must be >= 0, got {s.server.shutdown_timeout!r}")
+    if s.server.same_stop_window < 0:
+        raise ConfigError(f"server.same_stop_window must be >= 0, got {s.server.same_stop_window!r}")
     if s.queue.put_timeout < 0:
         raise ConfigError(f"queue.put_timeout must be >= 0, got {s.queue.put_timeout!r}")
     w = s.writer

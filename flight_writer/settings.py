@@ -30,6 +30,7 @@ class ServerSettings:
     tls_key_file: str = ""  # its PEM private key
     tls_client_ca_file: str = ""  # PEM CA bundle: when set, clients must present a certificate it signed (mTLS)
     shutdown_timeout: float = 20.0  # seconds a stop waits for open calls before it ends them
+    same_stop_window: float = 1.0  # a 2nd SIGTERM/SIGINT this soon after the 1st is the same stop request
     max_streams: int = 1000  # do_put calls open at once; each holds a server thread
     max_streams_per_principal: int = 100  # ... of them by one principal (with auth; a principal may set its own)
     max_batch_bytes: int = 256 * MiB  # Arrow bytes of one record batch
