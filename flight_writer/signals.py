@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 from loguru import logger
 
+
 def _noted(signum: int, frame: object) -> None:
     """The Python-level handler: nothing. The wakeup fd has the signal already."""
 
