@@ -19,10 +19,10 @@ from loguru import logger
 
 from flight_writer import console
 from flight_writer.config import ConfigError, load_settings
+from flight_writer.lake.storage import StorageError
 from flight_writer.log import configure_logging
 from flight_writer.service import Service
 from flight_writer.signals import SignalInbox, StopRequests
-from flight_writer.storage import StorageError
 
 TRIM_EVERY = 0.1  # seconds between malloc_trim calls
 
@@ -102,7 +102,7 @@ def _serve(config: str | None, role: str = "all") -> int:
 
 def _reload(service: Service, config: str | None) -> None:
     """SIGHUP: read the settings file and environment again; apply what can change live (Service.reload)."""
-    from flight_writer.auth import AuthError
+    from flight_writer.ingest.auth import AuthError
 
     try:
         live, restart = service.reload(load_settings(config))
@@ -152,7 +152,7 @@ def _tune_malloc(threads: int) -> None:
 
 
 def _hash_secret() -> int:
-    from flight_writer.auth import hash_secret
+    from flight_writer.ingest.auth import hash_secret
 
     secret = getpass.getpass("secret: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if len(secret) < 16:

@@ -19,14 +19,14 @@ import pyarrow.flight as flight
 from loguru import logger
 
 from flight_writer._version import __version__
-from flight_writer.auth import Authenticator, load_principals
 from flight_writer.config import Settings
+from flight_writer.ingest.auth import Authenticator, load_principals
+from flight_writer.ingest.server import FlightWriterServer
+from flight_writer.lake.storage import Storage, StorageError
 from flight_writer.metrics import Metrics
 from flight_writer.queue import Queue, WalQueue, make_queue
-from flight_writer.server import FlightWriterServer
-from flight_writer.storage import Storage, StorageError
-from flight_writer.tracker import DurabilityTracker
-from flight_writer.writer import Writer
+from flight_writer.queue.tracker import DurabilityTracker
+from flight_writer.write.writer import Writer
 
 
 class Service:

@@ -11,7 +11,7 @@ import pyarrow.flight as flight
 import pytest
 from test_tls import pki, tls_server  # noqa: F401 - pki is a fixture
 
-from flight_writer.auth import hash_secret
+from flight_writer.ingest.auth import hash_secret
 
 from conftest import REPO, action, put, read_dataset, running, send
 
@@ -156,7 +156,7 @@ def test_hash_secret_command():
         cwd=REPO,
         timeout=60,
     )
-    from flight_writer.auth import secret_matches
+    from flight_writer.ingest.auth import secret_matches
 
     assert done.returncode == 0 and secret_matches(TEAM_A, done.stdout.strip()) and TEAM_A not in done.stdout
 

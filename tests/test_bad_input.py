@@ -47,7 +47,7 @@ def test_command_descriptor_that_is_not_flight_sql_is_refused(client):
 
 
 def test_flight_sql_command_other_than_ingest_is_unimplemented(client):
-    from flight_writer import flightsql
+    from flight_writer.ingest.flightsql import messages as flightsql
 
     query = flightsql.pack_any("CommandStatementUpdate", b"\n\x08delete *")
     with pytest.raises(pa.ArrowNotImplementedError, match="Flight SQL command CommandStatementUpdate is not supported"):

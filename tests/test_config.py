@@ -179,7 +179,7 @@ def test_key_like_options_and_endpoint_passwords_are_masked():
     assert "hunter2" not in str(s.masked()) and "AKIA1" not in str(s.masked())
     import opendal
 
-    from flight_writer.storage import Storage
+    from flight_writer.lake.storage import Storage
 
     status = Storage(opendal.Operator("memory"), "s3", "", s.storage).describe()  # what `status` shows
     assert status["endpoint"] == "https://user:***@minio.example:9000/x"

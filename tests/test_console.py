@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from emulators import free_port
 
-from flight_writer.auth import hash_secret
 from flight_writer.cli import main
+from flight_writer.ingest.auth import hash_secret
 
 from conftest import REPO, action, put, read_dataset, running, wait_for, write_config
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flight_writer import flightsql
+from flight_writer.ingest.flightsql import messages as flightsql
 
 from conftest import parquet_files, read_dataset, running
 

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from flight_writer import Service, flightsql
+from flight_writer import Service
+from flight_writer.ingest.flightsql import messages as flightsql
 
 from conftest import action, put, read_dataset, running, send
 

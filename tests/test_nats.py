@@ -23,7 +23,7 @@ from emulators import free_port
 from flight_writer import Service
 from flight_writer.config import QueueSettings
 from flight_writer.queue import Plan, QueueLost
-from flight_writer.queue.nats import NatsQueue
+from flight_writer.queue.nats.queue import NatsQueue
 
 from conftest import (
     REPO,

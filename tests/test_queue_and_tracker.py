@@ -6,8 +6,8 @@ import threading
 
 import pyarrow as pa
 
-from flight_writer.seqs import parse_ranges, seq_ranges
-from flight_writer.tracker import DurabilityTracker
+from flight_writer.queue.seqs import parse_ranges, seq_ranges
+from flight_writer.queue.tracker import DurabilityTracker
 
 BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64())})  # 800 bytes
 

@@ -44,7 +44,7 @@ class Queues:
         if self.kind == "memory":
             queue: Queue = MemoryQueue(max_bytes, dedupe_window)
         elif self.kind == "nats":
-            from flight_writer.queue.nats import NatsQueue
+            from flight_writer.queue.nats.queue import NatsQueue
 
             settings = QueueSettings(
                 type="nats", url=self._nats.urls, stream=self._nats.new_stream(), max_bytes=max_bytes, ack_wait=5

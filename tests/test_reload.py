@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from flight_writer.auth import hash_secret
+from flight_writer.ingest.auth import hash_secret
 
 from conftest import read_dataset, send, write_config
 

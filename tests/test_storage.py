@@ -19,7 +19,7 @@ import pytest
 
 from flight_writer import Service, Storage, StorageError
 from flight_writer.config import StorageSettings
-from flight_writer.storage import OPENDAL_ERRORS
+from flight_writer.lake.storage import OPENDAL_ERRORS
 
 from conftest import action, put, settings_for, wait_for
 

@@ -17,7 +17,7 @@ import pyarrow.flight as flight
 import pytest
 
 from flight_writer.queue import Plan, WalQueue
-from flight_writer.queue.wal_format import HEADER
+from flight_writer.queue.wal.format import HEADER
 
 from conftest import action, put, read_dataset, running
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from flight_writer.config import StorageSettings, WriterSettings
+from flight_writer.lake.storage import Storage
 from flight_writer.queue import MemoryQueue
-from flight_writer.storage import Storage
-from flight_writer.writer import Writer
+from flight_writer.write.writer import Writer
 
 from conftest import ints, parquet_files
 

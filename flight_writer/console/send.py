@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from flight_writer.console.common import CommandError, Connection, new_command, one_line, size
 from flight_writer.console.sender import Sender
 from flight_writer.console.sources import FORMATS, Source, format_of, open_source
-from flight_writer.seqs import seq_ranges
+from flight_writer.queue.seqs import seq_ranges
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ import pyarrow.flight as flight
 
 from flight_writer.console.common import CALL_ERRORS, RETRYABLE, CommandError, Connection, one_line
 from flight_writer.console.sources import Source
-from flight_writer.server import ACK_HEADER
+from flight_writer.ingest.server import ACK_HEADER
 
 WINDOW_BATCHES = 16  # batches sent without a reply yet, kept for a re-send; the sender waits beyond this
 MAX_ACK_SEQS = 10_000  # the server's limit per ack call

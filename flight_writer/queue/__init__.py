@@ -1,5 +1,14 @@
-"""Queue layer (``flight_writer.queue``, not a top-level ``queue``: that would shadow the standard library's
-``queue``, which ``concurrent.futures`` and ``logging`` import)."""
+"""The queue seam between the ingest and write roles (``flight_writer.queue``, not a top-level ``queue``:
+that would shadow the standard library's ``queue``, which ``concurrent.futures`` and ``logging`` import).
+
+``base.py`` is the seam only (``Ingest``, ``Feed``, ``SharedFeed``, ``Queue``, the entry and plan records);
+``memory.py`` the queue of one process; ``wal/`` the write-ahead log; ``nats/`` JetStream across processes.
+``tracker.py`` is the durability position every queue holds; ``seqs.py`` seq sets as text; ``ipc.py`` the
+Arrow IPC bytes a batch is kept as (WAL and NATS); ``counting.py`` the counters and id window the
+implementations share.
+
+May import: ``flight_writer.config`` only. The roles above use it; it knows neither.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +26,7 @@ from flight_writer.queue.base import (
     QueueWriteError,
 )
 from flight_writer.queue.memory import MemoryQueue
-from flight_writer.queue.wal import WalQueue
+from flight_writer.queue.wal.queue import WalQueue
 
 __all__ = [
     "Accepted",
@@ -40,7 +49,7 @@ def make_queue(settings: QueueSettings, history: int = 100_000, role: str = "all
     """The queue that ``queue.type`` names; its position remembers the files of ``history`` seqs. ``role``
     (``all``, ``ingest``, ``write``) is the part of it this process uses: only ``nats`` has more than ``all``."""
     if settings.type == "nats":
-        from flight_writer.queue.nats import NatsQueue  # nats-py only where it is used
+        from flight_writer.queue.nats.queue import NatsQueue  # nats-py only where it is used
 
         return NatsQueue(settings, role, history)
     if role != "all":

@@ -5,7 +5,7 @@ the same object, across processes each role holds its own end of a shared log.
 Ingest: ``put`` assigns every batch its sequence number (``seq``) and returns a receipt (:class:`Accepted`);
 ``settle(seq)`` resolves it once the batch is as safe as the reply says (``ack_state``: ``queued``, or
 ``logged`` when it is on disk first). ``flush`` asks the writers to write out what was put so far and waits
-for it. ``position`` (a :class:`~flight_writer.tracker.DurabilityTracker`) answers ``ack`` and ``status``: it
+for it. ``position`` (a :class:`~flight_writer.queue.tracker.DurabilityTracker`) answers ``ack`` and ``status``: it
 applies the durability records the write side produces, so it advances only after storage confirmed a write.
 
 Feed: ``take`` hands out entries in seq order. Before storing an object the writer records its ``plan``
@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from flight_writer.tracker import DurabilityTracker
+from flight_writer.queue.tracker import DurabilityTracker
 
 MAX_DATASETS = 10_000  # datasets counted by name (status, metrics); beyond, together: names are the clients'
 OTHER = "(other)"  # what those are counted as: not a valid dataset name, so it cannot collide with one

@@ -26,7 +26,7 @@ from flight_writer.queue.base import (
     QueueFull,
     QueueWriteError,
 )
-from flight_writer.tracker import DurabilityTracker
+from flight_writer.queue.tracker import DurabilityTracker
 
 
 class Journal(Protocol):

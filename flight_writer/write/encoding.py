@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flight_writer.config import WriterSettings
-from flight_writer.layout import Shape
-from flight_writer.storage import Storage
+from flight_writer.lake.layout import Shape
+from flight_writer.lake.storage import Storage
 
 PARQUET_TYPE = "application/vnd.apache.parquet"
 LOCAL_BUFFER = 1 << 20  # the encoder writes pages of a few KiB: gather them before the write(2)

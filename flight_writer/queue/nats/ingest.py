@@ -16,7 +16,7 @@ import nats
 import pyarrow as pa
 
 from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError
-from flight_writer.queue.wal_format import encode_ipc
+from flight_writer.queue.wal.format import encode_ipc
 
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
 STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)

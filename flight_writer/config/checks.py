@@ -10,7 +10,8 @@ import ipaddress
 import os
 import re
 
-from flight_writer.settings import ConfigError, DatasetRule, Settings
+from flight_writer.config.columns import declared_columns
+from flight_writer.config.settings import ConfigError, DatasetRule, Settings
 
 COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "none")
 QUEUE_TYPES = ("memory", "wal", "nats")
@@ -134,11 +135,9 @@ def _check_rule(where: str, rule: DatasetRule) -> None:
         raise ConfigError(f"{where}: fields must be distinct columns, other than time_column")
     if rule.schema not in ("separate", "evolve", "strict"):
         raise ConfigError(f"{where}: schema must be separate, evolve or strict, got {rule.schema!r}")
-    from flight_writer.schemas import SchemaError, declared_schema
-
     try:
-        declared_schema(rule.columns)
-    except SchemaError as exc:
+        declared_columns(rule.columns)
+    except ConfigError as exc:
         raise ConfigError(f"{where}: columns: {exc}") from None
     if rule.max_partitions <= 0:
         raise ConfigError(f"{where}: max_partitions must be positive, got {rule.max_partitions}")

@@ -10,7 +10,7 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flight_writer.storage import Storage
+from flight_writer.lake.storage import Storage
 
 
 class Datasets:

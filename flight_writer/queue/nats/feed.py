@@ -18,7 +18,7 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.queue.base import Entry, Plan, QueueLost
-from flight_writer.seqs import seq_ranges
+from flight_writer.queue.seqs import seq_ranges
 
 FETCH_BYTES = 8 << 20  # per fetch: NATS drops a connection whose pending bytes pass max_pending (64 MB)
 

@@ -33,14 +33,14 @@ from typing import Any
 import pyarrow as pa
 from loguru import logger
 
-from flight_writer import footer
 from flight_writer._version import __version__
 from flight_writer.config import WriterSettings
-from flight_writer.encoding import SAMPLE_ROWS, Encoder, Joined, dictionary_columns
-from flight_writer.layout import Shape
+from flight_writer.lake.layout import Shape
+from flight_writer.lake.storage import Storage
 from flight_writer.queue import Entry, Feed, Plan
-from flight_writer.seqs import seq_ranges
-from flight_writer.storage import Storage
+from flight_writer.queue.seqs import seq_ranges
+from flight_writer.write import footer
+from flight_writer.write.encoding import SAMPLE_ROWS, Encoder, Joined, dictionary_columns
 
 ARROW_TYPE = "application/vnd.apache.arrow.file"
 
@@ -234,7 +234,7 @@ class ParquetFile:
             b"flight_writer.dataset": self.dataset.encode(),
             b"flight_writer.seq_min": str(seqs[0]).encode(),
             b"flight_writer.seq_max": str(seqs[-1]).encode(),
-            b"flight_writer.seqs": seq_ranges(list(seqs)).encode(),
+            b"flight_writer.queue.seqs": seq_ranges(list(seqs)).encode(),
             b"flight_writer.version": __version__.encode(),
         }
 

@@ -39,13 +39,13 @@ import pyarrow as pa
 from loguru import logger
 from nats.js import api
 
+from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Counts, Plan, Queue
-from flight_writer.queue.nats_feed import NatsFeed
-from flight_writer.queue.nats_ingest import NatsIngest
-from flight_writer.queue.nats_link import Link
-from flight_writer.seqs import parse_ranges
-from flight_writer.settings import QueueSettings
-from flight_writer.tracker import DurabilityTracker
+from flight_writer.queue.nats.feed import NatsFeed
+from flight_writer.queue.nats.ingest import NatsIngest
+from flight_writer.queue.nats.link import Link
+from flight_writer.queue.seqs import parse_ranges
+from flight_writer.queue.tracker import DurabilityTracker
 
 ROLES = ("all", "ingest", "write")
 

@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
-from flight_writer.admission import Admission, AdmissionError
 from flight_writer.config import ServerSettings
-from flight_writer.layout import LayoutError
+from flight_writer.ingest.admission import Admission, AdmissionError
+from flight_writer.ingest.replies import Replies
+from flight_writer.lake.layout import LayoutError
+from flight_writer.lake.schemas import SchemaError
 from flight_writer.queue import Ingest, QueueClosed, QueueFull, QueueWriteError
-from flight_writer.replies import Replies
-from flight_writer.schemas import SchemaError
 
 
 class Ingestor:

@@ -38,12 +38,12 @@ from typing import Any
 from loguru import logger
 
 from flight_writer.config import DatasetSettings, WriterSettings
-from flight_writer.parquet_file import FileContext, ParquetFile
+from flight_writer.lake.storage import Storage
 from flight_writer.queue import Entry, Feed, QueueLost
 from flight_writer.queue.base import Counts
-from flight_writer.retries import Aborted, Retries
-from flight_writer.routing import Routes
-from flight_writer.storage import Storage
+from flight_writer.write.parquet_file import FileContext, ParquetFile
+from flight_writer.write.retries import Aborted, Retries
+from flight_writer.write.routing import Routes
 
 GET_BATCH = 4096  # entries taken from the queue per call: amortizes locking for small batches
 MAX_IDLE_WAIT = 1.0

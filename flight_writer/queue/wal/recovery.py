@@ -18,8 +18,8 @@ from typing import Any
 from loguru import logger
 
 from flight_writer.queue.base import Entry, Plan
-from flight_writer.queue.wal_format import read_manifest, scan_segment
-from flight_writer.queue.wal_manifest import MANIFEST
+from flight_writer.queue.wal.format import read_manifest, scan_segment
+from flight_writer.queue.wal.manifest import MANIFEST
 
 
 @dataclass

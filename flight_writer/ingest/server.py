@@ -20,15 +20,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flight_writer.actions import Actions
-from flight_writer.admission import Admission
-from flight_writer.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
 from flight_writer.config import DatasetSettings, FlightSqlSettings, ServerSettings
-from flight_writer.datasets import Datasets
-from flight_writer.ingest import Ingestor
+from flight_writer.ingest.actions import Actions
+from flight_writer.ingest.admission import Admission
+from flight_writer.ingest.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
+from flight_writer.ingest.flightsql.door import FlightSqlDoor
+from flight_writer.ingest.ingestor import Ingestor
+from flight_writer.lake.datasets import Datasets
+from flight_writer.lake.storage import Storage
 from flight_writer.queue import Ingest
-from flight_writer.sql_door import FlightSqlDoor
-from flight_writer.storage import Storage
 
 ACK_HEADER = "x-flight-writer-ack"
 ACK_LEVELS = ("queued", "durable")

@@ -17,8 +17,8 @@ from typing import Any
 from loguru import logger
 
 from flight_writer.config import WriterSettings
+from flight_writer.lake.storage import PERMANENT_ERRORS, first_line
 from flight_writer.queue.base import QueueLost
-from flight_writer.storage import PERMANENT_ERRORS, first_line
 
 
 class Aborted(Exception):

@@ -20,7 +20,7 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.queue.base import Entry, Plan
-from flight_writer.seqs import parse_ranges, seq_ranges
+from flight_writer.queue.seqs import parse_ranges, seq_ranges
 
 MAGIC = b"FWR1"
 HEADER = struct.Struct("<4sII")  # magic, payload length, crc32(payload)

@@ -15,9 +15,8 @@ Sizes take an integer or a string with a unit (``"64MiB"``, ``"1GB"``); duration
 Any invalid value raises :class:`ConfigError` naming the setting; the CLI prints it as one line.
 
 This module reads the sources into plain data (section -> key -> value) and builds :class:`Settings` from
-it; the parts live beside it and are re-exported here, so other code imports from ``flight_writer.config``:
-``settings.py`` (the dataclasses, their defaults, ConfigError, masking), ``config_values.py`` (parsing one
-value: sizes, booleans, numbers) and ``config_checks.py`` (validating the whole).
+it; ``settings.py`` holds the dataclasses, their defaults, ConfigError and masking, ``values.py`` parses one
+value (sizes, booleans, numbers) and ``checks.py`` validates the whole.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from flight_writer.config_checks import (
+from flight_writer.config.checks import (
     COMPRESSIONS,
     FSYNC_POLICIES,
     LOG_LEVELS,
@@ -38,8 +37,7 @@ from flight_writer.config_checks import (
     check_settings,
     local_only,
 )
-from flight_writer.config_values import parse_value
-from flight_writer.settings import (
+from flight_writer.config.settings import (
     SECRET_OPTION,
     AuthSettings,
     ConfigError,
@@ -56,6 +54,7 @@ from flight_writer.settings import (
     WriterSettings,
     without_password,
 )
+from flight_writer.config.values import parse_value
 
 __all__ = [
     "COMPRESSIONS",

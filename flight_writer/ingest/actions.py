@@ -14,8 +14,8 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from flight_writer import flightsql
-from flight_writer.auth import authorize
+from flight_writer.ingest.auth import authorize
+from flight_writer.ingest.flightsql import messages as flightsql
 from flight_writer.queue import Ingest
 
 MAX_WAIT_MS = 3_600_000

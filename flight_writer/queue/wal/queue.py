@@ -28,11 +28,11 @@ from typing import Any
 
 from flight_writer.queue.base import Entry, Plan, QueueWriteError
 from flight_writer.queue.memory import MemoryQueue
-from flight_writer.queue.wal_format import plan_record
-from flight_writer.queue.wal_log import FSYNC_POLICIES, SegmentLog
-from flight_writer.queue.wal_manifest import Manifest
-from flight_writer.queue.wal_recovery import recover
-from flight_writer.tracker import DurabilityTracker
+from flight_writer.queue.tracker import DurabilityTracker
+from flight_writer.queue.wal.format import plan_record
+from flight_writer.queue.wal.log import FSYNC_POLICIES, SegmentLog
+from flight_writer.queue.wal.manifest import Manifest
+from flight_writer.queue.wal.recovery import recover
 
 __all__ = ["FSYNC_POLICIES", "WalQueue"]
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.config import DatasetRule, DatasetSettings
-from flight_writer.layout import Shape, partition_path
+from flight_writer.lake.layout import Shape, partition_path
 from flight_writer.queue import Entry
 
 

@@ -18,9 +18,9 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.config import DatasetRule, DatasetSettings
-from flight_writer.datasets import Datasets
-from flight_writer.layout import LayoutError, Partitioner, Shape, stored_type
-from flight_writer.schemas import Conformer, SchemaError, declared_schema, plan, union
+from flight_writer.lake.datasets import Datasets
+from flight_writer.lake.layout import LayoutError, Partitioner, Shape, stored_type
+from flight_writer.lake.schemas import Conformer, SchemaError, declared_schema, plan, union
 
 LIST_AGAIN = 60.0  # seconds before a failed listing of the dataset names is tried again
 RECENT_FILES = 16  # a dataset's schema after a start: the union of its newest files' (footers read once)

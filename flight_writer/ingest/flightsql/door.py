@@ -12,12 +12,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flight_writer import flightsql
-from flight_writer.admission import Admission
-from flight_writer.auth import authorize, principal_of
 from flight_writer.config import FlightSqlSettings
-from flight_writer.datasets import Datasets, parquet_schema_of
-from flight_writer.storage import Storage
+from flight_writer.ingest.admission import Admission
+from flight_writer.ingest.auth import authorize, principal_of
+from flight_writer.ingest.flightsql import messages as flightsql
+from flight_writer.lake.datasets import Datasets, parquet_schema_of
+from flight_writer.lake.storage import Storage
 
 
 class FlightSqlDoor:

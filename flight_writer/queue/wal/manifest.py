@@ -18,8 +18,8 @@ from typing import Any
 from loguru import logger
 
 from flight_writer.queue.base import Plan, QueueWriteError
-from flight_writer.queue.wal_format import manifest_line, plan_record
-from flight_writer.seqs import seq_ranges
+from flight_writer.queue.seqs import seq_ranges
+from flight_writer.queue.wal.format import manifest_line, plan_record
 
 MANIFEST = "manifest.log"
 RESERVE = "RESERVE"

@@ -27,7 +27,7 @@ import nats
 from loguru import logger
 from nats.js import api
 
-from flight_writer.settings import QueueSettings, without_password
+from flight_writer.config.settings import QueueSettings, without_password
 
 T = TypeVar("T")
 RECORDS_AGE = 24 * 3600.0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from flight_writer._version import __version__
-from flight_writer.protowire import (
+from flight_writer.ingest.flightsql.protowire import (
     ProtobufError,
     bytes_field,
     decode,
