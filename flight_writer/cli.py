@@ -21,6 +21,7 @@ from flight_writer import console
 from flight_writer.config import ConfigError, load_settings
 from flight_writer.lake.storage import StorageError
 from flight_writer.log import configure_logging
+from flight_writer.queue import queue_class
 from flight_writer.service import Service
 from flight_writer.signals import SignalInbox, StopRequests
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(config: str | None, role: str = "all") -> int:
     try:
         settings = load_settings(config)
-        if role != "all" and settings.queue.type != "nats":
+        if role != "all" and not queue_class(settings.queue.type).shared:
             shared = settings.queue.type
             raise ConfigError(f"--role {role} needs queue.type = nats (a queue processes share), not {shared}")
     except ConfigError as exc:

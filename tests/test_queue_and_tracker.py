@@ -49,11 +49,11 @@ def test_seq_ranges():
 
 
 def test_per_dataset_counts_take_the_first_names_then_count_the_rest_together(monkeypatch):
-    from flight_writer.queue import base
+    from flight_writer.queue import counting
 
-    monkeypatch.setattr(base, "MAX_DATASETS", 2)
-    counts = base.Counts()
+    monkeypatch.setattr(counting, "MAX_DATASETS", 2)
+    counts = counting.Counts()
     for name in ("a", "b", "c", "d", "a"):
         counts.add(name, 10, 100)
-    assert counts.by_dataset() == {"a": (2, 20, 200), "b": (1, 10, 100), base.OTHER: (2, 20, 200)}
+    assert counts.by_dataset() == {"a": (2, 20, 200), "b": (1, 10, 100), counting.OTHER: (2, 20, 200)}
     assert counts.total == [5, 50, 500]

@@ -24,6 +24,7 @@ from flight_writer.queue.base import (
     QueueFull,
     QueueLost,
     QueueWriteError,
+    SharedFeed,
 )
 from flight_writer.queue.memory import MemoryQueue
 from flight_writer.queue.wal.queue import WalQueue
@@ -40,9 +41,23 @@ __all__ = [
     "QueueFull",
     "QueueLost",
     "QueueWriteError",
+    "SharedFeed",
     "WalQueue",
     "make_queue",
+    "queue_class",
 ]
+
+
+def queue_class(queue_type: str) -> type[Queue]:
+    """The class ``queue.type`` names (nats-py is imported only for ``nats``)."""
+    if queue_type == "nats":
+        from flight_writer.queue.nats.queue import NatsQueue
+
+        return NatsQueue
+    classes: dict[str, type[Queue]] = {"memory": MemoryQueue, "wal": WalQueue}
+    if queue_type not in classes:
+        raise ValueError(f"unknown queue.type {queue_type!r}")
+    return classes[queue_type]
 
 
 def make_queue(settings: QueueSettings, history: int = 100_000, role: str = "all") -> Queue:
@@ -52,7 +67,7 @@ def make_queue(settings: QueueSettings, history: int = 100_000, role: str = "all
         from flight_writer.queue.nats.queue import NatsQueue  # nats-py only where it is used
 
         return NatsQueue(settings, role, history)
-    if role != "all":
+    if role != "all" and not queue_class(settings.type).shared:
         raise ValueError(f"queue.type {settings.type!r} runs ingest and write in one process: role must be all")
     if settings.type == "memory":
         return MemoryQueue(settings.max_bytes, settings.dedupe_window, history=history)

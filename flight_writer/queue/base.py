@@ -27,43 +27,12 @@ original seq with ``duplicate=True`` and stores nothing.
 from __future__ import annotations
 
 import abc
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pyarrow as pa
 
 from flight_writer.queue.tracker import DurabilityTracker
-
-MAX_DATASETS = 10_000  # datasets counted by name (status, metrics); beyond, together: names are the clients'
-OTHER = "(other)"  # what those are counted as: not a valid dataset name, so it cannot collide with one
-
-
-class Counts:
-    """Items (batches or files), rows and bytes, in all (``total``) and per dataset, added under the owner's
-    lock: the first ``MAX_DATASETS`` dataset names each on their own, later ones together as ``OTHER``."""
-
-    __slots__ = ("_by_dataset", "total")
-
-    def __init__(self) -> None:
-        self.total = [0, 0, 0]
-        self._by_dataset: dict[str, list[int]] = {}
-
-    def add(self, dataset: str, rows: int, nbytes: int) -> None:
-        total = self.total
-        total[0] += 1
-        total[1] += rows
-        total[2] += nbytes
-        counts = self._by_dataset.get(dataset)
-        if counts is None:
-            table = self._by_dataset
-            counts = table.setdefault(dataset if len(table) < MAX_DATASETS else OTHER, [0, 0, 0])
-        counts[0] += 1
-        counts[1] += rows
-        counts[2] += nbytes
-
-    def by_dataset(self) -> dict[str, tuple[int, int, int]]:
-        return {name: (c[0], c[1], c[2]) for name, c in self._by_dataset.items()}
 
 
 class QueueFull(Exception):
@@ -200,15 +169,6 @@ class Feed(abc.ABC):
         QueueLost if the queue took some of them back: the object must not be stored. (A queue that
         forgets on restart needs no plans.)"""
 
-    def stop_taking(self) -> None:  # noqa: B027 - a queue of one process hands out everything to the end
-        """The writer is stopping: from now on ``take`` hands out only what this process must write before
-        it goes (a queue of one process: everything put; a shared one: nothing more, others take it)."""
-
-    def dropped(self) -> bool:
-        """True once after the queue took back everything it handed out and not yet planned (a shared queue
-        whose connection was lost for long enough to redeliver it): the writer drops its open buffers."""
-        return False
-
     @abc.abstractmethod
     def confirm(self, entries: list[Entry], path: str | None) -> None:
         """The entries are stored in ``path`` (None: they had no rows): mark them durable, release them."""
@@ -226,31 +186,27 @@ class Feed(abc.ABC):
         """Make a ``take`` that is waiting now return at once."""
 
 
+class SharedFeed(Feed):
+    """A feed that several write processes share (NATS): each takes part of the batches, and what one
+    process holds can be taken back and handed to another."""
+
+    @abc.abstractmethod
+    def stop_taking(self) -> None:
+        """The writer is stopping: from now on ``take`` hands out nothing more (the other writers take the
+        rest); what this process holds it must still write."""
+
+    @abc.abstractmethod
+    def dropped(self) -> bool:
+        """True once after the queue took back everything it handed out and not yet planned (the connection
+        was lost for long enough to redeliver it): the writer drops its open buffers."""
+
+
 class Queue(Ingest, Feed):
-    """Both roles, for one process. Implementations must be safe to call from many threads."""
+    """Both roles, for one process. Implementations must be safe to call from many threads.
+    ``shared``: whether ingest and write may run as separate processes on it (``serve --role``)."""
+
+    shared: bool = False
 
     @abc.abstractmethod
     def close(self) -> None:
         """Refuse further puts, wake every waiter (``flush`` returns False), release resources."""
-
-
-class IdWindow:
-    """The last ``size`` client ids with the seq each was accepted as (for duplicate detection)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._ids: OrderedDict[str, int] = OrderedDict()
-
-    def get(self, client_id: str) -> int | None:
-        return self._ids.get(client_id)
-
-    def add(self, client_id: str, seq: int) -> None:
-        self._ids[client_id] = seq
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-
-    def items(self) -> list[tuple[str, int]]:
-        return list(self._ids.items())
-
-    def __len__(self) -> int:
-        return len(self._ids)

@@ -18,14 +18,13 @@ import pyarrow as pa
 
 from flight_writer.queue.base import (
     Accepted,
-    Counts,
     Entry,
-    IdWindow,
     Queue,
     QueueClosed,
     QueueFull,
     QueueWriteError,
 )
+from flight_writer.queue.counting import Counts, IdWindow
 from flight_writer.queue.tracker import DurabilityTracker
 
 

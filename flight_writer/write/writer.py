@@ -40,7 +40,8 @@ from loguru import logger
 from flight_writer.config import DatasetSettings, WriterSettings
 from flight_writer.lake.storage import Storage
 from flight_writer.queue import Entry, Feed, QueueLost
-from flight_writer.queue.base import Counts
+from flight_writer.queue.base import SharedFeed
+from flight_writer.queue.counting import Counts
 from flight_writer.write.parquet_file import FileContext, ParquetFile
 from flight_writer.write.retries import Aborted, Retries
 from flight_writer.write.routing import Routes
@@ -76,6 +77,7 @@ class Writer:
         crashed: Callable[[], None] | None = None,
     ) -> None:
         self._feed = feed
+        self._shared = feed if isinstance(feed, SharedFeed) else None  # other write processes take from it too
         self._settings = s = settings or WriterSettings()
         self._buffers: dict[tuple[str, bytes, int | str], _Buffer] = {}  # by dataset, schema, partition
         self._open_of: dict[str, int] = {}  # buffers per dataset
@@ -107,7 +109,8 @@ class Writer:
         """Drain the feed, write every buffer, wait for uploads. False if ``timeout`` ran out first,
         in which case retries are abandoned and what was not stored stays un-durable."""
         self._stopping.set()
-        self._feed.stop_taking()
+        if self._shared is not None:
+            self._shared.stop_taking()
         if not self._thread.is_alive() and self._thread.ident is None:  # never started: driven by step()
             self.sync()
             self._executor.shutdown(wait=True)
@@ -143,8 +146,8 @@ class Writer:
         """One round: take what the feed has (waiting up to ``wait`` s for the first entry), write out what
         flush requests ask for and what ``flush_interval`` makes due. Returns the entries taken."""
         entries = self._feed.take(GET_BATCH, wait)
-        if self._feed.dropped():  # the queue gave what it handed out to others: these buffers are not ours
-            self._drop_buffers()
+        if self._shared is not None and self._shared.dropped():
+            self._drop_buffers()  # the queue gave what it handed out to other writers: these are not ours
         self._add(entries)
         if requests := self._feed.flush_requests():
             self._drain()  # everything put before the request

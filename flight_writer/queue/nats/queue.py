@@ -40,7 +40,8 @@ from loguru import logger
 from nats.js import api
 
 from flight_writer.config.settings import QueueSettings
-from flight_writer.queue.base import Counts, Plan, Queue
+from flight_writer.queue.base import Plan, Queue, SharedFeed
+from flight_writer.queue.counting import Counts
 from flight_writer.queue.nats.feed import NatsFeed
 from flight_writer.queue.nats.ingest import NatsIngest
 from flight_writer.queue.nats.link import Link
@@ -50,13 +51,14 @@ from flight_writer.queue.tracker import DurabilityTracker
 ROLES = ("all", "ingest", "write")
 
 
-class NatsQueue(NatsIngest, NatsFeed, Queue):
+class NatsQueue(NatsIngest, NatsFeed, Queue, SharedFeed):
     """Implements :class:`Queue` on NATS JetStream (see the module docstring): the ingest side in
     nats_ingest.py, the write side in nats_feed.py, the connection and the records here. ``role`` says which
     side this process uses: ``ingest`` cannot ``take``, ``write`` cannot ``put``."""
 
     type = "nats"
     ack_state = "logged"
+    shared = True
 
     def __init__(self, settings: QueueSettings, role: str = "all", history: int = 100_000) -> None:
         if role not in ROLES:
