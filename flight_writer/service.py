@@ -9,19 +9,20 @@ After a graceful stop every batch that got a PutResult is in Parquet.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from typing import Any
 
 import opendal
-import pyarrow.flight as flight
 from loguru import logger
 
+from flight_writer import status
 from flight_writer._version import __version__
 from flight_writer.config import Settings
+from flight_writer.config.live import split_changes
 from flight_writer.ingest.auth import Authenticator, load_principals
 from flight_writer.ingest.server import FlightWriterServer
+from flight_writer.ingest.tls import tls_options
 from flight_writer.lake.storage import Storage, StorageError
 from flight_writer.metrics import Metrics
 from flight_writer.queue import Queue, WalQueue, make_queue
@@ -58,7 +59,7 @@ class Service:
         self.metrics: Metrics | None = None
         #: after stop(): calls were still open at server.shutdown_timeout (they end with the process)
         self.calls_open = False
-        self._started_at = 0.0
+        self.started_at = 0.0  # time.monotonic() at start (uptime)
 
     @property
     def tracker(self) -> DurabilityTracker:
@@ -117,7 +118,7 @@ class Service:
                     s.server,
                     auth,
                     s.datasets,
-                    **_tls_options(s),
+                    **tls_options(s.server),
                 )
             if s.metrics.listen:
                 self.metrics = Metrics(s.metrics, self.status, self.not_ready)
@@ -133,7 +134,7 @@ class Service:
                 self.writer.close()
             self.queue.close()
             raise
-        self._started_at = time.monotonic()
+        self.started_at = time.monotonic()
         self._state = "opened"
         logger.info(
             "flight-writer {} {} queue={} storage={}:{} settings={}",
@@ -190,18 +191,12 @@ class Service:
         changed but need a restart, left as they were). The principals file is read again whether or not
         its name changed (new secrets, rotated ones, changed rights). ``AuthError`` if it cannot be used:
         nothing changes then. Logging is the caller's (``log.*`` are returned as changed)."""
-        before, after = _flat(self.settings), _flat(new)
-        changed = [name for name, value in after.items() if before[name] != value]
         auth = self.server.authenticator if self.server is not None else None
+        also_live: tuple[str, ...] = ()
         if auth is not None and new.auth.principals_file:  # another file, while auth stays on: live too
-            live_names = (*LIVE, "auth.principals_file")
+            also_live = ("auth.principals_file",)
             auth.reload(load_principals(new.auth.principals_file))  # raises before anything changed
-        else:
-            live_names = LIVE
-        live = [n for n in changed if n.startswith(live_names) and n not in NOT_LIVE]
-        restart = [n for n in changed if n not in live]
-        kept = {name: before[name] for name in restart}  # these stay as they are
-        self.settings = _with(new, kept)
+        self.settings, live, restart = split_changes(self.settings, new, also_live)
         if self.writer is not None:
             self.writer.update(self.settings.writer)
         if self.server is not None:
@@ -230,120 +225,15 @@ class Service:
 
     def not_ready(self) -> str | None:
         """Why the server should not get data now (``/readyz``), or None."""
-        m = self.settings.metrics
-        if self._state != "opened":
-            return "shutting down" if self._state in ("closing", "closed") else "starting"
-        status = self.status()
-        if status["pending_bytes"] > m.ready_max_queue * status["queue_max_bytes"]:
-            return f"queue {status['pending_bytes']} of {status['queue_max_bytes']} bytes full"
-        if (status["error_for_s"] or 0) > m.ready_max_error_s:
-            return f"storage failing for {status['error_for_s']:.0f} s: {status['last_error']}"
-        return None
+        return status.not_ready(self)
 
     def status(self) -> dict[str, Any]:
-        q = self.queue.stats()
-        status = {
-            "version": __version__,
-            "received_seq": self.queue.last_seq,
-            "durable_through": self.tracker.durable_through,
-            **q,
-            **(self.writer.stats() if self.writer is not None else _no_writer(q)),
-            "oldest_pending_seq": self.tracker.durable_through + 1
-            if self.tracker.durable_through < self.queue.last_seq
-            else None,
-            "queue": self.queue.type,
-            "queue_max_bytes": self.settings.queue.max_bytes,
-            "active_streams": self.server.active_streams if self.server is not None else 0,
-            "role": self.role,
-            "storage": self.storage.describe(),
-            "uptime_s": round(time.monotonic() - self._started_at, 3),
-            "datasets": self.busiest_datasets(self.settings.metrics.datasets),
-        }
-        if status["last_error"] is None and q.get("queue_error"):  # NATS away: the queue says so
-            status["last_error"] = q["queue_error"]
-        return status
+        """The ``status`` action's answer (status.py)."""
+        return status.status_of(self)
 
     def busiest_datasets(self, n: int) -> dict[str, dict[str, int]]:
         """Received and written counts of the ``n`` datasets that received the most Arrow bytes since start."""
-        received = self.queue.received_by_dataset()
-        written = self.writer.written_by_dataset() if self.writer is not None else {}
-        names = sorted(received.keys() | written.keys(), key=lambda d: received.get(d, (0, 0, 0))[2], reverse=True)
-        busiest = {}
-        for name in names[:n]:
-            r, w = received.get(name, (0, 0, 0)), written.get(name, (0, 0, 0))
-            busiest[name] = {
-                "received_batches": r[0],
-                "received_rows": r[1],
-                "received_bytes": r[2],
-                "files_written": w[0],
-                "rows_written": w[1],
-                "bytes_written": w[2],
-            }
-        return busiest
+        return status.busiest_datasets(self, n)
 
 
 ROLES = ("all", "ingest", "write")
-
-
-def _no_writer(queue_stats: dict[str, Any]) -> dict[str, Any]:
-    """An ingest process's writer counters: none of its own (the write processes have them); its last error
-    is the queue's (NATS unreachable)."""
-    error = queue_stats.get("queue_error")
-    return {
-        "files_written": 0,
-        "rows_written": 0,
-        "bytes_written": 0,
-        "batches_failed": 0,
-        "open_buffers": 0,
-        "buffers_sealed_early": 0,
-        "retries": 0,
-        "retries_by_kind": [],
-        "last_error": error,
-        "error_for_s": 0.0 if error else None,
-    }
-
-
-# settings that can change without a restart (Service.reload); a prefix matches a whole section
-LIVE = (
-    "log.",
-    "writer.",
-    "server.max_",
-    "queue.put_timeout",
-    "flight_sql.",
-    "metrics.ready_",
-)
-NOT_LIVE = ("writer.threads",)  # the pool is not rebuilt
-
-
-def _flat(settings: Settings) -> dict[str, Any]:
-    """``{"section.key": value}`` of every setting (storage options as one value)."""
-    return {
-        f"{section.name}.{f.name}": getattr(getattr(settings, section.name), f.name)
-        for section in dataclasses.fields(settings)
-        for f in dataclasses.fields(getattr(settings, section.name))
-    }
-
-
-def _with(settings: Settings, values: dict[str, Any]) -> Settings:
-    """``settings`` with some ``section.key`` values replaced."""
-    sections: dict[str, dict[str, Any]] = {}
-    for name, value in values.items():
-        section, key = name.split(".", 1)
-        sections.setdefault(section, {})[key] = value
-    return dataclasses.replace(
-        settings,
-        **{name: dataclasses.replace(getattr(settings, name), **keys) for name, keys in sections.items()},
-    )
-
-
-def _tls_options(s: Settings) -> dict[str, Any]:
-    """FlightServerBase's TLS arguments from server.tls_*: a certificate, and client certificates checked
-    against a CA when ``tls_client_ca_file`` is set (mutual TLS)."""
-    if not s.server.tls_cert_file:
-        return {}
-    with open(s.server.tls_cert_file, "rb") as cert, open(s.server.tls_key_file, "rb") as key:
-        options: dict[str, Any] = {"tls_certificates": [flight.CertKeyPair(cert.read(), key.read())]}
-    if s.server.tls_client_ca_file:
-        with open(s.server.tls_client_ca_file, "rb") as ca:
-            options.update(verify_client=True, root_certificates=ca.read())
-    return options

@@ -16,6 +16,7 @@ import pyarrow.flight as flight
 
 from flight_writer.ingest.auth import authorize
 from flight_writer.ingest.flightsql import messages as flightsql
+from flight_writer.ingest.paths import dataset_from_path
 from flight_writer.queue import Ingest
 
 MAX_WAIT_MS = 3_600_000
@@ -31,11 +32,9 @@ class Actions:
         self,
         queue: Ingest,
         status: Callable[[], dict[str, Any]],
-        dataset_from_path: Callable[[list[str]], str],
     ) -> None:
         self._queue = queue
         self._position = queue.position
-        self._dataset_from_path = dataset_from_path
         self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any] | None]]] = {
             "ack": ('Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms"', self._ack),
             "status": (
@@ -105,7 +104,7 @@ class Actions:
         if dataset is not None:
             if not isinstance(dataset, str):
                 raise ValueError('"dataset" must be a string')
-            dataset = self._dataset_from_path(dataset.split("/"))
+            dataset = dataset_from_path(dataset.split("/"))
         if not self._queue.flush(dataset, None):
             raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")
         return {"durable_through": self._position.durable_through}

@@ -180,6 +180,10 @@ class Ingestor:
             return f"the schema nests {depth} levels deep; server.max_nesting is {self.limits.max_nesting}"
         return None
 
+    def flush(self, dataset: str) -> bool:
+        """Write out what was put to ``dataset`` and wait for it (False if the queue closed first)."""
+        return self._queue.flush(dataset, None)
+
     def make_durable(self, dataset: str, seqs: list[int]) -> dict[str, Any]:
         """Write out the dataset and wait until these seqs are resolved; what a durable reply says."""
         position = self._position

@@ -1,9 +1,10 @@
 """The Flight surface: which call goes where. Everything slow happens in the writer.
 
 ``do_put`` with a PATH descriptor is the path door (the path names the dataset; the ``x-flight-writer-ack``
-header picks queued or durable replies), with a CMD descriptor Flight SQL's door (sql_door.py); both feed
-the one ingest path (ingest.py). The actions are actions.py's. This module holds what applies to every
-call: the stream limits (``server.max_streams``, per principal), authentication middleware, TLS options.
+header picks queued or durable replies), with a CMD descriptor Flight SQL's door (flightsql/door.py); both
+feed the one ingest path (ingestor.py). The actions are actions.py's, dataset names paths.py's, TLS
+options tls.py's. This module holds what applies to every call: the stream limits (``server.max_streams``,
+per principal) and the middleware (authentication, the ack header).
 
 Errors a client can cause are ``FlightServerError`` with a message naming the problem; a full queue is
 ``FlightUnavailableError``. Neither affects other calls or data already acknowledged.
@@ -12,7 +13,6 @@ Errors a client can cause are ``FlightServerError`` with a message naming the pr
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,26 +26,13 @@ from flight_writer.ingest.admission import Admission
 from flight_writer.ingest.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
 from flight_writer.ingest.flightsql.door import FlightSqlDoor
 from flight_writer.ingest.ingestor import Ingestor
+from flight_writer.ingest.paths import dataset_from_path
 from flight_writer.lake.datasets import Datasets
 from flight_writer.lake.storage import Storage
 from flight_writer.queue import Ingest
 
 ACK_HEADER = "x-flight-writer-ack"
 ACK_LEVELS = ("queued", "durable")
-_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-def dataset_from_path(segments: list[str]) -> str:
-    """Validate 1-3 path segments and join them into a dataset name (``ValueError`` saying why not)."""
-    if not 1 <= len(segments) <= 3:
-        raise ValueError(f"a dataset path has 1 to 3 segments, got {len(segments)}")
-    for seg in segments:
-        if seg in (".", "..") or not _SEGMENT.fullmatch(seg):
-            raise ValueError(
-                f"invalid dataset path segment {seg!r}: use 1-128 characters from [A-Za-z0-9_.-], "
-                "starting with a letter or digit"
-            )
-    return "/".join(segments)
 
 
 class _AckLevel(flight.ServerMiddleware):
@@ -95,19 +82,9 @@ class FlightWriterServer(flight.FlightServerBase):
         self._limits = limits or ServerSettings()
         datasets = Datasets(storage)
         admission = Admission(datasets, layout or DatasetSettings())
-        self._ingestor = ingestor = Ingestor(queue, admission, self._limits, put_timeout)
-        self._sql = FlightSqlDoor(
-            datasets,
-            admission,
-            storage,
-            lambda: self._flight_sql,
-            lambda dataset, reader, fresh: ingestor.ingest(dataset, reader, None, keep_seqs=True, fresh=fresh),
-            ingestor.make_durable,
-            lambda dataset: queue.flush(dataset, None),
-            dataset_from_path,
-        )
-        self._flight_sql = flight_sql or FlightSqlSettings()
-        self._actions = Actions(queue, status, dataset_from_path)
+        self._ingestor = Ingestor(queue, admission, self._limits, put_timeout)
+        self._sql = FlightSqlDoor(self._ingestor, admission, datasets, storage, flight_sql or FlightSqlSettings())
+        self._actions = Actions(queue, status)
         self._auth = auth
         self._streams = 0  # do_put calls open now (metrics)
         self._streams_of: dict[str, int] = {}  # ... by principal, with auth
@@ -119,7 +96,7 @@ class FlightWriterServer(flight.FlightServerBase):
 
     def update(self, limits: ServerSettings, flight_sql: FlightSqlSettings, put_timeout: float) -> None:
         """New limits and Flight SQL settings (a live reload); calls already running keep what they read."""
-        self._limits, self._flight_sql = limits, flight_sql
+        self._limits, self._sql.settings = limits, flight_sql
         self._ingestor.limits, self._ingestor.put_timeout = limits, put_timeout
 
     # -- do_put: two front doors, one ingest path -------------------------------------------------------
@@ -186,7 +163,7 @@ class FlightWriterServer(flight.FlightServerBase):
             final: dict[str, Any] = {"state": "durable", **self._ingestor.make_durable(dataset, seqs)}
             writer.write(pa.py_buffer(json.dumps(final).encode()))
 
-    # -- Flight SQL: bulk ingestion for ADBC clients, catalog answers (sql_door.py) --------------------
+    # -- Flight SQL: bulk ingestion for ADBC clients, catalog answers (flightsql/door.py) --------------------
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:

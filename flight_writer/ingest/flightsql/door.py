@@ -1,8 +1,8 @@
 """The Flight SQL door: bulk ingestion as ADBC clients speak it (``CommandStatementIngest`` on ``do_put``,
 with its table modes) and the catalog answers they ask for (SqlInfo, catalogs, schemas, tables, table
-types). The batches go the same way as the path door's (``FlightWriterServer._ingest``); this module adds
-the table modes (``fail``/``append``/``replace``, ``if_not_exist``), the rights they need and the answers.
-flightsql.py has the messages."""
+types). The batches go the same way as the path door's (the :class:`Ingestor`); this module adds the table
+modes (``fail``/``append``/``replace``, ``if_not_exist``), the rights they need and the answers.
+messages.py has the messages."""
 
 from __future__ import annotations
 
@@ -16,34 +16,29 @@ from flight_writer.config import FlightSqlSettings
 from flight_writer.ingest.admission import Admission
 from flight_writer.ingest.auth import authorize, principal_of
 from flight_writer.ingest.flightsql import messages as flightsql
+from flight_writer.ingest.ingestor import Ingestor
+from flight_writer.ingest.paths import dataset_from_path
 from flight_writer.lake.datasets import Datasets, parquet_schema_of
 from flight_writer.lake.storage import Storage
 
 
 class FlightSqlDoor:
-    """``ingest(dataset, reader, fresh)`` queues a stream's batches and returns (seqs, rows); ``fresh``: the
-    stream replaces the dataset, its schema starts anew. ``make_durable(dataset, seqs)`` writes them out and
-    says what failed; ``flush(dataset)`` writes out what is buffered; ``settings()`` the current ones."""
+    """Flight SQL's door onto the one ingest path (``ingestor``); ``settings`` (flight_sql.*) may be replaced
+    while running (a live reload)."""
 
     def __init__(
         self,
-        datasets: Datasets,
+        ingestor: Ingestor,
         admission: Admission,
+        datasets: Datasets,
         storage: Storage,
-        settings: Callable[[], FlightSqlSettings],
-        ingest: Callable[[str, flight.MetadataRecordBatchReader, bool], tuple[list[int], int]],
-        make_durable: Callable[[str, list[int]], dict[str, Any]],
-        flush: Callable[[str], Any],
-        dataset_from_path: Callable[[list[str]], str],
+        settings: FlightSqlSettings,
     ) -> None:
-        self._datasets = datasets
+        self._ingestor = ingestor
         self._admission = admission
+        self._datasets = datasets
         self._storage = storage
-        self._settings = settings
-        self._ingest = ingest
-        self._make_durable = make_durable
-        self._flush = flush
-        self._dataset_from_path = dataset_from_path
+        self.settings = settings
 
     def ingest(
         self,
@@ -68,20 +63,20 @@ class FlightSqlDoor:
         if cmd.transaction_id:
             raise NotImplementedError("transactions are not supported")
         try:
-            dataset = self._dataset_from_path(cmd.path)
+            dataset = dataset_from_path(cmd.path)
         except ValueError as exc:
             raise flight.FlightServerError(f"table {'.'.join(cmd.path)!r}: {exc}") from None
         authorize(context, f"write dataset {dataset!r}", lambda who: who.may_write(dataset))
         if cmd.if_exists == "replace":
             authorize(context, "replace data (Flight SQL ingest mode replace)", lambda who: who.replace)
-        self._flush(dataset)  # buffered data of this dataset counts as existing
+        self._ingestor.flush(dataset)  # buffered data of this dataset counts as existing
         existing = self._datasets.objects(dataset)
         if existing and cmd.if_exists == "fail":
             raise flight.FlightServerError(f"ALREADY_EXISTS: table {dataset!r} already has data")
         if not existing and cmd.if_not_exist == "fail":
             raise flight.FlightServerError(f"NOT_FOUND: table {dataset!r} does not exist")
         replace = bool(existing) and cmd.if_exists == "replace"
-        if existing and not replace and not self._settings().allow_schema_change:
+        if existing and not replace and not self.settings.allow_schema_change:
             current = self._datasets.parquet_schema(dataset)
             stored = self._admission.stored_schema(dataset, reader.schema)
             if current is not None and not current.equals(parquet_schema_of(stored)):
@@ -89,10 +84,10 @@ class FlightSqlDoor:
                     f"table {dataset!r} has schema ({_short(current.to_arrow_schema())}); the data has "
                     f"({_short(reader.schema)}). Set flight_sql.allow_schema_change = true to allow it"
                 )
-        durable = (ack_header or self._settings().ack) == "durable"
-        seqs, rows = self._ingest(dataset, reader, replace)
+        durable = (ack_header or self.settings.ack) == "durable"
+        seqs, rows = self._ingestor.ingest(dataset, reader, None, keep_seqs=True, fresh=replace)
         if durable or replace:  # a replace removes the old data only once the new data is safe
-            result = self._make_durable(dataset, seqs)
+            result = self._ingestor.make_durable(dataset, seqs)
             if result.get("failed"):
                 if replace:  # none of it: the old data stays as it was, and so does the dataset's schema
                     for path in result.get("files", ()):
