@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO, write_config
 
 import flight_writer
 from flight_writer.config import ConfigError, Settings, load_settings
-
-from conftest import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -117,8 +116,6 @@ def test_missing_config_file():
 
 
 def test_check_command(tmp_path, server_process):
-    from conftest import write_config
-
     server = server_process(write_config(tmp_path / "s.toml", tmp_path / "data"))
     ok = run_cli("check", "--location", server.location)
     assert ok.returncode == 0 and '"received_seq": 0' in ok.stdout
@@ -128,8 +125,6 @@ def test_check_command(tmp_path, server_process):
 
 def test_json_logs_and_masked_secrets(tmp_path, server_process):
     import json
-
-    from conftest import write_config
 
     cfg = write_config(tmp_path / "s.toml", tmp_path / "data", "[log]\njson = true\n")
     server = server_process(cfg, env={"FLIGHT_WRITER_STORAGE__OPTIONS__SECRET_ACCESS_KEY": "hunter2"})

@@ -9,10 +9,9 @@ import signal
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from helpers import read_dataset, send, write_config
 
 from flight_writer.ingest.auth import hash_secret
-
-from conftest import read_dataset, send, write_config
 
 OLD, NEW, TEAM_B = "old-secret-0123456789abcd", "new-secret-0123456789abcd", "team-b-secret-0123456789ab"
 BATCH = pa.record_batch({"i": pa.array(range(10), pa.int64())})

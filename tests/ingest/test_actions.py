@@ -6,8 +6,7 @@ import threading
 
 import pyarrow.flight as flight
 import pytest
-
-from conftest import action, ints, parquet_files, put, read_dataset
+from helpers import action, ints, parquet_files, put, read_dataset, running
 
 
 def test_list_actions_names_each_action_with_a_description(client):
@@ -41,8 +40,6 @@ def test_ack_reports_queued_then_durable_with_file(client, data_root):
 
 
 def test_ack_wait_ms_returns_when_durable(data_root):
-    from conftest import running
-
     # a short flush interval makes the writer store the data on its own while ack waits
     with running(data_root, writer={"flush_interval": 0.3}) as svc, flight.connect(svc.location) as c:
         [r] = put(c, "waited", [ints(3)])

@@ -9,11 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from helpers import REPO, action, put, read_dataset, running, send
 from test_tls import pki, tls_server  # noqa: F401 - pki is a fixture
 
 from flight_writer.ingest.auth import hash_secret
-
-from conftest import REPO, action, put, read_dataset, running, send
 
 TEAM_A = "team-a-secret-0123456789"
 ADMIN = "admin-secret-0123456789ab"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-
-from conftest import action, parquet_files, put, send
+from helpers import action, parquet_files, put, send
 
 GOOD = pa.record_batch({"i": pa.array([1, 2, 3], pa.int64())})
 

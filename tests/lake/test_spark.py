@@ -13,8 +13,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-
-from conftest import action, put, running
+from helpers import action, put, running
 
 UTC = datetime.UTC
 

@@ -16,12 +16,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
+from helpers import action, put, settings_for, wait_for
 
 from flight_writer import Service, Storage, StorageError
 from flight_writer.config import StorageSettings
 from flight_writer.lake.storage import OPENDAL_ERRORS
-
-from conftest import action, put, settings_for, wait_for
 
 CLOUDS = ["s3", "azblob", "gcs"]
 

@@ -19,13 +19,7 @@ import natsd
 import pyarrow.flight as flight
 import pytest
 from emulators import free_port
-
-from flight_writer import Service
-from flight_writer.config import QueueSettings
-from flight_writer.queue import Plan, QueueLost
-from flight_writer.queue.nats.queue import NatsQueue
-
-from conftest import (
+from helpers import (
     REPO,
     STOP_TIMEOUT,
     action,
@@ -38,6 +32,11 @@ from conftest import (
     wait_for,
     write_config,
 )
+
+from flight_writer import Service
+from flight_writer.config import QueueSettings
+from flight_writer.queue import Plan, QueueLost
+from flight_writer.queue.nats.queue import NatsQueue
 
 KILLS = 20  # per run: the target the issue sets
 

@@ -121,7 +121,7 @@ def test_a_batch_larger_than_the_whole_bound_is_refused_at_once(new_queue):
 
 def test_a_known_client_id_returns_the_original_seq_within_the_window(new_queue):
     if new_queue.kind == "nats":
-        pytest.skip("JetStream's window is a duration (queue.duplicate_window): tests/test_nats.py")
+        pytest.skip("JetStream's window is a duration (queue.duplicate_window): tests/queue/test_nats.py")
     q = new_queue(dedupe_window=2)
     assert q.put("ds", b"k", BATCH, 1, "a") == (1, False)
     assert q.put("ds", b"k", BATCH, 1, "a") == (1, True)

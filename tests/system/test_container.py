@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from emulators import free_port
-
-from conftest import REPO, action, parquet_files, read_dataset
+from helpers import REPO, action, parquet_files, read_dataset
 
 PODMAN = str(REPO / "container" / "podman")
 IMAGE = "localhost/flight-writer:latest"

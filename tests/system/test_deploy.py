@@ -1,16 +1,15 @@
 """deploy/: the docker-compose file and Kubernetes manifests parse, and every flight-writer setting they
 set is one the server knows and accepts (no Docker engine or cluster here to run them; `make cluster`,
-tested in test_nats.py, runs the same topology as local processes)."""
+tested in queue/test_nats.py, runs the same topology as local processes)."""
 
 from __future__ import annotations
 
 import os
 
 import yaml
+from helpers import REPO
 
 from flight_writer.config import load_settings
-
-from conftest import REPO
 
 
 def documents(name: str) -> list[dict]:

@@ -9,10 +9,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
+from helpers import action, put, settings_for
 
 from flight_writer import MemoryQueue, Service, Storage
-
-from conftest import action, put, settings_for
 
 
 def read_all(storage: Storage, dataset: str) -> pa.Table:
@@ -67,8 +66,6 @@ def test_a_failed_start_gives_back_the_wal_so_a_retry_can_open_it(tmp_path):
     import socket
 
     from flight_writer import Service
-
-    from conftest import settings_for
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

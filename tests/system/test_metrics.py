@@ -9,12 +9,11 @@ import urllib.request
 
 import pyarrow.flight as flight
 import pytest
+from helpers import action, ints, put, running, settings_for, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from flight_writer import Service
 from flight_writer.config import ConfigError, build_settings
-
-from conftest import action, ints, put, running, settings_for, wait_for
 
 METRICS = {"listen": "127.0.0.1:0"}
 

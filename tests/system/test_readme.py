@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import duckdb
-
-from conftest import REPO, write_config
+from helpers import REPO, write_config
 
 
 def block(lang: str, after: str = "") -> str:

@@ -7,8 +7,7 @@ import datetime as dt
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from conftest import action, parquet_files, put, read_dataset, without_metadata
+from helpers import action, parquet_files, put, read_dataset, running, without_metadata
 
 
 def rich_batch(start: int, n: int) -> pa.RecordBatch:
@@ -102,8 +101,6 @@ def test_small_batches_share_row_groups_and_metadata_records_seqs(client, data_r
 def test_row_group_size_and_compression_follow_settings(data_root):
     import pyarrow.flight as flight
 
-    from conftest import running
-
     with (
         running(data_root, writer={"row_group_rows": 1000, "compression": "snappy"}) as svc,
         flight.connect(svc.location) as c,
@@ -118,8 +115,6 @@ def test_row_group_size_and_compression_follow_settings(data_root):
 
 def test_files_roll_by_rows_and_by_bytes(data_root):
     import pyarrow.flight as flight
-
-    from conftest import running
 
     batch = pa.record_batch({"i": pa.array(range(1000), pa.int64())})  # 8,000 Arrow bytes
     with (
@@ -146,8 +141,6 @@ def test_files_roll_by_rows_and_by_bytes(data_root):
 def test_a_different_schema_starts_a_new_file_with_schema_separate(data_root):
     import pyarrow.flight as flight
 
-    from conftest import running
-
     one = pa.record_batch({"a": pa.array([1, 2], pa.int64())})
     two = pa.record_batch({"a": pa.array(["x"]), "b": pa.array([1.5])})
     with running(data_root, datasets={"schema": "separate"}) as svc, flight.connect(svc.location) as client:
@@ -162,8 +155,6 @@ def test_a_different_schema_starts_a_new_file_with_schema_separate(data_root):
 
 def test_flush_interval_writes_without_a_flush_call(data_root):
     import pyarrow.flight as flight
-
-    from conftest import running
 
     with running(data_root, writer={"flush_interval": 0.2}) as svc, flight.connect(svc.location) as c:
         [reply] = put(c, "aged", [pa.record_batch({"i": [1, 2, 3]})])

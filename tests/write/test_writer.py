@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import ints, parquet_files
 
 from flight_writer.config import StorageSettings, WriterSettings
 from flight_writer.lake.storage import Storage
 from flight_writer.queue import MemoryQueue
 from flight_writer.write.writer import Writer
-
-from conftest import ints, parquet_files
 
 SIZE = ints(1000).get_total_buffer_size()
 
