@@ -25,7 +25,7 @@ test: $(STAMP)
 
 # BENCH_SCALE=0.1 BENCH_REPEAT=1 make bench for a quick run; results in bench/results.json and bench/results.png
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check flight_writer tests bench
