@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from flight_writer.config import MetricsSettings
+from flight_writer.write.stored import Stored
 
 # seconds: files take milliseconds (small, flushed) to minutes (large, slow storage)
 FSYNC_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
@@ -147,9 +148,10 @@ class Metrics:
     def port(self) -> int:
         return self._http.server_address[1]
 
-    def file_stored(self, rows: int, nbytes: int, encode_s: float, upload_s: float) -> None:
-        self.encode_seconds.observe(encode_s)
-        self.upload_seconds.observe(upload_s)
+    def file_stored(self, event: Stored) -> None:
+        """A listener of the writer's stored files (write/stored.py)."""
+        self.encode_seconds.observe(event.encode_s)
+        self.upload_seconds.observe(event.upload_s)
 
     def wal_fsync(self, seconds: float) -> None:
         self.fsync_seconds.observe(seconds)

@@ -123,7 +123,7 @@ class Service:
             if s.metrics.listen:
                 self.metrics = Metrics(s.metrics, self.status, self.not_ready)
                 if self.writer is not None:
-                    self.writer.file_listeners.append(self.metrics.file_stored)
+                    self.writer.followers.listeners.append(self.metrics.file_stored)
                 if isinstance(self.queue, WalQueue):
                     self.queue.fsync_listeners.append(self.metrics.wal_fsync)
                 self.metrics.start()

@@ -1,4 +1,4 @@
-"""The one ingest path of both front doors (the path door in server.py, Flight SQL's in sql_door.py).
+"""The one ingest path of both front doors (the path door in server.py, Flight SQL's in flightsql/door.py).
 
 A stream is admitted to its dataset once (admission.py: rule, schema mode, nesting names; the schema within
 ``server.max_columns``/``max_nesting`` and storable in Parquet), then each batch is checked against the
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
 from flight_writer.config import ServerSettings
-from flight_writer.ingest.admission import Admission, AdmissionError
+from flight_writer.ingest.admission import Admission, AdmissionError, Admitted
 from flight_writer.ingest.replies import Replies
 from flight_writer.lake.layout import LayoutError
 from flight_writer.lake.schemas import SchemaError
@@ -49,10 +49,12 @@ class Ingestor:
         Returns the seqs (when ``keep_seqs``: a long-lived queued stream should not collect them) and the
         number of rows taken.
 
-        A reply goes out only once its batch is ``logged`` (fsynced, for a WAL that says so), but the
-        stream does not wait for that: it reads on while earlier batches are fsynced, so one producer's
-        batches share fsyncs, and a thread of the stream (``Replies``) sends the replies in seq order as
-        each batch is logged."""
+        Each batch goes through four steps (:class:`_Stream`): ``check`` (the per-batch limits), ``conform``
+        (to the dataset: declared columns, safe casts, partition split), ``put`` (into the queue, as pieces
+        where it must) and ``answer``. A reply goes out only once its batch is ``logged`` (fsynced, for a WAL
+        that says so), but the stream does not wait for that: it reads on while earlier batches are
+        fsynced, so one producer's batches share fsyncs, and a thread of the stream (``Replies``) sends the
+        replies in seq order as each batch is logged."""
         try:
             admitted = self._admission.admit(
                 dataset,
@@ -62,112 +64,23 @@ class Ingestor:
             )
         except AdmissionError as exc:
             raise flight.FlightServerError(str(exc)) from None
-        conform, split = admitted.conform, admitted.split
-        schema_key = admitted.schema.serialize().to_pybytes()
-        versions = self._admission.versions  # evolve: the dataset's schema changed since the stream began?
-        max_metadata, max_batch = self.limits.max_metadata_bytes, self.limits.max_batch_bytes
-        max_message = self._queue.max_message_bytes  # None, or batches over it go as pieces (NATS)
-        put, timeout, settle = self._queue.put, self.put_timeout, self._queue.settle
-        reply = writer.write if writer is not None else None
-        state = self._queue.ack_state.encode()
-        replies: Replies | None = None  # started at the first batch not settled at once
-        seqs: list[int] = []
-        rows = 0
-        last = 0  # without replies: the newest seq, to wait for before the stream ends
+        stream = _Stream(self, dataset, reader.schema, admitted, writer, keep_seqs)
         try:
             for chunk in reader:
                 batch = chunk.data
                 if batch is None:  # a metadata-only message carries no rows
                     continue
                 meta = chunk.app_metadata
-                client_id = None
-                problem = None
-                if meta is not None and meta.size > max_metadata:
-                    problem = f"app_metadata of {meta.size} bytes is over server.max_metadata_bytes ({max_metadata})"
-                elif (nbytes := batch.get_total_buffer_size()) > max_batch:  # .nbytes: 18 µs per batch
-                    problem = (
-                        f"a record batch of {nbytes} Arrow bytes ({batch.num_rows} rows) is over "
-                        f"server.max_batch_bytes ({max_batch}): send smaller batches"
-                    )
-                if admitted.version is not None and versions.get(dataset) != admitted.version:
-                    # another stream widened the dataset's schema: this one's batches follow it from now on
-                    try:
-                        admitted = self._admission.admit(dataset, reader.schema, lambda schema, stored: None)
-                    except AdmissionError as exc:
-                        problem = str(exc)
-                    else:
-                        conform, split = admitted.conform, admitted.split
-                        schema_key = admitted.schema.serialize().to_pybytes()
-                pieces = None
-                if problem is None and (conform is not None or split is not None):
-                    try:
-                        batch = conform.apply(batch) if conform is not None else batch
-                        pieces = split(batch) if split is not None else None
-                    except (LayoutError, SchemaError) as exc:
-                        problem = str(exc)
-                    except (pa.ArrowException, KeyError, ValueError) as exc:  # not foreseen: said, not a traceback
-                        problem = f"batch cannot be stored as dataset {dataset!r} says: {type(exc).__name__}: {exc}"
-                if problem is not None:
-                    _answer_taken(replies)
-                    raise flight.FlightServerError(problem)
-                if max_message is not None and (pieces is not None or nbytes > max_message):
-                    pieces = _fitting(pieces or [batch], max_message)
-                if meta is not None and meta.size:
-                    client_id = _client_id(meta)
-                try:
-                    if pieces is None or len(pieces) == 1:
-                        seq, duplicate = put(dataset, schema_key, batch, timeout, client_id, wait=False)
-                        split_seqs = None
-                    else:  # a seq per partition, each piece with an id of its own, all taken or none
-                        ids = [_piece_id(client_id, k) for k in range(len(pieces))]
-                        accepted = self._queue.put_many(dataset, schema_key, pieces, timeout, ids, wait=False)
-                        split_seqs = [a.seq for a in accepted]
-                        seq, duplicate = max(split_seqs), all(a.duplicate for a in accepted)
-                except (QueueFull, QueueClosed, QueueWriteError) as exc:
-                    _answer_taken(replies)
-                    if isinstance(exc, QueueWriteError):
-                        raise  # worded below, with a failed fsync
-                    message = (
-                        str(exc)
-                        if isinstance(exc, QueueFull)
-                        else "server is shutting down: the batches before this one were answered; send the "
-                        "rest again once it is back"
-                    )
-                    raise flight.FlightUnavailableError(message) from None
-                if keep_seqs:
-                    seqs.extend(split_seqs or (seq,))
-                rows += batch.num_rows
-                if reply is None:
-                    last = max(last, seq)  # a duplicate's seq can be older
-                    continue
-                if client_id is None and split_seqs is None:
-                    answer = b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, state)
-                else:
-                    fields = {"seq": seq, "rows": batch.num_rows, "state": state.decode()}
-                    if client_id is not None:
-                        fields["id"] = client_id
-                    if split_seqs is not None:  # in several partitions: durable once every seq is
-                        fields["seqs"] = split_seqs
-                    if duplicate:  # accepted before: nothing stored again; say where the original stands
-                        fields["state"] = self._position.describe(seq)["state"]
-                        fields["duplicate"] = True
-                    answer = json.dumps(fields).encode()
-                if replies is None and settle(seq, False):
-                    reply(pa.py_buffer(answer))
-                    continue
-                if replies is None:
-                    replies = Replies(settle, reply)
-                replies.add(seq, answer)
-            if replies is not None:
-                replies.finish()
-            elif last:
-                settle(last, True)  # a stream without replies is still settled before it ends
+                nbytes = stream.check(batch, meta)
+                batch, pieces = stream.conform(batch, nbytes)
+                client_id = _client_id(meta) if meta is not None and meta.size else None
+                stream.answer(batch, client_id, *stream.put(batch, pieces, client_id))
+            stream.finish()
         except QueueWriteError as exc:
             raise flight.FlightServerError(f"batch not accepted: {exc}") from None
         finally:
-            if replies is not None:
-                replies.stop()
-        return seqs, rows
+            stream.stop()
+        return stream.seqs, stream.rows
 
     def _over_limits(self, schema: pa.Schema) -> str | None:
         """A schema over the limits (columns, nesting), which a producer cannot mean and which would cost
@@ -196,6 +109,183 @@ class Ingestor:
         if failed:
             result["failed"] = failed
         return result
+
+
+class _Stream:
+    """One stream's way through the ingest path: its admission (followed when another stream widens the
+    dataset's schema), its replies, and what it took. Each step is a method; the loop is ``Ingestor.ingest``."""
+
+    __slots__ = (
+        "_admission",
+        "_admitted",
+        "_conform",
+        "_dataset",
+        "_keep_seqs",
+        "_last",
+        "_max_batch",
+        "_max_message",
+        "_max_metadata",
+        "_position",
+        "_put",
+        "_put_many",
+        "_replies",
+        "_reply",
+        "_schema",
+        "_schema_key",
+        "_settle",
+        "_split",
+        "_state",
+        "_timeout",
+        "_versions",
+        "rows",
+        "seqs",
+    )
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        dataset: str,
+        schema: pa.Schema,
+        admitted: Admitted,
+        writer: flight.FlightMetadataWriter | None,
+        keep_seqs: bool,
+    ) -> None:
+        queue, limits = ingestor._queue, ingestor.limits
+        self._dataset, self._schema, self._admission = dataset, schema, ingestor._admission
+        self._follow(admitted)
+        self._versions = self._admission.versions  # evolve: the dataset's schema changed since the stream began?
+        self._max_metadata, self._max_batch = limits.max_metadata_bytes, limits.max_batch_bytes
+        self._max_message = queue.max_message_bytes  # None, or batches over it go as pieces (NATS)
+        self._put, self._put_many, self._settle = queue.put, queue.put_many, queue.settle
+        self._timeout, self._position = ingestor.put_timeout, ingestor._position
+        self._reply = writer.write if writer is not None else None
+        self._state = queue.ack_state.encode()
+        self._replies: Replies | None = None  # started at the first batch not settled at once
+        self._keep_seqs = keep_seqs
+        self.seqs: list[int] = []
+        self.rows = 0
+        self._last = 0  # without replies: the newest seq, to wait for before the stream ends
+
+    def _follow(self, admitted: Admitted) -> None:
+        self._admitted = admitted
+        self._conform, self._split = admitted.conform, admitted.split
+        self._schema_key = admitted.schema.serialize().to_pybytes()
+
+    def _refuse(self, problem: str) -> NoReturn:
+        """End the stream with ``problem``, after answering the batches it took."""
+        _answer_taken(self._replies)
+        raise flight.FlightServerError(problem)
+
+    # -- the steps ----------------------------------------------------------------------------------
+    def check(self, batch: pa.RecordBatch, meta: pa.Buffer | None) -> int:
+        """The per-batch limits; the batch's Arrow bytes."""
+        if meta is not None and meta.size > self._max_metadata:
+            self._refuse(f"app_metadata of {meta.size} bytes is over server.max_metadata_bytes ({self._max_metadata})")
+        nbytes: int = batch.get_total_buffer_size()  # .nbytes: 18 us per batch
+        if nbytes > self._max_batch:
+            self._refuse(
+                f"a record batch of {nbytes} Arrow bytes ({batch.num_rows} rows) is over "
+                f"server.max_batch_bytes ({self._max_batch}): send smaller batches"
+            )
+        return nbytes
+
+    def conform(self, batch: pa.RecordBatch, nbytes: int) -> tuple[pa.RecordBatch, list[pa.RecordBatch] | None]:
+        """The batch as the dataset stores it, and its pieces (partitions; slices that fit the queue's
+        messages), or None when it goes whole."""
+        admitted = self._admitted
+        if admitted.version is not None and self._versions.get(self._dataset) != admitted.version:
+            # another stream widened the dataset's schema: this one's batches follow it from now on
+            try:
+                self._follow(self._admission.admit(self._dataset, self._schema, lambda schema, stored: None))
+            except AdmissionError as exc:
+                self._refuse(str(exc))
+        conform, split, pieces = self._conform, self._split, None
+        if conform is not None or split is not None:
+            try:
+                batch = conform.apply(batch) if conform is not None else batch
+                pieces = split(batch) if split is not None else None
+            except (LayoutError, SchemaError) as exc:
+                self._refuse(str(exc))
+            except (pa.ArrowException, KeyError, ValueError) as exc:  # not foreseen: said, not a traceback
+                self._refuse(f"batch cannot be stored as dataset {self._dataset!r} says: {type(exc).__name__}: {exc}")
+        max_message = self._max_message
+        if max_message is not None and (pieces is not None or nbytes > max_message):
+            pieces = _fitting(pieces or [batch], max_message)
+        return batch, pieces
+
+    def put(
+        self, batch: pa.RecordBatch, pieces: list[pa.RecordBatch] | None, client_id: str | None
+    ) -> tuple[int, bool, list[int] | None]:
+        """Into the queue: ``(seq, duplicate, the pieces' seqs or None)``."""
+        try:
+            if pieces is None or len(pieces) == 1:
+                seq, duplicate = self._put(self._dataset, self._schema_key, batch, self._timeout, client_id, wait=False)
+                split_seqs = None
+            else:  # a seq per partition, each piece with an id of its own, all taken or none
+                ids = [_piece_id(client_id, k) for k in range(len(pieces))]
+                accepted = self._put_many(self._dataset, self._schema_key, pieces, self._timeout, ids, wait=False)
+                split_seqs = [a.seq for a in accepted]
+                seq, duplicate = max(split_seqs), all(a.duplicate for a in accepted)
+        except (QueueFull, QueueClosed, QueueWriteError) as exc:
+            _answer_taken(self._replies)
+            if isinstance(exc, QueueWriteError):
+                raise  # worded by the caller, with a failed fsync
+            message = (
+                str(exc)
+                if isinstance(exc, QueueFull)
+                else "server is shutting down: the batches before this one were answered; send the "
+                "rest again once it is back"
+            )
+            raise flight.FlightUnavailableError(message) from None
+        if self._keep_seqs:
+            self.seqs.extend(split_seqs or (seq,))
+        self.rows += batch.num_rows
+        return seq, duplicate, split_seqs
+
+    def answer(
+        self,
+        batch: pa.RecordBatch,
+        client_id: str | None,
+        seq: int,
+        duplicate: bool,
+        split_seqs: list[int] | None,
+    ) -> None:
+        """The batch's PutResult, now if the queue settled it already, else from the stream's replies."""
+        reply = self._reply
+        if reply is None:
+            self._last = max(self._last, seq)  # a duplicate's seq can be older
+            return
+        if client_id is None and split_seqs is None:
+            answer = b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, self._state)
+        else:
+            fields: dict[str, Any] = {"seq": seq, "rows": batch.num_rows, "state": self._state.decode()}
+            if client_id is not None:
+                fields["id"] = client_id
+            if split_seqs is not None:  # in several partitions: durable once every seq is
+                fields["seqs"] = split_seqs
+            if duplicate:  # accepted before: nothing stored again; say where the original stands
+                fields["state"] = self._position.describe(seq)["state"]
+                fields["duplicate"] = True
+            answer = json.dumps(fields).encode()
+        replies = self._replies
+        if replies is None:
+            if self._settle(seq, False):
+                reply(pa.py_buffer(answer))
+                return
+            replies = self._replies = Replies(self._settle, reply)
+        replies.add(seq, answer)
+
+    # -- the end ------------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Every reply sent; a stream without replies is still settled before it ends."""
+        if self._replies is not None:
+            self._replies.finish()
+        elif self._last:
+            self._settle(self._last, True)
+
+    def stop(self) -> None:
+        if self._replies is not None:
+            self._replies.stop()
 
 
 def parquet_problem(schema: pa.Schema) -> str | None:

@@ -233,6 +233,16 @@ def partition_path(rule: DatasetRule, batch: pa.RecordBatch, received_at: float)
     return "/".join(folders)
 
 
+def partition_values(folders: str) -> dict[str, str | None]:
+    """``date=2026-01-01/hour=9/service=a%2Fb`` as ``{"date": "2026-01-01", "hour": "9", "service": "a/b"}``;
+    the null partition's folder value as None."""
+    values: dict[str, str | None] = {}
+    for folder in folders.split("/") if folders else ():
+        name, _, text = folder.partition("=")
+        values[name] = None if text == NULL_PARTITION else urllib.parse.unquote(text)
+    return values
+
+
 def folder_value(value: pa.Scalar | None) -> str:
     """A partition value as a folder name: percent-encoded as Hive does (``/`` and ``=`` cannot appear)."""
     if value is None or not value.is_valid:

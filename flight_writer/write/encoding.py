@@ -43,6 +43,7 @@ class Encoder:
             else pa.BufferOutputStream()
         )
         self.data: pa.Buffer | None = None
+        self.footer: pq.FileMetaData | None = None  # once closed
         self._bytes: bytes | None = None
         try:
             self._writer = pq.ParquetWriter(
@@ -67,6 +68,7 @@ class Encoder:
         if metadata:
             self._writer.add_key_value_metadata(metadata)
         self._writer.close()
+        self.footer = self._writer.writer.metadata
         size = self._sink.tell()
         if self._disk is not None:
             self._sink.close()

@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 MAGIC = b"PAR1"
 
 # compact protocol types
@@ -261,3 +264,9 @@ def assemble(parts: Iterable[bytes | memoryview], metadata: dict[bytes, bytes]) 
     footer = merge_footers(footers, metadata)
     pieces += [footer, len(footer).to_bytes(4, "little"), MAGIC]
     return pieces
+
+
+def file_metadata(footer: bytes | memoryview) -> pq.FileMetaData:
+    """The Thrift footer of a Parquet file (without its length and magic) as pyarrow's FileMetaData."""
+    data = bytes(footer)
+    return pq.read_metadata(pa.BufferReader(MAGIC + data + len(data).to_bytes(4, "little") + MAGIC))

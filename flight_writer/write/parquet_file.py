@@ -16,8 +16,9 @@ in one request once complete.
 The batches stay with the file until it is stored. If encoding a part fails (the encoder rejects a batch),
 the file is encoded again in one piece at seal, with retries while the local disk fails; batches the encoder
 rejects on their own are kept as Arrow IPC under ``_failed/{dataset}/`` and marked failed. Then the plan
-(path and exact seqs) is recorded, the object is stored under that one name with retries, and the queue
-confirms it (its seqs become durable, their capacity is released).
+(path and exact seqs) is recorded, the object is stored under that one name with retries, and one ``Stored``
+event (stored.py) goes to the writer's followers, the durability record first: the queue confirms the
+object (its seqs become durable, their capacity is released).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from flight_writer.queue import Entry, Feed, Plan
 from flight_writer.queue.seqs import seq_ranges
 from flight_writer.write import footer
 from flight_writer.write.encoding import SAMPLE_ROWS, Encoder, Joined, dictionary_columns
+from flight_writer.write.stored import Stored
 
 ARROW_TYPE = "application/vnd.apache.arrow.file"
 
@@ -58,8 +60,7 @@ class FileContext:
     settings: WriterSettings
     executor: Executor
     retry: Retry
-    stored: Callable[[str, int, int, float, float], None]  # dataset, rows, bytes, encode and upload seconds
-    rejected: Callable[[], None]  # a batch set aside
+    stored: Callable[[Stored, list[Entry]], None]  # the object and the entries it holds: stored.Followers
 
 
 class ParquetFile:
@@ -174,9 +175,10 @@ class ParquetFile:
             store = ctx.retry(
                 f"write {self.path}", lambda: Joined(pieces, ctx.storage.local_tmp()), (OSError, MemoryError)
             )
-            size = store.size
+            size, file_footer = store.size, footer.file_metadata(pieces[-3])
         else:
             store, size = encoder, encoder.close(metadata)
+            file_footer = encoder.footer
         self._encode_s += time.monotonic() - started
         started = time.monotonic()
         plan = self._plan
@@ -186,8 +188,20 @@ class ParquetFile:
         ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
         upload_s = time.monotonic() - started
         rows = sum(e.batch.num_rows for e in entries)
-        ctx.retry(f"confirm {self.path}", lambda: ctx.queue.confirm(entries, self.path), (Exception,))
-        ctx.stored(self.dataset, rows, size, self._encode_s, upload_s)
+        event = Stored(
+            self.path,
+            self.dataset,
+            "parquet",
+            seqs,
+            rows,
+            size,
+            self._shape.schema,
+            Stored.partition_of(self.path, self.dataset),
+            file_footer,
+            self._encode_s,
+            upload_s,
+        )
+        ctx.stored(event, entries)  # the durability record first, then the counters and listeners
         logger.info(
             "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
             self.path,
@@ -267,9 +281,19 @@ class ParquetFile:
             lambda: ctx.storage.write(plan.path, data, ARROW_TYPE),
             (Exception,),
         )
-        error = plan.error or "rejected by the Parquet encoder"
-        ctx.retry(f"confirm {plan.path}", lambda: ctx.queue.reject([e], error), (Exception,))
-        ctx.rejected()
+        event = Stored(
+            plan.path,
+            e.dataset,
+            "failed",
+            (e.seq,),
+            e.batch.num_rows,
+            data.size,
+            e.batch.schema,
+            {},
+            None,
+            error=plan.error or "rejected by the Parquet encoder",
+        )
+        ctx.stored(event, [e])  # the durability record (failed) first
         logger.error("dataset={} seq={} rejected by the Parquet encoder: {}", e.dataset, e.seq, plan.error)
 
 

@@ -45,6 +45,7 @@ from flight_writer.queue.counting import Counts
 from flight_writer.write.parquet_file import FileContext, ParquetFile
 from flight_writer.write.retries import Aborted, Retries
 from flight_writer.write.routing import Routes
+from flight_writer.write.stored import Followers, Stored
 
 GET_BATCH = 4096  # entries taken from the queue per call: amortizes locking for small batches
 MAX_IDLE_WAIT = 1.0
@@ -91,14 +92,14 @@ class Writer:
         self._crashed = crashed
         self._executor = ThreadPoolExecutor(s.threads, thread_name_prefix="flight-writer-file")
         self._retries = Retries(s, self._abort)
-        self._files = FileContext(feed, storage, s, self._executor, self._retries.run, self._stored, self._rejected)
+        #: who hears of each stored object, in order: the durability record, these counters, the listeners
+        self.followers = Followers(feed, self._retries.run, self._count)
+        self._files = FileContext(feed, storage, s, self._executor, self._retries.run, self.followers)
         self._thread = threading.Thread(target=self._run, name="flight-writer-loop", daemon=True)
         self._written = Counts()  # files, rows, Parquet bytes
         self.batches_failed = 0
         self.sealed_early = 0  # buffers written before they were due: writer.max_open_buffers
         self._warned_at = -3600.0
-        #: called with (rows, bytes, encode seconds, upload seconds) after each file is stored
-        self.file_listeners: list[Callable[[int, int, float, float], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> Writer:
@@ -219,24 +220,23 @@ class Writer:
                 collected = self._replans.setdefault(e.planned.path, [])
                 collected.append(e)
                 if len(collected) == len(e.planned.seqs):
-                    file = ParquetFile(self._files, e.dataset, "", 0, routes.shape(e), e.planned)
+                    file = ParquetFile(self._files, e.dataset, "", 0, routes.of(e).shape, e.planned)
                     file.seal(self._replans.pop(e.planned.path))
                     self._track(file)
                 continue
             if e.batch.num_rows == 0:  # acknowledged, nothing to store
                 self._retries.run("confirm an empty batch", lambda e=e: self._feed.confirm([e], None))
                 continue
-            rule = routes.rule(e.dataset)
-            partition = routes.partition(rule, e)
+            route = routes.of(e)
+            partition = route.partition(e)
             key = (e.dataset, e.schema_key, partition)
             buf = self._buffers.get(key)
             if buf is None:
                 if len(self._buffers) >= s.max_open_buffers:
                     self._seal_oldest()
-                if self._open_of.get(e.dataset, 0) >= rule.max_partitions:  # the dataset's own cap
+                if self._open_of.get(e.dataset, 0) >= route.rule.max_partitions:  # the dataset's own cap
                     self._seal_oldest(e.dataset)
-                folders = routes.folders(rule, e, partition)
-                file = ParquetFile(self._files, e.dataset, folders, e.seq, routes.shape(e, rule))
+                file = ParquetFile(self._files, e.dataset, route.folders(e, partition), e.seq, route.shape)
                 buf = self._buffers[key] = _Buffer(file, e.received_at)
                 self._open_of[e.dataset] = self._open_of.get(e.dataset, 0) + 1
             rows = e.batch.num_rows
@@ -303,20 +303,17 @@ class Writer:
             logger.opt(exception=exc).error("file job crashed")
 
     # -- what files report ---------------------------------------------------------------------------
-    def _stored(self, dataset: str, rows: int, nbytes: int, encode_s: float, upload_s: float) -> None:
+    def _count(self, event: Stored) -> None:
         with self._lock:
-            self._written.add(dataset, rows, nbytes)
-        for listener in self.file_listeners:
-            listener(rows, nbytes, encode_s, upload_s)
+            if event.kind == "failed":
+                self.batches_failed += 1
+            else:
+                self._written.add(event.dataset, event.rows, event.nbytes)
 
     def written_by_dataset(self) -> dict[str, tuple[int, int, int]]:
         """Files, rows and Parquet bytes stored since start, per dataset (the first ``MAX_DATASETS``)."""
         with self._lock:
             return self._written.by_dataset()
-
-    def _rejected(self) -> None:
-        with self._lock:
-            self.batches_failed += 1
 
     def report_error(self, message: str) -> None:
         """Show a problem found outside the writer (e.g. the storage check) in ``last_error``."""

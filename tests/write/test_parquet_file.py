@@ -23,6 +23,7 @@ from flight_writer.lake.storage import Storage
 from flight_writer.queue import MemoryQueue
 from flight_writer.write import footer
 from flight_writer.write.parquet_file import FileContext, ParquetFile
+from flight_writer.write.stored import Followers
 
 EXACT = DatasetRule(types="exact")
 
@@ -103,15 +104,13 @@ def one_file(tmp_path: Path):
     storage = Storage.from_settings(StorageSettings(type="fs", root=str(tmp_path)))
     pool = ThreadPoolExecutor(1)
     stored: list[tuple[int, int]] = []
-    ctx = FileContext(
-        queue,
-        storage,
-        WriterSettings(),
-        pool,
-        lambda what, action, transient: action(),
-        lambda dataset, rows, nbytes, encode_s, upload_s: stored.append((rows, nbytes)),
-        lambda: None,
-    )
+
+    def retry(what, action, transient):
+        return action()
+
+    followers = Followers(queue, retry, lambda event: None)
+    followers.listeners.append(lambda event: stored.append((event.rows, event.nbytes)))
+    ctx = FileContext(queue, storage, WriterSettings(), pool, retry, followers)
     yield ctx, queue, queue.position, stored
     pool.shutdown()
 

@@ -7,13 +7,15 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import ints, parquet_files
 
-from flight_writer.config import StorageSettings, WriterSettings
+from flight_writer.config import DatasetRule, DatasetSettings, StorageSettings, WriterSettings
 from flight_writer.lake.storage import Storage
 from flight_writer.queue import MemoryQueue
+from flight_writer.write.stored import Stored
 from flight_writer.write.writer import Writer
 
 SIZE = ints(1000).get_total_buffer_size()
@@ -92,3 +94,47 @@ def test_a_write_process_removes_only_partials_no_one_touched_for_an_hour(storag
     assert sorted(p.name for p in tmp.iterdir()) == ["busy.partial"]
     storage.remove_partials()  # role all: the only writer, everything under _tmp/ is a crash's
     assert list(tmp.iterdir()) == []
+
+
+def test_a_stored_file_is_told_to_followers_once_with_what_a_table_commit_needs(storage, tmp_path):
+    """The Stored event: after storage confirmed the object, the durability record first (the position is
+    durable when a listener hears of it), then the listeners, once per file, with the path, dataset, seqs,
+    rows, bytes, schema, partition values and the footer the file really has."""
+    queue = MemoryQueue(1 << 30)
+    rules = (("svc/*", DatasetRule(fields=("service",))),)
+    writer = Writer(queue, storage, datasets=DatasetSettings(rules=rules))
+    heard: list[tuple[Stored, int]] = []
+    writer.followers.listeners.append(lambda event: heard.append((event, 0)))
+    for k, service in enumerate(["api", "a/b", "api"]):
+        batch = pa.record_batch({"i": range(k * 10, k * 10 + 10), "service": [service] * 10})
+        queue.put("svc/spans", b"k", batch, 1)
+    writer.sync()
+    events = sorted((e for e, _ in heard), key=lambda e: e.seqs)
+    assert [e.seqs for e in events] == [(1, 3), (2,)]
+    for event, _ in heard:
+        assert all(queue.position.describe(s)["state"] == "durable" for s in event.seqs)  # recorded first
+        path = tmp_path / event.path
+        assert event.kind == "parquet" and event.dataset == "svc/spans" and path.stat().st_size == event.nbytes
+        stored = pq.read_metadata(path)
+        assert event.rows == stored.num_rows == 10 * len(event.seqs)
+        assert event.footer is not None and event.footer.num_rows == stored.num_rows
+        assert event.footer.row_group(0).column(0).statistics.min == stored.row_group(0).column(0).statistics.min
+        assert event.metadata[b"flight_writer.queue.seqs"] == stored.metadata[b"flight_writer.queue.seqs"]
+        assert pq.read_schema(path).remove_metadata().equals(event.schema.remove_metadata())
+        assert set(event.partition) == {"date", "hour", "service"}
+    assert [e.partition["service"] for e in events] == ["api", "a/b"]  # the folder value, decoded
+    assert writer.stats()["files_written"] == 2
+
+
+def test_a_batch_the_encoder_rejects_is_told_as_failed(storage, tmp_path):
+    queue = MemoryQueue(1 << 30)
+    writer = Writer(queue, storage)
+    heard: list[Stored] = []
+    writer.followers.listeners.append(heard.append)
+    union = pa.UnionArray.from_sparse(pa.array([0, 1], pa.int8()), [pa.array([1, 2]), pa.array(["x", "y"])])
+    queue.put("bad", b"u", pa.record_batch({"u": union}), 1)  # Parquet cannot hold a union column
+    writer.sync()
+    [event] = heard
+    assert event.kind == "failed" and event.seqs == (1,) and event.footer is None and "union" in event.error.lower()
+    assert (tmp_path / event.path).exists() and queue.position.describe(1)["state"] == "failed"
+    assert writer.stats()["batches_failed"] == 1
