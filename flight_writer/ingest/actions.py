@@ -119,6 +119,8 @@ def _json_object(body: bytes, required: bool) -> dict[str, Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # a body of a few KB can nest deeper than the parser's stack
+        raise ValueError("body nests too deeply: send a flat JSON object") from None
     if not isinstance(value, dict):
         raise ValueError(f"body must be a JSON object, got {type(value).__name__}")
     return value

@@ -350,7 +350,7 @@ def _piece_id(client_id: str | None, k: int) -> str | None:
 def _client_id(metadata: pa.Buffer) -> str | None:
     try:
         value = json.loads(metadata.to_pybytes())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # not a batch id: the batch has none
         return None
     if isinstance(value, dict) and isinstance(value.get("id"), str):
         return value["id"]

@@ -77,3 +77,13 @@ def test_one_buffer_beyond_max_open_buffers_writes_out_the_oldest(data_root):
         status = action(c, "status")
         assert status["open_buffers"] == 2 and status["buffers_sealed_early"] == 1
     assert read_dataset(data_root, "a").num_rows == 10
+
+
+def test_deeply_nested_app_metadata_is_not_a_batch_id_and_the_batch_is_taken(client, data_root):
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path("deep"), GOOD.schema)
+    writer.write_with_metadata(GOOD, pa.py_buffer(b"[" * 60_000))  # json.loads recurses per level
+    reply = json.loads(reader.read().to_pybytes())
+    writer.close()
+    assert "id" not in reply and reply["rows"] == 10
+    assert action(client, "flush")["durable_through"] == reply["seq"]
+    assert read_dataset(data_root, "deep").num_rows == 10
