@@ -10,12 +10,14 @@ where it fails them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +125,6 @@ def start(service: str) -> Emulator:
             "--port",
             str(port),
             "--in-memory",
-            "--default-bucket",
-            BUCKET,
         ]
         options = {"skip_signature": "true"}
     elif service == "azblob":
@@ -153,9 +153,10 @@ def start(service: str) -> Emulator:
     return emulator
 
 
-def create_bucket(emulator: Emulator) -> None:
+def create_bucket(emulator: Emulator, bucket: str = BUCKET) -> None:
+    """A bucket (an Azure container) on the emulator, through the service's own API."""
     if emulator.service == "s3":
-        s3_client(emulator).create_bucket(Bucket=BUCKET)
+        s3_client(emulator).create_bucket(Bucket=bucket)
     elif emulator.service == "azblob":
         from azure.storage.blob import BlobServiceClient
 
@@ -163,8 +164,17 @@ def create_bucket(emulator: Emulator) -> None:
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
             f"BlobEndpoint={emulator.endpoint};"
         )
-        BlobServiceClient.from_connection_string(conn).create_container(BUCKET)
-    # gcs: --default-bucket made it
+        BlobServiceClient.from_connection_string(conn).create_container(bucket)
+    elif emulator.service == "gcs":  # the JSON API's buckets.insert; the emulator takes any project
+        request = urllib.request.Request(
+            f"{emulator.endpoint}/storage/v1/b?project=flight-writer-tests",
+            data=json.dumps({"name": bucket}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=30).close()  # an error status raises HTTPError
+    else:
+        raise ValueError(emulator.service)
 
 
 def s3_client(emulator: Emulator) -> Any:
