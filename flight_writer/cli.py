@@ -1,6 +1,7 @@
 """``flight-writer serve`` runs the service until SIGTERM/SIGINT (SIGHUP reloads its settings);
 ``flight-writer check`` asks a running server for its status and exits 0 if it answers (1 otherwise);
-``flight-writer hash-secret`` hashes a secret for ``auth.principals_file``; ``status``, ``top`` and ``send``
+``flight-writer hash-secret`` hashes a password and ``new-token`` makes a machine token for
+``auth.principals_file``; ``status``, ``top`` and ``send``
 are in console/."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from loguru import logger
 
 from flight_writer import console
 from flight_writer.config import ConfigError, load_settings
+from flight_writer.console.common import connection_arguments
 from flight_writer.lake.storage import StorageError
 from flight_writer.log import configure_logging
 from flight_writer.queue import queue_class
@@ -40,17 +42,23 @@ def main(argv: list[str] | None = None) -> int:
         help="all: take batches and write them (default); ingest or write: one side, with queue.type = nats",
     )
     check = sub.add_parser("check", help="exit 0 if a server answers the status action")
-    check.add_argument("--location", default="grpc://127.0.0.1:8815")
-    check.add_argument("--tls-ca", help="PEM file of the CA that signed a grpc+tls:// server's certificate")
-    sub.add_parser("hash-secret", help="read a secret from stdin, print its hash for auth.principals_file")
+    connection_arguments(check)  # --location, --tls-ca, credentials as the console commands take them
+    sub.add_parser(
+        "hash-secret", help="read a human password from stdin, print its scrypt hash for auth.principals_file"
+    )
+    sub.add_parser(
+        "new-token", help="make a machine token: prints the token (give it to the client) and its hash (the file)"
+    )
     console.add_commands(sub)  # status, top, send: commands for people at a terminal
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)
     if args.command == "hash-secret":
         return _hash_secret()
+    if args.command == "new-token":
+        return _new_token()
     if args.command == "check":
-        return _check(args.location, args.tls_ca)
+        return _check(args)
     return _serve(args.config, args.role)
 
 
@@ -163,21 +171,30 @@ def _hash_secret() -> int:
     return 0
 
 
-def _check(location: str, tls_ca: str | None = None) -> int:
-    import pyarrow.flight as flight
+def _new_token() -> int:
+    from flight_writer.ingest.auth import new_token
+
+    token, stored = new_token()
+    print(f"token: {token}")
+    print(f'hash:  "{stored}"  # add it to the principal\'s secret list in auth.principals_file, then SIGHUP')
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """The status action with the console's credentials ($FLIGHT_WRITER_TOKEN, or a Basic login): with
+    auth on, a check without them would always fail."""
+    from flight_writer.console.common import CommandError, Connection, one_line
 
     try:
-        options = {}
-        if tls_ca:
-            with open(tls_ca, "rb") as ca:
-                options["tls_root_certs"] = ca.read()
-        client = flight.connect(location, **options)
-        result = next(iter(client.do_action(flight.Action("status", b""), flight.FlightCallOptions(timeout=5))))
-        print(json.dumps(json.loads(result.body.to_pybytes()), indent=2))
+        connection = Connection(args)
+        client = connection.open()
+        print(json.dumps(connection.action(client, "status", timeout=5), indent=2))
         return 0
+    except CommandError as exc:
+        print(f"flight-writer: {exc}", file=sys.stderr)
     except Exception as exc:
-        print(f"flight-writer: no answer from {location}: {exc}", file=sys.stderr)
-        return 1
+        print(f"flight-writer: no answer from {args.location}: {one_line(exc)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -28,18 +28,18 @@ def new_command(
 ) -> argparse.ArgumentParser:
     """A subcommand with the connection options, whose ``run`` is ``command`` with its failures told in one line."""
     parser = sub.add_parser(name, help=summary)
-    _connection_arguments(parser)
+    connection_arguments(parser)
     parser.set_defaults(run=_guarded(command))
     return parser
 
 
-def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+def connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--location", default=os.environ.get("FLIGHT_WRITER_URL", DEFAULT_LOCATION))
     parser.add_argument("--tls-ca", help="PEM file of the CA that signed a grpc+tls:// server's certificate")
     parser.add_argument(
         "--token",
         default=os.environ.get("FLIGHT_WRITER_TOKEN"),
-        help="bearer secret (default: $FLIGHT_WRITER_TOKEN; the environment keeps it out of `ps`). "
+        help="machine token, fw_... (default: $FLIGHT_WRITER_TOKEN; the environment keeps it out of `ps`). "
         "A Basic login: $FLIGHT_WRITER_USER and $FLIGHT_WRITER_PASSWORD",
     )
 

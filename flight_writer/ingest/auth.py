@@ -4,20 +4,29 @@ Principals come from ``auth.principals_file``, a TOML file; without one, every c
 everything (as before). With one, every call needs credentials:
 
     [principals.team-a]
-    secret = "scrypt$..."           # flight-writer hash-secret < secret.txt; never the secret itself
-                                    # (or a list of hashes: while a secret is rotated, either logs in)
+    secret = ["sha256$3f9c0a1b2c4d$...",  # a machine token's hash: flight-writer new-token
+              "scrypt$..."]              # a human password's hash: flight-writer hash-secret < secret.txt
     datasets = ["team-a/*"]         # glob patterns of the datasets it may write (* matches / too)
     actions = ["ack", "status"]     # the actions it may call (CloseSession always)
     replace = false                 # Flight SQL ingest with mode "replace" (deletes a dataset's data)
     max_streams = 20                # do_put streams open at once (default server.max_streams_per_principal)
 
-Credentials: ``authorization: Bearer <secret>`` on any call, or Flight's Basic handshake
-(``authorization: Basic base64(name:secret)``, what ADBC's ``username``/``password`` options send), which
-answers with a session token (``authorization: Bearer ...``) for the calls after it. Secrets are checked
-against salted scrypt hashes; a bearer secret that passed once is remembered by its HMAC (with a key of
-this process) so that later calls cost no scrypt. A call without valid credentials gets
-``FlightUnauthenticatedError``; a right it lacks ``FlightUnauthorizedError`` naming the right. Each refusal
-is logged (the principal and the call, never a secret).
+Two kinds of credentials, stored as hashes, never as themselves:
+
+- Machine tokens, ``fw_<id>_<secret>`` (``flight-writer new-token``): an id part to look the token up in
+  O(1) and 256 random bits, stored as SHA-256 (random secrets need no slow hash). Sent as
+  ``authorization: Bearer fw_...``, or as the password of a Basic login. A refusal costs a dict lookup and
+  one SHA-256: microseconds, whatever the number of principals.
+- Human passwords (``flight-writer hash-secret``): salted scrypt, for Flight's Basic handshake only
+  (``authorization: Basic base64(name:secret)``, what ADBC's ``username``/``password`` send), which answers
+  with a session token (``authorization: Bearer ...``) for the calls after it. At most ``SCRYPT_SLOTS``
+  scrypt checks run at once (each takes ~50 ms and 16 MiB); an unknown name is checked against a dummy hash,
+  so it takes as long as a wrong password. A bearer value that is neither a session nor a token is refused
+  without any hashing.
+
+A call without valid credentials gets ``FlightUnauthenticatedError``; a right it lacks
+``FlightUnauthorizedError`` naming the right. Refusals are counted by reason (refusals.py) and logged in
+rate-limited summaries, never with a secret.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import fnmatch
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import threading
 import tomllib
@@ -37,21 +47,55 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import pyarrow.flight as flight
-from loguru import logger
+
+from flight_writer.ingest.refusals import Refusals
 
 SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
-REMEMBERED = 4096  # bearer secrets (by HMAC) and session tokens kept
+SCRYPT_SLOTS = 2  # scrypt checks at once: CPU and memory (16 MiB each) a flood of Basic logins can take
+LOGIN_WAIT = 5.0  # seconds a Basic login waits for a slot before it is told to retry
+REMEMBERED = 4096  # session tokens kept
+TOKEN_PREFIX = "fw_"
+_TOKEN = re.compile(r"fw_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})")
+_SHA256 = re.compile(r"sha256\$([0-9a-f]{12})\$([0-9a-f]{64})")
+_DUMMY_SCRYPT = "scrypt$" + "00" * 16 + "$" + "00" * 32  # checked for unknown names: the same time
 
 
 def hash_secret(secret: str) -> str:
+    """A human password's stored form: salted scrypt."""
     salt = os.urandom(16)
     return f"scrypt${salt.hex()}${hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT).hex()}"
 
 
+def new_token() -> tuple[str, str]:
+    """A machine token and its stored form: ``("fw_<id>_<secret>", "sha256$<id>$<hex digest>")``."""
+    token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    return f"{TOKEN_PREFIX}{token_id}_{secret}", f"sha256${token_id}${_sha256(secret).hex()}"
+
+
 def secret_matches(secret: str, stored: str) -> bool:
+    """Whether a password matches a stored scrypt hash (False for other kinds)."""
     kind, salt, digest = stored.split("$")
+    if kind != "scrypt":
+        return False
     computed = hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), **SCRYPT)
-    return kind == "scrypt" and hmac.compare_digest(computed, bytes.fromhex(digest))
+    return hmac.compare_digest(computed, bytes.fromhex(digest))
+
+
+def _sha256(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _valid_hash(stored: object) -> bool:
+    if not isinstance(stored, str):
+        return False
+    if _SHA256.fullmatch(stored):
+        return True
+    kind, _, rest = stored.partition("$")
+    salt, _, digest = rest.partition("$")
+    try:
+        return kind == "scrypt" and bool(bytes.fromhex(salt)) and bool(bytes.fromhex(digest))
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -85,12 +129,11 @@ def load_principals(path: str) -> dict[str, Principal]:
         where = f"auth.principals_file {path!r}, principal {name!r}"
         hashes = p.get("secret") if isinstance(p, dict) else None
         hashes = [hashes] if isinstance(hashes, str) else hashes
-        if (
-            not isinstance(hashes, list)
-            or not hashes
-            or not all(isinstance(h, str) and h.count("$") == 2 for h in hashes)
-        ):
-            raise AuthError(f"{where}: secret must be a hash from `flight-writer hash-secret` (or a list of them)")
+        if not isinstance(hashes, list) or not hashes or not all(_valid_hash(h) for h in hashes):
+            raise AuthError(
+                f"{where}: secret must be a hash from `flight-writer new-token` (sha256$...) or "
+                "`flight-writer hash-secret` (scrypt$...), or a list of them"
+            )
         lists = {key: p.get(key, []) for key in ("datasets", "actions")}
         if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists.values()):
             raise AuthError(f"{where}: datasets and actions must be lists of strings")
@@ -105,61 +148,99 @@ def load_principals(path: str) -> dict[str, Principal]:
         principals[name] = Principal(
             name, tuple(hashes), tuple(lists["datasets"]), frozenset(lists["actions"]), p.get("replace", False), streams
         )
+    seen: dict[str, str] = {}
+    for principal in principals.values():
+        for stored in principal.secret_hashes:
+            if (m := _SHA256.fullmatch(stored)) is not None:
+                if m.group(1) in seen:
+                    raise AuthError(
+                        f"auth.principals_file {path!r}: token id {m.group(1)} is listed for both "
+                        f"{seen[m.group(1)]!r} and {principal.name!r}; make a new token for one"
+                    )
+                seen[m.group(1)] = principal.name
     return principals
 
 
-class Authenticator:
-    """Checks credentials; remembers session tokens and bearer secrets that passed.
+class LoginsBusy(Exception):
+    """Every scrypt slot stayed taken for ``LOGIN_WAIT`` seconds."""
 
-    ``reload(principals)`` swaps the principals in place (SIGHUP): a session or remembered bearer secret
-    counts only while its principal still has the secret hash it logged in with, and gets the principal's
-    rights as they are now. So removing a secret's hash ends every session made with it."""
+
+class Authenticator:
+    """Checks credentials; remembers the session tokens Basic logins made.
+
+    ``reload(principals)`` swaps the principals in place (SIGHUP): a session counts only while its principal
+    still has the hash it logged in with, and gets the principal's rights as they are now. So removing a
+    hash ends every session made with it, and a removed token is refused at once."""
 
     def __init__(self, principals: dict[str, Principal]) -> None:
-        self._principals = principals
-        self._key = os.urandom(32)
         self._lock = threading.Lock()
-        # session token / HMAC of a bearer secret -> (principal name, the hash its secret matched)
+        self._slots = threading.BoundedSemaphore(SCRYPT_SLOTS)
+        # session token -> (principal name, the hash its secret matched)
         self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._bearers: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
+        self.reload(principals)
 
     def reload(self, principals: dict[str, Principal]) -> None:
-        self._principals = principals
+        tokens: dict[str, tuple[str, bytes, str]] = {}  # token id -> (principal name, digest, stored hash)
+        for principal in principals.values():
+            for stored in principal.secret_hashes:
+                if (m := _SHA256.fullmatch(stored)) is not None:
+                    tokens[m.group(1)] = (principal.name, bytes.fromhex(m.group(2)), stored)
+        self._principals, self._tokens = principals, tokens
 
     def login(self, name: str, secret: str) -> tuple[Principal, str] | None:
-        """Basic credentials -> the principal and a new session token, or None."""
-        principal = self._principals.get(name)
-        stored = self._matching(secret, principal) if principal is not None else None
-        if principal is None or stored is None:
+        """Basic credentials -> the principal and a new session token, or None. LoginsBusy if no scrypt
+        slot came free in time."""
+        if secret.startswith(TOKEN_PREFIX):  # a machine token as the password: no scrypt
+            found = self._token(secret)
+            matched = (found[0], found[1]) if found is not None and found[0].name == name else None
+        else:
+            matched = self._password(name, secret)
+        if matched is None:
             return None
-        token = secrets.token_urlsafe(32)
-        self._remember(self._sessions, token, (name, stored))
-        return principal, token
+        session = secrets.token_urlsafe(32)
+        with self._lock:
+            self._sessions[session] = (name, matched[1])
+            if len(self._sessions) > REMEMBERED:
+                self._sessions.popitem(last=False)
+        return matched[0], session
 
     def bearer(self, token: str) -> Principal | None:
-        mac = hmac.new(self._key, token.encode(), hashlib.sha256).digest()
+        """A session token or a machine token -> its principal, or None. No slow hash either way."""
         with self._lock:
-            known = self._sessions.get(token) or self._bearers.get(mac)
+            known = self._sessions.get(token)
         if known is not None:
             principal = self._principals.get(known[0])
-            if principal is not None and known[1] in principal.secret_hashes:
-                return principal
-        for principal in self._principals.values():  # scrypt each: only until the secret is remembered
-            if (stored := self._matching(token, principal)) is not None:
-                self._remember(self._bearers, mac, (principal.name, stored))
-                return principal
-        return None
+            return principal if principal is not None and known[1] in principal.secret_hashes else None
+        found = self._token(token)
+        return found[0] if found is not None else None
 
-    @staticmethod
-    def _matching(secret: str, principal: Principal) -> str | None:
-        """The principal's stored hash that ``secret`` matches, or None."""
-        return next((h for h in principal.secret_hashes if secret_matches(secret, h)), None)
+    def _token(self, token: str) -> tuple[Principal, str] | None:
+        """A machine token's principal and stored hash: one dict lookup and one SHA-256, found or not."""
+        m = _TOKEN.fullmatch(token)
+        entry = self._tokens.get(m.group(1)) if m is not None else None
+        digest = _sha256(m.group(2) if m is not None else token)
+        if entry is None:
+            hmac.compare_digest(digest, bytes(32))  # as long as a wrong secret takes
+            return None
+        name, expected, stored = entry
+        principal = self._principals.get(name)
+        if not hmac.compare_digest(digest, expected) or principal is None:
+            return None
+        return principal, stored
 
-    def _remember(self, table: OrderedDict, key: object, value: tuple[str, str]) -> None:
-        with self._lock:
-            table[key] = value
-            if len(table) > REMEMBERED:
-                table.popitem(last=False)
+    def _password(self, name: str, secret: str) -> tuple[Principal, str] | None:
+        """One scrypt check per scrypt hash of the principal (one of a dummy for an unknown name), in a slot."""
+        principal = self._principals.get(name)
+        hashes = [h for h in principal.secret_hashes if h.startswith("scrypt$")] if principal is not None else []
+        if not self._slots.acquire(timeout=LOGIN_WAIT):
+            raise LoginsBusy(f"{SCRYPT_SLOTS} password checks are running; retry in a moment")
+        try:
+            matched = next((h for h in hashes or [_DUMMY_SCRYPT] if secret_matches(secret, h)), None)
+        finally:
+            self._slots.release()
+        if principal is None or matched is None or matched == _DUMMY_SCRYPT:
+            return None
+        return principal, matched
 
 
 class HandshakeAllowed(flight.ServerAuthHandler):
@@ -174,8 +255,9 @@ class HandshakeAllowed(flight.ServerAuthHandler):
 
 
 class AuthMiddleware(flight.ServerMiddleware):
-    def __init__(self, principal: Principal, session: str | None = None) -> None:
+    def __init__(self, principal: Principal, refusals: Refusals, session: str | None = None) -> None:
         self.principal = principal
+        self.refusals = refusals
         self._session = session
 
     def sending_headers(self) -> dict[str, str]:
@@ -185,8 +267,9 @@ class AuthMiddleware(flight.ServerMiddleware):
 class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):
     """Every call: credentials from the ``authorization`` header, or ``FlightUnauthenticatedError``."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, refusals: Refusals) -> None:
         self._auth = authenticator
+        self._refusals = refusals
 
     def start_call(self, info: flight.CallInfo, headers: dict[str, list[str | bytes]]) -> AuthMiddleware:
         values = headers.get("authorization") or []
@@ -198,28 +281,33 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):
                 name, _, secret = base64.b64decode(padded, validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 name, secret = "", ""
-            if (login := self._auth.login(name, secret)) is not None:
-                return AuthMiddleware(*login)
-            refuse(info, f"principal {name!r}" if name else "?", "wrong username or password")
+            try:
+                login = self._auth.login(name, secret)
+            except LoginsBusy as exc:
+                self._refusals.count("auth_busy", f"{info.method.name}: {exc}")
+                raise flight.FlightUnavailableError(str(exc)) from None
+            if login is not None:
+                return AuthMiddleware(login[0], self._refusals, login[1])
+            self._refuse(info, f"principal {name!r}" if name else "?", "wrong username or password")
         if scheme.lower() == "bearer" and (principal := self._auth.bearer(credentials.strip())) is not None:
-            return AuthMiddleware(principal)
-        refuse(info, "?", "no valid credentials" if value else "no credentials")
+            return AuthMiddleware(principal, self._refusals)
+        self._refuse(info, "?", "no valid credentials" if value else "no credentials")
 
-
-def refuse(info: flight.CallInfo, who: str, why: str) -> NoReturn:
-    logger.warning("refused {} from {}: {}", info.method.name, who, why)
-    raise flight.FlightUnauthenticatedError(
-        f"{why}: send 'authorization: Bearer <secret>' or log in with Basic username/password"
-    )
+    def _refuse(self, info: flight.CallInfo, who: str, why: str) -> NoReturn:
+        self._refusals.count("unauthenticated", f"{info.method.name} from {who}: {why}")
+        raise flight.FlightUnauthenticatedError(
+            f"{why}: send 'authorization: Bearer <token>' or log in with Basic username/password"
+        )
 
 
 def authorize(context: flight.ServerCallContext, right: str, allowed: Callable[[Principal], bool]) -> None:
     """Raise ``FlightUnauthorizedError`` naming ``right`` unless the call's principal is ``allowed`` (every
     call is allowed when authentication is off)."""
-    who = principal_of(context)
-    if who is None or allowed(who):
+    middleware = context.get_middleware("auth")
+    if middleware is None or allowed(middleware.principal):
         return
-    logger.warning("refused: principal {!r} may not {}", who.name, right)
+    who = middleware.principal
+    middleware.refusals.count("unauthorized", f"principal {who.name!r} may not {right}")
     raise flight.FlightUnauthorizedError(f"principal {who.name!r} may not {right}")
 
 

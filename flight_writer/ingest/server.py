@@ -27,6 +27,7 @@ from flight_writer.ingest.auth import Authenticator, AuthMiddlewareFactory, Hand
 from flight_writer.ingest.flightsql.door import FlightSqlDoor
 from flight_writer.ingest.ingestor import Ingestor
 from flight_writer.ingest.paths import dataset_from_path
+from flight_writer.ingest.refusals import Refusals
 from flight_writer.lake.datasets import Datasets
 from flight_writer.lake.storage import Storage
 from flight_writer.queue import Ingest
@@ -72,9 +73,11 @@ class FlightWriterServer(flight.FlightServerBase):
         layout: DatasetSettings | None = None,
         **kwargs: Any,
     ) -> None:
+        #: refused calls by reason, logged in rate-limited summaries (refusals.py)
+        self.refusals = Refusals()
         middleware: dict[str, flight.ServerMiddlewareFactory] = {"ack": _AckLevelFactory()}
         if auth is not None:  # every call then needs credentials (auth.py)
-            middleware["auth"] = AuthMiddlewareFactory(auth)
+            middleware["auth"] = AuthMiddlewareFactory(auth, self.refusals)
             kwargs["auth_handler"] = HandshakeAllowed()
         super().__init__(location, middleware=middleware, **kwargs)  # kwargs: TLS
         self._queue = queue

@@ -11,14 +11,15 @@ import pyarrow.flight as flight
 import pytest
 from helpers import read_dataset, send, write_config
 
-from flight_writer.ingest.auth import hash_secret
+from flight_writer.ingest.auth import new_token
 
-OLD, NEW, TEAM_B = "old-secret-0123456789abcd", "new-secret-0123456789abcd", "team-b-secret-0123456789ab"
+HASHES = dict(new_token() for _ in range(3))  # machine token -> its stored hash
+OLD, NEW, TEAM_B = HASHES
 BATCH = pa.record_batch({"i": pa.array(range(10), pa.int64())})
 
 
 def principal(name: str, *secrets: str) -> str:
-    hashes = ", ".join(f'"{hash_secret(s)}"' for s in secrets)
+    hashes = ", ".join(f'"{HASHES[s]}"' for s in secrets)
     return f'[principals.{name}]\nsecret = [{hashes}]\ndatasets = ["{name}/*"]\nactions = ["ack", "status", "flush"]\n'
 
 

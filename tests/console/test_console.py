@@ -22,7 +22,7 @@ from emulators import free_port
 from helpers import REPO, action, put, read_dataset, running, wait_for, write_config
 
 from flight_writer.cli import main
-from flight_writer.ingest.auth import hash_secret
+from flight_writer.ingest.auth import hash_secret, new_token
 
 N = 2_500
 TABLE = pa.table(
@@ -98,16 +98,17 @@ def test_top_with_a_basic_login_and_no_server_is_one_line_too(capsys, monkeypatc
 def test_bearer_token_and_basic_login(data_root, tmp_path, inputs, capsys, monkeypatch):
     principals = tmp_path / "principals.toml"
     secret = "team-a-secret-0123456789"
+    token, token_hash = new_token()
     principals.write_text(f"""
 [principals.team-a]
-secret = "{hash_secret(secret)}"
+secret = ["{hash_secret(secret)}", "{token_hash}"]
 datasets = ["team-a/*"]
 actions = ["status", "ack"]
 """)
     with running(data_root, auth={"principals_file": str(principals)}) as svc:
         assert cli("status", "--location", svc.location) == 1
         assert "no credentials" in capsys.readouterr().err
-        monkeypatch.setenv("FLIGHT_WRITER_TOKEN", secret)
+        monkeypatch.setenv("FLIGHT_WRITER_TOKEN", token)
         assert cli("status", "--location", svc.location, "--json") == 0
         assert json.loads(capsys.readouterr().out)["received_seq"] == 0
         monkeypatch.delenv("FLIGHT_WRITER_TOKEN")

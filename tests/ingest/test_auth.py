@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,14 @@ import pytest
 from helpers import REPO, action, put, read_dataset, running, send
 from test_tls import pki, tls_server  # noqa: F401 - pki is a fixture
 
-from flight_writer.ingest.auth import hash_secret
+from flight_writer.ingest import auth as auth_module
+from flight_writer.ingest.auth import Authenticator, LoginsBusy, hash_secret, load_principals, new_token
+from flight_writer.ingest.refusals import Refusals
 
-TEAM_A = "team-a-secret-0123456789"
+TEAM_A = "team-a-secret-0123456789"  # passwords: Basic login (scrypt)
 ADMIN = "admin-secret-0123456789ab"
+TEAM_A_TOKEN, TEAM_A_TOKEN_HASH = new_token()  # machine tokens: Bearer (SHA-256)
+ADMIN_TOKEN, ADMIN_TOKEN_HASH = new_token()
 BATCH = pa.record_batch({"i": pa.array(range(10), pa.int64())})
 
 
@@ -24,12 +29,12 @@ def principals(tmp_path: Path) -> Path:
     path = tmp_path / "principals.toml"
     path.write_text(f"""
 [principals.team-a]
-secret = "{hash_secret(TEAM_A)}"
+secret = ["{hash_secret(TEAM_A)}", "{TEAM_A_TOKEN_HASH}"]
 datasets = ["team-a/*"]
 actions = ["status", "ack"]
 
 [principals.admin]
-secret = "{hash_secret(ADMIN)}"
+secret = ["{hash_secret(ADMIN)}", "{ADMIN_TOKEN_HASH}"]
 datasets = ["*"]
 actions = ["status", "ack", "flush"]
 replace = true
@@ -60,7 +65,7 @@ def test_no_credentials_or_wrong_ones_get_unauthenticated(data_root, principals,
 
 def test_bearer_and_basic_login_with_rights_per_dataset_and_action(data_root, principals, caplog_loguru):
     with running(data_root, auth={"principals_file": str(principals)}) as svc, flight.connect(svc.location) as c:
-        options = bearer(TEAM_A)
+        options = bearer(TEAM_A_TOKEN)
         writer, reader = c.do_put(flight.FlightDescriptor.for_path("team-a", "spans"), BATCH.schema, options)
         writer.write_batch(BATCH)
         assert reader.read() is not None
@@ -77,7 +82,7 @@ def test_bearer_and_basic_login_with_rights_per_dataset_and_action(data_root, pr
         session = flight.FlightCallOptions(headers=[header])
         assert json_of(c.do_action(flight.Action("flush", b""), session))["durable_through"] == 1
     assert read_dataset(data_root, "team-a/spans").num_rows == 10
-    assert "refused: principal 'team-a' may not write dataset 'team-b/x'" in caplog_loguru.text
+    assert "refused principal 'team-a' may not write dataset 'team-b/x'" in caplog_loguru.text
     assert not (data_root / "team-b").exists()
 
 
@@ -85,8 +90,8 @@ def test_streams_per_principal_are_limited_without_limiting_the_others(data_root
     text = principals.read_text().replace('actions = ["status", "ack"]', 'actions = ["status", "ack"]\nmax_streams = 1')
     principals.write_text(text)
     descriptor = flight.FlightDescriptor.for_path("team-a", "s")
-    team_a = [(b"authorization", f"Bearer {TEAM_A}".encode())]
-    admin = [(b"authorization", f"Bearer {ADMIN}".encode())]
+    team_a = [(b"authorization", f"Bearer {TEAM_A_TOKEN}".encode())]
+    admin = [(b"authorization", f"Bearer {ADMIN_TOKEN}".encode())]
     with running(data_root, auth={"principals_file": str(principals)}) as svc, flight.connect(svc.location) as c:
         writer, reader = c.do_put(descriptor, BATCH.schema, flight.FlightCallOptions(headers=team_a))
         writer.write_batch(BATCH)
@@ -160,8 +165,107 @@ def test_hash_secret_command():
     assert done.returncode == 0 and secret_matches(TEAM_A, done.stdout.strip()) and TEAM_A not in done.stdout
 
 
+def test_a_password_is_no_bearer_token_and_a_token_logs_in_only_as_its_own_principal(data_root, principals):
+    """Bearer takes machine tokens (and sessions) only: checking a bearer value against every scrypt hash
+    made each refusal cost ~50 ms per principal. A token may also be a Basic password, for its own name."""
+    with running(data_root, auth={"principals_file": str(principals)}) as svc, flight.connect(svc.location) as c:
+        with pytest.raises(flight.FlightUnauthenticatedError, match="no valid credentials"):
+            list(c.do_action(flight.Action("status", b""), bearer(TEAM_A)))
+        header = c.authenticate_basic_token("team-a", TEAM_A_TOKEN)
+        assert json_of(c.do_action(flight.Action("status", b""), flight.FlightCallOptions(headers=[header])))
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            c.authenticate_basic_token("admin", TEAM_A_TOKEN)
+        tampered = TEAM_A_TOKEN[:-2] + ("AA" if not TEAM_A_TOKEN.endswith("AA") else "BB")
+        with pytest.raises(flight.FlightUnauthenticatedError, match="no valid credentials"):
+            list(c.do_action(flight.Action("status", b""), bearer(tampered)))
+
+
+def test_refusing_a_stranger_runs_no_scrypt_and_unknown_names_cost_what_wrong_passwords_do(principals, monkeypatch):
+    auth = Authenticator(load_principals(str(principals)))
+    checks: list[str] = []
+    real = auth_module.secret_matches
+
+    def counted(secret: str, stored: str) -> bool:
+        checks.append(stored)
+        return real(secret, stored)
+
+    monkeypatch.setattr(auth_module, "secret_matches", counted)
+    assert auth.bearer("guess-guess-guess-guess") is None and auth.bearer("fw_000000000000_" + "x" * 43) is None
+    assert auth.bearer(TEAM_A_TOKEN).name == "team-a" and checks == []  # tokens: SHA-256, no scrypt
+    assert auth.login("nobody", "wrong-wrong-wrong") is None
+    assert auth.login("team-a", "wrong-wrong-wrong") is None
+    assert len(checks) == 2  # one scrypt each: the same time for an unknown name as for a wrong password
+    principal, session = auth.login("team-a", TEAM_A)
+    assert principal.name == "team-a" and auth.bearer(session).name == "team-a"
+
+
+def test_password_checks_run_in_bounded_slots(principals, monkeypatch):
+    auth = Authenticator(load_principals(str(principals)))
+    monkeypatch.setattr(auth_module, "LOGIN_WAIT", 0.01)
+    taken = [auth._slots.acquire(blocking=False) for _ in range(auth_module.SCRYPT_SLOTS)]
+    assert all(taken)
+    with pytest.raises(LoginsBusy, match="password checks are running"):
+        auth.login("team-a", TEAM_A)
+    assert auth.login("team-a", TEAM_A_TOKEN) is not None  # tokens need no slot
+    for _ in taken:
+        auth._slots.release()
+    assert auth.login("team-a", TEAM_A) is not None
+
+
+def test_a_removed_token_is_refused_at_once_after_a_reload(principals):
+    auth = Authenticator(load_principals(str(principals)))
+    assert auth.bearer(TEAM_A_TOKEN) is not None
+    principals.write_text(principals.read_text().replace(f', "{TEAM_A_TOKEN_HASH}"', ""))
+    auth.reload(load_principals(str(principals)))
+    assert auth.bearer(TEAM_A_TOKEN) is None
+
+
+def test_one_token_id_for_two_principals_is_refused(tmp_path):
+    _, stored = new_token()
+    path = tmp_path / "p.toml"
+    path.write_text(f'[principals.a]\nsecret = "{stored}"\n[principals.b]\nsecret = "{stored}"\n')
+    with pytest.raises(auth_module.AuthError, match="listed for both 'a' and 'b'"):
+        load_principals(str(path))
+
+
+def test_refusals_are_counted_by_reason_and_logged_in_summaries(caplog_loguru):
+    quiet = Refusals(every=3600)
+    for _ in range(500):
+        quiet.count("unauthenticated", "DO_ACTION from ?: no credentials")
+    quiet.count("queue_full", "queue full")
+    assert quiet.totals() == {"unauthenticated": 500, "queue_full": 1}
+    assert caplog_loguru.text.count("refused ") == 1  # the first; the rest only counted
+    chatty = Refusals(every=0)
+    chatty.count("limits", "too many streams")
+    assert caplog_loguru.text.count("refused ") == 2
+
+
+def test_new_token_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "flight_writer.cli", "new-token"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    token = done.stdout.split("token: ")[1].split()[0]
+    stored = done.stdout.split('hash:  "')[1].split('"')[0]
+    assert done.returncode == 0 and token.startswith("fw_") and stored.startswith("sha256$" + token[3:15] + "$")
+
+
 def json_of(results) -> dict:
     import json
 
     [result] = list(results)
     return json.loads(result.body.to_pybytes())
+
+
+def test_check_takes_the_command_line_credentials(data_root, principals):
+    """The container's Flight-side health check works with auth on."""
+    with running(data_root, auth={"principals_file": str(principals)}) as svc:
+        command = [sys.executable, "-m", "flight_writer.cli", "check", "--location", svc.location]
+
+        def check(**env: str) -> subprocess.CompletedProcess:
+            clean = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_WRITER_")}
+            return subprocess.run(command, env={**clean, **env}, capture_output=True, text=True, cwd=REPO, timeout=60)
+
+        refused = check()
+        assert refused.returncode == 1 and "no credentials" in refused.stderr and "Traceback" not in refused.stderr
+        assert check(FLIGHT_WRITER_TOKEN=TEAM_A_TOKEN).returncode == 0
+        assert check(FLIGHT_WRITER_USER="admin", FLIGHT_WRITER_PASSWORD=ADMIN).returncode == 0
