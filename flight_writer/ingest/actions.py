@@ -4,6 +4,11 @@ queue's durability position, which every ingest process shares through the queue
 Bodies and answers are JSON objects (CloseSession answers in protobuf, as Flight SQL clients expect). A bad
 body is a ``FlightServerError`` naming the problem; a flush the queue cannot finish because it is closing is
 ``FlightUnavailableError``.
+
+With principals, a principal sees only its own: ``status`` lists only the datasets it may write (and says
+``last_error`` without its text, which may name another's files), ``ack`` names a seq's file or error only
+if the principal may write its dataset, and ``flush`` writes out a dataset it may write; a flush of every
+dataset needs an admin principal, one whose ``datasets`` include ``"*"`` (it sees everything).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from flight_writer.ingest.auth import authorize
+from flight_writer.ingest.auth import Principal, authorize, principal_of
 from flight_writer.ingest.flightsql import messages as flightsql
 from flight_writer.ingest.paths import dataset_from_path
 from flight_writer.queue import Ingest
@@ -35,17 +40,18 @@ class Actions:
     ) -> None:
         self._queue = queue
         self._position = queue.position
-        self._actions: dict[str, tuple[str, Callable[[bytes], dict[str, Any] | None]]] = {
+        Handler = Callable[[bytes, Principal | None], dict[str, Any] | None]
+        self._actions: dict[str, tuple[str, Handler]] = {
             "ack": ('Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms"', self._ack),
             "status": (
                 "Server counters: received and durable seqs, pending data, files written, errors",
-                lambda body: status(),
+                lambda body, who: _status_for(status(), who),
             ),
             "flush": (
                 'Write out everything received so far (optional {"dataset": name}); returns once durable',
                 self._flush,
             ),
-            "CloseSession": ("Flight SQL session close (sessions hold nothing here)", lambda body: None),
+            "CloseSession": ("Flight SQL session close (sessions hold nothing here)", lambda body, who: None),
         }
 
     def list(self) -> list[tuple[str, str]]:
@@ -68,14 +74,14 @@ class Actions:
             authorize(context, f"call action {action.type!r}", lambda who: action.type in who.actions)
         body = action.body.to_pybytes() if action.body is not None else b""
         try:
-            result = entry[1](body)
+            result = entry[1](body, principal_of(context))
         except ValueError as exc:
             raise flight.FlightServerError(f"{action.type}: {exc}") from None
         if result is None:  # CloseSession answers in protobuf, as Flight SQL clients expect
             return [flightsql.close_session_result()]
         return [json.dumps(result).encode()]
 
-    def _ack(self, body: bytes) -> dict[str, Any]:
+    def _ack(self, body: bytes, who: Principal | None) -> dict[str, Any]:
         request = _json_object(body, required=True)
         if "seqs" in request:
             seqs = request["seqs"]
@@ -96,18 +102,70 @@ class Actions:
         position = self._position
         if wait_ms:
             position.wait([s for s in seqs if 1 <= s <= last], wait_ms / 1000)
-        return {"acks": [position.describe(s, last) for s in seqs], "durable_through": position.durable_through}
+        acks = [position.describe(s, last) for s in seqs]
+        if who is not None and not is_admin(who):
+            acks = [_own_only(ack, who) for ack in acks]
+        return {"acks": acks, "durable_through": position.durable_through}
 
-    def _flush(self, body: bytes) -> dict[str, Any]:
+    def _flush(self, body: bytes, who: Principal | None) -> dict[str, Any]:
         request = _json_object(body, required=False)
         dataset = request.get("dataset")
         if dataset is not None:
             if not isinstance(dataset, str):
                 raise ValueError('"dataset" must be a string')
             dataset = dataset_from_path(dataset.split("/"))
+        if who is not None and not is_admin(who) and (dataset is None or not who.may_write(dataset)):
+            what = f"flush dataset {dataset!r}" if dataset else 'flush every dataset (name one: {"dataset": ...})'
+            raise flight.FlightUnauthorizedError(f"principal {who.name!r} may not {what}")
         if not self._queue.flush(dataset, None):
             raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")
         return {"durable_through": self._position.durable_through}
+
+
+def is_admin(who: Principal) -> bool:
+    """A principal that may write every dataset sees everything."""
+    return "*" in who.datasets
+
+
+def dataset_of(path: str) -> str:
+    """The dataset an object belongs to: its folders before the first ``key=value`` one (``_failed/``
+    objects: after it)."""
+    segments = path.split("/")
+    if segments[0] == "_failed":
+        segments = segments[1:]
+    names = []
+    for segment in segments[:-1]:
+        if "=" in segment:
+            break
+        names.append(segment)
+    return "/".join(names)
+
+
+def _own_only(ack: dict[str, Any], who: Principal) -> dict[str, Any]:
+    """An ack entry without the file or error of a dataset the principal may not write."""
+    file = ack.get("file")
+    if file is not None and not who.may_write(dataset_of(file)):
+        ack = {k: v for k, v in ack.items() if k != "file"}
+    error = ack.get("error", "")
+    if "batch kept at " in error and not who.may_write(_kept_dataset(error)):
+        ack = {**ack, "error": "failed (the error names a dataset this principal may not write)"}
+    return ack
+
+
+def _kept_dataset(error: str) -> str:
+    return dataset_of(error.rsplit("batch kept at ", 1)[1].rstrip(")"))
+
+
+def _status_for(status: dict[str, Any], who: Principal | None) -> dict[str, Any]:
+    """The status a principal may see: only its datasets, and errors without their text (an admin and
+    calls without authentication: everything)."""
+    if who is None or is_admin(who):
+        return status
+    mine = {name: counts for name, counts in status.get("datasets", {}).items() if who.may_write(name)}
+    seen = {**status, "datasets": mine}
+    if seen.get("last_error"):
+        seen["last_error"] = "an error (its text may name other datasets: an admin principal sees it)"
+    return seen
 
 
 def _json_object(body: bytes, required: bool) -> dict[str, Any]:

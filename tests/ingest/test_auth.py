@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -249,9 +250,15 @@ def test_new_token_command():
     assert done.returncode == 0 and token.startswith("fw_") and stored.startswith("sha256$" + token[3:15] + "$")
 
 
-def json_of(results) -> dict:
-    import json
+def one_put(client: flight.FlightClient, dataset: str, options: flight.FlightCallOptions) -> dict:
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path(*dataset.split("/")), BATCH.schema, options)
+    writer.write_batch(BATCH)
+    reply = json.loads(reader.read().to_pybytes())
+    writer.close()
+    return reply
 
+
+def json_of(results) -> dict:
     [result] = list(results)
     return json.loads(result.body.to_pybytes())
 
@@ -269,3 +276,31 @@ def test_check_takes_the_command_line_credentials(data_root, principals):
         assert refused.returncode == 1 and "no credentials" in refused.stderr and "Traceback" not in refused.stderr
         assert check(FLIGHT_WRITER_TOKEN=TEAM_A_TOKEN).returncode == 0
         assert check(FLIGHT_WRITER_USER="admin", FLIGHT_WRITER_PASSWORD=ADMIN).returncode == 0
+
+
+def test_a_principal_sees_only_its_own_datasets_files_and_flushes(data_root, principals):
+    team_a, admin = bearer(TEAM_A_TOKEN), bearer(ADMIN_TOKEN)
+    with running(data_root, auth={"principals_file": str(principals)}) as svc, flight.connect(svc.location) as c:
+        mine, theirs = (
+            one_put(c, dataset, options) for dataset, options in (("team-a/spans", team_a), ("admin/x", admin))
+        )
+        assert json_of(c.do_action(flight.Action("flush", b""), admin))["durable_through"] == 2  # admin: everything
+        seen = json_of(c.do_action(flight.Action("status", b""), team_a))
+        assert set(seen["datasets"]) == {"team-a/spans"}
+        assert set(json_of(c.do_action(flight.Action("status", b""), admin))["datasets"]) == {
+            "team-a/spans",
+            "admin/x",
+        }
+        body = json.dumps({"seqs": [mine["seq"], theirs["seq"]]}).encode()
+        acks = json_of(c.do_action(flight.Action("ack", body), team_a))["acks"]
+        assert acks[0]["state"] == acks[1]["state"] == "durable"
+        assert acks[0]["file"].startswith("team-a/spans/") and "file" not in acks[1]
+        assert "admin/" not in json.dumps(acks)
+    text = principals.read_text().replace('actions = ["status", "ack"]', 'actions = ["status", "ack", "flush"]', 1)
+    principals.write_text(text)
+    with running(data_root, auth={"principals_file": str(principals)}) as svc, flight.connect(svc.location) as c:
+        with pytest.raises(flight.FlightUnauthorizedError, match="may not flush every dataset"):
+            list(c.do_action(flight.Action("flush", b""), team_a))
+        with pytest.raises(flight.FlightUnauthorizedError, match="may not flush dataset 'admin/x'"):
+            list(c.do_action(flight.Action("flush", b'{"dataset": "admin/x"}'), team_a))
+        assert json_of(c.do_action(flight.Action("flush", b'{"dataset": "team-a/spans"}'), team_a))
