@@ -1,4 +1,4 @@
-"""The write side of the NATS queue (nats.py): taking messages, keeping them alive, plans and their conflicts,
+"""The write side of the NATS queue (queue.py): taking messages, keeping them alive, plans and their conflicts,
 confirmations.
 
 Every fetched message is held (kept alive by ``in_progress`` every ack_wait / 3) until the durability record
@@ -10,30 +10,83 @@ in the records stream holds it, and a later plan that names it is withdrawn and 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from typing import Any
 
 import nats
 import pyarrow as pa
 from loguru import logger
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
 
+from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Entry, Plan, QueueLost
+from flight_writer.queue.ipc import decode_ipc
+from flight_writer.queue.nats.link import Link
+from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.seqs import seq_ranges
 
 FETCH_BYTES = 8 << 20  # per fetch: NATS drops a connection whose pending bytes pass max_pending (64 MB)
 
 
-class NatsFeed:
-    """Mixed into NatsQueue: its state is made in NatsQueue.__init__."""
+class WriteFeed:
+    """The write side: takes messages from the durable pull consumer (``open`` joins it), holds them until
+    the record of the object holding them is published, redoes unconfirmed plans. Made only for the roles
+    that write (``all``, ``write``)."""
 
-    _s: Any
-    _link: Any
-    _lock: Any
-    position: Any
+    def __init__(
+        self,
+        link: Link,
+        shared: Shared,
+        records: Records,
+        stream: str,
+        pull: JetStreamContext.PullSubscription,
+        ack_wait: float,
+    ) -> None:
+        self._link = link
+        self._shared = shared  # its lock; the late messages and the plans being redone
+        self._records = records
+        self._stream = stream
+        self._pull = pull
+        self._ack_wait = ack_wait  # the consumer's
+        self._held: dict[int, Msg] = {}  # seq -> message delivered here, not yet confirmed (under shared.lock)
+        self._flushes: list[str | None] = []  # flush requests not yet handed out (under shared.lock)
+        self._woken = threading.Event()
+        self._msg_size = 1 << 20  # the fetch's size per message: the largest lately (decays by 1/8 per fetch)
+        self._lost = False
+        self._not_taking = False
+        self._subscriptions: list[Subscription] = []
+        self._keeper: asyncio.Task[None] | None = None
+        link.reconnect_listeners.append(self._on_reconnect)
+
+    @classmethod
+    async def open(cls, settings: QueueSettings, link: Link, shared: Shared, records: Records) -> WriteFeed:
+        """On the loop: join the durable pull consumer (made if missing), listen for flush requests, start
+        the keepalive."""
+        js = link.js
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=settings.ack_wait, max_ack_pending=-1, max_deliver=-1
+        )
+        pull = await js.pull_subscribe(
+            link.data_subject, durable=settings.consumer, stream=settings.stream, config=config
+        )
+        ack_wait = settings.ack_wait
+        consumer = await js.consumer_info(settings.stream, settings.consumer)
+        if consumer.config.ack_wait and abs(consumer.config.ack_wait - settings.ack_wait) > 0.001:
+            logger.warning(
+                "consumer {} keeps its ack_wait of {:g} s (queue.ack_wait is {:g} s): delete it to change it",
+                settings.consumer,
+                consumer.config.ack_wait,
+                settings.ack_wait,
+            )
+            ack_wait = consumer.config.ack_wait
+        feed = cls(link, shared, records, settings.stream, pull, ack_wait)
+        feed._subscriptions.append(await link.nc.subscribe(link.flush_subject, cb=feed._on_flush))
+        feed._keeper = link.loop.create_task(feed._keep_alive())
+        return feed
 
     def take(self, max_items: int, timeout: float) -> list[Entry]:
-        if self._role == "ingest":
-            raise RuntimeError("an ingest process has no feed (role = ingest)")
         if max_items <= 0 or self._not_taking:
             self._woken.wait(timeout)
             self._woken.clear()
@@ -58,20 +111,21 @@ class NatsFeed:
             self._msg_size = max(max(len(m.data) for m in msgs), self._msg_size * 7 // 8)
         return self._entries(msgs)
 
-    def _entries(self, msgs: list[Any]) -> list[Entry]:
+    def _entries(self, msgs: list[Msg]) -> list[Entry]:
+        shared, plans, position = self._shared, self._records.plans, self._records.position
         entries: list[Entry] = []
-        done: list[Any] = []
-        fresh: list[tuple[int, Any, Plan | None]] = []
-        with self._lock:  # all held at once: the keepalive covers them while the rest is read
+        done: list[Msg] = []
+        fresh: list[tuple[int, Msg, Plan | None]] = []
+        with shared.lock:  # all held at once: the keepalive covers them while the rest is read
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
-                plan = self._plans.get(seq)
-                if self.position.is_resolved(seq):  # already in a stored object (its writer died before acking)
+                plan = plans.get(seq)
+                if position.is_resolved(seq):  # already in a stored object (its writer died before acking)
                     done.append(msg)
-                elif seq in self._held or (plan is not None and plan.path in self._redoing):
+                elif seq in self._held or (plan is not None and plan.path in shared.redoing):
                     # delivered again while a buffer or a plan of this process holds it: acknowledged once
                     # that is stored, kept alive till then
-                    self._late[seq] = msg
+                    shared.late[seq] = msg
                 else:
                     self._held[seq] = msg
                     fresh.append((seq, msg, plan))
@@ -87,10 +141,10 @@ class NatsFeed:
             if plan is None:
                 entries.append(entry)
                 continue
-            with self._lock:
-                redoing = plan.path in self._redoing
+            with shared.lock:
+                redoing = plan.path in shared.redoing
                 if redoing:  # an earlier message of this fetch started its redo
-                    self._late[seq] = self._held.pop(seq)
+                    shared.late[seq] = self._held.pop(seq)
             if not redoing:
                 entries.extend(self._redo(plan, entry))
         return entries
@@ -102,11 +156,11 @@ class NatsFeed:
         try:
             for seq in plan.seqs:
                 if seq != mine.seq:
-                    raw = self._link.run(self._link.js.get_msg(self._s.stream, seq), timeout=30)
-                    entries.append(_entry(seq, raw.data, raw.headers or {}, None))
+                    raw = self._link.run(self._link.js.get_msg(self._stream, seq), timeout=30)
+                    entries.append(_entry(seq, raw.data or b"", raw.headers or {}, None))
         except nats.js.errors.NotFoundError:  # acknowledged, so its confirmation was published first
-            self._catch_up(10.0)
-            if all(self.position.is_resolved(s) for s in plan.seqs):
+            self._records.catch_up(10.0)
+            if all(self._records.position.is_resolved(s) for s in plan.seqs):
                 self._let_go([mine.seq], "ack")
             else:  # not yet readable as resolved: later, not as a second copy
                 logger.warning("plan {}: seq {} is not in the stream yet unconfirmed; trying later", plan.path, seq)
@@ -116,8 +170,8 @@ class NatsFeed:
             logger.warning("plan {}: cannot read its batches ({}); trying later", plan.path, type(exc).__name__)
             self._let_go([mine.seq], "nak")
             return []
-        with self._lock:
-            self._redoing.add(plan.path)
+        with self._shared.lock:
+            self._shared.redoing.add(plan.path)
         for entry in entries:
             entry.planned = plan
         return entries
@@ -125,7 +179,7 @@ class NatsFeed:
     def _let_go(self, seqs: list[int], how: str) -> None:
         """Stop holding these seqs' messages: ``ack`` (stored), ``nak`` (again later, to any writer) or
         ``term`` (never again)."""
-        with self._lock:
+        with self._shared.lock:
             msgs = [m for s in seqs if (m := self._held.pop(s, None)) is not None]
         for msg in msgs:
             if how == "nak":
@@ -136,12 +190,12 @@ class NatsFeed:
     def flush_requests(self) -> list[str | None]:
         if not self._flushes:
             return []
-        with self._lock:
+        with self._shared.lock:
             requests, self._flushes = self._flushes, []
             return requests
 
-    async def _on_flush(self, msg: Any) -> None:
-        with self._lock:
+    async def _on_flush(self, msg: Msg) -> None:
+        with self._shared.lock:
             if None not in self._flushes:
                 self._flushes.append(None)  # every buffer: what a dataset holds is not known across processes
         self._woken.set()
@@ -149,8 +203,8 @@ class NatsFeed:
     async def _keep_alive(self) -> None:
         while not self._link.nc.is_closed:
             await asyncio.sleep(self._ack_wait / 3)
-            with self._lock:
-                msgs = [*self._held.values(), *self._late.values()]
+            with self._shared.lock:
+                msgs = [*self._held.values(), *self._shared.late.values()]
             for msg in msgs:
                 try:
                     await msg.in_progress()
@@ -161,10 +215,10 @@ class NatsFeed:
         """Down long enough for JetStream to give what this process held to other writers: let go of it
         (the writer drops its buffers; files not yet planned are not stored). Planned files go on: whoever
         gets their batches stores the same object again."""
-        if self._role == "ingest" or down < self._ack_wait / 2:
+        if down < self._ack_wait / 2:
             return
-        with self._lock:
-            if not self._held and not self._late:
+        with self._shared.lock:
+            if not self._held and not self._shared.late:
                 return
             logger.warning(
                 "NATS was away {:.1f} s (ack_wait {:g} s): letting go of {} batches held here; they come again",
@@ -173,7 +227,7 @@ class NatsFeed:
                 len(self._held),
             )
             self._held.clear()
-            self._late.clear()
+            self._shared.late.clear()
             self._lost = True
 
     def stop_taking(self) -> None:
@@ -194,58 +248,52 @@ class NatsFeed:
         NATS was away). Then the plan is withdrawn, what is still held here goes back to the stream, and
         QueueLost keeps the file from being stored."""
         entries = entries or []
-        with self._lock:
+        with self._shared.lock:
             gone = [e.seq for e in entries if e.handle is not None and self._held.get(e.seq) is not e.handle]
         if gone:
             self._lose(plan, entries, gone, "were given to another writer (NATS was away)")
-        record: dict[str, Any] = {"plan": plan.path, "kind": plan.kind, "seqs": seq_ranges(list(plan.seqs))}
-        if plan.error is not None:
-            record["error"] = plan.error
-        at = self._link.run(self._publish_record(record), timeout=60)
-        if not self._wait_applied(at, 60.0):  # the loop thread applies records in order
-            raise TimeoutError(f"NATS: the plan record of {plan.path} was not read back within 60 s")
-        with self._lock:
-            taken = [
-                s
-                for s in plan.seqs
-                if self.position.is_resolved(s) or ((other := self._plans.get(s)) and other.path != plan.path)
-            ]
-        if taken:
-            self._link.run(self._publish_record({"withdraw": plan.path, "seqs": seq_ranges(list(plan.seqs))}), 60)
+        self._records.record_plan(plan)
+        if taken := self._records.taken(plan):
+            self._records.withdraw(plan)
             self._lose(plan, entries, taken, "are in another writer's plan or object")
 
     def _lose(self, plan: Plan, entries: list[Entry], seqs: list[int], why: str) -> None:
         """Give back what this process still holds of ``entries`` (stored ones acknowledged) and raise."""
-        with self._lock:
+        position = self._records.position
+        with self._shared.lock:
             mine = [e.seq for e in entries if e.handle is not None and self._held.get(e.seq) is e.handle]
-        self._let_go([s for s in mine if self.position.is_resolved(s)], "ack")
-        self._let_go([s for s in mine if not self.position.is_resolved(s)], "nak")
+        self._let_go([s for s in mine if position.is_resolved(s)], "ack")
+        self._let_go([s for s in mine if not position.is_resolved(s)], "nak")
         raise QueueLost(f"{plan.path}: seqs {seq_ranges(sorted(seqs))} {why}")
 
-    def confirm(self, entries: list[Entry], path: str | None) -> None:
-        if entries:
-            self._resolved(entries, {"durable": seq_ranges(sorted(e.seq for e in entries)), "file": path})
+    def confirm(self, entries: list[Entry], path: str | None) -> bool:
+        """Publish the entries' durable record, then acknowledge their messages. True if any were
+        acknowledged (the stream deleted them: its state changed)."""
+        if not entries:
+            return False
+        # published before the acks: a message delivered again finds it resolved
+        self._records.record_durable([e.seq for e in entries], path)
+        return self._ack([e.seq for e in entries])
 
-    def reject(self, entries: list[Entry], error: str) -> None:
-        if entries:
-            self._resolved(entries, {"failed": seq_ranges(sorted(e.seq for e in entries)), "error": error})
+    def reject(self, entries: list[Entry], error: str) -> bool:
+        """As ``confirm``, with a failed record."""
+        if not entries:
+            return False
+        self._records.record_failed([e.seq for e in entries], error)
+        return self._ack([e.seq for e in entries])
 
-    def _resolved(self, entries: list[Entry], record: dict[str, Any]) -> None:
-        self._record(record)  # published before the acks: a redelivered message finds it resolved
-        with self._lock:
-            msgs = [m for e in entries if (m := self._held.pop(e.seq, None)) is not None]
+    def _ack(self, seqs: list[int]) -> bool:
+        with self._shared.lock:
+            msgs = [m for s in seqs if (m := self._held.pop(s, None)) is not None]
         if msgs:
             self._link.run(_ack_all(msgs), timeout=60)
-            self._state = (0.0, self._state[1])  # room changed: ask the stream again
-
-    def room(self) -> int:
-        return self._max_bytes - self._stream_state().bytes
+        return bool(msgs)
 
     def wake(self) -> None:
         self._woken.set()
 
 
-async def _ack_all(msgs: list[Any]) -> None:
+async def _ack_all(msgs: list[Msg]) -> None:
     """Acknowledge every message, the last one waiting for the server's answer: acks of one connection are
     handled in order, so then all are (and work-queue retention has deleted them)."""
     for msg in msgs[:-1]:
@@ -253,8 +301,8 @@ async def _ack_all(msgs: list[Any]) -> None:
     await msgs[-1].ack_sync(timeout=30)
 
 
-def _entry(seq: int, data: bytes, headers: dict[str, str], msg: Any) -> Entry:
-    batch = pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch()
+def _entry(seq: int, data: bytes, headers: dict[str, str], msg: Msg | None) -> Entry:
+    batch = decode_ipc(pa.py_buffer(data))
     return Entry(
         seq,
         headers.get("fw-dataset", ""),

@@ -1,4 +1,4 @@
-"""The ingest side of the NATS queue (nats.py): publishing batches, flush requests, the stream's state.
+"""The ingest side of the NATS queue (queue.py): publishing batches, flush requests, the stream's state.
 
 A put is one message on ``<stream>.data``, published with a ``Nats-Msg-Id`` (the producer's batch id, or
 one this process makes, so a retried publish is stored once) and acknowledged by JetStream before it
@@ -14,21 +14,49 @@ from typing import Any
 
 import nats
 import pyarrow as pa
+from nats.js import api
 
+from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError
-from flight_writer.queue.wal.format import encode_ipc
+from flight_writer.queue.counting import Counts
+from flight_writer.queue.ipc import encode_ipc
+from flight_writer.queue.nats.link import Link
+from flight_writer.queue.nats.records import Records, Shared
 
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
 STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
 
 
-class NatsIngest:
-    """Mixed into NatsQueue: its state is made in NatsQueue.__init__."""
+class Publisher:
+    """The ingest side: publishes batches and flush requests, and answers ``last_seq``, ``room`` and
+    ``stats`` from the data stream's state (asked again after ``STATE_TTL`` s, or after ``forget_state``).
+    ``flush`` waits on the durability position, which the records advance."""
 
-    _s: Any
-    _link: Any
-    _lock: Any
-    position: Any
+    def __init__(
+        self,
+        settings: QueueSettings,
+        link: Link,
+        shared: Shared,
+        records: Records,
+        name: str,
+        role: str,
+        max_bytes: int,
+        state: api.StreamState,
+    ) -> None:
+        self._stream = settings.stream
+        self._link = link
+        self._shared = shared  # its lock; last_seq
+        self._records = records
+        self._name = name  # this process's client name: the prefix of the batch ids it makes
+        self._role = role
+        self.max_bytes = max_bytes  # the stream's (queue.max_bytes when it was made)
+        self._ipc = pa.ipc.IpcWriteOptions(
+            compression=None if settings.compression == "none" else settings.compression, use_threads=False
+        )
+        self._ids = 0  # batch ids made here (under shared.lock)
+        self._state: tuple[float, api.StreamState] = (time.monotonic(), state)  # (when asked, the answer)
+        self._refusing = False
+        self._received = Counts()  # by this process (under shared.lock)
 
     def put(
         self,
@@ -45,21 +73,21 @@ class NatsIngest:
         if self._role == "write":
             raise RuntimeError("a write process takes no batches (role = write)")
         payload = memoryview(encode_ipc(batch, self._ipc))  # nats-py joins it into the command: one copy, not two
-        if len(payload) > self._max_bytes:
+        if len(payload) > self.max_bytes:
             raise QueueWriteError(
                 f"a batch of {len(payload)} bytes as Arrow IPC is larger than the stream's max_bytes "
-                f"({self._max_bytes}, queue.max_bytes when it was made): it can never fit"
+                f"({self.max_bytes}, queue.max_bytes when it was made): it can never fit"
             )
         headers = {"fw-dataset": dataset, "fw-at": repr(time.time())}
         if client_id is not None:
             headers["Nats-Msg-Id"], headers["fw-id"] = client_id, "1"
         else:
-            with self._lock:
+            with self._shared.lock:
                 self._ids += 1
                 headers["Nats-Msg-Id"] = f"{self._name}-{self._ids}"  # a retried publish is stored once
         ack = self._link.run(self._publish(payload, headers, timeout))
-        with self._lock:
-            self._last_seq = max(self._last_seq, ack.seq)
+        with self._shared.lock:
+            self._shared.last_seq = max(self._shared.last_seq, ack.seq)
             if not ack.duplicate:
                 self._received.add(dataset, batch.num_rows, batch.get_total_buffer_size())
         return Accepted(ack.seq, bool(ack.duplicate))
@@ -78,7 +106,7 @@ class NatsIngest:
         ids, sending the batch again stores only the missing ones)."""
         return [self.put(dataset, schema_key, b, timeout, c) for b, c in zip(batches, client_ids, strict=True)]
 
-    async def _publish(self, payload: bytes, headers: dict[str, str], timeout: float) -> Any:
+    async def _publish(self, payload: memoryview, headers: dict[str, str], timeout: float) -> api.PubAck:
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
@@ -88,7 +116,7 @@ class NatsIngest:
                     self._link.data_subject,
                     payload,
                     timeout=max(0.5, min(5.0, remaining)),
-                    stream=self._s.stream,
+                    stream=self._stream,
                     headers=headers,
                 )
             except nats.errors.MaxPayloadError:
@@ -100,7 +128,7 @@ class NatsIngest:
                 if exc.err_code not in FULL:
                     raise QueueWriteError(f"NATS refused the batch: {exc.description or exc}") from None
                 reason = (
-                    f"queue full: stream {self._s.stream} is at its max_bytes ({self._max_bytes}; "
+                    f"queue full: stream {self._stream} is at its max_bytes ({self.max_bytes}; "
                     "queue.max_bytes when the stream was made)"
                 )
             except (TimeoutError, nats.errors.Error) as exc:
@@ -119,12 +147,13 @@ class NatsIngest:
         return int(self._link.nc.max_payload * 0.75)
 
     def flush(self, dataset: str | None, timeout: float | None) -> bool:
+        position = self._records.position
         through = self.last_seq
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self.position.durable_through >= through:
+            if position.durable_through >= through:
                 return True
-            if self.position.closed:
+            if position.closed:
                 return False
             try:
                 # empty: every writer writes out every buffer (a dataset's seqs are not known across processes)
@@ -132,9 +161,9 @@ class NatsIngest:
             except Exception as exc:  # NATS away: keep waiting, ask again
                 self._link.last_error = f"NATS: flush request not sent ({type(exc).__name__})"
             remaining = None if deadline is None else deadline - time.monotonic()
-            if self.position.wait_through(through, 1.0 if remaining is None else min(1.0, max(0.0, remaining))):
+            if position.wait_through(through, 1.0 if remaining is None else min(1.0, max(0.0, remaining))):
                 return True
-            if self.position.closed or (remaining is not None and remaining <= 1.0):
+            if position.closed or (remaining is not None and remaining <= 1.0):
                 return False
 
     def refuse_puts(self) -> None:
@@ -142,31 +171,37 @@ class NatsIngest:
 
     @property
     def last_seq(self) -> int:
-        state = self._stream_state()
-        with self._lock:
-            self._last_seq = max(self._last_seq, state.last_seq)
-            return self._last_seq
+        state = self.stream_state()
+        with self._shared.lock:
+            self._shared.last_seq = max(self._shared.last_seq, state.last_seq)
+            return self._shared.last_seq
 
-    def _stream_state(self, fresh: bool = False) -> Any:
+    def room(self) -> int:
+        return self.max_bytes - self.stream_state().bytes
+
+    def forget_state(self) -> None:
+        """The stream changed (messages acknowledged, so deleted): ask it again at the next question."""
+        self._state = (0.0, self._state[1])
+
+    def stream_state(self, fresh: bool = False) -> api.StreamState:
+        """The data stream's state, at most ``STATE_TTL`` s old unless ``fresh`` (the last one known while
+        NATS does not answer)."""
         at, state = self._state
-        if fresh or state is None or time.monotonic() - at > STATE_TTL:
+        if fresh or time.monotonic() - at > STATE_TTL:
             try:
-                state = self._link.run(self._link.js.stream_info(self._s.stream), timeout=10).state
+                state = self._link.run(self._link.js.stream_info(self._stream), timeout=10).state
             except Exception as exc:
-                if state is None:
-                    raise
                 self._link.last_error = f"NATS: stream info unavailable ({type(exc).__name__})"
             else:
                 self._state = (time.monotonic(), state)
                 # acknowledged means stored: below the first message everything is resolved, records or not
-                if (position := getattr(self, "position", None)) is not None:  # made from the first answer
-                    position.advance_to(state.first_seq - 1 if state.messages else state.last_seq)
+                self._records.advance_to(state.first_seq - 1 if state.messages else state.last_seq)
         return state
 
     def stats(self) -> dict[str, Any]:
-        state = self._stream_state(fresh=True)
+        state = self.stream_state(fresh=True)
         age = self._age_of(state.first_seq) if state.messages else None  # outside the lock: the loop takes it
-        with self._lock:
+        with self._shared.lock:
             stats: dict[str, Any] = {
                 "pending_batches": state.messages,  # in the stream: not yet stored, by any process
                 "pending_bytes": state.bytes,
@@ -175,7 +210,7 @@ class NatsIngest:
                 "received_rows": self._received.total[1],
                 "received_bytes": self._received.total[2],
                 "oldest_pending_age_s": age,
-                "nats_stream": self._s.stream,
+                "nats_stream": self._stream,
                 "nats_connected": self._link.nc.is_connected,
                 "role": self._role,
             }
@@ -186,11 +221,11 @@ class NatsIngest:
     def _age_of(self, seq: int) -> float | None:
         """Seconds since the batch ``seq`` was received (one read of the stream)."""
         try:
-            raw = self._link.run(self._link.js.get_msg(self._s.stream, seq), timeout=10)
+            raw = self._link.run(self._link.js.get_msg(self._stream, seq), timeout=10)
         except Exception:  # stored meanwhile, or NATS away: no age to tell
             return None
         return round(max(0.0, time.time() - float((raw.headers or {}).get("fw-at", time.time()))), 3)
 
     def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
-        with self._lock:
+        with self._shared.lock:
             return self._received.by_dataset()

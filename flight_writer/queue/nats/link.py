@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import nats
 from loguru import logger
-from nats.js import api
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
 
 from flight_writer.config.settings import QueueSettings, without_password
 
@@ -54,8 +55,8 @@ class Link:
         self._thread = threading.Thread(target=self.loop.run_forever, name="flight-writer-nats", daemon=True)
         self._thread.start()
         try:
-            self.nc = self.run(self._connect(name), timeout=60)
-            self.js = self.nc.jetstream()
+            self.nc: Client = self.run(self._connect(name), timeout=60)
+            self.js: JetStreamContext = self.nc.jetstream()
             self.run(self._ensure_streams(), timeout=60)
         except BaseException:
             self.close()
@@ -70,7 +71,7 @@ class Link:
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    async def _connect(self, name: str) -> Any:
+    async def _connect(self, name: str) -> Client:
         s = self.settings
         options: dict[str, Any] = {
             "servers": list(s.url),

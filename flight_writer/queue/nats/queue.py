@@ -30,31 +30,29 @@ across processes.
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
 from typing import Any
 
 import pyarrow as pa
-from loguru import logger
-from nats.js import api
 
 from flight_writer.config.settings import QueueSettings
-from flight_writer.queue.base import Plan, Queue, SharedFeed
-from flight_writer.queue.counting import Counts
-from flight_writer.queue.nats.feed import NatsFeed
-from flight_writer.queue.nats.ingest import NatsIngest
+from flight_writer.queue.base import Accepted, Entry, Plan, Queue, SharedFeed
+from flight_writer.queue.nats.feed import WriteFeed
+from flight_writer.queue.nats.ingest import Publisher
 from flight_writer.queue.nats.link import Link
-from flight_writer.queue.seqs import parse_ranges
+from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.tracker import DurabilityTracker
 
 ROLES = ("all", "ingest", "write")
 
 
-class NatsQueue(NatsIngest, NatsFeed, Queue, SharedFeed):
-    """Implements :class:`Queue` on NATS JetStream (see the module docstring): the ingest side in
-    nats_ingest.py, the write side in nats_feed.py, the connection and the records here. ``role`` says which
-    side this process uses: ``ingest`` cannot ``take``, ``write`` cannot ``put``."""
+class NatsQueue(Queue, SharedFeed):
+    """Implements :class:`Queue` on NATS JetStream (see the module docstring) by handing each call to one of
+    its parts: the connection (``Link``, link.py), the durability records (``Records``, records.py: the
+    plans and the position's updates), the publisher (``Publisher``, ingest.py: puts, flush requests, the
+    stream's state) and the write side (``WriteFeed``, feed.py). What the parts share (one lock, last_seq,
+    the late messages, the plans being redone) is one ``Shared`` each receives. ``role`` says which side
+    this process uses: ``ingest`` has no feed (cannot ``take``), ``write`` cannot ``put``."""
 
     type = "nats"
     ack_state = "logged"
@@ -63,152 +61,123 @@ class NatsQueue(NatsIngest, NatsFeed, Queue, SharedFeed):
     def __init__(self, settings: QueueSettings, role: str = "all", history: int = 100_000) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        self._s = settings
         self._role = role
-        self._name = f"flight-writer-{role}-{uuid.uuid4().hex[:8]}"
-        self._ipc = pa.ipc.IpcWriteOptions(
-            compression=None if settings.compression == "none" else settings.compression, use_threads=False
-        )
-        self._link = link = Link(settings, self._name)
-        self._lock = threading.Lock()
-        self._ids = 0
-        self._state: tuple[float, Any] = (0.0, None)
-        info = link.run(link.js.stream_info(settings.stream), timeout=30)
-        # records of an earlier stream of the same name (deleted, made again) must not resolve this one's seqs
-        self._incarnation = info.created.isoformat() if info.created else ""
-        self._max_bytes = info.config.max_bytes or settings.max_bytes  # the stream's, if made with another
-        self._ack_wait = settings.ack_wait  # the consumer's, once subscribed
-        state = self._stream_state(fresh=True)
-        self._last_seq = state.last_seq
-        # work-queue retention deletes a message once acknowledged, i.e. stored: below the first one, all is
-        through = state.first_seq - 1 if state.messages else state.last_seq
-        self.position = DurabilityTracker(history, through, pending_state=self.ack_state)
-        self._plans: dict[int, Plan] = {}  # seq -> the unconfirmed plan holding it
-        self._held: dict[int, Any] = {}  # seq -> message delivered here, not yet confirmed
-        self._late: dict[int, Any] = {}  # messages of seqs this process already stores through a plan
-        self._redoing: set[str] = set()  # plans (paths) handed to the writer to redo
-        self._flushes: list[str | None] = []
-        self._woken = threading.Event()
-        self._refusing = False
-        self._received = Counts()  # by this process
-        self._msg_size = 1 << 20  # the fetch's size per message: the largest lately (decays by 1/8 per fetch)
-        self._records_applied = 0  # the records stream's sequence applied so far (on the loop thread)
-        self._applied = threading.Condition()
-        self._subs: list[Any] = []
-        self._lost = False
-        self._not_taking = False
-        link.reconnect_listeners.append(self._on_reconnect)
+        name = f"flight-writer-{role}-{uuid.uuid4().hex[:8]}"
+        self._link = link = Link(settings, name)
         try:
-            link.run(self._subscribe(), timeout=60)
-            if not self._catch_up(60.0):
+            info = link.run(link.js.stream_info(settings.stream), timeout=30)
+            # records of an earlier stream of the same name (deleted, made again) must not resolve this one's seqs
+            incarnation = info.created.isoformat() if info.created else ""
+            state = info.state
+            # work-queue retention deletes a message once acknowledged, i.e. stored: below the first one, all is
+            through = state.first_seq - 1 if state.messages else state.last_seq
+            self.position = DurabilityTracker(history, through, pending_state=self.ack_state)
+            self._shared = Shared(last_seq=state.last_seq)
+            self._records = Records(link, self._shared, self.position, incarnation)
+            max_bytes = info.config.max_bytes or settings.max_bytes  # the stream's, if made with another
+            self._publisher = Publisher(settings, link, self._shared, self._records, name, role, max_bytes, state)
+            self._feed: WriteFeed | None = link.run(self._subscribe(settings), timeout=60)
+            if not self._records.catch_up(60.0):
                 raise ConnectionError(f"NATS: the records of {settings.stream} were not read within 60 s")
         except BaseException:
             link.close()
             raise
 
-    async def _subscribe(self) -> None:
-        link, js = self._link, self._link.js
-        self._subs.append(
-            await js.subscribe(
-                link.records_subject,
-                stream=link.records_stream,
-                ordered_consumer=True,
-                deliver_policy=api.DeliverPolicy.ALL,
-                cb=self._on_record,
-            )
-        )
+    async def _subscribe(self, settings: QueueSettings) -> WriteFeed | None:
+        """The records first (every role reads them), then the write side's consumer."""
+        await self._records.subscribe()
         if self._role == "ingest":
-            return
-        config = api.ConsumerConfig(
-            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self._s.ack_wait, max_ack_pending=-1, max_deliver=-1
-        )
-        self._pull = await js.pull_subscribe(
-            link.data_subject, durable=self._s.consumer, stream=self._s.stream, config=config
-        )
-        consumer = await js.consumer_info(self._s.stream, self._s.consumer)
-        if consumer.config.ack_wait and abs(consumer.config.ack_wait - self._s.ack_wait) > 0.001:
-            logger.warning(
-                "consumer {} keeps its ack_wait of {:g} s (queue.ack_wait is {:g} s): delete it to change it",
-                self._s.consumer,
-                consumer.config.ack_wait,
-                self._s.ack_wait,
-            )
-            self._ack_wait = consumer.config.ack_wait
-        self._subs.append(await link.nc.subscribe(link.flush_subject, cb=self._on_flush))
-        link.loop.create_task(self._keep_alive())
+            return None
+        return await WriteFeed.open(settings, self._link, self._shared, self._records)
 
-    def _catch_up(self, timeout: float) -> bool:
-        """Wait until every record stored so far is applied (plans and confirmations of other processes);
-        False if ``timeout`` s passed first."""
-        state = self._link.run(self._link.js.stream_info(self._link.records_stream), timeout=30).state
-        return not state.messages or self._wait_applied(state.last_seq, timeout)
+    def _write_side(self) -> WriteFeed:
+        if self._feed is None:
+            raise RuntimeError("an ingest process has no feed (role = ingest)")
+        return self._feed
 
-    def _wait_applied(self, seq: int, timeout: float) -> bool:
-        """Wait until the records up to ``seq`` (the records stream's sequence) are applied here."""
-        with self._applied:
-            return self._applied.wait_for(lambda: self._records_applied >= seq, timeout)
+    # -- Ingest ----------------------------------------------------------------------------------------
+    def put(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batch: pa.RecordBatch,
+        timeout: float,
+        client_id: str | None = None,
+        *,
+        wait: bool = True,
+    ) -> Accepted:
+        return self._publisher.put(dataset, schema_key, batch, timeout, client_id, wait=wait)
 
-    # -- records ---------------------------------------------------------------------------------------
-    async def _on_record(self, msg: Any) -> None:
-        try:
-            record = json.loads(msg.data)
-        except ValueError:
-            logger.error("NATS: a durability record is not JSON; skipped")
-        else:
-            self._apply(record)
-        with self._applied:
-            self._records_applied = msg.metadata.sequence.stream
-            self._applied.notify_all()
+    def put_many(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batches: list[pa.RecordBatch],
+        timeout: float,
+        client_ids: list[str | None],
+        *,
+        wait: bool = True,
+    ) -> list[Accepted]:
+        """One message per piece: not all or none (a failure leaves the earlier pieces queued; with batch
+        ids, sending the batch again stores only the missing ones)."""
+        return self._publisher.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
 
-    def _apply(self, record: dict[str, Any]) -> None:
-        if record.get("of", self._incarnation) != self._incarnation:
-            return  # about an earlier stream of this name
-        if "plan" in record:
-            plan = Plan(record["plan"], record["kind"], tuple(parse_ranges(record["seqs"])), record.get("error"))
-            with self._lock:
-                for seq in plan.seqs:
-                    if not self.position.is_resolved(seq):
-                        self._plans.setdefault(seq, plan)  # the first plan of a seq holds it
-            return
-        if "withdraw" in record:  # a plan that lost a seq to an earlier one: its batches come again
-            with self._lock:
-                for seq in parse_ranges(record["seqs"]):
-                    if (plan := self._plans.get(seq)) is not None and plan.path == record["withdraw"]:
-                        del self._plans[seq]
-            return
-        if "durable" in record:
-            seqs = list(parse_ranges(record["durable"]))
-            self.position.mark_durable(seqs, record.get("file"))
-        elif "failed" in record:
-            seqs = list(parse_ranges(record["failed"]))
-            self.position.mark_failed(seqs, record.get("error", "failed"))
-        else:
-            return
-        with self._lock:
-            self._last_seq = max(self._last_seq, *seqs)
-            late = [m for s in seqs if (m := self._late.pop(s, None)) is not None]
-            for s in seqs:
-                if (plan := self._plans.pop(s, None)) is not None:
-                    self._redoing.discard(plan.path)
-        for m in late:  # their batches are in a stored object: done
-            self._link.spawn(m.ack())
+    @property
+    def max_message_bytes(self) -> int:
+        """Three quarters of the server's ``max_payload``: room for the IPC schema and headers."""
+        return self._publisher.max_message_bytes
 
-    async def _publish_record(self, record: dict[str, Any]) -> int:
-        """Publish a record; its sequence in the records stream."""
-        ack = await self._link.js.publish(
-            self._link.records_subject,
-            json.dumps({**record, "of": self._incarnation}).encode(),
-            stream=self._link.records_stream,
-        )
-        return ack.seq
+    def flush(self, dataset: str | None, timeout: float | None) -> bool:
+        return self._publisher.flush(dataset, timeout)
 
-    def _record(self, record: dict[str, Any]) -> None:
-        self._link.run(self._publish_record(record), timeout=60)
-        self._apply(record)
+    def refuse_puts(self) -> None:
+        self._publisher.refuse_puts()
+
+    @property
+    def last_seq(self) -> int:
+        return self._publisher.last_seq
+
+    def stats(self) -> dict[str, Any]:
+        return self._publisher.stats()
+
+    def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
+        return self._publisher.received_by_dataset()
+
+    # -- Feed ------------------------------------------------------------------------------------------
+    def take(self, max_items: int, timeout: float) -> list[Entry]:
+        return self._write_side().take(max_items, timeout)
+
+    def flush_requests(self) -> list[str | None]:
+        return [] if self._feed is None else self._feed.flush_requests()
+
+    def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:
+        self._write_side().plan(plan, entries)
+
+    def confirm(self, entries: list[Entry], path: str | None) -> None:
+        if self._write_side().confirm(entries, path):
+            self._publisher.forget_state()  # room changed: ask the stream again
+
+    def reject(self, entries: list[Entry], error: str) -> None:
+        if self._write_side().reject(entries, error):
+            self._publisher.forget_state()
+
+    def room(self) -> int:
+        return self._publisher.room()
+
+    def wake(self) -> None:
+        if self._feed is not None:
+            self._feed.wake()
+
+    def stop_taking(self) -> None:
+        if self._feed is not None:
+            self._feed.stop_taking()
+
+    def dropped(self) -> bool:
+        return self._feed is not None and self._feed.dropped()
 
     # -- both ------------------------------------------------------------------------------------------
     def close(self) -> None:
-        self._refusing = True
-        self._woken.set()
+        self._publisher.refuse_puts()
+        self.wake()
         self.position.close()
         self._link.close()

@@ -20,21 +20,13 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.queue.base import Entry, Plan
+from flight_writer.queue.ipc import decode_ipc
 from flight_writer.queue.seqs import parse_ranges, seq_ranges
 
 MAGIC = b"FWR1"
 HEADER = struct.Struct("<4sII")  # magic, payload length, crc32(payload)
 BATCH = struct.Struct("<QdHI")  # seq, received_at, len(dataset), len(client id)
 NO_ID = 0xFFFFFFFF
-
-
-def encode_ipc(batch: pa.RecordBatch, options: pa.ipc.IpcWriteOptions) -> pa.Buffer:
-    """A batch's Arrow IPC stream (schema, dictionaries, the batch): the costly part of a record, made
-    before the queue's lock is taken."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema, options=options) as w:
-        w.write_batch(batch)
-    return sink.getvalue()
 
 
 def encode_record(entry: Entry, ipc: pa.Buffer) -> list[Any]:
@@ -60,8 +52,7 @@ def decode_payload(payload: pa.Buffer) -> Entry:
     if id_len != NO_ID:
         client_id = bytes(view[pos : pos + id_len]).decode()
         pos += id_len
-    reader = pa.ipc.open_stream(payload.slice(pos))
-    batch = reader.read_next_batch()
+    batch = decode_ipc(payload.slice(pos))
     schema_key = batch.schema.serialize().to_pybytes()
     return Entry(seq, dataset, schema_key, batch, received_at, batch.get_total_buffer_size(), client_id)
 

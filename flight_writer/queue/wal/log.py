@@ -23,8 +23,9 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.queue.base import Entry, QueueWriteError
+from flight_writer.queue.ipc import encode_ipc
 from flight_writer.queue.seqs import seq_ranges
-from flight_writer.queue.wal.format import encode_ipc, encode_record
+from flight_writer.queue.wal.format import encode_record
 from flight_writer.queue.wal.manifest import RESERVE_BYTES, Manifest, fsync_dir
 
 FSYNC_POLICIES = ("always", "interval", "never")
