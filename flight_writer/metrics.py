@@ -1,31 +1,41 @@
 """Prometheus metrics and health checks over HTTP, on ``metrics.listen`` (off when empty).
 
-- ``/metrics``: the Prometheus text format. Everything but two histograms is read from ``Service.status()``
-  when scraped, so the per-batch path pays nothing for metrics; the encode and upload histograms are fed
-  once per stored file. Process metrics (CPU, memory, file descriptors) come from prometheus-client.
-- ``/healthz``: 200 while the process answers HTTP (liveness).
-- ``/readyz``: 200 when the server takes data well: it is not shutting down, the queue holds at most
-  ``metrics.ready_max_queue`` of ``queue.max_bytes``, and storage has not been failing for more than
-  ``metrics.ready_max_error_s``; else 503 with the reason (readiness: route producers elsewhere).
+- ``/metrics``: the Prometheus text format. Everything but the histograms is read from ``Service.status()``
+  when scraped, so the per-batch path pays nothing for metrics; the encode, upload and put-to-durable
+  histograms are fed once per stored file (a listener of the writer's ``Stored`` events). Process metrics
+  (CPU, memory, file descriptors) come from prometheus-client.
+- Per-dataset series are stable: a dataset exported once stays exported (``rate()`` and ``sum()`` need the
+  series to go on); the first ``metrics.datasets`` names get series of their own, later ones are summed
+  under ``dataset="(other)"``.
+- ``/healthz``: 200 while the process answers HTTP (liveness), with storage's health as detail (JSON).
+- ``/readyz``: 200 when the server should get data: it is not starting or shutting down and the queue can
+  take more (it holds at most ``metrics.ready_max_queue`` of ``queue.max_bytes``); else 503 with the reason.
+  Storage errors do not make it unready unless ``metrics.ready_max_error_s`` is set (> 0): an outage all
+  replicas share would take every endpoint away, while the queue exists to ride it out.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pyarrow as pa
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from flight_writer._version import __version__
 from flight_writer.config import MetricsSettings
 from flight_writer.write.stored import Stored
 
 # seconds: files take milliseconds (small, flushed) to minutes (large, slow storage)
 FSYNC_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+DURABLE_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 FILE_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 # status() key -> (metric name, help); counters get _total from prometheus-client
@@ -68,28 +78,70 @@ DATASET_COUNTERS = {
 }
 
 
-class _StatusCollector(Collector):
-    """Reads the service's status at every scrape."""
+OTHER = "(other)"
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+
+class _StatusCollector(Collector):
+    """Reads the service's status (and every dataset's counts) at every scrape."""
+
+    def __init__(
+        self,
+        status: Callable[[], dict[str, Any]],
+        dataset_counts: Callable[[], dict[str, dict[str, int]]],
+        max_datasets: int,
+    ) -> None:
         self._status = status
+        self._dataset_counts = dataset_counts
+        self._max = max_datasets
+        self._exported: dict[str, None] = {}  # dataset names with series of their own, once given one
+        self._lock = threading.Lock()
+
+    def _stable(self, counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        """Every dataset exported before, new ones while there is room, the rest summed as ``(other)``."""
+        with self._lock:
+            for name in sorted(counts, key=lambda d: -counts[d]["received_bytes"]):
+                if len(self._exported) >= self._max:
+                    break
+                self._exported.setdefault(name)
+            exported = list(self._exported)
+        zero = dict.fromkeys(DATASET_COUNTERS, 0)
+        series = {name: counts.get(name, zero) for name in exported}
+        rest = [c for name, c in counts.items() if name not in self._exported]
+        if rest:
+            series[OTHER] = {key: sum(c[key] for c in rest) for key in DATASET_COUNTERS}
+        return series
 
     def collect(self) -> Iterator[Metric]:
         status = self._status()
+        build = GaugeMetricFamily(
+            "flight_writer_build_info", "The running build (always 1)", labels=["version", "pyarrow", "python"]
+        )
+        build.add_metric([__version__, pa.__version__, platform.python_version()], 1)
+        yield build
         for key, (name, doc) in COUNTERS.items():
             if status.get(key) is not None:
                 yield CounterMetricFamily(name, doc, value=status[key])
         for key, (name, doc) in GAUGES.items():
             if key in status:
                 yield GaugeMetricFamily(name, doc, value=status[key] or 0)
+        series = self._stable(self._dataset_counts())
         for key, (name, doc) in DATASET_COUNTERS.items():
             family = CounterMetricFamily(name, doc, labels=["dataset"])
-            for dataset, counts in status["datasets"].items():
+            for dataset, counts in series.items():
                 family.add_metric([dataset], counts[key])
             yield family
+        refused = CounterMetricFamily(
+            "flight_writer_refused_calls",
+            "Calls refused, by reason: unauthenticated, unauthorized, auth_busy, queue_full, limits, schema, "
+            "bad_request",
+            labels=["reason"],
+        )
+        for reason, n in sorted(status.get("refused", {}).items()):
+            refused.add_metric([reason], n)
+        yield refused
         retries = CounterMetricFamily(
             "flight_writer_retries",
-            "Failed storage, encoding or queue operations that were retried, by operation and error class",
+            "Failed storage, encoding or queue operations that were retried, by operation and cause",
             labels=["operation", "error"],
         )
         for kind in status.get("retries_by_kind", ()):
@@ -106,6 +158,17 @@ class _StatusCollector(Collector):
             "How long storage (or the queue's log) has been failing; 0 when the last operation succeeded",
             value=error_for or 0.0,
         )
+        yield GaugeMetricFamily(
+            "flight_writer_storage_up",
+            "1 while the last storage (or queue log) operation succeeded, 0 while they fail",
+            value=0.0 if status.get("last_error") else 1.0,
+        )
+        if status.get("last_write_at"):
+            yield GaugeMetricFamily(
+                "flight_writer_last_write_timestamp_seconds",
+                "When storage last confirmed a file (Unix time)",
+                value=status["last_write_at"],
+            )
 
 
 class Metrics:
@@ -117,9 +180,11 @@ class Metrics:
         settings: MetricsSettings,
         status: Callable[[], dict[str, Any]],
         not_ready: Callable[[], str | None],
+        dataset_counts: Callable[[], dict[str, dict[str, int]]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_StatusCollector(status))
+        counts = dataset_counts or (lambda: status()["datasets"])
+        self.registry.register(_StatusCollector(status, counts, settings.datasets))
         ProcessCollector(registry=self.registry)
         self.encode_seconds = Histogram(
             "flight_writer_file_encode_seconds",
@@ -133,6 +198,12 @@ class Metrics:
             buckets=FILE_SECONDS,
             registry=self.registry,
         )
+        self.durable_seconds = Histogram(
+            "flight_writer_put_to_durable_seconds",
+            "Seconds from a batch's arrival to storage confirming the file that holds it",
+            buckets=DURABLE_SECONDS,
+            registry=self.registry,
+        )
         self.fsync_seconds = Histogram(
             "flight_writer_wal_fsync_seconds",
             "Seconds one fsync round of the write-ahead log took (queue.type = wal)",
@@ -140,7 +211,7 @@ class Metrics:
             registry=self.registry,
         )
         host, _, port = settings.listen.rpartition(":")
-        self._http = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(self.registry, not_ready))
+        self._http = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(self.registry, not_ready, status))
         self._http.daemon_threads = True
         self._thread = threading.Thread(target=self._http.serve_forever, name="flight-writer-metrics", daemon=True)
 
@@ -152,6 +223,9 @@ class Metrics:
         """A listener of the writer's stored files (write/stored.py)."""
         self.encode_seconds.observe(event.encode_s)
         self.upload_seconds.observe(event.upload_s)
+        now = time.time()
+        for received_at in event.received_at:
+            self.durable_seconds.observe(now - received_at)
 
     def wal_fsync(self, seconds: float) -> None:
         self.fsync_seconds.observe(seconds)
@@ -166,14 +240,30 @@ class Metrics:
         self._thread.join()
 
 
-def _handler(registry: CollectorRegistry, not_ready: Callable[[], str | None]) -> type[BaseHTTPRequestHandler]:
+def _health(status: dict[str, Any]) -> dict[str, Any]:
+    """/healthz's detail: the process answers; storage works or has failed for how long, and why."""
+    failing = bool(status.get("last_error"))
+    return {
+        "alive": True,
+        "storage": {
+            "ok": not failing,
+            "failing_for_s": status.get("error_for_s") if failing else None,
+            "last_error": status.get("last_error"),
+            "last_write_at": status.get("last_write_at"),
+        },
+    }
+
+
+def _handler(
+    registry: CollectorRegistry, not_ready: Callable[[], str | None], status: Callable[[], dict[str, Any]]
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            elif path == "/healthz":  # 200 whatever storage does: liveness; the detail says how it goes
+                self._send(200, json.dumps(_health(status())).encode() + b"\n", "application/json")
             elif path == "/readyz":
                 reason = not_ready()
                 body = json.dumps({"ready": reason is None, "reason": reason}).encode() + b"\n"

@@ -26,6 +26,7 @@ from flight_writer.ingest.tls import tls_options
 from flight_writer.lake.storage import Storage, StorageError
 from flight_writer.metrics import Metrics
 from flight_writer.queue import Queue, WalQueue, make_queue
+from flight_writer.queue.counting import MAX_DATASETS
 from flight_writer.queue.tracker import DurabilityTracker
 from flight_writer.write.writer import Writer
 
@@ -121,7 +122,9 @@ class Service:
                     **tls_options(s.server),
                 )
             if s.metrics.listen:
-                self.metrics = Metrics(s.metrics, self.status, self.not_ready)
+                self.metrics = Metrics(
+                    s.metrics, self.status, self.not_ready, lambda: status.busiest_datasets(self, MAX_DATASETS)
+                )
                 if self.writer is not None:
                     self.writer.followers.listeners.append(self.metrics.file_stored)
                 if isinstance(self.queue, WalQueue):
@@ -137,14 +140,16 @@ class Service:
         self.started_at = time.monotonic()
         self._state = "opened"
         logger.info(
-            "flight-writer {} {} queue={} storage={}:{} settings={}",
+            "flight-writer {} {} queue={} storage={}:{} (settings: log.level = debug shows each)",
             __version__,
             f"listening on {s.server.location} (port {self.port})" if self.server else "writing (role = write)",
             self.queue.type,
             self.storage.service,
             self.storage.root,
-            s.masked(),
         )
+        for section, values in s.masked().items():  # one setting per line, secrets masked
+            for key, value in values.items():
+                logger.debug("setting {}.{} = {!r}", section, key, value)
         if self.metrics is not None:
             logger.info("metrics on http://{}/metrics (and /healthz, /readyz)", self._metrics_address())
         return self

@@ -24,7 +24,7 @@ def not_ready(service: Service) -> str | None:
     status = status_of(service)
     if status["pending_bytes"] > m.ready_max_queue * status["queue_max_bytes"]:
         return f"queue {status['pending_bytes']} of {status['queue_max_bytes']} bytes full"
-    if (status["error_for_s"] or 0) > m.ready_max_error_s:
+    if m.ready_max_error_s > 0 and (status["error_for_s"] or 0) > m.ready_max_error_s:
         return f"storage failing for {status['error_for_s']:.0f} s: {status['last_error']}"
     return None
 
@@ -49,6 +49,7 @@ def status_of(service: Service) -> dict[str, Any]:
         "storage": service.storage.describe(),
         "uptime_s": round(time.monotonic() - service.started_at, 3),
         "datasets": busiest_datasets(service, service.settings.metrics.datasets),
+        "refused": service.server.refusals.totals() if service.server is not None else {},
     }
     if status["last_error"] is None and q.get("queue_error"):  # NATS away: the queue says so
         status["last_error"] = q["queue_error"]
@@ -87,6 +88,7 @@ def _no_writer(queue_stats: dict[str, Any]) -> dict[str, Any]:
         "buffers_sealed_early": 0,
         "retries": 0,
         "retries_by_kind": [],
+        "last_write_at": None,
         "last_error": error,
         "error_for_s": 0.0 if error else None,
     }

@@ -102,7 +102,8 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"metrics.listen must be host:port (or empty for off), got {s.metrics.listen!r}")
     if not 0 < s.metrics.ready_max_queue <= 1:
         raise ConfigError(f"metrics.ready_max_queue must be in (0, 1], got {s.metrics.ready_max_queue!r}")
-    positive("metrics.ready_max_error_s", s.metrics.ready_max_error_s)
+    if s.metrics.ready_max_error_s < 0:
+        raise ConfigError(f"metrics.ready_max_error_s must be >= 0 (0: off), got {s.metrics.ready_max_error_s!r}")
     if not 0 <= s.metrics.datasets <= 1000:
         raise ConfigError(f"metrics.datasets must be from 0 to 1000, got {s.metrics.datasets!r}")
     for where, rule in [("datasets", s.datasets), *((f"datasets.rules {m!r}", r) for m, r in s.datasets.rules)]:

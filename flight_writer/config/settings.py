@@ -116,7 +116,7 @@ class AuthSettings:
 class MetricsSettings:
     listen: str = ""  # host:port of the HTTP listener for /metrics, /healthz, /readyz; "" = off
     ready_max_queue: float = 0.9  # /readyz fails while the queue holds more than this share of max_bytes
-    ready_max_error_s: float = 60.0  # ... or while storage has failed for longer than this
+    ready_max_error_s: float = 0.0  # > 0: also while storage has failed for longer than this (0: storage never)
     datasets: int = 20  # per-dataset figures in status and /metrics: this many busiest datasets; 0 = none
 
 

@@ -22,6 +22,7 @@ import pyarrow.flight as flight
 from flight_writer.ingest.auth import Principal, authorize, principal_of
 from flight_writer.ingest.flightsql import messages as flightsql
 from flight_writer.ingest.paths import dataset_from_path
+from flight_writer.ingest.refusals import Refusals
 from flight_writer.queue import Ingest
 
 MAX_WAIT_MS = 3_600_000
@@ -37,7 +38,9 @@ class Actions:
         self,
         queue: Ingest,
         status: Callable[[], dict[str, Any]],
+        refusals: Refusals | None = None,
     ) -> None:
+        self.refusals = refusals or Refusals()
         self._queue = queue
         self._position = queue.position
         Handler = Callable[[bytes, Principal | None], dict[str, Any] | None]
@@ -76,6 +79,7 @@ class Actions:
         try:
             result = entry[1](body, principal_of(context))
         except ValueError as exc:
+            self.refusals.count("bad_request", f"action {action.type}: {exc}")
             raise flight.FlightServerError(f"{action.type}: {exc}") from None
         if result is None:  # CloseSession answers in protobuf, as Flight SQL clients expect
             return [flightsql.close_session_result()]

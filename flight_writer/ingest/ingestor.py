@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from flight_writer.config import ServerSettings
 from flight_writer.ingest.admission import Admission, AdmissionError, Admitted
+from flight_writer.ingest.refusals import Refusals
 from flight_writer.ingest.replies import Replies
 from flight_writer.lake.layout import LayoutError
 from flight_writer.lake.schemas import SchemaError
@@ -30,7 +31,15 @@ class Ingestor:
     """Streams into the queue: ``ingest`` a stream, ``make_durable`` what it sent. ``limits`` and
     ``put_timeout`` may be replaced while running (a live reload); a stream keeps what it read."""
 
-    def __init__(self, queue: Ingest, admission: Admission, limits: ServerSettings, put_timeout: float) -> None:
+    def __init__(
+        self,
+        queue: Ingest,
+        admission: Admission,
+        limits: ServerSettings,
+        put_timeout: float,
+        refusals: Refusals | None = None,
+    ) -> None:
+        self.refusals = refusals or Refusals()  # refused streams by reason (the server's)
         self._queue = queue
         self._position = queue.position
         self._admission = admission
@@ -63,6 +72,7 @@ class Ingestor:
                 fresh,
             )
         except AdmissionError as exc:
+            self.refusals.count("limits" if "server.max_" in str(exc) else "schema", f"dataset {dataset!r}: {exc}")
             raise flight.FlightServerError(str(exc)) from None
         stream = _Stream(self, dataset, reader.schema, admitted, writer, keep_seqs)
         try:
@@ -128,6 +138,7 @@ class _Stream:
         "_position",
         "_put",
         "_put_many",
+        "_refusals",
         "_replies",
         "_reply",
         "_schema",
@@ -152,6 +163,7 @@ class _Stream:
     ) -> None:
         queue, limits = ingestor._queue, ingestor.limits
         self._dataset, self._schema, self._admission = dataset, schema, ingestor._admission
+        self._refusals = ingestor.refusals
         self._follow(admitted)
         self._versions = self._admission.versions  # evolve: the dataset's schema changed since the stream began?
         self._max_metadata, self._max_batch = limits.max_metadata_bytes, limits.max_batch_bytes
@@ -171,21 +183,25 @@ class _Stream:
         self._conform, self._split = admitted.conform, admitted.split
         self._schema_key = admitted.schema.serialize().to_pybytes()
 
-    def _refuse(self, problem: str) -> NoReturn:
-        """End the stream with ``problem``, after answering the batches it took."""
+    def _refuse(self, problem: str, reason: str = "schema") -> NoReturn:
+        """End the stream with ``problem``, after answering the batches it took (counted by ``reason``)."""
         _answer_taken(self._replies)
+        self._refusals.count(reason, f"dataset {self._dataset!r}: {problem}")
         raise flight.FlightServerError(problem)
 
     # -- the steps ----------------------------------------------------------------------------------
     def check(self, batch: pa.RecordBatch, meta: pa.Buffer | None) -> int:
         """The per-batch limits; the batch's Arrow bytes."""
         if meta is not None and meta.size > self._max_metadata:
-            self._refuse(f"app_metadata of {meta.size} bytes is over server.max_metadata_bytes ({self._max_metadata})")
+            self._refuse(
+                f"app_metadata of {meta.size} bytes is over server.max_metadata_bytes ({self._max_metadata})", "limits"
+            )
         nbytes: int = batch.get_total_buffer_size()  # .nbytes: 18 us per batch
         if nbytes > self._max_batch:
             self._refuse(
                 f"a record batch of {nbytes} Arrow bytes ({batch.num_rows} rows) is over "
-                f"server.max_batch_bytes ({self._max_batch}): send smaller batches"
+                f"server.max_batch_bytes ({self._max_batch}): send smaller batches",
+                "limits",
             )
         return nbytes
 
@@ -228,6 +244,8 @@ class _Stream:
                 seq, duplicate = max(split_seqs), all(a.duplicate for a in accepted)
         except (QueueFull, QueueClosed, QueueWriteError) as exc:
             _answer_taken(self._replies)
+            if isinstance(exc, QueueFull):
+                self._refusals.count("queue_full", f"dataset {self._dataset!r}: {exc}")
             if isinstance(exc, QueueWriteError):
                 raise  # worded by the caller, with a failed fsync
             message = (

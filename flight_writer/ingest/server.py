@@ -85,9 +85,9 @@ class FlightWriterServer(flight.FlightServerBase):
         self._limits = limits or ServerSettings()
         datasets = Datasets(storage)
         admission = Admission(datasets, layout or DatasetSettings())
-        self._ingestor = Ingestor(queue, admission, self._limits, put_timeout)
+        self._ingestor = Ingestor(queue, admission, self._limits, put_timeout, self.refusals)
         self._sql = FlightSqlDoor(self._ingestor, admission, datasets, storage, flight_sql or FlightSqlSettings())
-        self._actions = Actions(queue, status)
+        self._actions = Actions(queue, status, self.refusals)
         self._auth = auth
         self._streams = 0  # do_put calls open now (metrics)
         self._streams_of: dict[str, int] = {}  # ... by principal, with auth
@@ -113,19 +113,22 @@ class FlightWriterServer(flight.FlightServerBase):
         who = principal_of(context)
         name = who.name if who is not None else None
         limit = self._limits.max_streams_per_principal if who is None or who.max_streams is None else who.max_streams
+        full = None
         with self._streams_lock:
             if self._streams >= self._limits.max_streams:
-                raise flight.FlightUnavailableError(
-                    f"{self._streams} streams are open, the most this server takes (server.max_streams); retry later"
-                )
-            if who is not None and self._streams_of.get(name, 0) >= limit:
-                raise flight.FlightUnavailableError(
+                full = f"{self._streams} streams are open, the most this server takes (server.max_streams); retry later"
+            elif who is not None and self._streams_of.get(name, 0) >= limit:
+                full = (
                     f"principal {name!r} has {limit} streams open, the most it may (its max_streams or "
                     "server.max_streams_per_principal); retry later"
                 )
-            self._streams += 1
-            if who is not None:
-                self._streams_of[name] = self._streams_of.get(name, 0) + 1
+            else:
+                self._streams += 1
+                if who is not None:
+                    self._streams_of[name] = self._streams_of.get(name, 0) + 1
+        if full is not None:
+            self.refusals.count("limits", full)
+            raise flight.FlightUnavailableError(full)
         try:
             self._put(context, descriptor, reader, writer)
         finally:
@@ -152,12 +155,15 @@ class FlightWriterServer(flight.FlightServerBase):
             self._sql.ingest(context, descriptor.command, level.level if level else None, reader, writer)
             return
         if descriptor.descriptor_type != flight.DescriptorType.PATH:
-            raise flight.FlightServerError(
+            problem = (
                 f"do_put needs a PATH descriptor naming the dataset, got a {descriptor.descriptor_type.name} descriptor"
             )
+            self.refusals.count("bad_request", problem)
+            raise flight.FlightServerError(problem)
         try:
             dataset = dataset_from_path([p.decode("utf-8", "replace") for p in descriptor.path])
         except ValueError as exc:
+            self.refusals.count("bad_request", str(exc))
             raise flight.FlightServerError(str(exc)) from None
         authorize(context, f"write dataset {dataset!r}", lambda who: who.may_write(dataset))
         durable = level is not None and level.level == "durable"

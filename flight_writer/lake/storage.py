@@ -18,6 +18,7 @@ becomes an error the writer retries instead of a hang.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 import uuid
@@ -166,6 +167,42 @@ class Storage:
 
     def delete(self, path: str) -> None:
         self.operator.delete(path)
+
+
+def error_cause(exc: BaseException) -> str:
+    """A short, stable label for why an operation failed (metrics' ``error`` label): OpenDAL's kind where it
+    says enough, else what its message says (a timeout, an unreachable endpoint, throttling, the disk)."""
+    for kind, cause in _KINDS:
+        if isinstance(exc, kind):
+            return cause
+    if isinstance(exc, MemoryError):
+        return "out_of_memory"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk_full"
+    text = str(exc).lower()
+    for cause, words in _CAUSES:
+        if any(word in text for word in words):
+            return cause
+    if isinstance(exc, OSError):
+        return "disk"
+    return "other" if type(exc).__module__.startswith("opendal") else type(exc).__name__.lower()
+
+
+_KINDS = (
+    (opendal.exceptions.PermissionDenied, "permission_denied"),
+    (opendal.exceptions.NotFound, "not_found"),
+    (opendal.exceptions.ConfigInvalid, "config_invalid"),
+    (opendal.exceptions.RateLimited, "throttled"),
+    (opendal.exceptions.NotADirectory, "disk"),
+    (opendal.exceptions.IsADirectory, "disk"),
+)
+_CAUSES = (
+    ("disk_full", ("no space left", "disk full", "quota exceeded")),
+    ("timeout", ("timed out", "timeout", "deadline")),
+    ("throttled", ("rate limit", "slowdown", "slow down", "too many requests", " 429", " 503")),
+    ("unreachable", ("connection refused", "connect error", "error sending request", "dns", "connection reset")),
+    ("disk", ("not a directory", "is a directory", "read-only file system", "file exists")),
+)
 
 
 def first_line(exc: BaseException) -> str:

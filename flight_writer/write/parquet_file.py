@@ -200,6 +200,7 @@ class ParquetFile:
             file_footer,
             self._encode_s,
             upload_s,
+            received_at=tuple(e.received_at for e in entries),
         )
         ctx.stored(event, entries)  # the durability record first, then the counters and listeners
         logger.info(
@@ -292,6 +293,7 @@ class ParquetFile:
             {},
             None,
             error=plan.error or "rejected by the Parquet encoder",
+            received_at=(e.received_at,),
         )
         ctx.stored(event, [e])  # the durability record (failed) first
         logger.error("dataset={} seq={} rejected by the Parquet encoder: {}", e.dataset, e.seq, plan.error)

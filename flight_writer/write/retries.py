@@ -1,6 +1,8 @@
 """Retrying what storage, the local disk or the queue's log refuse, and the error state that shows it:
 ``status``'s ``last_error`` and ``error_for_s``, ``retries`` and ``retries_by_kind`` (metrics:
-``flight_writer_retries_total{operation, error}``).
+``flight_writer_retries_total{operation, error}``, the error labelled by cause: timeout, unreachable,
+throttled, permission_denied, not_found, disk_full, ...). The first success after errors is logged, with
+how long they lasted.
 
 An operation is retried until it succeeds, with exponential backoff from ``writer.retry_initial_delay`` up
 to ``writer.retry_max_delay``; errors that retrying cannot fix (credentials, a missing bucket) wait the
@@ -17,7 +19,7 @@ from typing import Any
 from loguru import logger
 
 from flight_writer.config import WriterSettings
-from flight_writer.lake.storage import PERMANENT_ERRORS, first_line
+from flight_writer.lake.storage import PERMANENT_ERRORS, error_cause, first_line
 from flight_writer.queue.base import QueueLost
 
 
@@ -48,7 +50,7 @@ class Retries:
             except QueueLost:
                 raise  # retrying cannot bring the batches back: they come again from the feed
             except transient as exc:
-                kind = (what.split(" ", 1)[0], type(exc).__name__)  # e.g. ("upload", "Unexpected")
+                kind = (what.split(" ", 1)[0], error_cause(exc))  # e.g. ("upload", "timeout")
                 with self._lock:
                     self._count += 1
                     self._by_kind[kind] = self._by_kind.get(kind, 0) + 1
@@ -67,7 +69,9 @@ class Retries:
             else:
                 if self._last_error is not None:
                     with self._lock:
-                        self._last_error, self._error_since = None, None
+                        since, self._last_error, self._error_since = self._error_since, None, None
+                    if since is not None:
+                        logger.info("{} succeeded: working again after {:.1f} s of errors", what, time.time() - since)
                 return result
 
     def report(self, message: str) -> None:

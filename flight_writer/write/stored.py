@@ -46,6 +46,7 @@ class Stored:
     encode_s: float = 0.0  # seconds spent encoding, all threads together
     upload_s: float = 0.0
     error: str | None = None
+    received_at: tuple[float, ...] = ()  # when each batch arrived (UTC epoch seconds): put-to-durable times
 
     @property
     def metadata(self) -> dict[bytes, bytes]:

@@ -98,6 +98,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="flight-writer-loop", daemon=True)
         self._written = Counts()  # files, rows, Parquet bytes
         self.batches_failed = 0
+        self._last_write_at: float | None = None  # when storage last confirmed a file (epoch seconds)
         self.sealed_early = 0  # buffers written before they were due: writer.max_open_buffers
         self._warned_at = -3600.0
 
@@ -309,6 +310,7 @@ class Writer:
                 self.batches_failed += 1
             else:
                 self._written.add(event.dataset, event.rows, event.nbytes)
+                self._last_write_at = time.time()
 
     def written_by_dataset(self) -> dict[str, tuple[int, int, int]]:
         """Files, rows and Parquet bytes stored since start, per dataset (the first ``MAX_DATASETS``)."""
@@ -328,5 +330,6 @@ class Writer:
                 "batches_failed": self.batches_failed,
                 "open_buffers": len(self._buffers),
                 "buffers_sealed_early": self.sealed_early,
+                "last_write_at": self._last_write_at,
             }
         return {**counts, **self._retries.stats()}

@@ -126,12 +126,13 @@ def test_check_command(tmp_path, server_process):
 def test_json_logs_and_masked_secrets(tmp_path, server_process):
     import json
 
-    cfg = write_config(tmp_path / "s.toml", tmp_path / "data", "[log]\njson = true\n")
+    cfg = write_config(tmp_path / "s.toml", tmp_path / "data", '[log]\njson = true\nlevel = "debug"\n')
     server = server_process(cfg, env={"FLIGHT_WRITER_STORAGE__OPTIONS__SECRET_ACCESS_KEY": "hunter2"})
     line = server.wait_for_log("listening on")
     record = json.loads(line)
-    assert "listening on" in record["text"]
-    assert "hunter2" not in server.log and "'secret_access_key': '***'" in line
+    assert "listening on" in record["text"] and len(record["text"]) < 400  # was ~3 KB; settings at debug
+    options = json.loads(server.wait_for_log("setting storage.options"))["text"]
+    assert "hunter2" not in server.log and "'secret_access_key': '***'" in options
 
 
 def test_public_names_are_pinned():

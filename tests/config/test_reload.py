@@ -74,6 +74,6 @@ def test_sighup_applies_live_settings_and_principals_and_names_the_rest(tmp_path
     server.wait_for_log("SIGHUP: queue.max_bytes changed but needs a restart: kept as it was")
     status = call(c, "status", TEAM_B)
     assert status["queue_max_bytes"] == 512 * 1024 * 1024 and status["received_seq"] == 2
-    assert call(c, "flush", TEAM_B)["durable_through"] == 2
+    assert call(c, "flush", TEAM_B, b'{"dataset": "team-b/logs"}')["durable_through"] == 2
     c.close()
     assert read_dataset(root, "team-a/spans").num_rows == 10 and read_dataset(root, "team-b/logs").num_rows == 10
