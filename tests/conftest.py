@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
-from helpers import LogCapture, ServerProcess, running
 
 from flight_writer import Service
+
+from helpers import LogCapture, ServerProcess, running
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The settings: frozen dataclasses holding every setting and its default, and ConfigError.
 
-``config.py`` reads them from a file and the environment (``load_settings``); ``config_values.py`` parses
-each value; ``config_checks.py`` validates the whole. ``configs/settings.toml`` lists the same defaults
+``load.py`` reads them from a file and the environment (``load_settings``); ``values.py`` parses
+each value; ``checks.py`` validates the whole. ``configs/settings.toml`` lists the same defaults
 with a comment each (a test keeps the two in step). ``Settings.masked()`` is what logs and ``status`` show:
 secret-looking storage options and endpoint passwords hidden.
 """

@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, write_config
 
 import flight_writer
 from flight_writer.config import ConfigError, Settings, load_settings
+
+from helpers import REPO, write_config
 
 
 @pytest.fixture(autouse=True)

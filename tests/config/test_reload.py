@@ -9,9 +9,10 @@ import signal
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from helpers import read_dataset, send, write_config
 
 from flight_writer.ingest.auth import new_token
+
+from helpers import read_dataset, send, write_config
 
 HASHES = dict(new_token() for _ in range(3))  # machine token -> its stored hash
 OLD, NEW, TEAM_B = HASHES

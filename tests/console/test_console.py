@@ -18,11 +18,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
-from emulators import free_port
-from helpers import REPO, action, put, read_dataset, running, wait_for, write_config
 
 from flight_writer.cli import main
 from flight_writer.ingest.auth import hash_secret, new_token
+
+from emulators import free_port
+from helpers import REPO, action, put, read_dataset, running, wait_for, write_config
 
 N = 2_500
 TABLE = pa.table(

@@ -6,6 +6,7 @@ import threading
 
 import pyarrow.flight as flight
 import pytest
+
 from helpers import action, ints, parquet_files, put, read_dataset, running
 
 

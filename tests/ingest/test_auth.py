@@ -11,12 +11,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from helpers import REPO, action, put, read_dataset, running, send
 from test_tls import pki, tls_server  # noqa: F401 - pki is a fixture
 
 from flight_writer.ingest import auth as auth_module
 from flight_writer.ingest.auth import Authenticator, LoginsBusy, hash_secret, load_principals, new_token
 from flight_writer.ingest.refusals import Refusals
+
+from helpers import REPO, action, put, read_dataset, running, send
 
 TEAM_A = "team-a-secret-0123456789"  # passwords: Basic login (scrypt)
 ADMIN = "admin-secret-0123456789ab"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
 from helpers import action, parquet_files, put, send
 
 GOOD = pa.record_batch({"i": pa.array([1, 2, 3], pa.int64())})

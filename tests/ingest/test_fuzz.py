@@ -9,12 +9,13 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from helpers import action, put, read_dataset, running, send
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from flight_writer import Service
 from flight_writer.ingest.flightsql import messages as flightsql
+
+from helpers import action, put, read_dataset, running, send
 
 KEEP = [pa.record_batch({"i": pa.array(range(k * 100, k * 100 + 100), pa.int64())}) for k in range(3)]
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

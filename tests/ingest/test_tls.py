@@ -13,9 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helpers import action, put, read_dataset, running
 
 from flight_writer.config import ConfigError, build_settings
+
+from helpers import action, put, read_dataset, running
 
 
 def issue(name: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, server: bool = False):

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.flight as flight
 import pytest
+
 from helpers import action, answered_then_refused, parquet_files, put, read_dataset, running, send
 
 UTC = datetime.UTC

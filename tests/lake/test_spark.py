@@ -13,6 +13,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
 from helpers import action, put, running
 
 UTC = datetime.UTC

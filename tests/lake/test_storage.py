@@ -12,16 +12,17 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import emulators
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
-from helpers import action, put, settings_for, wait_for
 
 from flight_writer import Service, Storage, StorageError
 from flight_writer.config import StorageSettings
 from flight_writer.lake.storage import OPENDAL_ERRORS
+
+import emulators
+from helpers import action, put, settings_for, wait_for
 
 CLOUDS = ["s3", "azblob", "gcs"]
 # each cloud's secret option: the emulators' own, and for GCS (whose emulator needs none) a bearer token

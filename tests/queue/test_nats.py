@@ -15,9 +15,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import natsd
 import pyarrow.flight as flight
 import pytest
+
+from flight_writer import Service
+from flight_writer.config import QueueSettings
+from flight_writer.queue import Plan, QueueLost
+from flight_writer.queue.nats.queue import NatsQueue
+
+import natsd
 from emulators import free_port
 from helpers import (
     REPO,
@@ -32,11 +38,6 @@ from helpers import (
     wait_for,
     write_config,
 )
-
-from flight_writer import Service
-from flight_writer.config import QueueSettings
-from flight_writer.queue import Plan, QueueLost
-from flight_writer.queue.nats.queue import NatsQueue
 
 KILLS = 20  # per run: the target the issue sets
 

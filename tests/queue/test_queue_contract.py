@@ -7,12 +7,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-import natsd
 import pyarrow as pa
 import pytest
 
 from flight_writer.config import QueueSettings
 from flight_writer.queue import MemoryQueue, Queue, QueueClosed, QueueFull, QueueWriteError, WalQueue
+
+import natsd
 
 BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64())})
 SIZE = BATCH.get_total_buffer_size()  # what a batch counts against max_bytes in memory and the WAL

@@ -15,10 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from helpers import action, put, read_dataset, running
 
 from flight_writer.queue import Plan, WalQueue
 from flight_writer.queue.wal.format import HEADER
+
+from helpers import action, put, read_dataset, running
 
 BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64()), "s": pa.array(["x"] * 100)})
 

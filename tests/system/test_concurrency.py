@@ -8,6 +8,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
 from helpers import action, put, read_dataset, running
 
 PRODUCERS = 8

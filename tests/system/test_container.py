@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
 from emulators import free_port
 from helpers import REPO, action, parquet_files, read_dataset
 

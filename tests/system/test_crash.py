@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
+
 from helpers import action, write_config
 
 ROWS = 20

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 
 import yaml
-from helpers import REPO
 
 from flight_writer.config import load_settings
+
+from helpers import REPO
 
 
 def documents(name: str) -> list[dict]:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.ipc as ipc
 import pytest
+
 from helpers import action, ints, parquet_files, put, read_dataset, running, wait_for
 
 

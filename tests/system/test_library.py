@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
-from helpers import action, put, settings_for
 
 from flight_writer import MemoryQueue, Service, Storage
+
+from helpers import action, put, settings_for
 
 
 def read_all(storage: Storage, dataset: str) -> pa.Table:

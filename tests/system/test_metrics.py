@@ -10,12 +10,13 @@ import urllib.request
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from helpers import action, ints, put, running, send, settings_for, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 import flight_writer
 from flight_writer import Service
 from flight_writer.config import ConfigError, build_settings
+
+from helpers import action, ints, put, running, send, settings_for, wait_for
 
 METRICS = {"listen": "127.0.0.1:0"}
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import duckdb
+
 from helpers import REPO, write_config
 
 

@@ -7,6 +7,7 @@ import datetime as dt
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from helpers import action, parquet_files, put, read_dataset, running, without_metadata
 
 

@@ -10,9 +10,10 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from helpers import action, read_dataset, settings_for, write_config
 
 from flight_writer.service import Service
+
+from helpers import action, read_dataset, settings_for, write_config
 
 ROWS = 100
 

@@ -15,7 +15,6 @@ import pyarrow.flight as flight
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
-from helpers import action, ints, parquet_files, put, read_dataset, running, wait_for
 
 from flight_writer.config import DatasetRule, StorageSettings, WriterSettings
 from flight_writer.lake.layout import Shape
@@ -24,6 +23,8 @@ from flight_writer.queue import MemoryQueue
 from flight_writer.write import footer
 from flight_writer.write.parquet_file import FileContext, ParquetFile
 from flight_writer.write.stored import Followers
+
+from helpers import action, ints, parquet_files, put, read_dataset, running, wait_for
 
 EXACT = DatasetRule(types="exact")
 

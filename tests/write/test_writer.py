@@ -10,13 +10,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import ints, parquet_files
 
 from flight_writer.config import DatasetRule, DatasetSettings, StorageSettings, WriterSettings
 from flight_writer.lake.storage import Storage
 from flight_writer.queue import MemoryQueue
 from flight_writer.write.stored import Stored
 from flight_writer.write.writer import Writer
+
+from helpers import ints, parquet_files
 
 SIZE = ints(1000).get_total_buffer_size()
 

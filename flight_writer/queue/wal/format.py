@@ -1,4 +1,4 @@
-"""The write-ahead log's bytes on disk (wal_log.py writes them, wal_recovery.py reads them back).
+"""The write-ahead log's bytes on disk (log.py writes them, recovery.py reads them back).
 
 A batch record is ``magic "FWR1" | u32 length | u32 crc32 | payload`` with payload ``u64 seq | f64
 received_at | u16 len(dataset) | u32 len(client id) | dataset | client id | Arrow IPC stream`` (schema,

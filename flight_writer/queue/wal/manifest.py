@@ -1,5 +1,5 @@
 """The WAL's manifest: the writer's plans and confirmations, and the client ids of deleted segments, as
-checksummed lines appended to ``manifest.log`` (their format: wal_format.py).
+checksummed lines appended to ``manifest.log`` (their format: format.py).
 
 A full disk must not stop confirmations (they free the disk): ``RESERVE`` is a ballast file deleted to make
 room for the manifest the first time an append finds the disk full; new batches are refused while it is gone

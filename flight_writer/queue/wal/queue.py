@@ -4,11 +4,11 @@ On disk, under ``queue.path``::
 
     LOCK                      flock'ed while a server uses the directory (one server per WAL)
     RESERVE                   256 KiB of ballast, deleted to make room for the manifest when the disk is full
-    seg-<first seq>.wal       batch records, appended (wal_log.py)
+    seg-<first seq>.wal       batch records, appended (log.py)
     manifest.log              the writer's plans and confirmations, plus client ids of deleted segments
-                              (wal_manifest.py)
+                              (manifest.py)
 
-Their bytes: wal_format.py. Reading them back at start: wal_recovery.py.
+Their bytes: format.py. Reading them back at start: recovery.py.
 
 The queue is the memory queue (memory.py) with the segment log as its journal. Durability: with ``fsync =
 always`` a batch settles once fsynced, and only then does its reply go out (saying ``logged``); the server
