@@ -23,7 +23,7 @@ from flight_writer.ingest.admission import Admission, AdmissionError, Admitted
 from flight_writer.ingest.refusals import Refusals
 from flight_writer.ingest.replies import Replies
 from flight_writer.lake.layout import LayoutError
-from flight_writer.lake.schemas import SchemaError
+from flight_writer.lake.schemas import SchemaError, readers_problem
 from flight_writer.queue import Ingest, QueueClosed, QueueFull, QueueWriteError
 
 
@@ -68,7 +68,7 @@ class Ingestor:
             admitted = self._admission.admit(
                 dataset,
                 reader.schema,
-                lambda schema, stored: self._over_limits(schema) or parquet_problem(stored),
+                lambda schema, stored: self._over_limits(schema) or parquet_problem(stored) or readers_problem(schema),
                 fresh,
             )
         except AdmissionError as exc:

@@ -21,6 +21,10 @@ answered: nothing of the bad batch is stored). Types are written as pyarrow name
 
 The unified schema of a dataset is kept in memory and taken from its newest file in storage at its first
 stream after a start (the other processes' changes reach this one through storage).
+
+Names the lake's readers cannot read back (``readers_problem``, at every level of nesting): a name twice, two
+names that differ only in case, an empty name, a name with a NUL character. Under ``evolve`` a stream may not
+add a column whose name differs only in case from one of the dataset's (the files would hold both).
 """
 
 from __future__ import annotations
@@ -40,6 +44,66 @@ class SchemaError(ValueError):
 def declared_schema(columns: Iterable[tuple[str, str]]) -> pa.Schema | None:
     """``(name, "type [not null]")`` pairs as a schema; None when there are none (checked at load time)."""
     return declared_columns(columns)
+
+
+def readers_problem(schema: pa.Schema) -> str | None:
+    """Why the lake's readers could not read a file of this schema back as sent, naming the column (nested
+    fields included: structs, list elements, map keys and values); None if they can. Measured with
+    pyarrow, Polars and DuckDB by tests/lake/test_reader_schemas.py, Spark by hand:
+
+    - a name twice: ``pyarrow.parquet.read_table`` fails ("Multiple matches for FieldRef.Name"), so does
+      ``pa.unify_schemas``; Polars fails on a struct's ("duplicate struct field", or panics); DuckDB renames
+      the second ``a_1``;
+    - names that differ only in case: Spark refuses the files ([COLUMN_ALREADY_EXISTS]), DuckDB renames the
+      second ``A_1`` (ASCII letters);
+    - an empty name: DuckDB reads it as ``C0`` (a struct field: as another name, or the struct unnamed),
+      the Polars scan of README fails ("extra column in file outside of expected schema");
+    - a NUL character in a name: Polars panics or cuts the name there, DuckDB cuts it there.
+    """
+    return _names_problem([*schema], ())
+
+
+def _names_problem(fields: list[pa.Field], path: tuple[str, ...]) -> str | None:
+    """The first problem of one level's names (``path``: the column and fields that hold them), then of the
+    levels inside them."""
+    at = "" if not path else f" of column {'.'.join(path)!r}"
+    names: set[str] = set()
+    folded: dict[str, str] = {}  # lower case, as Spark compares (String.equalsIgnoreCase): 'ß' is not 'SS'
+    for f in fields:
+        where = f"column {f.name!r}" if not path else f"field {f.name!r}{at}"
+        if f.name == "":
+            polars = "" if path else " and the Polars scan of README cannot read it"
+            return f"{where} has an empty name: DuckDB reads it under another name ('C0'){polars}; name it"
+        if "\x00" in f.name:
+            return f"{where} has a NUL character in its name: Polars and DuckDB cut the name there; rename it"
+        if f.name in names:
+            fail = "Polars cannot" if path else 'pyarrow ("Multiple matches for FieldRef.Name") and Polars cannot'
+            return f"{where} appears twice: {fail} read the file, DuckDB renames one {f.name + '_1'!r}; rename one"
+        if (other := folded.get(f.name.lower())) is not None:
+            return (
+                f"{'fields' if path else 'columns'} {other!r} and {f.name!r}{at} differ only in case: Spark reads "
+                "them as one column and refuses the files, DuckDB renames one (ASCII letters); rename one"
+            )
+        names.add(f.name)
+        folded[f.name.lower()] = f.name
+    for f in fields:
+        if (problem := _type_problem(f.type, (*path, f.name))) is not None:
+            return problem
+    return None
+
+
+def _type_problem(kind: pa.DataType, path: tuple[str, ...]) -> str | None:
+    """The first problem of the names inside a column's type (struct fields, also in list elements, map
+    keys and values, dictionary values)."""
+    if pa.types.is_dictionary(kind):
+        return _type_problem(kind.value_type, path)
+    if pa.types.is_struct(kind):
+        return _names_problem([*kind], path)
+    if pa.types.is_map(kind):
+        return _type_problem(kind.key_type, path) or _type_problem(kind.item_type, path)
+    if isinstance(kind, pa.ListType | pa.LargeListType | pa.FixedSizeListType | pa.ListViewType | pa.LargeListViewType):
+        return _type_problem(kind.value_type, path)
+    return None
 
 
 def safe_cast(source: pa.DataType, target: pa.DataType) -> bool:
@@ -157,6 +221,14 @@ def _evolve(base: pa.Schema, stream: pa.Schema, problems: list[str]) -> pa.Schem
                 "added columns and safe widenings only"
             )
     names = {f.name for f in base}
+    folded = {f.name.lower(): f.name for f in base}
+    for f in stream:
+        if f.name not in names and (other := folded.get(f.name.lower())) is not None:
+            problems.append(
+                f"column {f.name!r} differs only in case from the dataset's column {other!r}: Spark reads them as "
+                "one column and refuses the files, DuckDB renames one (ASCII letters); send it as "
+                f"{other!r} or rename it"
+            )
     fields += [f.with_nullable(True) for f in stream if f.name not in names]
     return pa.schema(fields, base.metadata)
 
