@@ -3,8 +3,11 @@ stored types), its schema mode and declared columns (schemas.py), and its name b
 
 Both Flight doors (a path ``do_put`` and Flight SQL ingest) ask ``Admission.admit``; nothing here speaks
 Flight: a refusal is an ``AdmissionError`` naming the problem, which the doors answer as FlightServerError.
-Storage is read at most once per dataset (its newest file's schema) and once per process (the dataset
-names); when it fails, the stream is admitted on what this process knows, with a warning.
+Storage is read at most once per dataset (its newest file's schema) and, for the dataset names, once per
+process before the first new name, then again in the background when a catalog answer (``names``) finds
+the listing older than ``RELIST``; when listing fails, the stream is admitted on what this process knows,
+with a warning. The names are kept in a :class:`NameIndex`: a new name is checked in a few set lookups,
+however many datasets there are.
 """
 
 from __future__ import annotations
@@ -23,7 +26,39 @@ from flight_writer.lake.layout import LayoutError, Partitioner, Shape, stored_ty
 from flight_writer.lake.schemas import Conformer, SchemaError, declared_schema, plan, union
 
 LIST_AGAIN = 60.0  # seconds before a failed listing of the dataset names is tried again
+RELIST = 30.0  # seconds: a catalog answer from an older listing of storage's names lists again, in the background
 RECENT_FILES = 16  # a dataset's schema after a start: the union of its newest files' (footers read once)
+
+
+class NameIndex:
+    """Dataset names and their proper prefixes (``org`` and ``org/team`` of ``org/team/spans``), each prefix
+    with one name under it: whether a name nests inside or around a known one is a lookup per segment."""
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self._under: dict[str, str] = {}  # a proper prefix -> the first known name under it
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._names
+
+    def add(self, name: str) -> None:
+        if name not in self._names:
+            self._names.add(name)
+            for prefix in _prefixes(name):
+                self._under.setdefault(prefix, name)
+
+    def nests(self, name: str) -> str | None:
+        """A known name that ``name`` would nest inside (the shortest) or around, or None."""
+        for prefix in _prefixes(name):
+            if prefix in self._names:
+                return prefix
+        return self._under.get(name)
+
+
+def _prefixes(name: str) -> list[str]:
+    """``a/b/c`` -> ``a``, ``a/b``: the names a dataset would nest inside, shortest first."""
+    parts = name.split("/")
+    return ["/".join(parts[:k]) for k in range(1, len(parts))]
 
 
 class AdmissionError(ValueError):
@@ -50,10 +85,15 @@ class Admission:
         #: version is admitted again (read without a lock per batch: a stale read only delays that)
         self.versions: dict[str, int] = {}
         self._schemas_lock = threading.Lock()
-        self._known: set[str] = set()  # dataset names: those in storage and those admitted here
-        self._listed = False  # storage's names are in _known
+        self._known = NameIndex()  # dataset names: those in storage (every listing's) and those admitted here
+        self._stored: frozenset[str] | None = None  # the last listing of storage's names (None: none yet)
+        self._admitted: set[str] = set()  # names admitted by this process
+        self._catalog: list[str] | None = None  # names(), sorted, until one is added or listed
+        self._listed_at = 0.0
         self._list_tried = -3600.0
-        self._known_lock = threading.Lock()
+        self._relisting = False
+        self._known_lock = threading.Lock()  # held for lookups and updates, never while storage is listed
+        self._list_lock = threading.Lock()  # one listing at a time
 
     def stored_schema(self, dataset: str, schema: pa.Schema) -> pa.Schema:
         """What the dataset's files hold of a stream of this schema (partition fields out, stored types)."""
@@ -130,32 +170,78 @@ class Admission:
             logger.warning("dataset {}: cannot read its schema from storage ({}: {})", dataset, type(exc).__name__, exc)
             return None
 
+    def names(self) -> list[str]:
+        """The datasets for catalog answers: storage's (listed now if never yet, else from the last listing,
+        listed again in the background when older than ``RELIST``) and those admitted here, sorted. A
+        failing first listing raises."""
+        if self._stored is None:
+            with self._list_lock:
+                if self._stored is None:
+                    self._list_now()
+        elif time.monotonic() - self._listed_at > RELIST:
+            with self._known_lock:
+                start, self._relisting = not self._relisting, True
+            if start:
+                threading.Thread(target=self._relist, name="dataset-names", daemon=True).start()
+        with self._known_lock:
+            if self._catalog is None:
+                self._catalog = sorted((self._stored or frozenset()) | self._admitted)
+            return self._catalog
+
+    def _list_now(self) -> None:
+        """List storage's names into the index and the catalog (``_list_lock`` held: one listing at a time;
+        lookups and admissions of known names go on meanwhile)."""
+        names = frozenset(self._datasets.names())
+        with self._known_lock:
+            for name in sorted(names):  # in name order: an "around" refusal names the first under it
+                self._known.add(name)
+            self._stored, self._listed_at, self._catalog = names, time.monotonic(), None
+
+    def _relist(self) -> None:
+        try:
+            with self._list_lock:
+                self._list_now()
+        except Exception as exc:  # the catalog keeps the last listing; a later answer tries again
+            logger.warning("cannot list datasets in storage ({}: {})", type(exc).__name__, exc)
+            self._listed_at = time.monotonic()
+        finally:
+            self._relisting = False
+
     def _check_nesting(self, dataset: str) -> None:
         """Refuse a dataset name inside another dataset's folder, or one that would hold another: readers
         of the outer one would read the inner one's files too."""
         with self._known_lock:
-            known = self._known
-            if dataset in known:
+            if dataset in self._known:
+                self._admitted_here(dataset)
                 return
-            if not self._listed and time.monotonic() - self._list_tried > LIST_AGAIN:  # storage's names, once
-                self._list_tried = time.monotonic()
-                try:
-                    known.update(self._datasets.names())
-                    self._listed = True
-                except Exception as exc:  # ingest never waits for storage: check against the names seen here
-                    logger.warning(
-                        "cannot list datasets in storage ({}: {}); nesting checked against this process's "
-                        "datasets only, listing again in {:g} s",
-                        type(exc).__name__,
-                        exc,
-                        LIST_AGAIN,
-                    )
-            for other in known:
-                if dataset != other and (other.startswith(dataset + "/") or dataset.startswith(other + "/")):
-                    outer, inner = sorted((dataset, other), key=len)
-                    raise AdmissionError(
-                        f"dataset {dataset!r} would nest {'inside' if dataset == inner else 'around'} dataset "
-                        f"{other!r}: readers of {outer!r} would read {inner!r}'s files too. Name it beside it, "
-                        f"e.g. {inner.replace('/', '-')!r}"
-                    )
-            known.add(dataset)
+        if self._stored is None:  # storage's names first, once; a listing under way is waited for
+            with self._list_lock:
+                if self._stored is None and time.monotonic() - self._list_tried > LIST_AGAIN:
+                    self._list_tried = time.monotonic()
+                    try:
+                        self._list_now()
+                    except Exception as exc:  # ingest never waits for storage: check the names seen here
+                        logger.warning(
+                            "cannot list datasets in storage ({}: {}); nesting checked against this process's "
+                            "datasets only, listing again in {:g} s",
+                            type(exc).__name__,
+                            exc,
+                            LIST_AGAIN,
+                        )
+        with self._known_lock:
+            if (other := self._known.nests(dataset)) is not None:
+                outer, inner = sorted((dataset, other), key=len)
+                raise AdmissionError(
+                    f"dataset {dataset!r} would nest {'inside' if dataset == inner else 'around'} dataset "
+                    f"{other!r}: readers of {outer!r} would read {inner!r}'s files too. Name it beside it, "
+                    f"e.g. {inner.replace('/', '-')!r}"
+                )
+            self._known.add(dataset)
+            self._admitted_here(dataset)
+
+    def _admitted_here(self, dataset: str) -> None:
+        """``dataset`` is in the catalog from now on (``_known_lock`` held)."""
+        if dataset not in self._admitted:
+            self._admitted.add(dataset)
+            if self._stored is None or dataset not in self._stored:
+                self._catalog = None

@@ -2,7 +2,12 @@
 with its table modes) and the catalog answers they ask for (SqlInfo, catalogs, schemas, tables, table
 types). The batches go the same way as the path door's (the :class:`Ingestor`); this module adds the table
 modes (``fail``/``append``/``replace``, ``if_not_exist``), the rights they need and the answers.
-messages.py has the messages."""
+messages.py has the messages.
+
+Catalog answers come from the names :meth:`Admission.names` keeps (storage's, listed again in the
+background, and those admitted here), never from a listing of storage per call. What a client controls in
+them is bounded (messages.py): pattern length, rows, the schemas one call reads; a call whose client went
+away stops reading schemas."""
 
 from __future__ import annotations
 
@@ -56,6 +61,8 @@ class FlightSqlDoor:
                     "this server only ingests (CommandStatementIngest)"
                 )
             cmd = flightsql.parse_ingest(value)
+        except flightsql.LimitError as exc:
+            raise flight.FlightServerError(f"do_put Flight SQL command refused: {exc}") from None
         except flightsql.ProtobufError as exc:
             raise flight.FlightServerError(f"do_put command is not a Flight SQL command: {exc}") from None
         if cmd.temporary:
@@ -108,7 +115,7 @@ class FlightSqlDoor:
         if name == flightsql.GET_SQL_INFO:
             schema = flightsql.SQL_INFO_SCHEMA
         elif name in flightsql.CATALOG_COMMANDS:
-            schema = _parsed(name, lambda: flightsql.catalog_schema(name, value))
+            schema = _parsed(name, lambda: flightsql.parse_catalog(name, value)).schema
         else:
             raise NotImplementedError(
                 f"get_flight_info: Flight SQL command {name or '(none)'} is not supported; "
@@ -122,27 +129,47 @@ class FlightSqlDoor:
             request = _parsed(name, lambda: flightsql.parse_sql_info_request(value))
             return flight.RecordBatchStream(flightsql.sql_info_table(request))
         if name in flightsql.CATALOG_COMMANDS:
-            names = self._datasets.names() if name != flightsql.GET_TABLE_TYPES else []
+            request = _parsed(name, lambda: flightsql.parse_catalog(name, value))
+            names = self._names() if request.lists_datasets else []
             if (who := principal_of(context)) is not None:  # only the datasets it may write
                 names = [n for n in names if who.may_write(n)]
-            rows = _parsed(name, lambda: flightsql.catalog_rows(name, value, names, self._datasets.schema))
+
+            def schema_of(dataset: str) -> pa.Schema | None:
+                if context.is_cancelled():  # the client gave up: read no more footers for it
+                    raise flight.FlightCancelledError(f"Flight SQL {name}: cancelled by the client")
+                return self._datasets.schema(dataset)
+
+            rows = _parsed(name, lambda: flightsql.catalog_rows(request, names, schema_of))
             return flight.RecordBatchStream(rows)
         raise NotImplementedError(
             "do_get: this server stores data, it does not serve reads; read the Parquet files from storage"
         )
 
+    def _names(self) -> list[str]:
+        try:
+            return self._admission.names()
+        except Exception as exc:  # storage never listed, and failing now
+            raise flight.FlightServerError(
+                f"cannot list the datasets in storage ({type(exc).__name__}: {exc}); try again later"
+            ) from None
+
     @staticmethod
     def _command(data: bytes) -> tuple[str, bytes]:
         try:
             return flightsql.unpack_any(data) if data else ("", b"")
+        except flightsql.LimitError as exc:
+            raise flight.FlightServerError(f"Flight SQL command refused: {exc}") from None
         except flightsql.ProtobufError as exc:
             raise flight.FlightServerError(f"not a Flight SQL command: {exc}") from None
 
 
 def _parsed(name: str, parse: Callable[[], Any]) -> Any:
-    """``parse()``, with a malformed Flight SQL message as a clear error (not a Python traceback)."""
+    """``parse()``, with a malformed Flight SQL message, or one over a limit, as a clear error (not a Python
+    traceback)."""
     try:
         return parse()
+    except flightsql.LimitError as exc:
+        raise flight.FlightServerError(f"Flight SQL {name}: {exc}") from None
     except flightsql.ProtobufError as exc:
         raise flight.FlightServerError(f"Flight SQL {name}: malformed message: {exc}") from None
 

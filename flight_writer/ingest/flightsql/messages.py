@@ -9,6 +9,7 @@ re-exported here, so the Flight SQL door needs only this module.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,13 +17,14 @@ import pyarrow as pa
 
 from flight_writer._version import __version__
 from flight_writer.ingest.flightsql.protowire import (
+    LimitError,
     ProtobufError,
     bytes_field,
     decode,
     get_bytes,
     get_int,
     get_text,
-    read_varint,
+    packed_varints,
     varint_field,
 )
 
@@ -36,19 +38,25 @@ __all__ = [
     "IF_EXISTS",
     "IF_NOT_EXIST",
     "INGEST",
+    "MAX_CATALOG_ROWS",
+    "MAX_PATTERN",
+    "MAX_TABLE_SCHEMAS",
     "SQL_ACTIONS",
     "SQL_INFO",
     "SQL_INFO_SCHEMA",
     "SQL_INFO_VALUE",
     "TYPE_PREFIX",
+    "CatalogRequest",
     "IngestCommand",
+    "Like",
+    "LimitError",
     "ProtobufError",
     "catalog_rows",
-    "catalog_schema",
     "close_session_result",
     "decode",
     "like",
     "pack_any",
+    "parse_catalog",
     "parse_ingest",
     "parse_sql_info_request",
     "sql_info_table",
@@ -83,6 +91,11 @@ SQL_ACTIONS = frozenset(
     }
 )
 
+# What one catalog call may ask for (clients control all three): refused beyond, naming the limit
+MAX_PATTERN = 1024  # characters in a catalog name or a LIKE pattern
+MAX_CATALOG_ROWS = 100_000  # rows in one answer
+MAX_TABLE_SCHEMAS = 1000  # tables in one GetTables with include_schema (each reads a Parquet footer)
+
 # CommandStatementIngest.TableDefinitionOptions
 IF_NOT_EXIST = {0: "unspecified", 1: "create", 2: "fail"}
 IF_EXISTS = {0: "unspecified", 1: "fail", 2: "append", 3: "replace"}
@@ -114,82 +127,215 @@ SQL_INFO: dict[int, tuple[int, object]] = {
 }
 
 
-def catalog_schema(name: str, value: bytes) -> pa.Schema:
-    """The result schema of a catalog command (GetTables adds ``table_schema`` when asked to)."""
-    text, required = pa.string(), False
-    if name == GET_CATALOGS:
-        return pa.schema([pa.field("catalog_name", text, nullable=required)])
-    if name == GET_TABLE_TYPES:
-        return pa.schema([pa.field("table_type", text, nullable=required)])
-    fields = [pa.field("catalog_name", text), pa.field("db_schema_name", text, nullable=name == GET_TABLES)]
-    if name == GET_TABLES:
-        fields += [pa.field("table_name", text, nullable=required), pa.field("table_type", text, nullable=required)]
-        if get_int(decode(value), 5):
-            fields.append(pa.field("table_schema", pa.binary(), nullable=required))
-    return pa.schema(fields)
+@dataclass(frozen=True)
+class CatalogRequest:
+    """A catalog command, decoded and checked once per call: its filters (LIKE patterns compiled) and the
+    schema of its answer."""
+
+    name: str
+    catalog: str | None = None  # exact
+    db_schema: Like | None = None
+    table: Like | None = None
+    tables: bool = True  # table_types is empty or names TABLE
+    include_schema: bool = False
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The result schema (GetTables adds ``table_schema`` when asked to)."""
+        text, required = pa.string(), False
+        if self.name == GET_CATALOGS:
+            return pa.schema([pa.field("catalog_name", text, nullable=required)])
+        if self.name == GET_TABLE_TYPES:
+            return pa.schema([pa.field("table_type", text, nullable=required)])
+        fields = [pa.field("catalog_name", text), pa.field("db_schema_name", text, nullable=self.name == GET_TABLES)]
+        if self.name == GET_TABLES:
+            fields += [pa.field("table_name", text, nullable=required), pa.field("table_type", text, nullable=required)]
+            if self.include_schema:
+                fields.append(pa.field("table_schema", pa.binary(), nullable=required))
+        return pa.schema(fields)
+
+    @property
+    def lists_datasets(self) -> bool:
+        return self.name != GET_TABLE_TYPES
+
+
+def parse_catalog(name: str, value: bytes) -> CatalogRequest:
+    """``CommandGetDbSchemas``/``CommandGetTables`` fields (the others have none that matter here):
+    ``LimitError`` for a name or pattern over ``MAX_PATTERN`` characters."""
+    if name not in (GET_DB_SCHEMAS, GET_TABLES):
+        return CatalogRequest(name)
+    fields = decode(value)
+
+    def text(number: int, what: str) -> str | None:
+        if get_bytes(fields, number) is None:
+            return None
+        found = get_text(fields, number)
+        if len(found) > MAX_PATTERN:
+            raise LimitError(f"{what} is {len(found)} characters; {MAX_PATTERN} is the most this server takes")
+        return found
+
+    catalog = text(1, "catalog")
+    schema_like = text(2, "db_schema_filter_pattern")
+    table_like = text(3, "table_name_filter_pattern") if name == GET_TABLES else None
+    types = {_utf8(t, 4) for t in fields.get(4, []) if isinstance(t, bytes)} if name == GET_TABLES else set()
+    return CatalogRequest(
+        name,
+        catalog,
+        Like(schema_like) if schema_like is not None else None,
+        Like(table_like) if table_like is not None else None,
+        not types or "TABLE" in types,
+        name == GET_TABLES and bool(get_int(fields, 5)),
+    )
 
 
 def catalog_rows(
-    name: str, value: bytes, datasets: list[str], schema_of: Callable[[str], pa.Schema | None]
+    request: CatalogRequest, datasets: list[str], schema_of: Callable[[str], pa.Schema | None]
 ) -> pa.Table:
-    """Answer a catalog command from dataset names: ``catalog/schema/table``, ``schema/table`` or ``table``."""
-    fields = decode(value) if name in (GET_DB_SCHEMAS, GET_TABLES) else {}
-    catalog = get_text(fields, 1) if get_bytes(fields, 1) is not None else None
-    schema_like = get_text(fields, 2) if get_bytes(fields, 2) is not None else None
-    table_like = get_text(fields, 3) if get_bytes(fields, 3) is not None else None
-    types = [t.decode() for t in fields.get(4, []) if isinstance(t, bytes)]
-    out_schema = catalog_schema(name, value)
+    """Answer a catalog command from dataset names: ``catalog/schema/table``, ``schema/table`` or ``table``.
+    One pass over the names, each pattern matched once per distinct value; the Parquet schemas
+    (``include_schema``) are read last, only for the tables answered, at most ``MAX_TABLE_SCHEMAS``."""
+    name, out_schema = request.name, request.schema
     if name == GET_TABLE_TYPES:
         return pa.Table.from_pylist([{"table_type": "TABLE"}], schema=out_schema)
-    rows: list[dict[str, object]] = []
+    if name == GET_TABLES and not request.tables:  # asked for views or the like: there are none
+        return out_schema.empty_table()
+    schemas = _Matches(request.db_schema)
+    tables = _Matches(request.table)
+    rows: dict[tuple[str | None, ...], str] = {}  # (catalog, schema[, table]) -> the dataset; in name order
     for dataset in datasets:
         *parents, table = dataset.split("/")
         # a one-segment dataset lives in the schema "" (a schema name cannot be null in these results)
         cat, sch = (parents[0] if len(parents) == 2 else None), (parents[-1] if parents else "")
         if name == GET_CATALOGS:
             if cat is not None:
-                rows.append({"catalog_name": cat})
-            continue
-        if catalog is not None and (cat or "") != catalog:
-            continue
-        if schema_like is not None and not like(schema_like, sch):
-            continue
-        if name == GET_DB_SCHEMAS:
-            rows.append({"catalog_name": cat, "db_schema_name": sch})
-            continue
-        if (table_like is not None and not like(table_like, table)) or (types and "TABLE" not in types):
-            continue
-        row: dict[str, object] = {
-            "catalog_name": cat,
-            "db_schema_name": sch,
-            "table_name": table,
-            "table_type": "TABLE",
-        }
-        if "table_schema" in out_schema.names:
-            row["table_schema"] = (schema_of(dataset) or pa.schema([])).serialize().to_pybytes()
-        rows.append(row)
-    unique = [dict(r) for r in {tuple(sorted(r.items(), key=lambda kv: kv[0])): r for r in rows}.values()]
-    return pa.Table.from_pylist(unique, schema=out_schema)
+                rows.setdefault((cat,), dataset)
+        elif (request.catalog is None or (cat or "") == request.catalog) and schemas(sch):
+            if name == GET_DB_SCHEMAS:
+                rows.setdefault((cat, sch), dataset)
+            elif tables(table):
+                rows.setdefault((cat, sch, table), dataset)
+        if len(rows) > MAX_CATALOG_ROWS:
+            raise LimitError(
+                f"the answer has more than {MAX_CATALOG_ROWS} rows, the most one call returns; narrow it "
+                "with catalog, db_schema_filter_pattern or table_name_filter_pattern"
+            )
+    if request.include_schema and len(rows) > MAX_TABLE_SCHEMAS:
+        raise LimitError(
+            f"{len(rows)} tables match with include_schema; {MAX_TABLE_SCHEMAS} is the most one call reads "
+            "the schemas of: narrow it with catalog, db_schema_filter_pattern or table_name_filter_pattern"
+        )
+    if not rows:
+        return out_schema.empty_table()
+    arrays: list[pa.Array] = [pa.array(values, pa.string()) for values in zip(*rows, strict=True)]
+    if name == GET_TABLES:
+        arrays.insert(3, pa.array(["TABLE"] * len(rows), pa.string()))
+        if request.include_schema:
+            blobs = [(schema_of(d) or pa.schema([])).serialize().to_pybytes() for d in rows.values()]
+            arrays.append(pa.array(blobs, pa.binary()))
+    return pa.Table.from_arrays(arrays, schema=out_schema)
+
+
+class _Matches:
+    """``like(text)``, remembered per distinct text for one call (schema names repeat across tables)."""
+
+    def __init__(self, like: Like | None) -> None:
+        self._like = like
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, text: str) -> bool:
+        if self._like is None:
+            return True
+        found = self._seen.get(text)
+        if found is None:
+            found = self._seen[text] = self._like(text)
+        return found
+
+
+class Like:
+    """A SQL LIKE pattern, compiled once: ``%`` any run of characters, ``_`` any one, ``\\`` makes the next
+    character literal (``\\_``, ``\\%``, ``\\\\``; a trailing one is itself). At most ``MAX_PATTERN``
+    characters (``LimitError``).
+
+    The pattern is cut at its ``%`` into fixed-length pieces: the first must match at the start of the text,
+    the last at its end, and each other piece is placed leftmost after the one before (which leaves the
+    most room for the rest, so no other placement need be tried: nothing backtracks). A piece is found with
+    ``str.find``, or a regular expression of literals and ``.`` when it holds ``_``, neither of which
+    backtracks, and a text shorter than the pieces together is refused before any search: a match costs at
+    most len(text) x len(pattern) character steps in C, usually one pass."""
+
+    def __init__(self, pattern: str) -> None:
+        if len(pattern) > MAX_PATTERN:
+            raise LimitError(f"a LIKE pattern of {len(pattern)} characters; {MAX_PATTERN} is the most")
+        pieces: list[list[str | None]] = [[]]  # None: any one character
+        chars = iter(pattern)
+        for c in chars:
+            if c == "%":
+                pieces.append([])
+            elif c == "_":
+                pieces[-1].append(None)
+            else:
+                pieces[-1].append(next(chars, "\\") if c == "\\" else c)
+        self._length = sum(len(p) for p in pieces)  # the shortest text that can match
+        self._exact = len(pieces) == 1
+        self._first, self._last = _piece(pieces[0]), _piece(pieces[-1])
+        self._middle = [_piece(p) for p in pieces[1:-1] if p]
+
+    def __call__(self, text: str) -> bool:
+        if len(text) < self._length or (self._exact and len(text) != self._length):
+            return False
+        first, last = self._first, self._last
+        pos, end = len(first), len(text) - len(last)
+        if not _at(first, text, 0) or not _at(last, text, end):
+            return False
+        for piece in self._middle:
+            if isinstance(piece, str):
+                found = text.find(piece, pos, end)
+                if found < 0:
+                    return False
+                pos = found + len(piece)
+            else:
+                match = piece.search(text, pos, end)
+                if match is None:
+                    return False
+                pos = match.end()
+        return True
 
 
 def like(pattern: str, text: str) -> bool:
-    """SQL LIKE: ``%`` any run, ``_`` one character. At most len(pattern) x len(text) steps: a regular
-    expression of the same pattern backtracked exponentially (a dozen ``%`` and a ``!`` froze the server)."""
-    p = t = 0
-    star, resume = -1, 0  # the last % seen, and where in text its run ends for now
-    while t < len(text):
-        if p < len(pattern) and pattern[p] == "%":
-            star, resume = p, t
-            p += 1
-        elif p < len(pattern) and pattern[p] in ("_", text[t]):
-            p += 1
-            t += 1
-        elif star >= 0:  # let the last % take one more character
-            resume += 1
-            p, t = star + 1, resume
-        else:
-            return False
-    return all(c == "%" for c in pattern[p:])
+    """SQL LIKE (see :class:`Like`; compile it once when matching many texts)."""
+    return Like(pattern)(text)
+
+
+class _Wild:
+    """A piece with ``_``: a compiled regular expression of literals and ``.`` (no quantifier, so nothing
+    to backtrack) and its length."""
+
+    def __init__(self, chars: list[str | None]) -> None:
+        self.regex = re.compile("".join("." if c is None else re.escape(c) for c in chars), re.DOTALL)
+        self.size = len(chars)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def search(self, text: str, pos: int, end: int) -> re.Match[str] | None:
+        return self.regex.search(text, pos, end)
+
+
+def _piece(chars: list[str | None]) -> str | _Wild:
+    return "".join(chars) if None not in chars else _Wild(chars)  # type: ignore[arg-type]
+
+
+def _at(piece: str | _Wild, text: str, pos: int) -> bool:
+    if isinstance(piece, str):
+        return text.startswith(piece, pos)
+    return piece.regex.match(text, pos, pos + len(piece)) is not None
+
+
+def _utf8(value: bytes, number: int) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise ProtobufError(f"field {number} is not UTF-8") from None
 
 
 @dataclass
@@ -247,11 +393,8 @@ def parse_sql_info_request(value: bytes) -> list[int]:
         if isinstance(item, int):
             ids.append(item)
         else:  # packed repeated uint32
-            pos = 0
-            while pos < len(item):
-                number, pos = read_varint(item, pos)
-                ids.append(number)
-    return ids
+            ids += packed_varints(item)
+    return list(dict.fromkeys(ids))  # each answered once
 
 
 def sql_info_table(ids: list[int]) -> pa.Table:

@@ -1,23 +1,37 @@
 """The protobuf wire format, as much as Flight SQL's messages use: varints and length-delimited fields
 decoded into ``{field number: [values]}``, read back by field number, and encoded one field at a time.
 
-Written by hand so that the server needs no protobuf runtime; the messages built on it are in flightsql.py.
+Written by hand so that the server needs no protobuf runtime; the messages built on it are in messages.py.
+Decoding is one pass over the bytes, never recursive (a nested message is decoded when the code that reads
+its field asks), and a message holds at most ``MAX_FIELDS`` values: clients control these bytes, and each
+value costs a Python object.
 """
 
 from __future__ import annotations
 
 Fields = dict[int, list[int | bytes]]  # field number -> its values in order (ints for varints and fixed)
+MAX_FIELDS = 10_000  # values in one message, and in one packed repeated field
 
 
 class ProtobufError(ValueError):
     """Bytes that are not the protobuf message they should be."""
 
 
+class LimitError(ValueError):
+    """A message this server will not take: over one of its limits on what clients send (the message says
+    which, and the limit)."""
+
+
 def decode(data: bytes) -> Fields:
     fields: Fields = {}
-    pos = 0
+    pos = count = 0
     try:
         while pos < len(data):
+            count += 1
+            if count > MAX_FIELDS:
+                raise LimitError(
+                    f"a message of more than {MAX_FIELDS} fields; {MAX_FIELDS} is the most this server decodes"
+                )
             key, pos = read_varint(data, pos)
             number, wire = key >> 3, key & 7
             if wire == 0:
@@ -27,10 +41,11 @@ def decode(data: bytes) -> Fields:
                 if pos + length > len(data):
                     raise ProtobufError("length runs past the end")
                 value, pos = data[pos : pos + length], pos + length
-            elif wire == 1:
-                value, pos = int.from_bytes(data[pos : pos + 8], "little"), pos + 8
-            elif wire == 5:
-                value, pos = int.from_bytes(data[pos : pos + 4], "little"), pos + 4
+            elif wire in (1, 5):
+                size = 8 if wire == 1 else 4
+                if pos + size > len(data):
+                    raise ProtobufError("truncated message")
+                value, pos = int.from_bytes(data[pos : pos + size], "little"), pos + size
             else:
                 raise ProtobufError(f"unsupported wire type {wire}")
             fields.setdefault(number, []).append(value)
@@ -51,6 +66,21 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise ProtobufError("varint too long")
+
+
+def packed_varints(data: bytes) -> list[int]:
+    """A packed repeated varint field's values (at most ``MAX_FIELDS``)."""
+    values: list[int] = []
+    pos = 0
+    try:
+        while pos < len(data):
+            if len(values) == MAX_FIELDS:
+                raise LimitError(f"a packed field of more than {MAX_FIELDS} values; {MAX_FIELDS} is the most")
+            value, pos = read_varint(data, pos)
+            values.append(value)
+    except IndexError:
+        raise ProtobufError("truncated packed field") from None
+    return values
 
 
 def encode_varint(value: int) -> bytes:
