@@ -11,9 +11,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import parquet_files, read_dataset, running
 
 from flight_writer.ingest.flightsql import messages as flightsql
+
+from helpers import parquet_files, read_dataset, running
 
 TABLE = pa.table({"a": pa.array([1, 2, 3], pa.int64()), "b": ["x", "y", "z"]})
 

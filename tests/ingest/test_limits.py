@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
 from helpers import action, answered_then_refused, put, read_dataset, running, send
 
 GOOD = pa.record_batch({"i": pa.array(range(10), pa.int64())})

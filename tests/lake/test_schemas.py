@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
+
 from helpers import action, answered_then_refused, parquet_files, put, read_dataset, running, send
 
 
