@@ -82,7 +82,11 @@ def put(
             writer.write_batch(batch)
         else:
             writer.write_with_metadata(batch, pa.py_buffer(json.dumps({"id": ids[i]}).encode()))
-        replies.append(json.loads(reader.read().to_pybytes()))
+        reply = reader.read()
+        if reply is None:  # the server ended the stream: close() raises its error
+            writer.close()
+            raise AssertionError("the server ended the stream without an error")
+        replies.append(json.loads(reply.to_pybytes()))
     writer.done_writing()
     while (buf := reader.read()) is not None:
         replies.append(json.loads(buf.to_pybytes()))

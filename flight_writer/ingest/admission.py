@@ -85,6 +85,7 @@ class Admission:
         #: version is admitted again (read without a lock per batch: a stale read only delays that)
         self.versions: dict[str, int] = {}
         self._schemas_lock = threading.Lock()
+        self._cases: dict[str, dict[str, str]] = {}  # separate: each dataset's column names by lower case
         self._known = NameIndex()  # dataset names: those in storage (every listing's) and those admitted here
         self._stored: frozenset[str] | None = None  # the last listing of storage's names (None: none yet)
         self._admitted: set[str] = set()  # names admitted by this process
@@ -118,6 +119,8 @@ class Admission:
         if (problem := check(schema, stored)) is not None:
             raise AdmissionError(problem)
         conform, version = self._conformer(dataset, rule, schema, stored, fresh)
+        if rule.schema == "separate":
+            self._check_case(dataset, stored, fresh)
         self._check_nesting(dataset)
         return Admitted(
             conform.schema if conform is not None else schema,
@@ -130,6 +133,7 @@ class Admission:
         """Take the dataset's schema from storage again at its next stream (a replace that failed)."""
         with self._schemas_lock:
             self._schemas.pop(dataset, None)
+            self._cases.pop(dataset, None)
             self.versions[dataset] = self.versions.get(dataset, 0) + 1
 
     def _conformer(
@@ -159,6 +163,31 @@ class Admission:
             raise AdmissionError(f"dataset {dataset!r} (schema = {rule.schema}): {exc}") from None
         conform = Conformer(target, schema, rule.fields, lambda kind: stored_type(kind, rule.types))
         return (None if conform.identity else conform), version
+
+    def _check_case(self, dataset: str, stored: pa.Schema, fresh: bool) -> None:
+        """``separate``: each stream keeps its schema, but readers read the dataset's files together; a column
+        whose name differs only in case from one the dataset already has would be two columns to pyarrow,
+        one to Spark (which refuses the files) and a renamed one to DuckDB. Refused, naming both. The
+        dataset's names come from this process's streams and, once, from its newest files in storage."""
+        with self._schemas_lock:
+            seen = {} if fresh else self._cases.get(dataset)  # a replace starts the dataset anew
+        if seen is None:
+            known = self._dataset_schema(dataset)  # outside the lock: it may read storage
+            seen = {f.name.lower(): f.name for f in known} if known is not None else {}
+        for f in stored:
+            other = seen.get(f.name.lower())
+            if other is not None and other != f.name:
+                raise AdmissionError(
+                    f"dataset {dataset!r}: column {f.name!r} differs only in case from the dataset's column "
+                    f"{other!r}: Spark reads them as one column and refuses the files, DuckDB renames one; send "
+                    f"it as {other!r} or rename it"
+                )
+        with self._schemas_lock:
+            merged = self._cases.setdefault(dataset, seen) if not fresh else self._cases.setdefault(dataset, {})
+            if fresh:
+                merged.clear()
+            for f in stored:
+                merged.setdefault(f.name.lower(), f.name)
 
     def _dataset_schema(self, dataset: str) -> pa.Schema | None:
         """The dataset's schema so far: this process's, else (read once) the union of its newest files'."""

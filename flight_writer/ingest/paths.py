@@ -15,7 +15,12 @@ def dataset_from_path(segments: list[str]) -> str:
     for seg in segments:
         if seg in (".", "..") or not _SEGMENT.fullmatch(seg):
             raise ValueError(
-                f"invalid dataset path segment {seg!r}: use 1-128 characters from [A-Za-z0-9_.-], "
+                f"invalid dataset path segment {_shown(seg)}: use 1-128 characters from [A-Za-z0-9_.-], "
                 "starting with a letter or digit"
             )
     return "/".join(segments)
+
+
+def _shown(segment: str) -> str:
+    """A segment as an error message quotes it: a client's 1 MiB name is not echoed back whole."""
+    return repr(segment) if len(segment) <= 200 else f"{segment[:200]!r}... ({len(segment)} characters)"

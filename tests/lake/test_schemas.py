@@ -111,6 +111,23 @@ def test_separate_keeps_each_schema_in_its_own_file(data_root):
     assert len(parquet_files(data_root, "sep")) == 2
 
 
+def test_separate_refuses_a_column_that_differs_only_in_case_from_the_datasets_also_after_a_restart(data_root):
+    """Each stream keeps its schema, but readers read the files together: 'a' in one file and 'A' in another
+    are one column to Spark (which refuses them) and a renamed one to DuckDB."""
+    lower, upper = batch(a=pa.array([1])), batch(A=pa.array([2]))
+    with running(data_root, datasets={"schema": "separate"}) as svc, flight.connect(svc.location) as c:
+        put(c, "cases", [lower])
+        with pytest.raises(flight.FlightServerError, match=r"column 'A' differs only in case .* column 'a'"):
+            send(c, flight.FlightDescriptor.for_path("cases"), upper)
+        put(c, "cases", [batch(a=pa.array([3]), b=pa.array(["x"]))])  # another schema, same names: taken
+        action(c, "flush")
+    with running(data_root, datasets={"schema": "separate"}) as svc, flight.connect(svc.location) as c:
+        with pytest.raises(flight.FlightServerError, match=r"column 'B' differs only in case .* column 'b'"):
+            send(c, flight.FlightDescriptor.for_path("cases"), batch(B=pa.array(["y"])))  # read from the files
+        put(c, "other", [upper])  # another dataset: its own names
+    assert len(parquet_files(data_root, "cases")) == 2
+
+
 def test_declared_columns_rule_over_a_dataset_that_has_files(data_root):
     put_first = batch(id=pa.array([1], pa.int32()), note=pa.array(["a"]))
     with running(data_root) as svc, flight.connect(svc.location) as c:
