@@ -1,33 +1,39 @@
-# Every target creates the virtual environment it needs; re-running is fast (a stamp file).
+# Every target creates the virtual environment it needs, with what it needs: make serve and make install the
+# server only; make test, make bench and make lint add their extras (pyproject.toml). Re-running is fast (a
+# stamp file per set).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 IMAGE ?= flight-writer
 
-.PHONY: serve test bench lint image image-base emulators cluster clean
+.PHONY: install serve test bench lint image image-base emulators cluster clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# .venv/.installed-<set>: pip install -e '.[<set>]' into .venv (created with an up-to-date pip if missing);
+# the set "server" is the runtime dependencies alone
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(BIN)/python || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip; }
+	$(BIN)/python -m pip install --quiet -e '.$(if $(filter server,$*),,[$*])'
+	touch $@
 
-serve: $(STAMP)
+# the flight-writer command in .venv/bin, with the server's dependencies only
+install: $(VENV)/.installed-server
+	@echo "installed: $(BIN)/flight-writer (source $(BIN)/activate puts it on PATH; pipx install . installs it for your user)"
+
+serve: $(VENV)/.installed-server
 	$(BIN)/flight-writer serve --config configs/settings.toml
 
 # the scale-out topology as local processes: nats-server, WRITERS=2 write processes, one ingest process
-cluster: $(STAMP)
+cluster: $(VENV)/.installed-cluster
 	deploy/cluster.sh
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # BENCH_SCALE=0.1 BENCH_REPEAT=1 make bench for a quick run; results in bench/results.json and bench/results.png
-bench: $(STAMP)
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check flight_writer tests bench
 	$(BIN)/ruff format --check flight_writer tests bench
 
@@ -36,7 +42,7 @@ lint: $(STAMP)
 # network. BASE=<another Debian bookworm image with python3> skips the local base.
 PODMAN ?= container/podman
 BASE ?=
-image: $(STAMP)
+image: $(VENV)/.installed-server
 	container/wheels.sh
 	base=$(if $(BASE),$(BASE),$$(PODMAN="$(PODMAN)" container/base-image.sh)) && \
 		$(PODMAN) build --format docker --tag $(IMAGE) --build-arg BASE=$$base .
@@ -44,7 +50,7 @@ image: $(STAMP)
 image-base:
 	PODMAN="$(PODMAN)" container/base-image.sh
 
-# Azurite (Azure Blob emulator) for the cloud tests; the S3 and GCS emulators come with the dev extras
+# Azurite (Azure Blob emulator) for the cloud tests; the S3 and GCS emulators come with the test extras
 emulators: .emulators/node_modules/.bin/azurite-blob
 .emulators/node_modules/.bin/azurite-blob:
 	npm install --prefix .emulators --no-audit --no-fund --silent azurite@3
