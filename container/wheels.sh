@@ -33,15 +33,15 @@ if ! diff -rq "$new" container/wheels/deps >/dev/null 2>&1; then
 fi
 
 # the package, unless its sources are those of the wheel there; built from a copy of them, as setuptools leaves
-# build/ and egg-info behind where it builds
-sources=$(find pyproject.toml README.md flight_writer -name __pycache__ -prune -o -type f -print0 | sort -z |
+# build/ and egg-info behind where it builds (LICENSE too: pyproject.toml's license-files)
+sources=$(find pyproject.toml README.md LICENSE flight_writer -name __pycache__ -prune -o -type f -print0 | sort -z |
     xargs -0 sha256sum | sha256sum | cut -c1-64)
 if [[ $(cat container/wheels/app/.sources 2>/dev/null) == "$sources" ]]; then
     exit 0
 fi
 src=$(mktemp -d /tmp/flight-writer-src.XXXXXX)
 trap 'status=$?; rm -rf "$new" "$src"; [[ $status = 0 ]] || cat "$log" >&2' EXIT
-tar -c --exclude=__pycache__ pyproject.toml README.md flight_writer | tar -x -C "$src"
+tar -c --exclude=__pycache__ pyproject.toml README.md LICENSE flight_writer | tar -x -C "$src"
 rm -rf container/wheels/app
 "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir container/wheels/app "$src" 2>>"$log"
 echo "$sources" >container/wheels/app/.sources
