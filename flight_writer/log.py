@@ -1,4 +1,5 @@
-"""Logging setup: loguru to stderr, human-readable or JSON lines (``log.json = true``)."""
+"""Logging setup: loguru to stderr, human-readable or JSON lines (``log.json = true``). The package keeps its
+logs off until this runs (see ``flight_writer``'s docstring): the command line calls it, a library user may."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level: <7} {message}"
 
 
 def configure_logging(settings: LogSettings) -> None:
+    """flight-writer's logs on, to stderr only (loguru's other handlers removed), at ``log.level``."""
     logger.remove()
     logger.add(
         sys.stderr,
@@ -21,3 +23,4 @@ def configure_logging(settings: LogSettings) -> None:
         backtrace=False,
         diagnose=False,
     )
+    logger.enable("flight_writer")

@@ -8,17 +8,21 @@ from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
+from loguru import logger
 
 from flight_writer import Service
 
 from helpers import LogCapture, ServerProcess, running
 
+# flight_writer keeps its logs off as a library (flight_writer/__init__.py); the suite turns them on, as the
+# command line does, so that a failing test shows the server's log and caplog_loguru sees it
+logger.enable("flight_writer")
+
 
 @pytest.fixture
 def caplog_loguru() -> Iterator[LogCapture]:
     """What the code logged through loguru during the test."""
-    from loguru import logger
-
+    logger.enable("flight_writer")  # the package is quiet as a library until enabled (done above too)
     capture = LogCapture()
     sink = logger.add(capture.lines.append, format="{level} {message}", level="DEBUG")
     yield capture

@@ -1,8 +1,11 @@
-"""Library use: a service built from parts (a queue and an OpenDAL operator), and the memory backend."""
+"""Library use: a service built from parts (a queue and an OpenDAL operator), the memory backend, and a
+library that logs nothing until the program turns its logs on."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import opendal
 import pyarrow as pa
@@ -12,7 +15,7 @@ import pytest
 
 from flight_writer import MemoryQueue, Service, Storage
 
-from helpers import action, put, settings_for
+from helpers import REPO, action, put, settings_for
 
 
 def read_all(storage: Storage, dataset: str) -> pa.Table:
@@ -78,3 +81,38 @@ def test_a_failed_start_gives_back_the_wal_so_a_retry_can_open_it(tmp_path):
             Service(busy).start()
     with Service(settings_for(tmp_path / "data", queue=queue)) as svc:  # same process, same WAL
         assert svc.queue.type == "wal"
+
+
+LIBRARY_PROGRAM = """
+import sys
+import pyarrow as pa, pyarrow.flight as flight
+from loguru import logger
+from flight_writer import Service, load_settings
+
+if sys.argv[1] == "enabled":
+    logger.enable("flight_writer")
+settings = load_settings(overrides={"server": {"location": "grpc://127.0.0.1:0"}, "storage": {"type": "memory"}})
+with Service(settings) as svc, flight.connect(svc.location) as client:
+    batch = pa.record_batch({"x": [1, 2, 3]})
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path("lib", "quiet"), batch.schema)
+    writer.write_batch(batch)
+    writer.close()
+    list(client.do_action(flight.Action("flush", b"")))
+print("done")
+"""
+
+
+def test_the_library_logs_nothing_until_the_program_enables_it():
+    """A Service in someone's program writes nothing to stderr (the logs of its start, writes and stop
+    included), until the program calls logger.enable("flight_writer")."""
+
+    def run(mode: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", LIBRARY_PROGRAM, mode], capture_output=True, text=True, cwd=REPO, timeout=60
+        )
+        assert done.returncode == 0 and done.stdout == "done\n", done.stderr
+        return done
+
+    assert run("quiet").stderr == ""
+    enabled = run("enabled").stderr
+    assert "flight-writer" in enabled and "(port " in enabled and "stopped: durable through seq 1" in enabled
