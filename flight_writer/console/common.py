@@ -12,11 +12,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 
 DEFAULT_LOCATION = "grpc://127.0.0.1:8815"
 ACTION_TIMEOUT = 10.0  # seconds for one status/ack call (an ack that waits asks for less than this)
 RETRYABLE = (flight.FlightUnavailableError, flight.FlightTimedOutError, flight.FlightCancelledError)
 CALL_ERRORS = (flight.FlightError, pa.ArrowException, OSError)  # a call refused, or its connection broke
+MAX_WIDTH = 1000  # columns at most for output that is not a terminal's
 
 
 class CommandError(Exception):
@@ -121,6 +124,18 @@ def fetch_status(conn: Connection, client: flight.FlightClient | None = None) ->
         if isinstance(exc, flight.FlightError) and not isinstance(exc, RETRYABLE):  # it answered: no
             raise CommandError(f"{conn.location}: {one_line(exc)}") from None
         raise CommandError(f"no answer from {conn.location}: {one_line(exc)}") from None
+
+
+# -- output ------------------------------------------------------------------------------------------------
+def print_view(view: RenderableType) -> None:
+    """Print a table or view to stdout. On a terminal rich fits it to the terminal's width; elsewhere (a pipe,
+    a file) at the width it needs, so that nothing is cut for lack of room: ``$COLUMNS``, when set, still
+    decides."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        needed = Measurement.get(console, console.options.update_width(MAX_WIDTH), view).maximum
+        console = Console(width=max(needed, console.width))
+    console.print(view)
 
 
 # -- numbers for people ------------------------------------------------------------------------------------

@@ -68,14 +68,28 @@ def run_send(args: argparse.Namespace) -> int:
         summary += f"; {sender.duplicates:,} batches the server already had"
     if sender.reconnects:
         summary += f"; reconnected {sender.reconnects} times"
-    if durable is not None:
-        summary += f"; durable through seq {durable['durable_through']:,} in {len(durable['files'])} files"
+    if durable is not None and sender.seqs:
+        summary += "; " + durable_summary(durable)
     print(summary)
     if durable and durable["failed"]:
         for ack in durable["failed"]:
             print(f"flight-writer: seq {ack['seq']} failed: {ack.get('error')}", file=sys.stderr)
         return 1
     return 0
+
+
+def durable_summary(durable: dict[str, Any]) -> str:
+    """What ``--durable`` found of this send's own seqs (``Sender.wait_durable``): durable, in how many files,
+    or how many failed. Not the server's ``durable_through``, which counts every client's seqs."""
+    stored, failed, files = durable["durable"], len(durable["failed"]), len(durable["files"])
+    text = "all durable" if not failed else f"{stored:,} of {stored + failed:,} seqs durable"
+    if files:  # "at least": the server names the file of its last server.ack_history seqs only
+        text += f", in {'at least ' if durable['unnamed'] else ''}{plural(files, 'file')}"
+    return text + (f"; {plural(failed, 'seq')} failed" if failed else "")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 def _send_all(

@@ -207,10 +207,15 @@ class Sender:
             self._client = None
 
     def wait_durable(self, say: Callable[[str], None]) -> dict[str, Any]:
-        """Ask ``ack`` (waiting on the server) until every seq sent is durable or failed."""
+        """Ask ``ack`` (waiting on the server) until every seq sent is durable or failed. Returns this send's
+        own: ``durable`` (how many of its seqs are), ``files`` (those that hold them, as far as the server still
+        names them), ``unnamed`` (durable seqs without a file named: zero-row batches, or seqs older than the
+        server's last ``server.ack_history``), ``failed`` (their acks); and ``durable_through``, the server's
+        position over every client's seqs (not this send's own)."""
         todo = sorted(set(self.seqs))
         failed: list[dict[str, Any]] = []
         files: set[str] = set()
+        durable = unnamed = 0
         through = 0
         started = time.monotonic()
         told = False
@@ -235,11 +240,21 @@ class Sender:
                 elif ack["state"] != "durable" and ack["seq"] > through:
                     continue
                 resolved.add(ack["seq"])
-                if ack.get("file"):
-                    files.add(ack["file"])
+                if ack["state"] != "failed":
+                    durable += 1
+                    if ack.get("file"):
+                        files.add(ack["file"])
+                    else:
+                        unnamed += 1
             todo = [s for s in todo if s not in resolved]
             started = time.monotonic()  # the server answers: wait as long as storage takes
             if todo and not told:
                 say(f"waiting until {len(todo)} batches are stored...")
                 told = True
-        return {"durable_through": through, "files": sorted(files), "failed": failed}
+        return {
+            "durable": durable,
+            "files": sorted(files),
+            "unnamed": unnamed,
+            "failed": failed,
+            "durable_through": through,
+        }

@@ -8,11 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from flight_writer.console.common import Connection, count, fetch_status, lag, new_command, seconds, size
+from flight_writer.console.common import (
+    Connection,
+    count,
+    fetch_status,
+    lag,
+    new_command,
+    print_view,
+    seconds,
+    size,
+)
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +33,7 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    Console().print(status_table(status, args.location))
+    print_view(status_table(status, args.location))
     return 0
 
 

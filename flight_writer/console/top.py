@@ -28,6 +28,7 @@ from flight_writer.console.common import (
     lag,
     new_command,
     one_line,
+    print_view,
     seconds,
     size,
 )
@@ -81,7 +82,8 @@ class TopState:
         return delta / elapsed
 
 
-def top_view(state: TopState) -> Group:
+def top_view(state: TopState, live: bool = True) -> Group:
+    """One view of ``state``; ``live``: the one ``top`` keeps redrawing (says how to quit), else ``--once``'s."""
     s = state.current or {}
     header = Text()
     header.append("flight-writer top", style="bold")
@@ -124,14 +126,17 @@ def top_view(state: TopState) -> Group:
     parts: list[Any] = [header, throughput, health, errors]
     if isinstance(s.get("datasets"), dict) and s["datasets"]:  # when the server reports per dataset
         parts.append(_datasets_table(s["datasets"]))
-    footer = Text(f"polling status every {state.interval:g} s; q or Ctrl-C quits", style="dim")
-    return Group(*parts, footer)
+    if live:
+        parts.append(Text(f"polling status every {state.interval:g} s; q or Ctrl-C quits", style="dim"))
+    else:
+        parts.append(Text(f"rates over {state.interval:g} s between two polls of status", style="dim"))
+    return Group(*parts)
 
 
 def _datasets_table(datasets: dict[str, Any]) -> Table:
     keys = list(dict.fromkeys(k for v in datasets.values() if isinstance(v, dict) for k in v))
     table = Table(title="datasets", title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("dataset")
+    table.add_column("dataset", overflow="fold")  # a name too wide for the terminal goes on, never cut
     for key in keys:
         table.add_column(key.replace("_", " "), justify="right")
     for name, values in sorted(datasets.items()):
@@ -150,12 +155,12 @@ def run_top(args: argparse.Namespace) -> int:
     except CALL_ERRORS as exc:
         raise CommandError(f"no answer from {conn.location}: {one_line(exc)}") from None
     state.update(fetch_status(conn, client))  # a server that does not answer at all: one line, exit 1
-    console = Console()
     if args.once:
         time.sleep(args.interval)
         state.update(fetch_status(conn, client))
-        console.print(top_view(state))
+        print_view(top_view(state, live=False))
         return 0
+    console = Console()
     with _keys() as pressed, Live(top_view(state), console=console, screen=True, auto_refresh=False) as live:
         try:
             next_poll = time.monotonic() + args.interval

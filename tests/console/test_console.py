@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flight_writer.cli import main
+from flight_writer.console.send import durable_summary
 from flight_writer.ingest.auth import hash_secret, new_token
 
 from emulators import free_port
@@ -123,6 +124,18 @@ actions = ["status", "ack"]
         assert read_dataset(data_root, "team-a/spans", "i") == TABLE
 
 
+def test_top_once_prints_whole_dataset_names_and_no_keys(service, client, capsys, monkeypatch):
+    """Not a terminal (a pipe, a file): the view is as wide as it needs, so long dataset names are not cut;
+    and --once reads no keys, so it does not say how to quit."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    name = "org-" + "a" * 60 + "/team-" + "b" * 40 + "/spans-" + "c" * 50
+    put(client, name, [TABLE.to_batches()[0]])
+    assert cli("top", "--once", "--interval", "0.1", "--location", service.location) == 0
+    out = capsys.readouterr().out
+    assert any(line.strip().startswith(name + " ") for line in out.splitlines()), out
+    assert "quits" not in out and "rates over 0.1 s" in out
+
+
 # -- send --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["parquet", "arrow-file", "arrow-stream", "csv", "jsonl"])
 def test_send_each_format(service, client, data_root, inputs, kind, capsys):
@@ -138,13 +151,38 @@ def test_send_durable_returns_once_stored_and_a_second_send_stores_nothing(servi
     files = [str(inputs["parquet"]), str(inputs["csv"])]
     assert cli("send", "demo/spans", *files, "--batch-rows", "1000", "--durable", "--location", service.location) == 0
     out = capsys.readouterr().out
-    assert "sent 5,000 rows" in out and "in 6 batches" in out and "; durable through seq 6 in " in out
+    assert "sent 5,000 rows" in out and "in 6 batches" in out and re.search(r"; all durable, in \d+ files?\n", out)
     # no flush: --durable waited until the writer stored it all (the flush interval is 600 s here)
     assert read_dataset(data_root, "demo/spans").num_rows == 2 * N
     # the same files again: the same batch ids, so the server keeps nothing twice
     assert cli("send", "demo/spans", *files, "--batch-rows", "1000", "--durable", "--location", service.location) == 0
     assert "6 batches the server already had" in capsys.readouterr().out
     assert read_dataset(data_root, "demo/spans", "i") == pa.concat_tables([TABLE, TABLE]).sort_by("i")
+
+
+def test_send_durable_speaks_of_its_own_seqs_in_files_counted_right(service, client, inputs, capsys):
+    """Another client's batches wait in the queue (seqs 1-2, not durable): this send's own seqs are durable
+    all the same, and the summary says so, not the server's durable_through (which the others hold back)."""
+    put(client, "others/spans", [TABLE.to_batches()[0]] * 2)
+    argv = ["send", "demo/own", str(inputs["parquet"]), "--batch-rows", "1000", "--durable"]
+    assert cli(*argv, "--location", service.location) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("to demo/own: seqs 3-5; all durable, in 1 file\n"), out
+    assert action(client, "status")["durable_through"] == 0  # what the old summary printed as "durable through"
+
+
+def test_durable_summary_wording():
+    def summary(durable: int, files: int, failed: int = 0, unnamed: int = 0) -> str:
+        acks = [{"seq": i, "state": "failed"} for i in range(failed)]
+        paths = [f"f{i}.parquet" for i in range(files)]
+        return durable_summary({"durable": durable, "files": paths, "unnamed": unnamed, "failed": acks})
+
+    assert summary(4, 1) == "all durable, in 1 file"
+    assert summary(4, 2) == "all durable, in 2 files"
+    assert summary(1, 0, unnamed=1) == "all durable"  # a zero-row batch: durable, in no file
+    assert summary(3, 2, unnamed=1) == "all durable, in at least 2 files"  # a file the server no longer names
+    assert summary(3, 1, failed=1) == "3 of 4 seqs durable, in 1 file; 1 seq failed"
+    assert summary(0, 0, failed=2) == "0 of 2 seqs durable; 2 seqs failed"
 
 
 def test_send_stdin(service, client, data_root, inputs):
@@ -218,7 +256,7 @@ def test_send_resumes_after_the_server_restarts(tmp_path, server_process):
     sender.stderr.close()  # type: ignore[union-attr]
     assert sender.returncode == 0, err
     assert "connection lost" in err and "reconnected 1 times" in out, err
-    assert "sent 2,500 rows" in out and "durable through seq" in out
+    assert "sent 2,500 rows" in out and "; all durable, in " in out
     assert read_dataset(tmp_path / "data", "demo/resumed", "i") == TABLE
 
 
