@@ -1,8 +1,8 @@
-"""``flight-writer serve`` runs the service until SIGTERM/SIGINT (SIGHUP reloads its settings);
-``flight-writer check`` asks a running server for its status and exits 0 if it answers (1 otherwise);
-``flight-writer hash-secret`` hashes a password and ``new-token`` makes a machine token for
-``auth.principals_file``; ``status``, ``top`` and ``send``
-are in console/."""
+"""The ``flight-writer`` command: ``serve`` runs the service until SIGTERM/SIGINT (SIGHUP reloads its
+settings); ``config`` prints the default settings file; ``check`` asks a running server for its status and
+exits 0 if it answers (1 otherwise); ``hash-secret`` hashes a password and ``new-token`` makes a machine token
+for ``auth.principals_file``. The commands for people at a terminal (``status``, ``top``, ``send``) are in
+console/. A reader that closes the pipe early (``| head``) ends a command quietly."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import signal
 import sys
 import threading
 import time
+from importlib import resources
 
 from loguru import logger
 
-from flight_writer import console
+from flight_writer import __version__, console
 from flight_writer.config import ConfigError, load_settings
 from flight_writer.console.common import connection_arguments
 from flight_writer.lake.storage import StorageError
@@ -30,16 +31,60 @@ from flight_writer.signals import SignalInbox, StopRequests
 TRIM_EVERY = 0.1  # seconds between malloc_trim calls
 
 
+DESCRIPTION = """\
+An Apache Arrow Flight ingestion server: producers stream Arrow record batches to it (do_put, or ADBC
+Flight SQL bulk ingestion); it writes them as Parquet files to local disk or object storage (S3, Azure
+Blob, GCS, ...) and tells clients when their data is durable."""
+
+EPILOG = """\
+start here:
+  flight-writer config > settings.toml      the default settings, each explained: edit what you need
+  flight-writer serve --config settings.toml
+  flight-writer send demo/spans spans.parquet
+  flight-writer top                         watch it work
+
+status, top, send and check reach the server at --location (default $FLIGHT_WRITER_URL, else
+grpc://127.0.0.1:8815). flight-writer COMMAND --help says more about each command."""
+
+PIPE_CLOSED = 1  # the exit status when the reader closed the pipe: Python's documented choice, and rich's
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flight-writer", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the Flight ingestion server")
-    serve.add_argument("--config", help="a TOML settings file (see configs/settings.toml)")
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return PIPE_CLOSED
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="flight-writer",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"flight-writer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the server (Flight on server.location; stops on SIGTERM or Ctrl-C)")
+    serve.add_argument(
+        "--config", help="a TOML settings file (`flight-writer config` prints the defaults to start from)"
+    )
     serve.add_argument(
         "--role",
         choices=("all", "ingest", "write"),
         default="all",
         help="all: take batches and write them (default); ingest or write: one side, with queue.type = nats",
+    )
+    sub.add_parser(
+        "config",
+        help="print the default settings file, the one to start from: every setting with its default, explained",
+        description="Print the default settings file (TOML): every setting with its default and what it does. "
+        "It is the file to start from: flight-writer config > settings.toml, change what you need, then "
+        "flight-writer serve --config settings.toml. Settings left out keep their defaults, and any setting "
+        "can also come from an environment variable FLIGHT_WRITER_<SECTION>__<KEY>.",
     )
     check = sub.add_parser("check", help="exit 0 if a server answers the status action")
     connection_arguments(check)  # --location, --tls-ca, credentials as the console commands take them
@@ -53,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)
+    if args.command == "config":
+        return _print_config()
     if args.command == "hash-secret":
         return _hash_secret()
     if args.command == "new-token":
@@ -60,6 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return _check(args)
     return _serve(args.config, args.role)
+
+
+def _stdout_to_devnull() -> None:
+    """The reader is gone: what is still buffered for stdout goes nowhere, so that the interpreter's own
+    flush at exit does not fail again (and print 'Exception ignored ... BrokenPipeError')."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a descriptor (captured, replaced): nothing to flush at exit
+        pass
+
+
+def default_settings_text() -> str:
+    """configs/settings.toml as the package ships it (flight_writer/settings.toml, a copy kept equal by a test)."""
+    return resources.files("flight_writer").joinpath("settings.toml").read_text(encoding="utf-8")
+
+
+def _print_config() -> int:
+    sys.stdout.write(default_settings_text())
+    return 0
 
 
 def _serve(config: str | None, role: str = "all") -> int:

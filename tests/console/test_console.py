@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 
+from flight_writer import __version__
 from flight_writer.cli import main
 from flight_writer.console.send import durable_summary
 from flight_writer.ingest.auth import hash_secret, new_token
@@ -134,6 +135,48 @@ def test_top_once_prints_whole_dataset_names_and_no_keys(service, client, capsys
     out = capsys.readouterr().out
     assert any(line.strip().startswith(name + " ") for line in out.splitlines()), out
     assert "quits" not in out and "rates over 0.1 s" in out
+
+
+# -- the command itself ------------------------------------------------------------------------------------
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli("--version")
+    assert exit.value.code == 0
+    assert capsys.readouterr().out == f"flight-writer {__version__}\n"
+
+
+def test_help_describes_the_product_and_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli("--help")
+    out = capsys.readouterr().out
+    assert "console/" not in out and "Arrow Flight ingestion server" in out
+    for command in ("serve", "config", "check", "hash-secret", "new-token", "status", "top", "send"):
+        assert re.search(rf"^    {command}\b", out, re.M), command
+    assert "flight-writer config > settings.toml" in out
+
+
+def test_config_prints_the_default_settings_file(capsys):
+    assert cli("config") == 0
+    assert capsys.readouterr().out == (REPO / "configs" / "settings.toml").read_text()
+    with pytest.raises(SystemExit):
+        cli("config", "--help")
+    assert "the file to start from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv", [["status", "--json"], ["status"], ["top", "--once", "--interval", "0.1"], ["config"]], ids=" ".join
+)
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(service, argv):
+    """``flight-writer status --json | head -1``: the reader is gone before the command writes. No traceback,
+    no 'Exception ignored' at exit, and exit status 1 (Python's advice for a closed pipe; rich's too)."""
+    command = [sys.executable, "-m", "flight_writer.cli", *argv]
+    if argv[0] != "config":
+        command += ["--location", service.location]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the command has even imported pyarrow: its first write finds no reader
+    _, err = proc.communicate(timeout=60)
+    assert err == "" and proc.returncode == 1, err
 
 
 # -- send --------------------------------------------------------------------------------------------------
