@@ -45,6 +45,8 @@ def test_a_later_stop_signal_exits_at_once_with_status_1():
     program = (
         "import signal\n"
         "from flight_writer.signals import StopRequests\n"
+        "from loguru import logger\n"
+        "logger.enable('flight_writer')  # the library is quiet until enabled; the CLI enables it\n"
         "stops = StopRequests(window=0)\n"
         "stops.note(signal.SIGTERM)\n"
         "stops.note(signal.SIGINT)\n"
