@@ -109,7 +109,7 @@ def load_settings(
         # dynaconf merges the file with FLIGHT_WRITER_<SECTION>__<KEY> variables (parsed as TOML values)
         conf = Dynaconf(settings_files=files, environments=False, envvar_prefix=ENV_PREFIX, merge_enabled=True)
         raw: dict[str, Any] = {}
-        _merge(raw, conf.as_dict())
+        _merge(raw, {k: v for k, v in conf.as_dict().items() if not _client_variable(k, v)})
     except Exception as exc:  # dynaconf wraps TOML errors in several types
         raise ConfigError(f"config file {files[0] if files else ''!r} cannot be read: {exc}") from None
     for var, (section, key) in SEED_VARIABLES.items():
@@ -119,6 +119,15 @@ def load_settings(
     if overrides:
         _merge(raw, {s: dict(v) for s, v in overrides.items()})
     return build_settings(raw)
+
+
+# FLIGHT_WRITER_URL, _TOKEN, _USER and _PASSWORD are the command-line clients' (status, top, send, check), not
+# settings: a shell that has them set for the clients must still be able to run serve
+CLIENT_VARIABLES = ("url", "token", "user", "password")
+
+
+def _client_variable(name: str, value: Any) -> bool:
+    return name.lower() in CLIENT_VARIABLES and not isinstance(value, Mapping)
 
 
 def _refuse_secrets_in(path: str | os.PathLike[str]) -> None:

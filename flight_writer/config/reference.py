@@ -245,10 +245,8 @@ Sources, later ones winning:
    of strings also takes `a,b,c`;
 5. `overrides={{...}}`, for a library user (`load_settings`, see [Library API](library.md)).
 
-Every `{prefix}_...` variable is read as a setting, so the client commands' variables
-(`{prefix}_URL`, `{prefix}_TOKEN`, `{prefix}_USER`, `{prefix}_PASSWORD`) stop `flight-writer serve` with
-`unknown settings section [url]` while they are set: start the server without them, e.g.
-`env -u {prefix}_URL -u {prefix}_TOKEN flight-writer serve --config settings.toml`.
+The client commands' variables (`{prefix}_URL`, `{prefix}_TOKEN`, `{prefix}_USER`, `{prefix}_PASSWORD`)
+are not settings: the server ignores them, so one shell can run both.
 
 Values:
 

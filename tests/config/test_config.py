@@ -217,3 +217,12 @@ def test_make_serve_listens_on_loopback_and_serve_refuses_0000_without_auth():
     assert local_only(load_settings(REPO / "configs" / "settings.toml").server.location)
     done = run_cli("serve", env={"FLIGHT_WRITER_SERVER__LOCATION": "grpc://0.0.0.0:0"})  # refused before listening
     assert done.returncode == 2 and "auth.allow_anonymous = true" in done.stderr
+
+
+def test_the_command_line_clients_variables_are_not_settings(monkeypatch):
+    """A shell set up for flight-writer status/send (FLIGHT_WRITER_URL, _TOKEN, _USER, _PASSWORD) runs serve
+    too: they used to stop it with 'unknown settings section [url]'."""
+    for name, value in (("URL", "grpc://10.0.0.1:8815"), ("TOKEN", "fw_x"), ("USER", "me"), ("PASSWORD", "pw")):
+        monkeypatch.setenv(f"FLIGHT_WRITER_{name}", value)
+    monkeypatch.setenv("FLIGHT_WRITER_QUEUE__MAX_BYTES", "1MiB")  # real settings still apply
+    assert load_settings().queue.max_bytes == 1 << 20

@@ -174,8 +174,7 @@ CHECKS: dict[str, Callable[[Outputs], None]] = {
     "docs/cli/status.md": check_status,
     "docs/cli/send.md": check_send,
 }
-# pages whose blocks need no server: they run without one, and without FLIGHT_WRITER_URL (which `serve` and
-# load_settings would take for a setting)
+# pages whose blocks need no server: they run without one
 NO_SERVER = {"docs/reference/library.md", "docs/cli/new-token.md"}
 # blocks of other pages a page's blocks build on, run first in the same folder and server
 BEFORE: dict[str, list[tuple[str, str]]] = {
