@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 IMAGE ?= flight-writer
 
-.PHONY: install serve test bench lint image image-base emulators cluster clean
+.PHONY: install serve test bench lint docs image image-base emulators cluster clean
 
 # .venv/.installed-<set>: pip install -e '.[<set>]' into .venv (created with an up-to-date pip if missing);
 # the set "server" is the runtime dependencies alone
@@ -34,8 +34,12 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench
 
 lint: $(VENV)/.installed-lint
-	$(BIN)/ruff check flight_writer tests bench
-	$(BIN)/ruff format --check flight_writer tests bench
+	$(BIN)/ruff check flight_writer tests bench examples
+	$(BIN)/ruff format --check flight_writer tests bench examples
+
+# the documentation site into site/ (--strict: a broken link or anchor fails it); $(BIN)/mkdocs serve to read it
+docs: $(VENV)/.installed-docs
+	$(BIN)/mkdocs build --strict
 
 # The container (podman; Dockerfile, container/). The base image is made locally with debootstrap (needs root;
 # cached in container/cache/), the wheels on the host (container/wheels/), so the build itself needs no
@@ -56,4 +60,4 @@ emulators: .emulators/node_modules/.bin/azurite-blob
 	npm install --prefix .emulators --no-audit --no-fund --silent azurite@3
 
 clean:
-	rm -rf $(VENV) data wal cluster .pytest_cache .emulators
+	rm -rf $(VENV) data wal cluster site .pytest_cache .emulators

@@ -61,11 +61,15 @@ def run_send(args: argparse.Namespace) -> int:
             durable = _send_all(args, formats, dataset, sender, progress)
         finally:
             sender.close()
-    summary = f"sent {sender.rows:,} rows ({size(sender.nbytes)} of Arrow) in {len(sender.seqs):,} batches to {dataset}"
+    batches = len(sender.seqs)
+    summary = (
+        f"sent {sender.rows:,} rows ({size(sender.nbytes)} of Arrow) in {batches:,} "
+        f"batch{'' if batches == 1 else 'es'} to {dataset}"
+    )
     ranges = seq_ranges(sorted(set(sender.seqs)))
     summary += f": seqs {ranges if len(ranges) <= 60 else ranges[:57] + '...'}" if ranges else ""
     if sender.duplicates:
-        summary += f"; {sender.duplicates:,} batches the server already had"
+        summary += f"; {sender.duplicates:,} batch{'' if sender.duplicates == 1 else 'es'} the server already had"
     if sender.reconnects:
         summary += f"; reconnected {sender.reconnects} times"
     if durable is not None and sender.seqs:

@@ -7,7 +7,7 @@
   string -> large_string, ...); its batches are stored under the dataset's unified schema, so streams whose
   schemas differ share files instead of starting one per change. A stream that changes a column's type in
   any other way is refused at its start, naming the column. Older files keep their narrower schema: read
-  with ``union_by_name`` (DuckDB), ``mergeSchema`` (Spark), a unified schema (pyarrow), see the README.
+  with ``union_by_name`` (DuckDB), ``mergeSchema`` (Spark), a unified schema (pyarrow), see docs/guides/readers.md.
 - ``strict``: the dataset's schema is fixed: the declared ``columns``, else the first schema the server
   sees (in storage, or the first stream). A stream whose columns differ is refused at its start, naming them;
   types that cast safely to the dataset's are cast.
@@ -57,7 +57,7 @@ def readers_problem(schema: pa.Schema) -> str | None:
     - names that differ only in case: Spark refuses the files ([COLUMN_ALREADY_EXISTS]), DuckDB renames the
       second ``A_1`` (ASCII letters);
     - an empty name: DuckDB reads it as ``C0`` (a struct field: as another name, or the struct unnamed),
-      the Polars scan of README fails ("extra column in file outside of expected schema");
+      the Polars scan of docs/guides/readers.md fails ("extra column in file outside of expected schema");
     - a NUL character in a name: Polars panics or cuts the name there, DuckDB cuts it there.
     """
     return _names_problem([*schema], ())
@@ -72,7 +72,7 @@ def _names_problem(fields: list[pa.Field], path: tuple[str, ...]) -> str | None:
     for f in fields:
         where = f"column {f.name!r}" if not path else f"field {f.name!r}{at}"
         if f.name == "":
-            polars = "" if path else " and the Polars scan of README cannot read it"
+            polars = "" if path else " and the Polars scan the docs show cannot read it"
             return f"{where} has an empty name: DuckDB reads it under another name ('C0'){polars}; name it"
         if "\x00" in f.name:
             return f"{where} has a NUL character in its name: Polars and DuckDB cut the name there; rename it"

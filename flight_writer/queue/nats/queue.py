@@ -7,7 +7,7 @@ carries a ``Nats-Msg-Id``: the producer's batch id, or one the process makes, so
 ambiguous timeout is stored once; JetStream remembers ids for ``duplicate_window`` seconds (a duration, not
 the memory and WAL queues' count of ids). A full stream (``max_bytes``) refuses publishes: ``put`` retries
 until ``put_timeout``, then QueueFull. Batches over NATS's ``max_payload`` are refused with a message saying
-so (queue.max_payload notes in the README).
+so (the NATS server's max_payload: docs/operations/scaling.md).
 
 Write processes share one durable pull consumer: JetStream spreads the messages over them and redelivers a
 message not acknowledged within ``ack_wait`` (its process died). A process keeps the messages it holds
