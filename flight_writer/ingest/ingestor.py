@@ -26,6 +26,8 @@ from flight_writer.lake.layout import LayoutError
 from flight_writer.lake.schemas import SchemaError, readers_problem
 from flight_writer.queue import Ingest, QueueClosed, QueueFull, QueueWriteError
 
+MAX_ID_CHARS = 256  # a batch id's length: ids are kept (queue.dedupe_window of them), so each is bounded
+
 
 class Ingestor:
     """Streams into the queue: ``ingest`` a stream, ``make_durable`` what it sent. ``limits`` and
@@ -84,6 +86,8 @@ class Ingestor:
                 nbytes = stream.check(batch, meta)
                 batch, pieces = stream.conform(batch, nbytes)
                 client_id = _client_id(meta) if meta is not None and meta.size else None
+                if client_id is not None and len(client_id) > MAX_ID_CHARS:
+                    stream.refuse_id(client_id)
                 stream.answer(batch, client_id, *stream.put(batch, pieces, client_id))
             stream.finish()
         except QueueWriteError as exc:
@@ -188,6 +192,13 @@ class _Stream:
         _answer_taken(self._replies)
         self._refusals.count(reason, f"dataset {self._dataset!r}: {problem}")
         raise flight.FlightServerError(problem)
+
+    def refuse_id(self, client_id: str) -> NoReturn:
+        self._refuse(
+            f"a batch id of {len(client_id)} characters is over the limit of {MAX_ID_CHARS}: the server keeps "
+            "the last queue.dedupe_window ids, so their length is bounded (use a UUID or a counter)",
+            "limits",
+        )
 
     # -- the steps ----------------------------------------------------------------------------------
     def check(self, batch: pa.RecordBatch, meta: pa.Buffer | None) -> int:

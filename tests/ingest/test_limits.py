@@ -88,3 +88,16 @@ def test_deeply_nested_app_metadata_is_not_a_batch_id_and_the_batch_is_taken(cli
     assert "id" not in reply and reply["rows"] == 10
     assert action(client, "flush")["durable_through"] == reply["seq"]
     assert read_dataset(data_root, "deep").num_rows == 10
+
+
+def test_a_batch_id_longer_than_256_characters_is_refused_naming_the_limit(client, data_root):
+    """Ids are kept (queue.dedupe_window of them): 100,000 ids of 60 KB each would hold 6 GB."""
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path("ids"), GOOD.schema)
+    writer.write_with_metadata(GOOD, pa.py_buffer(json.dumps({"id": "a" * 256}).encode()))
+    assert json.loads(reader.read().to_pybytes())["id"] == "a" * 256  # at the limit: taken
+    writer.write_with_metadata(GOOD, pa.py_buffer(json.dumps({"id": "b" * 257}).encode()))
+    with pytest.raises(flight.FlightServerError, match="batch id of 257 characters is over the limit of 256"):
+        reader.read()
+        writer.close()
+    assert action(client, "flush")["durable_through"] == 1
+    assert read_dataset(data_root, "ids").num_rows == 10
