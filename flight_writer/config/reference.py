@@ -327,27 +327,14 @@ def _rules(example: str) -> str:
     )
 
 
-# the settings file's pointers into the README, now docs pages (relative to docs/reference/)
-README_SECTIONS = {
-    "Security": "[Security](../security.md)",
-    "Types": "[Types](../concepts/datasets.md#types)",
-}
-
-
 def _markdown(text: str) -> str:
     """A comment as Markdown text: ``<``, ``>`` and ``&`` outside code spans escaped, so that ``<stream>`` shows
-    and ``> 0`` is no quote; ``README: Security`` becomes a link to the page that says it now."""
+    and ``> 0`` is no quote; a pointer to a docs page (``docs/security.md``) becomes a link to it."""
     parts = text.split("`")
     for i in range(0, len(parts), 2):  # even parts are outside code spans
         part = parts[i].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        parts[i] = re.sub(r"README: (\w+)", lambda m: _readme_link(m.group(1)), part)
+        parts[i] = re.sub(r"docs/([\w/.-]+\.md(?:#[\w-]+)?)", lambda m: f"see [{m.group(1)}](../{m.group(1)})", part)
     return "`".join(parts)
-
-
-def _readme_link(section: str) -> str:
-    if section not in README_SECTIONS:
-        raise ConfigError(f"configs/settings.toml points to README: {section}: add it to README_SECTIONS")
-    return f"see {README_SECTIONS[section]}"
 
 
 def main() -> int:

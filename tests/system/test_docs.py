@@ -103,7 +103,7 @@ def test_reference_types_defaults_and_descriptions():
     assert rows["server.location"].description.endswith("needs auth.principals_file or allow_anonymous")
     assert rows["writer.max_file_rows"].description.startswith("a buffer is written as one file when")
     assert "<stream>" in rows["queue.stream"].description and "&lt;stream&gt;" in PAGE.read_text()
-    assert "(see [Security](../security.md))" in PAGE.read_text()  # the settings file's "README: Security"
+    assert "(see [security.md](../security.md))" in PAGE.read_text()  # the settings file's "docs/security.md"
 
 
 def test_comment_parser():

@@ -65,9 +65,11 @@ def imported(folder: Path) -> set[str]:
 
 
 def distributions_of(modules: set[str]) -> dict[str, set[str]]:
-    """For each module name, the installed distributions that provide it (normalized names)."""
+    """For each module name, the installed distributions that provide it (normalized names); a module not
+    installed here (the bench's matplotlib, in a venv made by make test) is taken to come from the
+    distribution of its own name."""
     provided = metadata.packages_distributions()
-    return {m: {_name(d) for d in provided.get(m, [])} for m in modules}
+    return {m: {_name(d) for d in provided.get(m, [])} or {_name(m)} for m in modules}
 
 
 # -- metadata ----------------------------------------------------------------------------------------------
