@@ -60,4 +60,4 @@ emulators: .emulators/node_modules/.bin/azurite-blob
 	npm install --prefix .emulators --no-audit --no-fund --silent azurite@3
 
 clean:
-	rm -rf $(VENV) data wal cluster site .pytest_cache .emulators
+	rm -rf $(VENV) data wal cluster site build .pytest_cache .emulators

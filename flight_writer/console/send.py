@@ -61,10 +61,10 @@ def run_send(args: argparse.Namespace) -> int:
             durable = _send_all(args, formats, dataset, sender, progress)
         finally:
             sender.close()
-    batches = len(sender.seqs)
+    batches = sender.batches
     summary = (
-        f"sent {sender.rows:,} rows ({size(sender.nbytes)} of Arrow) in {batches:,} "
-        f"batch{'' if batches == 1 else 'es'} to {dataset}"
+        f"sent {sender.rows:,} row{'' if sender.rows == 1 else 's'} ({size(sender.nbytes)} of Arrow) in "
+        f"{batches:,} batch{'' if batches == 1 else 'es'} to {dataset}"
     )
     ranges = seq_ranges(sorted(set(sender.seqs)))
     summary += f": seqs {ranges if len(ranges) <= 60 else ranges[:57] + '...'}" if ranges else ""

@@ -37,7 +37,8 @@ class Sender:
         self.dataset = dataset
         self.retry_for = retry_for
         self.say = say
-        self.seqs: list[int] = []
+        self.seqs: list[int] = []  # every seq the server gave: a batch split by partition has several
+        self.batches = 0  # batches the server answered
         self.rows = 0
         self.nbytes = 0
         self.duplicates = 0
@@ -115,7 +116,8 @@ class Sender:
                     if "id" in reply:
                         batch, _ = self._pending.popleft()
                         self._lost_since = None  # progress: a later loss gets the whole --retry-for again
-                        self.seqs.append(reply["seq"])
+                        self.seqs.extend(reply.get("seqs") or (reply["seq"],))
+                        self.batches += 1
                         self.duplicates += bool(reply.get("duplicate"))
                         self.rows += batch.num_rows
                         self.nbytes += batch.nbytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,13 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def moment(epoch: float | None) -> str:
+    """A Unix time as UTC, to the second ("-" if none)."""
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
 # status fields shown in sections, with how to show each; the rest go under "other"
 SECTIONS: list[tuple[str, list[tuple[str, str, Callable[[Any], str]]]]] = [
     ("server", [("version", "version", str), ("uptime_s", "uptime", seconds), ("queue", "queue", str),
@@ -48,7 +56,7 @@ SECTIONS: list[tuple[str, list[tuple[str, str, Callable[[Any], str]]]]] = [
                     ("queue_max_bytes", "queue bound", size), ("oldest_pending_seq", "oldest pending seq", count),
                     ("open_buffers", "open buffers", count)]),
     ("written", [("files_written", "files", count), ("rows_written", "rows", count),
-                 ("bytes_written", "Parquet bytes", size)]),
+                 ("bytes_written", "Parquet bytes", size), ("last_write_at", "last write", moment)]),
     ("errors", [("batches_failed", "batches failed", count), ("retries", "storage retries", count),
                 ("error_for_s", "current error for", seconds)]),
 ]  # fmt: skip
@@ -78,6 +86,7 @@ def status_table(status: dict[str, Any], location: str) -> Table:
     first = True
     for key, value in status.items():
         if key not in shown and not isinstance(value, dict | list):
-            table.add_row("other" if first else "", key, count(value) if isinstance(value, int) else str(value))
+            shown_value = "-" if value is None else count(value) if isinstance(value, int) else str(value)
+            table.add_row("other" if first else "", key, shown_value)
             first = False
     return table

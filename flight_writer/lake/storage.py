@@ -69,7 +69,10 @@ class Storage:
         root = settings.root
         if settings.type == "fs":
             root = os.path.abspath(root)
-            os.makedirs(root, exist_ok=True)
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"storage.root {root!r} cannot be made a directory: {exc.strerror}") from None
         if root:
             options["root"] = root
         if settings.bucket:

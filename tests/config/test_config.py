@@ -226,3 +226,9 @@ def test_the_command_line_clients_variables_are_not_settings(monkeypatch):
         monkeypatch.setenv(f"FLIGHT_WRITER_{name}", value)
     monkeypatch.setenv("FLIGHT_WRITER_QUEUE__MAX_BYTES", "1MiB")  # real settings still apply
     assert load_settings().queue.max_bytes == 1 << 20
+
+
+def test_a_storage_root_that_cannot_be_a_directory_is_named_at_start(tmp_path):
+    (tmp_path / "afile").write_text("a file where a folder must go")
+    done = run_cli("serve", env={"STORAGE_PATH": str(tmp_path / "afile" / "sub")})
+    assert done.returncode == 2 and "storage.root" in done.stderr and "cannot be made a directory" in done.stderr

@@ -446,3 +446,13 @@ def run_cli(*argv: str, stdin: Path) -> subprocess.CompletedProcess[str]:
             cwd=REPO,
             timeout=60,
         )
+
+
+def test_send_counts_every_seq_of_a_batch_split_by_partition(data_root, tmp_path, capsys):
+    """With a partition field a batch of two services is two seqs: the summary lists both, one batch."""
+    csv = tmp_path / "two.csv"
+    csv.write_text("service,v\napi,1\ndb,2\n")
+    with running(data_root, datasets={"fields": ["service"]}) as svc:
+        assert cli("send", "split/spans", str(csv), "--durable", "--location", svc.location) == 0
+    out = capsys.readouterr().out
+    assert "sent 2 rows (" in out and "in 1 batch to split/spans: seqs 1-2; all durable, in 2 files" in out
