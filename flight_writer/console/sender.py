@@ -143,8 +143,8 @@ class Sender:
         """Wait for news of the current stream; True when it has ended with every batch answered."""
         item = self._next_reply()
         if item is _END:
-            if self._pending:  # the server ended the call early without an error: start anew
-                self._recover(schema, flight.FlightUnavailableError("the server ended the stream early"))
+            if self._pending:  # the call ended early: closing it says why (a refusal), else start anew
+                self._recover(schema, ConnectionError("the server ended the stream early"))
                 return False
             return True
         if isinstance(item, CommandError):

@@ -456,3 +456,15 @@ def test_send_counts_every_seq_of_a_batch_split_by_partition(data_root, tmp_path
         assert cli("send", "split/spans", str(csv), "--durable", "--location", svc.location) == 0
     out = capsys.readouterr().out
     assert "sent 2 rows (" in out and "in 1 batch to split/spans: seqs 1-2; all durable, in 2 files" in out
+
+
+def test_a_refused_stream_is_said_as_the_refusal_not_as_a_lost_connection(data_root, tmp_path, capsys):
+    """The server refuses at stream start: the reply stream may end before the error is read. That used
+    to be taken for a lost connection about half the time ("reconnecting to re-send")."""
+    csv = tmp_path / "x.csv"
+    csv.write_text("date,v\n2026-01-01,1\n")  # a column named like a partition column: refused at start
+    with running(data_root) as svc:
+        for _ in range(10):
+            assert cli("send", "refused/spans", str(csv), "--location", svc.location) == 1
+            err = capsys.readouterr().err
+            assert "partition" in err and "reconnect" not in err and "connection lost" not in err, err
