@@ -140,7 +140,7 @@ max_file_rows = 400
         table = pq.read_table(f)  # every object is complete and readable
         rows.update(table.column("id").to_pylist())
         meta = pq.read_metadata(f).metadata
-        for part in meta[b"flight_writer.queue.seqs"].decode().split(","):
+        for part in meta[b"flight_writer.seqs"].decode().split(","):
             first, _, last = part.partition("-")
             seqs_seen.update(range(int(first), int(last or first) + 1))
     assert list(root.glob("_tmp/*")) == []  # no partial object left

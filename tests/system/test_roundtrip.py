@@ -95,7 +95,7 @@ def test_small_batches_share_row_groups_and_metadata_records_seqs(client, data_r
     assert kv[b"flight_writer.dataset"] == b"small"
     assert int(kv[b"flight_writer.seq_min"]) == replies[0]["seq"]
     assert int(kv[b"flight_writer.seq_max"]) == replies[-1]["seq"]
-    assert kv[b"flight_writer.queue.seqs"] == f"{replies[0]['seq']}-{replies[-1]['seq']}".encode()
+    assert kv[b"flight_writer.seqs"] == f"{replies[0]['seq']}-{replies[-1]['seq']}".encode()
     assert b"flight_writer.version" in kv
 
 

@@ -63,12 +63,12 @@ def test_joined_parts_read_back_in_every_reader(tmp_path):
     # the last part holds 20 row groups: long lists in the footer, ordinals renumbered across parts
     parts = [part(tables[0]), part(tables[1]), part(tables[2], row_group_rows=200)]
     path = tmp_path / "joined.parquet"
-    path.write_bytes(b"".join(footer.assemble(parts, {b"flight_writer.queue.seqs": b"1-3"})))
+    path.write_bytes(b"".join(footer.assemble(parts, {b"flight_writer.seqs": b"1-3"})))
 
     expected = pa.concat_tables(tables)
     f = pq.ParquetFile(path)
     assert f.metadata.num_row_groups == 22 and f.metadata.num_rows == 7001
-    assert f.metadata.metadata[b"flight_writer.queue.seqs"] == b"1-3"
+    assert f.metadata.metadata[b"flight_writer.seqs"] == b"1-3"
     assert f.read().replace_schema_metadata(None).equals(expected)  # the original types too (ARROW:schema kept)
     for i in range(f.metadata.num_row_groups):  # every row group where its offsets say
         group = f.read_row_group(i)
@@ -132,7 +132,7 @@ def test_row_groups_are_encoded_before_the_file_is_sealed(one_file, tmp_path):
     [path] = tmp_path.rglob("*.parquet")
     meta = pq.read_metadata(path)
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [100, 100, 100]
-    assert meta.metadata[b"flight_writer.queue.seqs"] == b"1-3"
+    assert meta.metadata[b"flight_writer.seqs"] == b"1-3"
     assert pq.read_table(path).column("id").to_pylist() == list(range(300))
     assert tracker.durable_through == 3 and stored == [(300, path.stat().st_size)]
     assert queue.stats()["pending_batches"] == 0
@@ -148,7 +148,7 @@ def test_a_file_of_many_row_groups_from_a_live_server(data_root):
         action(c, "flush")
     [f] = parquet_files(data_root, "many")
     meta = pq.read_metadata(f)
-    assert meta.num_row_groups == 12 and meta.metadata[b"flight_writer.queue.seqs"] == (
+    assert meta.num_row_groups == 12 and meta.metadata[b"flight_writer.seqs"] == (
         f"{replies[0]['seq']}-{replies[-1]['seq']}".encode()
     )
     assert read_dataset(data_root, "many").column("i").to_pylist() == list(range(12_000))

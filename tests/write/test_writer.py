@@ -120,7 +120,7 @@ def test_a_stored_file_is_told_to_followers_once_with_what_a_table_commit_needs(
         assert event.rows == stored.num_rows == 10 * len(event.seqs)
         assert event.footer is not None and event.footer.num_rows == stored.num_rows
         assert event.footer.row_group(0).column(0).statistics.min == stored.row_group(0).column(0).statistics.min
-        assert event.metadata[b"flight_writer.queue.seqs"] == stored.metadata[b"flight_writer.queue.seqs"]
+        assert event.metadata[b"flight_writer.seqs"] == stored.metadata[b"flight_writer.seqs"]
         assert pq.read_schema(path).remove_metadata().equals(event.schema.remove_metadata())
         assert set(event.partition) == {"date", "hour", "service"}
     assert [e.partition["service"] for e in events] == ["api", "a/b"]  # the folder value, decoded
