@@ -142,17 +142,29 @@ def _serve(config: str | None, role: str = "all") -> int:
     configure_logging(settings.log)
     _tune_malloc(settings.writer.threads)
     service = Service(settings, role=role)
-    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))  # a stop during start waits for it
-    try:
-        service.start()
-    except (StorageError, OSError) as exc:
-        print(f"flight-writer: cannot start: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # e.g. the port is taken: one line, not a traceback
-        print(f"flight-writer: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-
+    inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     stops = StopRequests(settings.server.same_stop_window)
+    # the start runs beside the main thread, which handles signals meanwhile: a WAL's recovery or a NATS
+    # connect may take long; a stop signal then stops once started, a later one exits at once
+    failed: list[BaseException] = []
+    logger.debug("starting: queue {}, storage {}, role {}", settings.queue.type, settings.storage.type, role)
+    starting = threading.Thread(target=_start, args=(service, failed), name="flight-writer-start")
+    starting.start()
+    reload_asked = False
+    while starting.is_alive():
+        for signum in inbox.wait(0.2):
+            if signum == signal.SIGHUP:
+                reload_asked = True  # applied once started
+            else:
+                stops.note(signum)
+    if failed:
+        inbox.close()
+        exc = failed[0]
+        shown = str(exc) if isinstance(exc, StorageError | OSError) else f"{type(exc).__name__}: {exc}"
+        print(f"flight-writer: cannot start: {shown}", file=sys.stderr)  # one line, not a traceback
+        return 2
+    if reload_asked and not stops.asked:
+        _reload(service, config)
     while not stops.asked:
         for signum in inbox.wait(0.5):
             if signum == signal.SIGHUP:
@@ -177,6 +189,13 @@ def _serve(config: str | None, role: str = "all") -> int:
     return 0
 
 
+def _start(service: Service, failed: list[BaseException]) -> None:
+    try:
+        service.start()
+    except Exception as exc:  # e.g. the port is taken, storage refuses: said by the main thread
+        failed.append(exc)
+
+
 def _reload(service: Service, config: str | None) -> None:
     """SIGHUP: read the settings file and environment again; apply what can change live (Service.reload)."""
     from flight_writer.ingest.auth import AuthError
@@ -185,6 +204,9 @@ def _reload(service: Service, config: str | None) -> None:
         live, restart = service.reload(load_settings(config))
     except (ConfigError, AuthError) as exc:
         logger.error("SIGHUP: nothing changed: {}", exc)
+        return
+    except Exception as exc:  # e.g. a file that is not UTF-8: a reload must never end the server
+        logger.error("SIGHUP: nothing changed: {}: {}", type(exc).__name__, exc)
         return
     for name in restart:
         logger.warning("SIGHUP: {} changed but needs a restart: kept as it was", name)

@@ -36,8 +36,7 @@ class SignalInbox:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        for signum in signums:
-            signal.signal(signum, _noted)
+        self._old_handlers = {signum: signal.signal(signum, _noted) for signum in signums}
 
     def wait(self, timeout: float) -> list[int]:
         """The signals received since the last call, waiting up to ``timeout`` seconds for one."""
@@ -50,6 +49,9 @@ class SignalInbox:
             return []
 
     def close(self) -> None:
+        """Give the signals back to the handlers they had, and the wakeup fd to what it was."""
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
         signal.set_wakeup_fd(self._old_fd)
         os.close(self._read)
         os.close(self._write)

@@ -13,6 +13,7 @@ import pytest
 
 from flight_writer.service import Service
 
+from emulators import free_port
 from helpers import action, read_dataset, settings_for, write_config
 
 ROWS = 100
@@ -192,3 +193,20 @@ def test_group_sigterm_through_make_serve_with_an_idle_stream_stops_at_the_deadl
         writer.write_batch(pa.record_batch({"x": [1]}))
         writer.close()
     c.close()
+
+
+def test_stop_signals_during_a_long_start_are_handled(tmp_path, server_process):
+    """A start may take long (a NATS server that does not answer: up to 15 s): the main thread handles
+    signals meanwhile; a second stop signal after the window exits at once."""
+    port = free_port()  # nothing listens there
+    config = write_config(
+        tmp_path / "s.toml",
+        tmp_path / "data",
+        f'[queue]\ntype = "nats"\nurl = ["nats://127.0.0.1:{port}"]\n[log]\nlevel = "debug"\n',
+    )
+    server = server_process(config, NO_WINDOW, ready="starting: queue nats")
+    server.proc.send_signal(signal.SIGTERM)
+    server.wait_for_log("SIGTERM: stopping gracefully")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 1
+    server.wait_for_log("SIGTERM again: exiting now")
