@@ -7,7 +7,9 @@
 - Per-dataset series are stable: a dataset exported once stays exported (``rate()`` and ``sum()`` need the
   series to go on); the first ``metrics.datasets`` names get series of their own, later ones are summed
   under ``dataset="(other)"``.
-- ``/healthz``: 200 while the process answers HTTP (liveness), with storage's health as detail (JSON).
+- ``/healthz``: 200 while the process answers HTTP (liveness), with storage's health as detail (JSON), from
+  what the writer last saw: it asks neither storage nor the queue (a NATS server that stopped answering
+  must not make a liveness probe wait).
 - ``/readyz``: 200 when the server should get data: it is not starting or shutting down and the queue can
   take more (it holds at most ``metrics.ready_max_queue`` of ``queue.max_bytes``); else 503 with the reason.
   Storage errors do not make it unready unless ``metrics.ready_max_error_s`` is set (> 0): an outage all
@@ -181,6 +183,7 @@ class Metrics:
         status: Callable[[], dict[str, Any]],
         not_ready: Callable[[], str | None],
         dataset_counts: Callable[[], dict[str, dict[str, int]]] | None = None,
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         counts = dataset_counts or (lambda: status()["datasets"])
@@ -211,7 +214,9 @@ class Metrics:
             registry=self.registry,
         )
         host, _, port = settings.listen.rpartition(":")
-        self._http = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(self.registry, not_ready, status))
+        self._http = ThreadingHTTPServer(
+            (host.strip("[]"), int(port)), _handler(self.registry, not_ready, health or (lambda: {}))
+        )
         self._http.daemon_threads = True
         self._thread = threading.Thread(target=self._http.serve_forever, name="flight-writer-metrics", daemon=True)
 
@@ -240,22 +245,8 @@ class Metrics:
         self._thread.join()
 
 
-def _health(status: dict[str, Any]) -> dict[str, Any]:
-    """/healthz's detail: the process answers; storage works or has failed for how long, and why."""
-    failing = bool(status.get("last_error"))
-    return {
-        "alive": True,
-        "storage": {
-            "ok": not failing,
-            "failing_for_s": status.get("error_for_s") if failing else None,
-            "last_error": status.get("last_error"),
-            "last_write_at": status.get("last_write_at"),
-        },
-    }
-
-
 def _handler(
-    registry: CollectorRegistry, not_ready: Callable[[], str | None], status: Callable[[], dict[str, Any]]
+    registry: CollectorRegistry, not_ready: Callable[[], str | None], health: Callable[[], dict[str, Any]]
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -263,7 +254,7 @@ def _handler(
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":  # 200 whatever storage does: liveness; the detail says how it goes
-                self._send(200, json.dumps(_health(status())).encode() + b"\n", "application/json")
+                self._send(200, json.dumps({"alive": True, **health()}).encode() + b"\n", "application/json")
             elif path == "/readyz":
                 reason = not_ready()
                 body = json.dumps({"ready": reason is None, "reason": reason}).encode() + b"\n"

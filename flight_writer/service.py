@@ -123,7 +123,11 @@ class Service:
                 )
             if s.metrics.listen:
                 self.metrics = Metrics(
-                    s.metrics, self.status, self.not_ready, lambda: status.busiest_datasets(self, MAX_DATASETS)
+                    s.metrics,
+                    self.status,
+                    self.not_ready,
+                    lambda: status.busiest_datasets(self, MAX_DATASETS),
+                    lambda: status.health(self),
                 )
                 if self.writer is not None:
                     self.writer.followers.listeners.append(self.metrics.file_stored)

@@ -92,3 +92,20 @@ def _no_writer(queue_stats: dict[str, Any]) -> dict[str, Any]:
         "last_error": error,
         "error_for_s": 0.0 if error else None,
     }
+
+
+def health(service: Service) -> dict[str, Any]:
+    """/healthz's detail: how storage went for this process's writer, from what it last saw (no call to
+    storage or the queue: a liveness probe must answer at once). An ingest process has no writer: None."""
+    if service.writer is None:
+        return {"storage": None}
+    stats = service.writer.stats()
+    failing = stats["last_error"] is not None
+    return {
+        "storage": {
+            "ok": not failing,
+            "failing_for_s": stats["error_for_s"] if failing else None,
+            "last_error": stats["last_error"],
+            "last_write_at": stats["last_write_at"],
+        }
+    }
