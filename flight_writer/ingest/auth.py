@@ -54,6 +54,7 @@ SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
 SCRYPT_SLOTS = 2  # scrypt checks at once: CPU and memory (16 MiB each) a flood of Basic logins can take
 LOGIN_WAIT = 5.0  # seconds a Basic login waits for a slot before it is told to retry
 REMEMBERED = 4096  # session tokens kept
+SESSIONS_PER_PRINCIPAL = 64  # a principal's newest sessions kept: one cannot push out the others'
 TOKEN_PREFIX = "fw_"
 _TOKEN = re.compile(r"fw_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})")
 _SHA256 = re.compile(r"sha256\$([0-9a-f]{12})\$([0-9a-f]{64})")
@@ -175,33 +176,42 @@ class Authenticator:
     def __init__(self, principals: dict[str, Principal]) -> None:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(SCRYPT_SLOTS)
-        # session token -> (principal name, the hash its secret matched)
+        # session token -> (principal name, the hash its secret matched); per principal, its newest sessions
         self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._sessions_of: dict[str, OrderedDict[str, None]] = {}
         self.reload(principals)
 
     def reload(self, principals: dict[str, Principal]) -> None:
         tokens: dict[str, tuple[str, bytes, str]] = {}  # token id -> (principal name, digest, stored hash)
+        checks = 1  # scrypt checks per password login: the most scrypt hashes a principal has
         for principal in principals.values():
             for stored in principal.secret_hashes:
                 if (m := _SHA256.fullmatch(stored)) is not None:
                     tokens[m.group(1)] = (principal.name, bytes.fromhex(m.group(2)), stored)
-        self._principals, self._tokens = principals, tokens
+            checks = max(checks, sum(h.startswith("scrypt$") for h in principal.secret_hashes))
+        self._known = _Known(principals, tokens, checks)  # one attribute: a login reads one consistent set
 
     def login(self, name: str, secret: str) -> tuple[Principal, str] | None:
-        """Basic credentials -> the principal and a new session token, or None. LoginsBusy if no scrypt
+        """Basic credentials -> the principal and a bearer value for the next calls, or None. A machine
+        token as the password costs no scrypt and makes no session: it is its own bearer value. A password
+        makes a session (a principal keeps its newest ``SESSIONS_PER_PRINCIPAL``). LoginsBusy if no scrypt
         slot came free in time."""
-        if secret.startswith(TOKEN_PREFIX):  # a machine token as the password: no scrypt
+        if _TOKEN.fullmatch(secret):
             found = self._token(secret)
-            matched = (found[0], found[1]) if found is not None and found[0].name == name else None
-        else:
-            matched = self._password(name, secret)
+            return (found[0], secret) if found is not None and found[0].name == name else None
+        matched = self._password(name, secret)
         if matched is None:
             return None
         session = secrets.token_urlsafe(32)
         with self._lock:
             self._sessions[session] = (name, matched[1])
+            mine = self._sessions_of.setdefault(name, OrderedDict())
+            mine[session] = None
+            if len(mine) > SESSIONS_PER_PRINCIPAL:  # one principal cannot push out everyone else's
+                self._sessions.pop(mine.popitem(last=False)[0], None)
             if len(self._sessions) > REMEMBERED:
-                self._sessions.popitem(last=False)
+                old, (owner, _) = self._sessions.popitem(last=False)
+                self._sessions_of.get(owner, {}).pop(old, None)  # type: ignore[call-overload]
         return matched[0], session
 
     def bearer(self, token: str) -> Principal | None:
@@ -209,38 +219,51 @@ class Authenticator:
         with self._lock:
             known = self._sessions.get(token)
         if known is not None:
-            principal = self._principals.get(known[0])
+            principal = self._known.principals.get(known[0])
             return principal if principal is not None and known[1] in principal.secret_hashes else None
         found = self._token(token)
         return found[0] if found is not None else None
 
     def _token(self, token: str) -> tuple[Principal, str] | None:
         """A machine token's principal and stored hash: one dict lookup and one SHA-256, found or not."""
+        known = self._known
         m = _TOKEN.fullmatch(token)
-        entry = self._tokens.get(m.group(1)) if m is not None else None
+        entry = known.tokens.get(m.group(1)) if m is not None else None
         digest = _sha256(m.group(2) if m is not None else token)
         if entry is None:
             hmac.compare_digest(digest, bytes(32))  # as long as a wrong secret takes
             return None
         name, expected, stored = entry
-        principal = self._principals.get(name)
-        if not hmac.compare_digest(digest, expected) or principal is None:
+        principal = known.principals.get(name)
+        if not hmac.compare_digest(digest, expected) or principal is None or stored not in principal.secret_hashes:
             return None
         return principal, stored
 
     def _password(self, name: str, secret: str) -> tuple[Principal, str] | None:
-        """One scrypt check per scrypt hash of the principal (one of a dummy for an unknown name), in a slot."""
-        principal = self._principals.get(name)
+        """The same number of scrypt checks whatever the name (the most any principal needs, padded with a
+        dummy hash), every one run, in a slot: a wrong password, an unknown name and a principal with two
+        hashes (a rotation) take the same time."""
+        known = self._known
+        principal = known.principals.get(name)
         hashes = [h for h in principal.secret_hashes if h.startswith("scrypt$")] if principal is not None else []
+        hashes += [_DUMMY_SCRYPT] * (known.checks - len(hashes))
         if not self._slots.acquire(timeout=LOGIN_WAIT):
             raise LoginsBusy(f"{SCRYPT_SLOTS} password checks are running; retry in a moment")
         try:
-            matched = next((h for h in hashes or [_DUMMY_SCRYPT] if secret_matches(secret, h)), None)
+            results = [secret_matches(secret, h) for h in hashes]  # all of them, no early exit
         finally:
             self._slots.release()
-        if principal is None or matched is None or matched == _DUMMY_SCRYPT:
+        matched = next((h for h, ok in zip(hashes, results, strict=True) if ok and h != _DUMMY_SCRYPT), None)
+        if principal is None or matched is None:
             return None
         return principal, matched
+
+
+@dataclass(frozen=True)
+class _Known:
+    principals: dict[str, Principal]
+    tokens: dict[str, tuple[str, bytes, str]]
+    checks: int
 
 
 class HandshakeAllowed(flight.ServerAuthHandler):

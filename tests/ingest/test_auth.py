@@ -305,3 +305,40 @@ def test_a_principal_sees_only_its_own_datasets_files_and_flushes(data_root, pri
         with pytest.raises(flight.FlightUnauthorizedError, match="may not flush dataset 'admin/x'"):
             list(c.do_action(flight.Action("flush", b'{"dataset": "admin/x"}'), team_a))
         assert json_of(c.do_action(flight.Action("flush", b'{"dataset": "team-a/spans"}'), team_a))
+
+
+def test_logins_cannot_push_out_other_principals_sessions(principals, monkeypatch):
+    """A token login makes no session (the token is its own bearer value); a principal keeps only its newest
+    password sessions, so one principal's logins cannot evict another's."""
+    auth = Authenticator(load_principals(str(principals)))
+    _, admin_session = auth.login("admin", ADMIN)
+    for _ in range(5000):  # as fast as a dict: no scrypt for tokens
+        assert auth.login("team-a", TEAM_A_TOKEN) == (auth.bearer(TEAM_A_TOKEN), TEAM_A_TOKEN)
+    monkeypatch.setattr(auth_module, "SESSIONS_PER_PRINCIPAL", 2)
+    first = auth.login("team-a", TEAM_A)[1]
+    for _ in range(2):
+        auth.login("team-a", TEAM_A)
+    assert auth.bearer(first) is None  # team-a's oldest went
+    assert auth.bearer(admin_session).name == "admin"  # admin's stayed
+
+
+def test_every_password_login_runs_as_many_scrypt_checks_and_fw_passwords_work(tmp_path, monkeypatch):
+    """During a rotation a principal has two hashes: a wrong password for it, for another principal and for
+    an unknown name all run the same checks. A password that only looks like a token still logs in."""
+    path = tmp_path / "p.toml"
+    password = "fw_not-a-token-but-a-password"
+    path.write_text(
+        f'[principals.rotating]\nsecret = ["{hash_secret(TEAM_A)}", "{hash_secret(ADMIN)}"]\n'
+        f'[principals.plain]\nsecret = "{hash_secret(password)}"\n'
+    )
+    auth = Authenticator(load_principals(str(path)))
+    checks: list[str] = []
+    real = auth_module.secret_matches
+    monkeypatch.setattr(auth_module, "secret_matches", lambda s, h: checks.append(h) or real(s, h))
+    counts = []
+    for name in ("rotating", "plain", "nobody"):
+        checks.clear()
+        assert auth.login(name, "wrong-wrong-wrong-wrong") is None
+        counts.append(len(checks))
+    assert counts == [2, 2, 2]
+    assert auth.login("plain", password)[0].name == "plain" and auth.login("rotating", ADMIN)[0].name == "rotating"
