@@ -168,26 +168,34 @@ class Admission:
         """``separate``: each stream keeps its schema, but readers read the dataset's files together; a column
         whose name differs only in case from one the dataset already has would be two columns to pyarrow,
         one to Spark (which refuses the files) and a renamed one to DuckDB. Refused, naming both. The
-        dataset's names come from this process's streams and, once, from its newest files in storage."""
+        dataset's names come from this process's streams and, once, from its newest files in storage; the
+        check and the taking of the names are one step under the lock (two first streams cannot both pass)."""
         with self._schemas_lock:
-            seen = {} if fresh else self._cases.get(dataset)  # a replace starts the dataset anew
-        if seen is None:
-            known = self._dataset_schema(dataset)  # outside the lock: it may read storage
-            seen = {f.name.lower(): f.name for f in known} if known is not None else {}
-        for f in stored:
-            other = seen.get(f.name.lower())
-            if other is not None and other != f.name:
-                raise AdmissionError(
-                    f"dataset {dataset!r}: column {f.name!r} differs only in case from the dataset's column "
-                    f"{other!r}: Spark reads them as one column and refuses the files, DuckDB renames one; send "
-                    f"it as {other!r} or rename it"
-                )
+            known = fresh or dataset in self._cases
+        from_storage = None if known else self._stored_names(dataset)  # outside the lock: it reads storage
         with self._schemas_lock:
-            merged = self._cases.setdefault(dataset, seen) if not fresh else self._cases.setdefault(dataset, {})
             if fresh:
-                merged.clear()
+                self._cases[dataset] = {}  # a replace starts the dataset anew
+            seen = self._cases.setdefault(dataset, from_storage or {})
             for f in stored:
-                merged.setdefault(f.name.lower(), f.name)
+                other = seen.get(f.name.lower())
+                if other is not None and other != f.name:
+                    raise AdmissionError(
+                        f"dataset {dataset!r}: column {f.name!r} differs only in case from the dataset's column "
+                        f"{other!r}: Spark reads them as one column and refuses the files, DuckDB renames one; "
+                        f"send it as {other!r} or rename it"
+                    )
+            for f in stored:
+                seen.setdefault(f.name.lower(), f.name)
+
+    def _stored_names(self, dataset: str) -> dict[str, str]:
+        """The column names of the dataset's newest files, by lower case ({} if storage cannot say)."""
+        try:
+            schema = union(self._datasets.recent_schemas(dataset, RECENT_FILES))
+        except Exception as exc:  # ingest never waits for a failing storage: this process's names count
+            logger.warning("dataset {}: cannot read its names from storage ({}: {})", dataset, type(exc).__name__, exc)
+            return {}
+        return {f.name.lower(): f.name for f in schema} if schema is not None else {}
 
     def _dataset_schema(self, dataset: str) -> pa.Schema | None:
         """The dataset's schema so far: this process's, else (read once) the union of its newest files'."""

@@ -128,6 +128,16 @@ def test_separate_refuses_a_column_that_differs_only_in_case_from_the_datasets_a
     assert len(parquet_files(data_root, "cases")) == 2
 
 
+def test_separate_with_declared_columns_still_reads_the_names_in_storage(data_root):
+    rules = {"schema": "separate", "columns": {"id": "int64"}}
+    with running(data_root, datasets=rules) as svc, flight.connect(svc.location) as c:
+        put(c, "declared", [batch(id=pa.array([1]), extra=pa.array(["x"]))])
+        action(c, "flush")
+    refused = pytest.raises(flight.FlightServerError, match=r"column 'Extra' differs only in case .* column 'extra'")
+    with running(data_root, datasets=rules) as svc, flight.connect(svc.location) as c, refused:
+        send(c, flight.FlightDescriptor.for_path("declared"), batch(id=pa.array([2]), Extra=pa.array(["y"])))
+
+
 def test_declared_columns_rule_over_a_dataset_that_has_files(data_root):
     put_first = batch(id=pa.array([1], pa.int32()), note=pa.array(["a"]))
     with running(data_root) as svc, flight.connect(svc.location) as c:
