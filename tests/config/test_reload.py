@@ -78,3 +78,18 @@ def test_sighup_applies_live_settings_and_principals_and_names_the_rest(tmp_path
     assert call(c, "flush", TEAM_B, b'{"dataset": "team-b/logs"}')["durable_through"] == 2
     c.close()
     assert read_dataset(root, "team-a/spans").num_rows == 10 and read_dataset(root, "team-b/logs").num_rows == 10
+
+
+def test_a_settings_file_that_is_not_text_changes_nothing_and_the_server_goes_on(tmp_path, server_process):
+    root = tmp_path / "data"
+    config = write_config(tmp_path / "s.toml", root, "[writer]\nflush_interval = 600\n")
+    server = server_process(config)
+    c = flight.connect(server.location)
+    send(c, flight.FlightDescriptor.for_path("kept"), BATCH)  # queued: 600 s until written
+    config.write_bytes(config.read_bytes() + b"# caf\xe9\n")  # not UTF-8
+    server.proc.send_signal(signal.SIGHUP)
+    assert "UnicodeDecodeError" in server.wait_for_log("SIGHUP: nothing changed")
+    server.proc.send_signal(signal.SIGTERM)  # still serving, and its stop writes what it holds
+    assert server.proc.wait(60) == 0
+    c.close()
+    assert read_dataset(root, "kept").num_rows == 10
