@@ -249,3 +249,12 @@ def test_the_tests_run_from_the_sdist(sdist, tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout
+
+
+def test_the_package_page_has_no_relative_links():
+    """A package index shows pyproject's readme without the repository around it: links must be absolute."""
+    assert PROJECT["readme"] == "docs/package.md"
+    text = (REPO / PROJECT["readme"]).read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert all(link.startswith(("http://", "https://")) for link in links), links
+    assert "flight-writer serve" in text and "Apache-2.0" in text
