@@ -8,6 +8,7 @@ import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import REPO
 from bench.workload import REPEAT, Workload
@@ -25,7 +26,7 @@ def compare(
         "mb": round(work.nbytes / 1e6, 1),
         "rows": work.rows,
     }
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     for _ in range(repeat):
         for name, measure in contenders.items():
             with tempfile.TemporaryDirectory(dir=REPO / "bench") as tmp:
@@ -41,11 +42,22 @@ def compare(
             "client_cpu_s": round(statistics.median(m["client_cpu_s"] for m in measured), 2),
             "server_cpu_s": round(statistics.median(m["server_cpu_s"] for m in measured), 2),
         }
+        if all("cpu_s_by_process" in m for m in measured):  # the NATS topology: per process, per GiB
+            names = measured[0]["cpu_s_by_process"]
+            gib = work.nbytes / (1 << 30)
+            row[name]["cpu_s_per_gib_by_process"] = {
+                p: round(statistics.median(m["cpu_s_by_process"][p] for m in measured) / gib, 2) for p in names
+            }
         low, high = row[name]["mb_s_range"]
         print(
             f"  {row['batch_rows']:>6} rows x{producers}p x{datasets}d {row['mb']:>7} MB  {name:<8} "
             f"{row[name]['mb_s']:>8.1f} MB/s  ({low}-{high})  cpu client {row[name]['client_cpu_s']} s, "
-            f"server {row[name]['server_cpu_s']} s",
+            f"server {row[name]['server_cpu_s']} s{_by_process(row[name])}",
             flush=True,
         )
     return row
+
+
+def _by_process(result: dict[str, Any]) -> str:
+    by = result.get("cpu_s_per_gib_by_process")
+    return f" (CPU-s per GiB: {', '.join(f'{p} {v}' for p, v in by.items())})" if by else ""

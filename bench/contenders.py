@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -134,9 +135,16 @@ class NatsTopology:
         self.location = self.ingest.location
 
     def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far of nats-server, the ingest process and the write processes (together)."""
         nats = Path(f"/proc/{self.nats.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        own = (int(nats[11]) + int(nats[12])) / os.sysconf("SC_CLK_TCK")
-        return own + sum(s.cpu_seconds() for s in [self.ingest, *self.writers])
+        return {
+            "nats-server": (int(nats[11]) + int(nats[12])) / os.sysconf("SC_CLK_TCK"),
+            "ingest": self.ingest.cpu_seconds(),
+            "write": sum(s.cpu_seconds() for s in self.writers),
+        }
 
     def stop(self) -> None:
         for server in [self.ingest, *self.writers]:
@@ -204,18 +212,24 @@ class Clock:
         self.start = time.perf_counter()
         self.cpu = self._client_cpu()
         self.server_cpu = server.cpu_seconds() if server else 0.0
+        by_process = getattr(server, "cpu_by_process", None)  # the NATS topology says which process spent it
+        self.by_process = by_process() if by_process is not None else None
 
     @staticmethod
     def _client_cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    def stop(self) -> dict[str, float]:
-        return {
+    def stop(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
             "seconds": time.perf_counter() - self.start,
             "client_cpu_s": self._client_cpu() - self.cpu,
             "server_cpu_s": self.server.cpu_seconds() - self.server_cpu if self.server else 0.0,
         }
+        if self.by_process is not None:
+            now = self.server.cpu_by_process()  # type: ignore[union-attr]
+            result["cpu_s_by_process"] = {name: round(now[name] - self.by_process[name], 3) for name in now}
+        return result
 
 
 def measure_server(start: Callable[[Path], Server], until_durable: bool):
