@@ -11,6 +11,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 
+def write_options(compression: str) -> pa.ipc.IpcWriteOptions:
+    """How batches are written: ``queue.compression`` (``none``, ``lz4``, ``zstd``), on the calling thread."""
+    return pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression, use_threads=False)
+
+
 def encode_ipc(batch: pa.RecordBatch, options: pa.ipc.IpcWriteOptions) -> pa.Buffer:
     """A batch's Arrow IPC stream (schema, dictionaries, the batch): the costly part of keeping a batch,
     made before any lock is taken."""

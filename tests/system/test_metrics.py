@@ -6,6 +6,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -34,6 +35,22 @@ def get(svc, path: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def stuck_storage(data_root: Path) -> Path:
+    """A file where the dataset "stuck" must have its folder: every upload of it fails until it is removed."""
+    data_root.mkdir(parents=True)
+    blocker = data_root / "stuck"
+    blocker.write_text("where the dataset's directory must go: every upload fails")
+    return blocker
+
+
+def put_then_flush_behind(client: flight.FlightClient) -> threading.Thread:
+    """A batch into "stuck", and a flush waiting for it on a thread of its own (it returns once storage works)."""
+    put(client, "stuck", [ints(10)])
+    flusher = threading.Thread(target=action, args=(client, "flush"))
+    flusher.start()
+    return flusher
 
 
 def scrape(svc) -> dict[str, float]:
@@ -76,15 +93,11 @@ def test_metrics_count_what_happened(data_root):
 
 
 def test_readyz_fails_while_storage_fails_and_recovers(data_root):
-    data_root.mkdir(parents=True)
-    blocker = data_root / "stuck"
-    blocker.write_text("where the dataset's directory must go: every upload fails")
+    blocker = stuck_storage(data_root)
     metrics = {**METRICS, "ready_max_error_s": "0.1"}
     with running(data_root, metrics=metrics) as svc, flight.connect(svc.location) as c:
         assert get(svc, "/readyz") == (200, '{"ready": true, "reason": null}\n')
-        put(c, "stuck", [ints(10)])
-        flusher = threading.Thread(target=action, args=(c, "flush"))
-        flusher.start()
+        flusher = put_then_flush_behind(c)
         _, body = wait_for(lambda: (r := get(svc, "/readyz"))[0] == 503 and r, "/readyz to fail")
         assert "storage failing" in json.loads(body)["reason"]
         blocker.unlink()
@@ -95,13 +108,9 @@ def test_readyz_fails_while_storage_fails_and_recovers(data_root):
 def test_storage_errors_leave_readiness_alone_by_default_and_health_says_them(data_root, caplog_loguru):
     """A bucket outage shared by every replica must not take every endpoint away: the queue is there to ride
     it out. /healthz and the metrics say it; a line says when storage works again."""
-    data_root.mkdir(parents=True)
-    blocker = data_root / "stuck"
-    blocker.write_text("where the dataset's directory must go: every upload fails")
+    blocker = stuck_storage(data_root)
     with running(data_root, metrics=METRICS) as svc, flight.connect(svc.location) as c:
-        put(c, "stuck", [ints(10)])
-        flusher = threading.Thread(target=action, args=(c, "flush"))
-        flusher.start()
+        flusher = put_then_flush_behind(c)
         failing = wait_for(lambda: (r := json.loads(get(svc, "/healthz")[1])) and not r["storage"]["ok"] and r, "bad")
         assert "not a directory" in failing["storage"]["last_error"]
         assert get(svc, "/readyz")[0] == 200 and scrape(svc)["flight_writer_storage_up"] == 0
@@ -181,13 +190,9 @@ def test_per_dataset_series_are_stable_and_bounded(data_root):
 
 
 def test_oldest_pending_age_and_retries_by_operation_and_error(data_root):
-    data_root.mkdir(parents=True)
-    blocker = data_root / "stuck"
-    blocker.write_text("where the dataset's directory must go: every upload fails")
+    blocker = stuck_storage(data_root)
     with running(data_root, metrics=METRICS) as svc, flight.connect(svc.location) as c:
-        put(c, "stuck", [ints(10)])
-        flusher = threading.Thread(target=action, args=(c, "flush"))
-        flusher.start()
+        flusher = put_then_flush_behind(c)
         retries = wait_for(lambda: labelled(svc, "flight_writer_retries_total"), "a retry to be counted")
         assert {labels["operation"] for labels in retries} <= {"encode", "write", "upload"}
         assert {labels["error"] for labels in retries} == {"disk"} and min(retries.values()) >= 1  # by cause

@@ -19,7 +19,7 @@ from nats.js import api
 from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.queue.counting import Counts
-from flight_writer.queue.ipc import encode_ipc
+from flight_writer.queue.ipc import encode_ipc, write_options
 from flight_writer.queue.nats.link import Link
 from flight_writer.queue.nats.records import Records, Shared
 
@@ -50,9 +50,7 @@ class Publisher:
         self._name = name  # this process's client name: the prefix of the batch ids it makes
         self._role = role
         self.max_bytes = max_bytes  # the stream's (queue.max_bytes when it was made)
-        self._ipc = pa.ipc.IpcWriteOptions(
-            compression=None if settings.compression == "none" else settings.compression, use_threads=False
-        )
+        self._ipc = write_options(settings.compression)
         self._ids = 0  # batch ids made here (under shared.lock)
         self._state: tuple[float, api.StreamState] = (time.monotonic(), state)  # (when asked, the answer)
         self._refusing = False

@@ -118,8 +118,7 @@ class NatsQueue(Queue, SharedFeed):
         *,
         wait: bool = True,
     ) -> list[Accepted]:
-        """One message per piece: not all or none (a failure leaves the earlier pieces queued; with batch
-        ids, sending the batch again stores only the missing ones)."""
+        """Not all or none on NATS: see ``Publisher.put_many``."""
         return self._publisher.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
 
     @property

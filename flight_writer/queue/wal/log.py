@@ -23,7 +23,7 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.queue.base import Entry, QueueWriteError
-from flight_writer.queue.ipc import encode_ipc
+from flight_writer.queue.ipc import encode_ipc, write_options
 from flight_writer.queue.seqs import seq_ranges
 from flight_writer.queue.wal.format import encode_record
 from flight_writer.queue.wal.manifest import RESERVE_BYTES, Manifest, fsync_dir
@@ -59,9 +59,7 @@ class SegmentLog:
         self.fsync = fsync
         self._interval = interval
         # compressing costs CPU (lz4: ~2 GB/s per core on spans) and halves the bytes the disk must take
-        self._ipc_options = pa.ipc.IpcWriteOptions(
-            compression=None if compression == "none" else compression, use_threads=False
-        )
+        self._ipc_options = write_options(compression)
         self._lock = threading.Lock()
         self._synced_cond = threading.Condition(self._lock)  # waiters: "my record is fsynced"
         self._sync_wanted = threading.Condition(self._lock)  # the syncer: "something to fsync"
