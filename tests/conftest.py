@@ -1,5 +1,5 @@
-"""Shared fixtures: a real server on a loopback port, real Flight clients, server processes, loguru's log.
-The functions and classes behind them, and those the tests call, are in helpers.py."""
+"""Shared fixtures: a real server on a loopback port, real Flight clients, server processes, loguru's log, a
+PostgreSQL server. The functions and classes behind them, and those the tests call, are in helpers.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from loguru import logger
 
 from flight_writer import Service
 
-from helpers import LogCapture, ServerProcess, running
+from helpers import LogCapture, ServerProcess, postgres_server, running
 
 # flight_writer keeps its logs off as a library (flight_writer/__init__.py); the suite turns them on, as the
 # command line does, so that a failing test shows the server's log and caplog_loguru sees it
@@ -59,3 +59,11 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One PostgreSQL server for the session, started on first use (for the Iceberg SQL catalog's tests):
+    the SQLAlchemy URI of its database ``catalog``, which the tests share, so each uses names of its own."""
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as uri:
+        yield uri

@@ -1,17 +1,21 @@
 """What the tests share besides fixtures: a real server in this process (``running``) or as a process
 (``ServerProcess``), its settings, Flight calls (``put``, ``send``, ``action``), the suite's plain batch
-(``ints``), Parquet read back from disk, and polling with a deadline. ``tests/`` is on ``sys.path`` because
-``tests/conftest.py`` lives there, so every test file, in whichever folder, imports ``from helpers import ...``."""
+(``ints``), Parquet read back from disk, polling with a deadline, and a PostgreSQL server (``postgres_server``).
+``tests/`` is on ``sys.path`` because ``tests/conftest.py`` lives there, so every test file, in whichever
+folder, imports ``from helpers import ...``."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,6 +30,8 @@ import pytest
 
 from flight_writer import ACK_HEADER, Service
 from flight_writer.config import build_settings
+
+from emulators import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -253,3 +259,103 @@ root = "{root}"
 {extra}
 """)
     return path
+
+
+POSTGRES_USER = "flight_writer"
+
+
+def postgres_binaries() -> tuple[str, str] | None:
+    """``initdb`` and ``postgres``: from PATH, else the newest ``/usr/lib/postgresql/<major>/bin``, where
+    Debian's package puts them (off PATH)."""
+    initdb, postgres = shutil.which("initdb"), shutil.which("postgres")
+    if initdb and postgres:
+        return initdb, postgres
+    found = [
+        d for d in Path("/usr/lib/postgresql").glob("*/bin") if (d / "initdb").is_file() and (d / "postgres").is_file()
+    ]
+    if not found:
+        return None
+    newest = max(found, key=lambda d: [int(n) for n in re.findall(r"\d+", d.parent.name)])
+    return str(newest / "initdb"), str(newest / "postgres")
+
+
+@contextmanager
+def postgres_server(tmp_path: Path) -> Iterator[str]:
+    """A PostgreSQL server of its own on a free 127.0.0.1 port (trust auth, fsync off: test data only) with an
+    empty database ``catalog``; yields its SQLAlchemy URI and stops the server by its PID. Its log is
+    ``tmp_path/postgres.log``. Skipped where PostgreSQL is not installed, except under CI (``CI=true``), where
+    that fails."""
+    binaries = postgres_binaries()
+    if binaries is None:
+        message = "PostgreSQL (initdb, postgres) is not installed: apt-get install postgresql"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    initdb, postgres = binaries
+    # initdb and postgres refuse to run as root: then they run as nobody, in a directory of nobody's outside
+    # pytest's (whose base is root's alone, 0700); a short path also keeps the socket's under its 107 bytes
+    account = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+    as_user: dict[str, Any] = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
+    log_path = tmp_path / "postgres.log"
+    with tempfile.TemporaryDirectory(prefix="fw-pg-") as home:
+        if account:
+            os.chown(home, account.pw_uid, account.pw_gid)
+        data = str(Path(home) / "data")
+        init = subprocess.run(
+            [initdb, "-D", data, "-A", "trust", "-U", POSTGRES_USER, "--no-sync", "-E", "UTF8", "--locale=C"],
+            capture_output=True,
+            text=True,
+            cwd=home,
+            **as_user,
+        )
+        if init.returncode != 0:
+            raise AssertionError(f"initdb failed with status {init.returncode}:\n{init.stdout}{init.stderr}")
+        port = free_port()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [postgres, "-D", data, "-h", "127.0.0.1", "-p", str(port), "-k", home, "-F"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=home,
+                start_new_session=True,  # its own group: pytest's Ctrl-C does not reach it before the stop does
+                **as_user,
+            )
+        try:
+            with _postgres_connection(proc, port, log_path) as admin:
+                admin.execute("CREATE DATABASE catalog")
+            yield f"postgresql+psycopg://{POSTGRES_USER}@127.0.0.1:{port}/catalog"
+        finally:
+            _stop_postgres(proc)
+
+
+def _postgres_connection(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 60) -> Any:
+    """The first connection the server accepts (to ``postgres``, autocommit): accepting one is its readiness,
+    so connecting is polled, with a deadline; fails with the server's log if it exits or time runs out."""
+    import psycopg  # the test extras'; imported here so that the suite collects without it
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"postgres exited with status {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            return psycopg.connect(
+                host="127.0.0.1", port=port, user=POSTGRES_USER, dbname="postgres", autocommit=True, connect_timeout=5
+            )
+        except psycopg.OperationalError as e:  # not listening yet, or "the database system is starting up"
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"postgres accepted no connection in {timeout} s ({e}):\n{log_path.read_text()}"
+                ) from None
+        time.sleep(0.02)  # polling: the server's readiness is accepting a connection
+
+
+def _stop_postgres(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT to its PID (fast shutdown: sessions ended, then a checkpoint, quick with fsync off); SIGKILL if
+    it is still running after 30 s."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
