@@ -58,6 +58,10 @@ COUNTERS = {
 GAUGES = {
     "received_seq": ("flight_writer_received_seq", "Highest seq handed out"),
     "durable_through": ("flight_writer_durable_through_seq", "Every seq up to this one is durable or failed"),
+    "committed_through": (
+        "flight_writer_committed_through_seq",
+        "Every seq up to this one is committed to its lake table (or needs no commit: no table, failed)",
+    ),
     "pending_batches": ("flight_writer_queue_pending_batches", "Batches accepted and not yet durable"),
     "pending_bytes": ("flight_writer_queue_pending_bytes", "Arrow bytes accepted and not yet durable"),
     "queue_max_bytes": ("flight_writer_queue_max_bytes", "queue.max_bytes"),
@@ -154,6 +158,7 @@ class _StatusCollector(Collector):
             "received_seq - durable_through: batches received and not yet durable or failed",
             value=status["received_seq"] - status["durable_through"],
         )
+        yield from _table_metrics(status.get("tables", {}))
         error_for = status.get("error_for_s")
         yield GaugeMetricFamily(
             "flight_writer_storage_error_seconds",
@@ -273,3 +278,36 @@ def _handler(
             pass
 
     return Handler
+
+
+def _table_metrics(tables: dict[str, dict[str, Any]]) -> Iterator[Any]:
+    """Per lake table: commits, files committed, files pending, conflicts, errors, last commit time."""
+    commits = CounterMetricFamily(
+        "flight_writer_table_commits", "Commits to a lake table since start", labels=["table"]
+    )
+    files = CounterMetricFamily(
+        "flight_writer_table_committed_files", "Files committed to a lake table since start", labels=["table"]
+    )
+    pending = GaugeMetricFamily(
+        "flight_writer_table_pending_files", "Stored files waiting for their table commit", labels=["table"]
+    )
+    conflicts = CounterMetricFamily(
+        "flight_writer_table_commit_conflicts",
+        "Commits that found the table moved on (planned again from the new version)",
+        labels=["table"],
+    )
+    errors = CounterMetricFamily(
+        "flight_writer_table_commit_errors", "Commits that failed and were retried", labels=["table"]
+    )
+    last = GaugeMetricFamily(
+        "flight_writer_table_last_commit_timestamp_seconds", "When a table commit last landed", labels=["table"]
+    )
+    for name, t in tables.items():
+        commits.add_metric([name], t["commits"])
+        files.add_metric([name], t["files_committed"])
+        pending.add_metric([name], t["pending_files"])
+        conflicts.add_metric([name], t["conflicts"])
+        errors.add_metric([name], t["errors"])
+        if t.get("last_commit_at"):
+            last.add_metric([name], t["last_commit_at"])
+    yield from (commits, files, pending, conflicts, errors, last)

@@ -24,10 +24,12 @@ from flight_writer.ingest.auth import Authenticator, load_principals
 from flight_writer.ingest.server import FlightWriterServer
 from flight_writer.ingest.tls import tls_options
 from flight_writer.lake.storage import Storage, StorageError
+from flight_writer.lake.tables import make_tables
 from flight_writer.metrics import Metrics
 from flight_writer.queue import Queue, WalQueue, make_queue
 from flight_writer.queue.counting import MAX_DATASETS
 from flight_writer.queue.tracker import DurabilityTracker
+from flight_writer.write.commits import Committer
 from flight_writer.write.writer import Writer
 
 
@@ -56,6 +58,7 @@ class Service:
         self.queue: Queue
         self.storage: Storage
         self.writer: Writer | None = None
+        self.committer: Committer | None = None  # lake table commits (write/commits.py), with the writer
         self.server: FlightWriterServer | None = None
         self.metrics: Metrics | None = None
         #: after stop(): calls were still open at server.shutdown_timeout (they end with the process)
@@ -105,6 +108,11 @@ class Service:
                 # write processes share the root: only what no one has touched for an hour is a crash's
                 self.storage.remove_partials(None if self.role == "all" else 3600.0)
                 self.writer = Writer(self.queue, self.storage, s.writer, s.datasets, crashed=self.queue.close)
+                tables = make_tables(s.tables, s.datasets, s.storage)
+                self.committer = Committer(tables, s.datasets, s.tables, self.storage, self.queue.committed)
+                self.committer.adopt()  # what a crash left uncommitted, before anything new is stored
+                self.writer.followers.watchers.append(self.committer)
+                self.committer.start()
                 self.writer.start()
                 if check_error is not None:
                     self.writer.report_error(check_error)
@@ -139,6 +147,8 @@ class Service:
                 self.server.shutdown()
             if self.writer is not None:
                 self.writer.close()
+            if self.committer is not None:
+                self.committer.close()
             self.queue.close()
             raise
         self.started_at = time.monotonic()
@@ -169,6 +179,8 @@ class Service:
         if self.writer is not None:
             logger.info("stopping: writing {} pending batches", self.queue.stats()["pending_batches"])
             finished = self.writer.close(timeout)
+        if self.committer is not None:
+            self.committer.close(timeout)  # commit what the writer stored last
         self.queue.close()
         self._state = "closed"
         logger.info("stopped: durable through seq {}", self.tracker.durable_through)
@@ -216,6 +228,8 @@ class Service:
         """Stop retrying storage now; used by a second signal."""
         if self._state in ("opened", "closing") and self.writer is not None:
             self.writer.abort()
+            if self.committer is not None:
+                self.committer.abort()
 
     def __enter__(self) -> Service:
         return self.start()

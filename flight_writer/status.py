@@ -37,6 +37,7 @@ def status_of(service: Service) -> dict[str, Any]:
         "version": __version__,
         "received_seq": service.queue.last_seq,
         "durable_through": service.tracker.durable_through,
+        "committed_through": service.tracker.committed_through,
         **q,
         **(service.writer.stats() if service.writer is not None else _no_writer(q)),
         "oldest_pending_seq": service.tracker.durable_through + 1
@@ -50,6 +51,7 @@ def status_of(service: Service) -> dict[str, Any]:
         "uptime_s": round(time.monotonic() - service.started_at, 3),
         "datasets": busiest_datasets(service, service.settings.metrics.datasets),
         "refused": service.server.refusals.totals() if service.server is not None else {},
+        "tables": service.committer.table_stats() if service.committer is not None else {},
     }
     if status["last_error"] is None and q.get("queue_error"):  # NATS away: the queue says so
         status["last_error"] = q["queue_error"]

@@ -21,6 +21,9 @@ WAL_COMPRESSIONS = ("lz4", "zstd", "none")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
+TABLE_FORMATS = ("none", "iceberg", "delta")
+
+
 def check_settings(s: Settings) -> None:
     """Raise :class:`ConfigError` for the first invalid setting."""
 
@@ -108,6 +111,7 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"metrics.datasets must be from 0 to 1000, got {s.metrics.datasets!r}")
     for where, rule in [("datasets", s.datasets), *((f"datasets.rules {m!r}", r) for m, r in s.datasets.rules)]:
         _check_rule(where, rule)
+    _check_tables(s)
     if not s.auth.principals_file and not s.auth.allow_anonymous and not local_only(s.server.location):
         raise ConfigError(
             f"server.location {s.server.location} takes connections from other machines and no "
@@ -118,6 +122,31 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"auth.principals_file: no such file {s.auth.principals_file!r}")
     if s.log.level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
+
+
+def _check_tables(s: Settings) -> None:
+    t = s.tables
+    if not t.commit_interval > 0:
+        raise ConfigError(f"tables.commit_interval must be positive, got {t.commit_interval!r}")
+    for name in ("commit_files", "keep_snapshots"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"tables.{name} must be at least 1, got {getattr(t, name)!r}")
+    if t.maintain_every < 0:
+        raise ConfigError(f"tables.maintain_every must be 0 (never) or more, got {t.maintain_every!r}")
+    if t.catalog_type not in ("sql", "rest"):
+        raise ConfigError(f"tables.catalog_type must be sql or rest, got {t.catalog_type!r}")
+    if not 0 < t.retry_initial_delay <= t.retry_max_delay:
+        raise ConfigError("tables.retry_initial_delay must be positive and at most tables.retry_max_delay")
+    rules = [s.datasets, *(r for _, r in s.datasets.rules)]
+    iceberg = any(r.table == "iceberg" for r in rules)
+    if iceberg and t.catalog_type == "sql" and not t.catalog_uri and s.storage.type != "fs":
+        raise ConfigError(
+            "tables.catalog_uri is needed for Iceberg tables on storage.type = "
+            f"{s.storage.type!r} (the default SQLite catalog lives in a local storage.root), e.g. "
+            '"postgresql+psycopg://user@host/catalog"'
+        )
+    if iceberg and t.catalog_type == "rest" and not t.catalog_options.get("uri"):
+        raise ConfigError('tables.catalog_type = "rest" needs tables.catalog_options.uri (the REST server)')
 
 
 def _check_rule(where: str, rule: DatasetRule) -> None:
@@ -140,6 +169,13 @@ def _check_rule(where: str, rule: DatasetRule) -> None:
         declared_columns(rule.columns)
     except ConfigError as exc:
         raise ConfigError(f"{where}: columns: {exc}") from None
+    if rule.table not in TABLE_FORMATS:
+        raise ConfigError(f"{where}: table must be one of {', '.join(TABLE_FORMATS)}, got {rule.table!r}")
+    if rule.table != "none" and rule.schema == "separate":
+        raise ConfigError(
+            f"{where}: table = {rule.table!r} needs schema = evolve or strict (a table has one schema; "
+            "separate keeps files of unrelated schemas side by side)"
+        )
     if rule.max_partitions <= 0:
         raise ConfigError(f"{where}: max_partitions must be positive, got {rule.max_partitions}")
 

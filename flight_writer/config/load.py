@@ -51,6 +51,7 @@ from flight_writer.config.settings import (
     ServerSettings,
     Settings,
     StorageSettings,
+    TableSettings,
     WriterSettings,
     without_password,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "StorageSettings",
+    "TableSettings",
     "WriterSettings",
     "build_settings",
     "load_settings",

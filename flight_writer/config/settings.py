@@ -121,6 +121,22 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class TableSettings:
+    """Commits of stored files to lake tables (``datasets.table = "iceberg"`` or ``"delta"``; lake/tables)."""
+
+    commit_interval: float = 5.0  # seconds: stored files wait at most this long for their table commit
+    commit_files: int = 100  # ... or until this many files wait for one table
+    namespace: str = "flight_writer"  # Iceberg: the catalog namespace the tables go in
+    catalog_uri: str = ""  # Iceberg SQL catalog (SQLAlchemy URL); "": SQLite in <storage.root>/_catalog.db (fs)
+    catalog_type: str = "sql"  # sql (SQLite, PostgreSQL) or rest
+    catalog_options: Mapping[str, str] = field(default_factory=dict)  # rest: uri, token, warehouse, ...
+    maintain_every: int = 100  # commits to a table between maintenance runs (expiry, checkpoints); 0 = never
+    keep_snapshots: int = 100  # Iceberg snapshots (Delta log versions' checkpoints) a maintenance run keeps
+    retry_initial_delay: float = 0.5
+    retry_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
 class DatasetRule:
     """How the datasets a rule matches are stored (layout.py): ``[datasets]`` holds the defaults, each
     ``[[datasets.rules]]`` with a ``match`` glob overrides some of them; the first rule that matches wins."""
@@ -133,6 +149,7 @@ class DatasetRule:
     max_partitions: int = 100  # partitions one batch may fall in (more: refused) and buffers open at once
     schema: str = "evolve"  # separate, evolve or strict (schemas.py)
     columns: tuple[tuple[str, str], ...] = ()  # declared columns: (name, "type [not null]")
+    table: str = "none"  # none: loose Parquet files; iceberg or delta: the files are also committed to a table
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    tables: TableSettings = field(default_factory=TableSettings)
     datasets: DatasetSettings = field(default_factory=DatasetSettings)
 
     def masked(self) -> dict[str, Any]:
@@ -169,6 +187,10 @@ class Settings:
         for key in ("password", "token"):
             data["queue"][key] = "***" if data["queue"][key] else ""
         data["queue"]["url"] = [without_password(u) for u in self.queue.url]
+        data["tables"]["catalog_uri"] = without_password(self.tables.catalog_uri)
+        data["tables"]["catalog_options"] = {
+            k: ("***" if _MASKED_KEY.search(k) else v) for k, v in self.tables.catalog_options.items()
+        }
         return data
 
 

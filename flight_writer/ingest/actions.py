@@ -45,13 +45,17 @@ class Actions:
         self._position = queue.position
         Handler = Callable[[bytes, Principal | None], dict[str, Any] | None]
         self._actions: dict[str, tuple[str, Handler]] = {
-            "ack": ('Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms"', self._ack),
+            "ack": (
+                'Durability of seqs: {"seqs": [..]} or {"seq": n}, optional "wait_ms" and "until": "committed"',
+                self._ack,
+            ),
             "status": (
                 "Server counters: received and durable seqs, pending data, files written, errors",
                 lambda body, who: _status_for(status(), who),
             ),
             "flush": (
-                'Write out everything received so far (optional {"dataset": name}); returns once durable',
+                'Write out everything received so far (optional {"dataset": name}); returns once durable '
+                '(with "until": "committed": once committed to the tables)',
                 self._flush,
             ),
             "CloseSession": ("Flight SQL session close (sessions hold nothing here)", lambda body, who: None),
@@ -102,14 +106,23 @@ class Actions:
         wait_ms = request.get("wait_ms", 0)
         if not _is_int(wait_ms) or not 0 <= wait_ms <= MAX_WAIT_MS:
             raise ValueError(f'"wait_ms" must be an integer from 0 to {MAX_WAIT_MS}')
+        until = _until(request)
         last = self._queue.last_seq
         position = self._position
         if wait_ms:
-            position.wait([s for s in seqs if 1 <= s <= last], wait_ms / 1000)
+            issued = [s for s in seqs if 1 <= s <= last]
+            if until == "committed":
+                position.wait_committed(issued, wait_ms / 1000)
+            else:
+                position.wait(issued, wait_ms / 1000)
         acks = [position.describe(s, last) for s in seqs]
         if who is not None and not is_admin(who):
             acks = [_own_only(ack, who) for ack in acks]
-        return {"acks": acks, "durable_through": position.durable_through}
+        return {
+            "acks": acks,
+            "durable_through": position.durable_through,
+            "committed_through": position.committed_through,
+        }
 
     def _flush(self, body: bytes, who: Principal | None) -> dict[str, Any]:
         request = _json_object(body, required=False)
@@ -121,9 +134,22 @@ class Actions:
         if who is not None and not is_admin(who) and (dataset is None or not who.may_write(dataset)):
             what = f"flush dataset {dataset!r}" if dataset else 'flush every dataset (name one: {"dataset": ...})'
             raise flight.FlightUnauthorizedError(f"principal {who.name!r} may not {what}")
+        until = _until(request)
+        through = self._queue.last_seq
         if not self._queue.flush(dataset, None):
             raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")
-        return {"durable_through": self._position.durable_through}
+        position = self._position
+        if until == "committed" and not position.wait_committed_through(through, None):
+            raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")
+        return {"durable_through": position.durable_through, "committed_through": position.committed_through}
+
+
+def _until(request: dict[str, Any]) -> str:
+    """What an ack's wait or a flush waits for: ``durable`` (the default) or ``committed`` (in the table)."""
+    until = request.get("until", "durable")
+    if until not in ("durable", "committed"):
+        raise ValueError(f'"until" must be "durable" or "committed", got {until!r}')
+    return str(until)
 
 
 def is_admin(who: Principal) -> bool:

@@ -24,6 +24,7 @@ from flight_writer.config import DatasetRule, DatasetSettings
 from flight_writer.lake.datasets import Datasets
 from flight_writer.lake.layout import LayoutError, Partitioner, Shape, stored_type
 from flight_writer.lake.schemas import Conformer, SchemaError, declared_schema, plan, union
+from flight_writer.lake.tables import types_problem
 
 LIST_AGAIN = 60.0  # seconds before a failed listing of the dataset names is tried again
 RELIST = 30.0  # seconds: a catalog answer from an older listing of storage's names lists again, in the background
@@ -115,9 +116,12 @@ class Admission:
             partitioner = Partitioner(rule, schema)
         except LayoutError as exc:
             raise AdmissionError(f"dataset {dataset!r}: {exc}") from None
-        stored = Shape.of(schema, rule).schema
+        shape = Shape.of(schema, rule)
+        stored = shape.schema
         if (problem := check(schema, stored)) is not None:
             raise AdmissionError(problem)
+        if rule.table != "none" and (problem := types_problem(rule.table, pa.schema([*stored, *shape.fields]))):
+            raise AdmissionError(f"dataset {dataset!r}: {problem}")
         conform, version = self._conformer(dataset, rule, schema, stored, fresh)
         if rule.schema == "separate":
             self._check_case(dataset, stored, fresh)

@@ -111,14 +111,24 @@ class Ingestor:
         """Write out what was put to ``dataset`` and wait for it (False if the queue closed first)."""
         return self._queue.flush(dataset, None)
 
-    def make_durable(self, dataset: str, seqs: list[int]) -> dict[str, Any]:
-        """Write out the dataset and wait until these seqs are resolved; what a durable reply says."""
+    def make_durable(self, dataset: str, seqs: list[int], until: str = "durable") -> dict[str, Any]:
+        """Write out the dataset and wait until these seqs are resolved (``until = "committed"``: and in
+        their table); what a durable (committed) reply says."""
         position = self._position
         if not self._queue.flush(dataset, None) and not position.wait(seqs, 0):
             raise flight.FlightUnavailableError(  # the queue closed: a stop whose deadline passed
                 "server is shutting down: the batches were received and are being written; ack them once it is back"
             )
-        result: dict[str, Any] = {"durable_through": position.durable_through, "files": position.files_of(seqs)}
+        if until == "committed" and not position.wait_committed(seqs, None):
+            raise flight.FlightUnavailableError(
+                "server is shutting down: the batches are durable, their table commit is not confirmed yet; "
+                "ack them once it is back"
+            )
+        result: dict[str, Any] = {
+            "durable_through": position.durable_through,
+            "committed_through": position.committed_through,
+            "files": position.files_of(seqs),
+        }
         failed = [d for s in seqs if (d := position.describe(s))["state"] == "failed"]
         if failed:
             result["failed"] = failed

@@ -33,7 +33,7 @@ from flight_writer.lake.storage import Storage
 from flight_writer.queue import Ingest
 
 ACK_HEADER = "x-flight-writer-ack"
-ACK_LEVELS = ("queued", "durable")
+ACK_LEVELS = ("queued", "durable", "committed")
 
 
 class _AckLevel(flight.ServerMiddleware):
@@ -166,10 +166,10 @@ class FlightWriterServer(flight.FlightServerBase):
             self.refusals.count("bad_request", str(exc))
             raise flight.FlightServerError(str(exc)) from None
         authorize(context, f"write dataset {dataset!r}", lambda who: who.may_write(dataset))
-        durable = level is not None and level.level == "durable"
-        seqs, _ = self._ingestor.ingest(dataset, reader, writer, keep_seqs=durable)
-        if durable:
-            final: dict[str, Any] = {"state": "durable", **self._ingestor.make_durable(dataset, seqs)}
+        until = level.level if level is not None and level.level != "queued" else None
+        seqs, _ = self._ingestor.ingest(dataset, reader, writer, keep_seqs=until is not None)
+        if until is not None:
+            final: dict[str, Any] = {"state": until, **self._ingestor.make_durable(dataset, seqs, until)}
             writer.write(pa.py_buffer(json.dumps(final).encode()))
 
     # -- Flight SQL: bulk ingestion for ADBC clients, catalog answers (flightsql/door.py) --------------------

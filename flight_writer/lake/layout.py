@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,6 +88,8 @@ class Shape:
 
     schema: pa.Schema  # of the file
     drop: tuple[str, ...]  # partition fields, kept in folder names
+    # the partition fields' types as the stream has them (dictionaries decoded)
+    fields: pa.Schema = field(default_factory=lambda: pa.schema([]))
 
     @classmethod
     def of(cls, schema: pa.Schema, rule: DatasetRule) -> Shape:
@@ -95,7 +97,9 @@ class Shape:
             [f.with_type(stored_type(f.type, rule.types)) for f in schema if f.name not in rule.fields],
             schema.metadata,
         )
-        return cls(kept, tuple(f for f in rule.fields if f in schema.names))
+        drop = tuple(f for f in rule.fields if f in schema.names)
+        fields = pa.schema([_decoded(schema.field(f)) for f in drop])
+        return cls(kept, drop, fields)
 
     def apply(self, table: pa.Table) -> pa.Table:
         """``table`` as the file stores it (a no-op when nothing changes; truncates nanoseconds)."""
@@ -110,6 +114,10 @@ class Shape:
             ],
             schema=self.schema,
         )
+
+
+def _decoded(f: pa.Field) -> pa.Field:
+    return f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
 
 
 class Partitioner:

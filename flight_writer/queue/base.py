@@ -170,8 +170,13 @@ class Feed(abc.ABC):
         forgets on restart needs no plans.)"""
 
     @abc.abstractmethod
-    def confirm(self, entries: list[Entry], path: str | None) -> None:
-        """The entries are stored in ``path`` (None: they had no rows): mark them durable, release them."""
+    def confirm(self, entries: list[Entry], path: str | None, table: bool = False) -> None:
+        """The entries are stored in ``path`` (None: they had no rows): mark them durable, release them.
+        ``table``: the file waits for a table commit (``committed`` follows); else they are committed too."""
+
+    @abc.abstractmethod
+    def committed(self, seqs: tuple[int, ...]) -> None:
+        """A table commit holding these seqs' files landed: mark them committed."""
 
     @abc.abstractmethod
     def reject(self, entries: list[Entry], error: str) -> None:

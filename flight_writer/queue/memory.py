@@ -217,10 +217,13 @@ class MemoryQueue(Queue):
             requests, self._flushes = self._flushes, []
             return requests
 
-    def confirm(self, entries: list[Entry], path: str | None) -> None:
+    def confirm(self, entries: list[Entry], path: str | None, table: bool = False) -> None:
         if entries:
-            self.position.mark_durable([e.seq for e in entries], path)
+            self.position.mark_durable([e.seq for e in entries], path, table)
             self._release(entries)
+
+    def committed(self, seqs: tuple[int, ...]) -> None:
+        self.position.mark_committed(seqs)
 
     def reject(self, entries: list[Entry], error: str) -> None:
         if entries:

@@ -7,6 +7,13 @@ moves forward, and only after storage confirmed the write.
 
 The file of each seq is remembered for the last ``history`` resolved seqs; an older durable seq is
 still reported ``durable``, just without its file. Failed seqs are remembered for the process's life.
+
+A second position follows the first: ``committed_through``, the largest seq such that every seq up to it
+is *committed*: in its dataset's lake table (``mark_committed(seqs, table=True)``, after the commit
+landed), or needing no commit (a dataset without a table, a failed batch: ``table=False``, as soon as it is
+resolved). ``describe`` reports ``committed`` for seqs a table commit made safe (as far as history reaches).
+Seqs from before a restart count as committed: a service adopts into its tables what a crash left
+(``write/commits.py``) before it serves.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ class DurabilityTracker:
         self._files: OrderedDict[int, str] = OrderedDict()
         self._failed: dict[int, str] = {}
         self._closed = False
+        self._committed_through = durable_through  # a restart adopts what a crash left before it serves
+        self._committed_above: set[int] = set()
+        self._in_table: OrderedDict[int, None] = OrderedDict()  # seqs a table commit made safe (history)
 
     @property
     def closed(self) -> bool:
@@ -40,22 +50,78 @@ class DurabilityTracker:
     def durable_through(self) -> int:
         return self._through
 
-    def mark_durable(self, seqs: Iterable[int], file: str | None) -> None:
-        """``file`` is None for batches that needed no file (zero rows)."""
+    def mark_durable(self, seqs: Iterable[int], file: str | None, table: bool = False) -> None:
+        """``file`` is None for batches that needed no file (zero rows). ``table``: the file waits for a table
+        commit (``mark_committed`` follows); otherwise the seqs are committed as they are durable."""
+        seqs = list(seqs)
         with self._cond:
             for seq in seqs:
                 if file is not None:
                     self._files[seq] = file
                 self._resolve(seq)
+            if not table:
+                self._commit(seqs, False)
             while len(self._files) > self._history:
                 self._files.popitem(last=False)
             self._advance()
 
+    @property
+    def committed_through(self) -> int:
+        return self._committed_through
+
+    def mark_committed(self, seqs: Iterable[int]) -> None:
+        """A table commit holding these seqs' files landed."""
+        with self._cond:
+            self._commit(seqs, True)
+
+    def _commit(self, seqs: Iterable[int], table: bool) -> None:
+        for seq in seqs:
+            if table:
+                self._in_table[seq] = None
+            if seq > self._committed_through:
+                self._committed_above.add(seq)
+        while len(self._in_table) > self._history:
+            self._in_table.popitem(last=False)
+        while self._committed_through + 1 in self._committed_above:
+            self._committed_through += 1
+            self._committed_above.discard(self._committed_through)
+        self._cond.notify_all()
+
+    def _is_committed(self, seq: int) -> bool:
+        return seq <= self._committed_through or seq in self._committed_above
+
+    def wait_committed(self, seqs: Iterable[int], timeout: float | None) -> bool:
+        """Wait until every seq is committed; False if ``timeout`` s passed first or the position closed."""
+        pending = list(seqs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                pending = [s for s in pending if not self._is_committed(s)]
+                if not pending:
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self._closed or (remaining is not None and remaining <= 0):
+                    return False
+                self._cond.wait(remaining)
+
+    def wait_committed_through(self, seq: int, timeout: float | None) -> bool:
+        """Wait until ``committed_through >= seq``; False if ``timeout`` s passed first or the position closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._committed_through < seq:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self._closed or (remaining is not None and remaining <= 0):
+                    return False
+                self._cond.wait(remaining)
+            return True
+
     def mark_failed(self, seqs: Iterable[int], error: str) -> None:
+        seqs = list(seqs)
         with self._cond:
             for seq in seqs:
                 self._failed[seq] = error
                 self._resolve(seq)
+            self._commit(seqs, False)
             self._advance()
 
     def advance_to(self, seq: int) -> None:
@@ -66,6 +132,10 @@ class DurabilityTracker:
                 return
             self._through = seq
             self._above = {s for s in self._above if s > seq}
+            if seq > self._committed_through:  # what a shared log deleted before this process saw it
+                self._committed_through = seq
+                self._committed_above = {s for s in self._committed_above if s > seq}
+                self._commit((), False)
             self._advance()
 
     def _resolve(self, seq: int) -> None:
@@ -128,7 +198,8 @@ class DurabilityTracker:
             if not self._is_resolved(seq):
                 return {"seq": seq, "state": self._pending_state}
             file = self._files.get(seq)
-            return {"seq": seq, "state": "durable", "file": file} if file else {"seq": seq, "state": "durable"}
+            state = "committed" if seq in self._in_table else "durable"
+            return {"seq": seq, "state": state, "file": file} if file else {"seq": seq, "state": state}
 
     def files_of(self, seqs: Iterable[int]) -> list[str]:
         """The distinct files holding these seqs, in first-seen order (as far as history reaches)."""

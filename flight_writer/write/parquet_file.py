@@ -201,6 +201,7 @@ class ParquetFile:
             self._encode_s,
             upload_s,
             received_at=tuple(e.received_at for e in entries),
+            fields=self._shape.fields,
         )
         ctx.stored(event, entries)  # the durability record first, then the counters and listeners
         logger.info(

@@ -9,8 +9,11 @@ footer (row groups, column statistics, our key/value metadata). The writer hands
    advances, the batches' capacity is released; retried until it succeeds (the object is stored already,
    and the queue's plan makes a retry store nothing twice);
 2. the writer's own counters (files, rows, bytes written per dataset);
-3. the listeners, in the order they were added (metrics; table commits will go here): a listener that raises
-   is logged and does not stop the others, nor undo the durability record.
+3. the watchers (the table committer: ``write/commits.py``), then the listeners (metrics), in the order they
+   were added: one that raises is logged and does not stop the others, nor undo the durability record.
+
+Watchers also hear, from the writer's thread, of each file as it is sealed (``sealed``: it will be stored)
+and of each flush request (``flush_requested``), so a table commit can follow a flush at once.
 
 A follower must be quick or hand its work to a thread of its own: the next file waits for it.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,6 +50,7 @@ class Stored:
     upload_s: float = 0.0
     error: str | None = None
     received_at: tuple[float, ...] = ()  # when each batch arrived (UTC epoch seconds): put-to-durable times
+    fields: pa.Schema | None = None  # the partition fields' types as the stream had them (datasets.fields)
 
     @property
     def metadata(self) -> dict[bytes, bytes]:
@@ -64,6 +68,22 @@ class Stored:
 
 
 Listener = Callable[[Stored], Any]
+
+
+class Watcher(Protocol):
+    """Who follows files from sealed to stored (the table committer)."""
+
+    def sealed(self, path: str, dataset: str) -> None: ...
+
+    def flush_requested(self, datasets: list[str | None]) -> None: ...
+
+    def stored(self, event: Stored) -> None: ...
+
+    def commits(self, dataset: str) -> bool:
+        """Whether this dataset's files wait for a commit (their seqs are committed only then)."""
+        ...
+
+
 Retry = Callable[[str, Callable[[], Any], tuple[type[BaseException], ...]], Any]
 
 
@@ -75,6 +95,15 @@ class Followers:
         self._retry = retry
         self._count = count
         self.listeners: list[Listener] = []
+        self.watchers: list[Watcher] = []
+
+    def sealed(self, path: str, dataset: str) -> None:
+        for watcher in self.watchers:
+            watcher.sealed(path, dataset)
+
+    def flush_requested(self, datasets: list[str | None]) -> None:
+        for watcher in self.watchers:
+            watcher.flush_requested(datasets)
 
     def __call__(self, event: Stored, entries: list[Entry]) -> None:
         """``entries``: the queue's entries the object holds (the record releases them; the event does not
@@ -84,9 +113,10 @@ class Followers:
             error = event.error or "rejected by the Parquet encoder"
             self._retry(f"confirm {event.path}", lambda: feed.reject(entries, error), (Exception,))
         else:
-            self._retry(f"confirm {event.path}", lambda: feed.confirm(entries, event.path), (Exception,))
+            table = any(w.commits(event.dataset) for w in self.watchers)
+            self._retry(f"confirm {event.path}", lambda: feed.confirm(entries, event.path, table), (Exception,))
         self._count(event)
-        for listener in self.listeners:
+        for listener in [*(w.stored for w in self.watchers), *self.listeners]:
             try:
                 listener(event)
             except Exception:

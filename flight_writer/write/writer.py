@@ -155,6 +155,7 @@ class Writer:
             self._drain()  # everything put before the request
             for dataset in requests:
                 self._seal(lambda b, ds=dataset: ds is None or b.file.dataset == ds)
+            self.followers.flush_requested(requests)
         cutoff = time.time() - self._settings.flush_interval
         self._seal(lambda b: b.oldest <= cutoff)
         return len(entries)
@@ -286,6 +287,7 @@ class Writer:
             self._open_of[buf.file.dataset] = left
         else:
             del self._open_of[buf.file.dataset]
+        self.followers.sealed(buf.file.path, buf.file.dataset)
         buf.file.seal(buf.fresh)
         self._track(buf.file)
 

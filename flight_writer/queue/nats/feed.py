@@ -266,14 +266,19 @@ class WriteFeed:
         self._let_go([s for s in mine if not position.is_resolved(s)], "nak")
         raise QueueLost(f"{plan.path}: seqs {seq_ranges(sorted(seqs))} {why}")
 
-    def confirm(self, entries: list[Entry], path: str | None) -> bool:
+    def confirm(self, entries: list[Entry], path: str | None, table: bool = False) -> bool:
         """Publish the entries' durable record, then acknowledge their messages. True if any were
         acknowledged (the stream deleted them: its state changed)."""
         if not entries:
             return False
         # published before the acks: a message delivered again finds it resolved
-        self._records.record_durable([e.seq for e in entries], path)
+        self._records.record_durable([e.seq for e in entries], path, table)
         return self._ack([e.seq for e in entries])
+
+    def committed(self, seqs: tuple[int, ...]) -> None:
+        """Publish a committed record (a table commit holding these seqs landed)."""
+        if seqs:
+            self._records.record_committed(list(seqs))
 
     def reject(self, entries: list[Entry], error: str) -> bool:
         """As ``confirm``, with a failed record."""

@@ -152,9 +152,12 @@ class NatsQueue(Queue, SharedFeed):
     def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:
         self._write_side().plan(plan, entries)
 
-    def confirm(self, entries: list[Entry], path: str | None) -> None:
-        if self._write_side().confirm(entries, path):
+    def confirm(self, entries: list[Entry], path: str | None, table: bool = False) -> None:
+        if self._write_side().confirm(entries, path, table):
             self._publisher.forget_state()  # room changed: ask the stream again
+
+    def committed(self, seqs: tuple[int, ...]) -> None:
+        self._write_side().committed(seqs)
 
     def reject(self, entries: list[Entry], error: str) -> None:
         if self._write_side().reject(entries, error):

@@ -110,9 +110,17 @@ class Records:
         """The plan lost a seq to an earlier one: every process forgets it (its batches come again)."""
         self._publish({"withdraw": plan.path, "seqs": seq_ranges(list(plan.seqs))})
 
-    def record_durable(self, seqs: list[int], path: str | None) -> None:
-        """Publish that ``seqs`` are stored in ``path`` (None: they had no rows), and apply it here."""
-        self._record({"durable": seq_ranges(sorted(seqs)), "file": path})
+    def record_durable(self, seqs: list[int], path: str | None, table: bool = False) -> None:
+        """Publish that ``seqs`` are stored in ``path`` (None: they had no rows), and apply it here.
+        ``table``: the file waits for a table commit (a committed record follows)."""
+        record: dict[str, Any] = {"durable": seq_ranges(sorted(seqs)), "file": path}
+        if table:
+            record["table"] = True
+        self._record(record)
+
+    def record_committed(self, seqs: list[int]) -> None:
+        """Publish that a table commit holding ``seqs`` landed, and apply it here."""
+        self._record({"committed": seq_ranges(sorted(seqs))})
 
     def record_failed(self, seqs: list[int], error: str) -> None:
         """Publish that ``seqs`` failed for good, and apply it here."""
@@ -163,9 +171,12 @@ class Records:
                     if (held := self.plans.get(seq)) is not None and held.path == record["withdraw"]:
                         del self.plans[seq]
             return
+        if "committed" in record:
+            self.position.mark_committed(parse_ranges(record["committed"]))
+            return
         if "durable" in record:
             seqs = list(parse_ranges(record["durable"]))
-            self.position.mark_durable(seqs, record.get("file"))
+            self.position.mark_durable(seqs, record.get("file"), bool(record.get("table")))
         elif "failed" in record:
             seqs = list(parse_ranges(record["failed"]))
             self.position.mark_failed(seqs, record.get("error", "failed"))

@@ -1,0 +1,309 @@
+"""Iceberg tables through pyiceberg's catalogs: SQL (SQLite on one host, PostgreSQL for several) or REST.
+
+A dataset ``team/spans`` is the table ``<tables.namespace>.team.spans`` located at the dataset's folder; its
+metadata goes under ``_iceberg/`` there (``write.metadata.path``), beside the data and never matched by a
+``part-*.parquet`` glob. Files are added as they are: :class:`~pyiceberg.manifest.DataFile` entries built from
+each file's footer with the partition values given explicitly (pyiceberg's ``add_files`` would take them
+from column statistics, and our partition columns are not in the files: it would record null). Columns are
+matched to the files by name (the table's default name mapping), as our files carry no field ids.
+
+Every commit is one transaction: widen the schema by name if the files add columns, then a merge append
+(manifests merged as they accumulate) whose snapshot summary carries ``flight-writer.commits``. pyiceberg's
+own commit retry is off (``commit.retry.num-retries = 0``): it would rebuild the same append on a newer
+version without looking, and commit files twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flight_writer.config import DatasetSettings, TableSettings
+from flight_writer.lake.tables.base import COMMITS_KEY, FILES_KEY, CommitConflict, DataFile, Table, TableError, Tables
+from flight_writer.lake.tables.mapping import PartitionColumn, partition_columns, table_schema
+
+EPOCH = dt.date(1970, 1, 1)
+PROPERTIES = {
+    "commit.retry.num-retries": "0",  # a conflict comes back to us: we plan again from the new version
+    "commit.manifest-merge.enabled": "true",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    "format-version": "2",
+}
+
+
+class IcebergTables(Tables):
+    format = "iceberg"
+
+    def __init__(self, settings: TableSettings, datasets: DatasetSettings, base: str, io: dict[str, str]) -> None:
+        """``base``: where datasets are (a local directory or ``s3://bucket/root``); ``io``: FileIO properties
+        (endpoint, credentials) for it."""
+        self._settings = settings
+        self._datasets = datasets
+        self._base = base.rstrip("/")
+        self._io = io
+        self._catalog: Any = None
+        self._lock = threading.Lock()
+
+    def catalog(self) -> Any:
+        with self._lock:
+            if self._catalog is None:
+                self._catalog = self._make_catalog()
+            return self._catalog
+
+    def _make_catalog(self) -> Any:
+        s = self._settings
+        if s.catalog_type == "rest":
+            from pyiceberg.catalog.rest import RestCatalog
+
+            return RestCatalog("flight_writer", **{**self._io, **s.catalog_options})
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        uri = s.catalog_uri or f"sqlite:///{os.path.join(self._base, '_catalog.db')}"
+        return SqlCatalog("flight_writer", uri=uri, warehouse=self._base, **self._io, **s.catalog_options)
+
+    def identifier(self, dataset: str) -> tuple[str, ...]:
+        return (*self._settings.namespace.split("."), *dataset.split("/"))
+
+    def open(self, dataset: str, schema: pa.Schema | None, fields: pa.Schema | None = None) -> Table | None:
+        from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
+
+        catalog = self.catalog()
+        ident = self.identifier(dataset)
+        rule = self._datasets.rule_for(dataset)
+        try:
+            return IcebergTable(dataset, catalog.load_table(ident), rule_partitions(rule, fields))
+        except NoSuchTableError:
+            if schema is None:
+                return None
+        partitions = rule_partitions(rule, fields)
+        columns = table_schema(schema, partitions)
+        location = f"{self._base}/{dataset}"
+        from pyiceberg.partitioning import PartitionField, PartitionSpec
+        from pyiceberg.table.name_mapping import create_mapping_from_schema
+        from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
+
+        iceberg_schema = _iceberg_schema(columns)
+        transforms = {"identity": IdentityTransform(), "day": DayTransform(), "hour": HourTransform()}
+        spec = PartitionSpec(
+            *(
+                PartitionField(
+                    source_id=iceberg_schema.find_field(p.source or p.name).field_id,
+                    field_id=1000 + k,
+                    transform=transforms[p.transform],
+                    name=p.name if p.transform == "identity" else f"{p.name}_{p.transform}",
+                )
+                for k, p in enumerate(partitions)
+            )
+        )
+        properties = {
+            **PROPERTIES,
+            "write.metadata.path": f"{location}/_iceberg",
+            "schema.name-mapping.default": create_mapping_from_schema(iceberg_schema).model_dump_json(),
+        }
+        for level in range(1, len(ident)):
+            catalog.create_namespace_if_not_exists(ident[:level])
+        try:
+            table = catalog.create_table(
+                ident, iceberg_schema, location=location, partition_spec=spec, properties=properties
+            )
+        except TableAlreadyExistsError:  # another process made it first
+            table = catalog.load_table(ident)
+        return IcebergTable(dataset, table, partitions)
+
+    def close(self) -> None:
+        engine = getattr(self._catalog, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def rule_partitions(rule: Any, fields: pa.Schema | None) -> list[PartitionColumn]:
+    return partition_columns(rule, fields, "iceberg")
+
+
+def _iceberg_schema(columns: pa.Schema) -> Any:
+    """An Iceberg schema with fresh field ids for an Arrow schema (names, types, nullability)."""
+    from pyiceberg.io.pyarrow import _ConvertToIcebergWithoutIDs, visit_pyarrow
+    from pyiceberg.schema import assign_fresh_schema_ids
+
+    return assign_fresh_schema_ids(visit_pyarrow(columns, _ConvertToIcebergWithoutIDs()))
+
+
+class IcebergTable(Table):
+    format = "iceberg"
+
+    def __init__(self, dataset: str, table: Any, partitions: list[PartitionColumn]) -> None:
+        self.dataset = dataset
+        self._table = table
+        self._partitions = partitions
+        self._location = table.location().rstrip("/")
+        self._paths: set[str] | None = None
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def _relative(self, path: str) -> str:
+        for prefix in (self._location + "/", "file://" + self._location + "/"):
+            if path.startswith(prefix):
+                return path[len(prefix) :]
+        return path
+
+    def _live_files(self) -> list[Any]:
+        snapshot = self._table.current_snapshot()
+        if snapshot is None:
+            return []
+        io = self._table.io
+        return [
+            entry.data_file
+            for manifest in snapshot.manifests(io)
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=True)
+        ]
+
+    def paths(self) -> set[str]:
+        if self._paths is None:
+            self._paths = {self._relative(f.file_path) for f in self._live_files()}
+        return self._paths
+
+    def commits(self) -> int:
+        snapshot = self._table.current_snapshot()
+        summary = snapshot.summary if snapshot is not None else None
+        return int(summary.additional_properties.get(COMMITS_KEY, 0)) if summary is not None else 0
+
+    def refresh(self) -> None:
+        self._table = self._table.refresh()
+        self._paths = None
+
+    def referenced(self) -> set[str]:
+        io = self._table.io
+        found: set[str] = set()
+        for snapshot in self._table.snapshots():
+            for manifest in snapshot.manifests(io):
+                found.update(
+                    self._relative(e.data_file.file_path)
+                    for e in manifest.fetch_manifest_entry(io, discard_deleted=False)
+                )
+        return found
+
+    def scan(self) -> pa.Table:
+        return self._table.scan().to_arrow()
+
+    # -- committing ------------------------------------------------------------------------------------
+    def append(self, files: list[DataFile]) -> None:
+        self._commit([], files)
+
+    def replace(self, removed: list[str], added: list[DataFile]) -> None:
+        self._commit(removed, added)
+
+    def _commit(self, removed: list[str], added: list[DataFile]) -> None:
+        from pyiceberg.exceptions import CommitFailedException
+
+        table = self._table
+        summary = {COMMITS_KEY: str(self.commits() + 1), FILES_KEY: str(len(added))}
+        try:
+            with table.transaction() as tx:
+                self._widen(tx, added)
+                if removed:
+                    gone = set(removed)
+                    update = tx.update_snapshot(snapshot_properties=summary).overwrite()
+                    for f in self._live_files():
+                        if self._relative(f.file_path) in gone:
+                            update.delete_data_file(f)
+                else:
+                    update = tx.update_snapshot(snapshot_properties=summary).merge_append()
+                with update:
+                    for f in added:
+                        update.append_data_file(self._data_file(tx, f))
+        except CommitFailedException as exc:
+            self.refresh()
+            raise CommitConflict(f"table {self.dataset!r} moved on: {exc}") from None
+        except (OSError, ValueError) as exc:
+            self.refresh()
+            raise TableError(f"commit to table {self.dataset!r} failed: {exc}") from exc
+        # the transaction updated ``table`` in place to the version it made
+        if self._paths is not None:
+            self._paths.difference_update(removed)
+            self._paths.update(f.path for f in added)
+
+    def _widen(self, tx: Any, files: list[DataFile]) -> None:
+        """Add the columns the files bring that the table lacks (by name), in the commit's transaction."""
+        known = set(self._table.schema().column_names)
+        for f in files:
+            new = [field for field in f.schema if field.name not in known]
+            if new:
+                with tx.update_schema() as update:
+                    update.union_by_name(_iceberg_schema(table_schema(pa.schema(new), [])))
+                known.update(field.name for field in new)
+
+    def _data_file(self, tx: Any, f: DataFile) -> Any:
+        from pyiceberg.io.pyarrow import (
+            compute_statistics_plan,
+            data_file_statistics_from_parquet_metadata,
+            parquet_path_to_id_mapping,
+        )
+        from pyiceberg.manifest import DataFile as IcebergDataFile
+        from pyiceberg.manifest import DataFileContent, FileFormat
+        from pyiceberg.typedef import Record
+
+        metadata = tx.table_metadata
+        schema = metadata.schema()
+        footer = f.footer
+        if footer is None:
+            raise TableError(f"file {f.path} has no footer to describe it")
+        statistics = data_file_statistics_from_parquet_metadata(
+            parquet_metadata=footer,
+            stats_columns=compute_statistics_plan(schema, metadata.properties),
+            parquet_column_mapping=parquet_path_to_id_mapping(schema),
+        )
+        values = [_partition_value(p, f.partition) for p in self._partitions]
+        return IcebergDataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=f"{self._location}/{f.path}",
+            file_format=FileFormat.PARQUET,
+            partition=Record(*values),
+            file_size_in_bytes=f.size,
+            sort_order_id=None,
+            spec_id=metadata.default_spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **statistics.to_serialized_dict(),
+        )
+
+    def maintain(self, keep: int) -> dict[str, int]:
+        snapshots = sorted(self._table.snapshots(), key=lambda s: s.timestamp_ms)
+        old = [s.snapshot_id for s in snapshots[:-keep]] if len(snapshots) > keep else []
+        if old:
+            self._table.maintenance.expire_snapshots().by_ids(old).commit()
+            self.refresh()
+        return {"snapshots_expired": len(old)}
+
+
+def _partition_value(p: PartitionColumn, values: dict[str, str | None]) -> Any:
+    """A partition column's value as Iceberg records it, from the folder values of a file."""
+    if p.source is not None:  # day(ts) / hour(ts) from the date= and hour= folders
+        day = values.get("date")
+        if day is None:
+            return None
+        days = (dt.date.fromisoformat(day) - EPOCH).days
+        if p.transform == "day":
+            return days
+        hour = values.get("hour")
+        return None if hour is None else days * 24 + int(hour)
+    text = values.get(p.name)
+    if text is None:
+        return None
+    kind = p.type
+    if pa.types.is_date(kind):
+        return (dt.date.fromisoformat(text) - EPOCH).days
+    if pa.types.is_integer(kind):
+        return int(text)
+    if pa.types.is_boolean(kind):
+        return text == "true"
+    return text
+
+
+def footer_of(data: bytes) -> pq.FileMetaData:
+    """A Parquet file's footer from its bytes (files adopted after a crash carry no Stored event)."""
+    return pq.ParquetFile(pa.BufferReader(data)).metadata

@@ -1,0 +1,361 @@
+"""The committer: files storage confirmed, committed to their dataset's lake table, in batches, exactly once.
+
+It follows the writer (``Followers.watchers``): each stored file of a dataset whose rule says ``table =
+"iceberg"`` or ``"delta"`` waits in its table's pending list; a thread of its own commits a table's pending
+files in one commit when the oldest has waited ``tables.commit_interval`` seconds, when ``tables.commit_files``
+wait, or when a flush asked for the dataset and every file that flush sealed is stored. Never one commit per
+file on the hot path: the writer's thread only appends to a list.
+
+Exactly once: a plan is the pending files the table does not hold yet, read from the table's version the
+commit is made on. Every commit is a compare-and-swap on that version (lake/tables/base.py): after a conflict
+the table is read again and the plan made again, so a file someone else committed meanwhile (another write
+process, a process that died after its commit landed but before it knew) is never added twice. Files a dead
+process stored but never committed are found at start: every ``part-*.parquet`` in a table dataset's folder
+that its table does not hold is committed then (switching a dataset from loose files to a table adopts the
+files it has, the same way).
+
+Seqs: a batch is ``committed`` once the commit holding its file landed (the queue's ``committed`` record);
+batches of datasets without a table, and batches set aside as failed, are committed as soon as they are
+durable, so ``committed_through`` covers every dataset. Until the start's adoption is done, seqs from before
+the start are not reported committed.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow.parquet as pq
+from loguru import logger
+
+from flight_writer.config import DatasetSettings, TableSettings
+from flight_writer.lake.datasets import Datasets
+from flight_writer.lake.storage import Storage, first_line
+from flight_writer.lake.tables import CommitConflict, DataFile, Table, Tables
+from flight_writer.write.stored import Stored
+
+Committed = Callable[[tuple[int, ...]], None]
+
+
+@dataclass
+class _Pending:
+    """One table's files waiting for a commit, and what makes it due."""
+
+    files: list[DataFile] = field(default_factory=list)
+    since: float = 0.0  # monotonic time the oldest pending file arrived
+    expected: set[str] = field(default_factory=set)  # sealed, not yet stored
+    eager: bool = False  # a flush asked: commit once ``expected`` is empty
+    fields: object = None  # the partition fields' types (pa.Schema) for making the table
+
+
+@dataclass
+class TableStats:
+    commits: int = 0
+    files: int = 0
+    conflicts: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    last_commit_at: float | None = None  # epoch seconds
+    commit_seconds: list[float] = field(default_factory=list)  # the last commits' durations (for metrics)
+    lag_seconds: list[float] = field(default_factory=list)  # stored -> committed, per file
+
+
+class Committer:
+    """Commits stored files to lake tables; ``committed`` records the seqs each commit made safe."""
+
+    def __init__(
+        self,
+        tables: dict[str, Tables],
+        datasets: DatasetSettings,
+        settings: TableSettings,
+        storage: Storage,
+        committed: Committed,
+    ) -> None:
+        self._tables = tables
+        self._datasets = datasets
+        self._settings = settings
+        self._storage = storage
+        self._committed = committed
+        self._cond = threading.Condition()
+        self._pending: dict[str, _Pending] = {}
+        self._open: dict[str, Table] = {}
+        self._stopping = False
+        self._abort = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flight-writer-commits", daemon=True)
+        self.stats: dict[str, TableStats] = {}
+        self.recovered = threading.Event()
+        self._stored_at: dict[str, float] = {}
+
+    def format_of(self, dataset: str) -> str:
+        return self._datasets.rule_for(dataset).table
+
+    def commits(self, dataset: str) -> bool:
+        return self.format_of(dataset) != "none" and bool(self._tables)
+
+    # -- what the writer tells it (Followers) ----------------------------------------------------------
+    def sealed(self, path: str, dataset: str) -> None:
+        if not self.commits(dataset):
+            return
+        with self._cond:
+            self._pending.setdefault(dataset, _Pending()).expected.add(path)
+
+    def flush_requested(self, datasets: list[str | None]) -> None:
+        with self._cond:
+            every = None in datasets
+            for name, pending in self._pending.items():
+                if every or name in datasets:
+                    pending.eager = True
+            self._cond.notify_all()
+
+    def stored(self, event: Stored) -> None:
+        if event.kind != "parquet" or not self.commits(event.dataset):
+            return  # committed as it was made durable (Followers told the queue)
+        path = event.path[len(event.dataset) + 1 :]
+        data_file = DataFile(path, event.nbytes, event.rows, event.schema, event.partition, event.footer, event.seqs)
+        with self._cond:
+            pending = self._pending.setdefault(event.dataset, _Pending())
+            if not pending.files:
+                pending.since = time.monotonic()
+            pending.files.append(data_file)
+            pending.expected.discard(event.path)
+            if pending.fields is None:
+                pending.fields = event.fields
+            self._stored_at[path] = time.time()
+            if len(pending.files) >= self._settings.commit_files or (pending.eager and not pending.expected):
+                self._cond.notify_all()
+
+    def table_stats(self) -> dict[str, dict[str, object]]:
+        """Per table: its format, commits and files committed since start, files pending, conflicts and errors,
+        the last error and commit time, and commit seconds / stored-to-committed lag (p50, p99)."""
+        with self._cond:
+            pending = {name: len(p.files) for name, p in self._pending.items()}
+        found: dict[str, dict[str, object]] = {}
+        for name in sorted(self.stats.keys() | {n for n, k in pending.items() if k}):
+            st = self.stats.get(name, TableStats())
+            found[name] = {
+                "format": self.format_of(name),
+                "commits": st.commits,
+                "files_committed": st.files,
+                "pending_files": pending.get(name, 0),
+                "conflicts": st.conflicts,
+                "errors": st.errors,
+                "last_error": st.last_error,
+                "last_commit_at": st.last_commit_at,
+                "commit_s_p50": _quantile(st.commit_seconds, 0.5),
+                "commit_s_p99": _quantile(st.commit_seconds, 0.99),
+                "lag_s_p99": _quantile(st.lag_seconds, 0.99),
+            }
+        return found
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> Committer:
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = None) -> None:
+        """Commit what is pending (retrying up to ``timeout`` s), then stop."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join()
+        for tables in self._tables.values():
+            tables.close()
+
+    def abort(self) -> None:
+        self._abort.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def sync(self) -> None:
+        """Commit every table's pending files now (for a committer whose thread is not running)."""
+        if not self.recovered.is_set():
+            self.adopt()
+        for dataset in list(self._pending):
+            self._commit(dataset)
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.adopt()
+            while True:
+                with self._cond:
+                    due = self._due()
+                    while not due and not self._stopping:
+                        self._cond.wait(self._wait())
+                        due = self._due()
+                    stopping = self._stopping
+                for dataset in due:
+                    self._commit(dataset)
+                if stopping and not self._due(every=True):
+                    break
+        except Exception:
+            logger.exception("the table committer crashed: stored files wait for a restart to be committed")
+            raise
+
+    def _due(self, every: bool = False) -> list[str]:
+        now = time.monotonic()
+        interval = self._settings.commit_interval
+        return [
+            name
+            for name, p in self._pending.items()
+            if p.files
+            and (
+                every
+                or self._stopping
+                or len(p.files) >= self._settings.commit_files
+                or now - p.since >= interval
+                or (p.eager and not p.expected)
+            )
+        ]
+
+    def _wait(self) -> float:
+        starts = [p.since for p in self._pending.values() if p.files]
+        if not starts:
+            return 3600.0
+        return max(0.0, min(starts) + self._settings.commit_interval - time.monotonic())
+
+    def _commit(self, dataset: str) -> None:
+        """Commit the dataset's pending files, retrying until they are in the table (or the abort)."""
+        with self._cond:
+            pending = self._pending.get(dataset)
+            if pending is None or not pending.files:
+                return
+            files, pending.files = pending.files, []
+            if not pending.expected:
+                pending.eager = False
+            fields = pending.fields
+        stats = self.stats.setdefault(dataset, TableStats())
+        delay = self._settings.retry_initial_delay
+        while True:
+            try:
+                started = time.monotonic()
+                added = self._commit_once(dataset, files, fields)
+                break
+            except CommitConflict:
+                stats.conflicts += 1  # the table was read again: plan again at once
+            except Exception as exc:
+                stats.errors += 1
+                stats.last_error = first_line(exc)
+                logger.warning("commit to table {!r} failed, retrying in {:.1f}s: {}", dataset, delay, exc)
+                self._open.pop(dataset, None)
+                if self._abort.wait(delay):
+                    logger.error("gave up committing {} files to table {!r}", len(files), dataset)
+                    return
+                delay = min(delay * 2, self._settings.retry_max_delay)
+        now = time.time()
+        stats.commit_seconds = [*stats.commit_seconds[-999:], time.monotonic() - started]
+        stats.lag_seconds = [
+            *stats.lag_seconds[-(1000 - len(files)) :],
+            *(now - self._stored_at.pop(f.path, now) for f in files),
+        ]
+        if added:
+            stats.commits += 1
+            stats.files += added
+            stats.last_commit_at = now
+            logger.info("committed {} files to table {!r} ({})", added, dataset, self.format_of(dataset))
+        self._committed(tuple(s for f in files for s in f.seqs))
+        every = self._settings.maintain_every
+        if added and every and stats.commits % every == 0:
+            self._maintain(dataset)
+
+    def _commit_once(self, dataset: str, files: list[DataFile], fields: object) -> int:
+        table = self._table(dataset, files[0], fields)
+        known = table.paths()
+        plan = [f for f in files if f.path not in known]
+        plan = list({f.path: f for f in plan}.values())
+        if plan:
+            table.append(plan)
+        return len(plan)
+
+    def _table(self, dataset: str, first: DataFile | None, fields: object = None) -> Table:
+        table = self._open.get(dataset)
+        if table is None:
+            made = self._tables[self.format_of(dataset)].open(
+                dataset,
+                first.schema if first is not None else None,
+                fields,  # type: ignore[call-arg]
+            )
+            if made is None:
+                raise LookupError(f"dataset {dataset!r} has no table")
+            table = self._open[dataset] = made
+        return table
+
+    def _maintain(self, dataset: str) -> None:
+        try:
+            done = self._open[dataset].maintain(self._settings.keep_snapshots)
+            logger.info("maintained table {!r}: {}", dataset, done)
+        except Exception as exc:
+            logger.warning("maintenance of table {!r} failed (commits go on): {}", dataset, exc)
+
+    # -- after a crash ---------------------------------------------------------------------------------
+    def adopt(self) -> int:
+        """Commit the files table datasets hold that their tables do not (stored by a process that died
+        before its commit). Returns how many. Runs once, before the first commit."""
+        adopted = 0
+        if self.recovered.is_set():
+            return 0
+        if not self._tables:
+            self.recovered.set()
+            return 0
+        try:
+            for dataset in Datasets(self._storage).names():
+                if self.format_of(dataset) == "none":
+                    continue
+                adopted += self._adopt(dataset)
+        except Exception:
+            logger.opt(exception=True).error("adopting uncommitted files failed; they wait for the next start")
+        self.recovered.set()
+        return adopted
+
+    def _adopt(self, dataset: str) -> int:
+        prefix = dataset + "/"
+        names = [
+            p[len(prefix) :]
+            for p in Datasets(self._storage).objects(dataset)
+            if p.rsplit("/", 1)[-1].startswith("part-")
+        ]
+        if not names:
+            return 0
+        table = self._open.get(dataset) or self._tables[self.format_of(dataset)].open(dataset, None)
+        known = table.paths() if table is not None else set()
+        orphans = [n for n in names if n not in known]
+        files = [f for n in orphans if (f := self._describe(dataset, n)) is not None]
+        if not files:
+            return 0
+        logger.info("adopting {} stored but uncommitted files into table {!r}", len(files), dataset)
+        with self._cond:
+            pending = self._pending.setdefault(dataset, _Pending())
+            pending.files[:0] = files
+            pending.since = time.monotonic() - self._settings.commit_interval
+        self._commit(dataset)
+        return len(files)
+
+    def _describe(self, dataset: str, name: str) -> DataFile | None:
+        path = f"{dataset}/{name}"
+        try:
+            data = self._storage.read(path)
+            footer = pq.ParquetFile(io.BytesIO(data)).metadata
+        except Exception as exc:
+            logger.warning("{} is not a readable Parquet file, not adopted: {}", path, first_line(exc))
+            return None
+        return DataFile(
+            name,
+            len(data),
+            footer.num_rows,
+            footer.schema.to_arrow_schema(),
+            Stored.partition_of(path, dataset),
+            footer,
+        )
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
