@@ -127,6 +127,7 @@ class Service:
                     s.server,
                     auth,
                     s.datasets,
+                    self.committer,
                     **tls_options(s.server),
                 )
             if s.metrics.listen:

@@ -24,7 +24,7 @@ from flight_writer.config import DatasetSettings, FlightSqlSettings, ServerSetti
 from flight_writer.ingest.actions import Actions
 from flight_writer.ingest.admission import Admission
 from flight_writer.ingest.auth import Authenticator, AuthMiddlewareFactory, HandshakeAllowed, authorize, principal_of
-from flight_writer.ingest.flightsql.door import FlightSqlDoor
+from flight_writer.ingest.flightsql.door import FlightSqlDoor, TableReplace
 from flight_writer.ingest.ingestor import Ingestor
 from flight_writer.ingest.paths import dataset_from_path
 from flight_writer.ingest.refusals import Refusals
@@ -71,6 +71,7 @@ class FlightWriterServer(flight.FlightServerBase):
         limits: ServerSettings | None = None,
         auth: Authenticator | None = None,
         layout: DatasetSettings | None = None,
+        tables: TableReplace | None = None,
         **kwargs: Any,
     ) -> None:
         #: refused calls by reason, logged in rate-limited summaries (refusals.py)
@@ -86,7 +87,15 @@ class FlightWriterServer(flight.FlightServerBase):
         datasets = Datasets(storage)
         admission = Admission(datasets, layout or DatasetSettings())
         self._ingestor = Ingestor(queue, admission, self._limits, put_timeout, self.refusals)
-        self._sql = FlightSqlDoor(self._ingestor, admission, datasets, storage, flight_sql or FlightSqlSettings())
+        self._sql = FlightSqlDoor(
+            self._ingestor,
+            admission,
+            datasets,
+            storage,
+            flight_sql or FlightSqlSettings(),
+            tables,
+            lambda dataset: (layout or DatasetSettings()).rule_for(dataset).table,
+        )
         self._actions = Actions(queue, status, self.refusals)
         self._auth = auth
         self._streams = 0  # do_put calls open now (metrics)

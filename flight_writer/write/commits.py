@@ -88,6 +88,12 @@ class Committer:
         self.stats: dict[str, TableStats] = {}
         self.recovered = threading.Event()
         self._stored_at: dict[str, float] = {}
+        self._locks: dict[str, threading.Lock] = {}  # one commit per table at a time (loop, replace, adopt)
+        self._held: dict[str, list[DataFile]] = {}  # a replace in progress: its dataset's new files wait here
+
+    def _lock_of(self, dataset: str) -> threading.Lock:
+        with self._cond:
+            return self._locks.setdefault(dataset, threading.Lock())
 
     def format_of(self, dataset: str) -> str:
         return self._datasets.rule_for(dataset).table
@@ -117,6 +123,14 @@ class Committer:
         data_file = DataFile(path, event.nbytes, event.rows, event.schema, event.partition, event.footer, event.seqs)
         with self._cond:
             pending = self._pending.setdefault(event.dataset, _Pending())
+            held = self._held.get(event.dataset)
+            if held is not None:  # a replace of the dataset is in progress: its commit takes these
+                held.append(data_file)
+                pending.expected.discard(event.path)
+                if pending.fields is None:
+                    pending.fields = event.fields
+                self._cond.notify_all()
+                return
             if not pending.files:
                 pending.since = time.monotonic()
             pending.files.append(data_file)
@@ -220,7 +234,56 @@ class Committer:
             return 3600.0
         return max(0.0, min(starts) + self._settings.commit_interval - time.monotonic())
 
+    # -- Flight SQL replace: one overwrite commit ------------------------------------------------------
+    def begin_replace(self, dataset: str) -> None:
+        """From now on the dataset's stored files wait for ``finish_replace``; what is pending is committed
+        first (it belongs to the data being replaced)."""
+        self._commit(dataset)
+        with self._cond:
+            self._held[dataset] = []
+
+    def finish_replace(self, dataset: str, seqs: list[int], ok: bool, timeout: float | None = None) -> bool:
+        """``ok``: one commit whose table holds only the files stored since ``begin_replace`` (every file it
+        held before is removed from the table; the files stay in storage for older snapshots). Waits until
+        the files holding ``seqs`` are here (the durability record comes before the file's event). Not
+        ``ok``: the replace's own files (``seqs``) are dropped, the rest goes on to a normal commit. False if
+        ``timeout`` passed first (nothing changed in the table then)."""
+        wanted = set(seqs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while ok and not wanted <= {s for f in self._held.get(dataset, ()) for s in f.seqs}:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            held = self._held.pop(dataset, [])
+            if not ok:
+                rest = [f for f in held if not wanted & set(f.seqs)]
+                pending = self._pending.setdefault(dataset, _Pending())
+                pending.files[:0] = rest
+                if rest:
+                    pending.since = time.monotonic()
+                return True
+            fields = self._pending.get(dataset, _Pending()).fields
+        if not held and self._tables[self.format_of(dataset)].open(dataset, None) is None:
+            return True  # no table and nothing new: nothing to replace
+        with self._lock_of(dataset):
+            while True:
+                table = self._table(dataset, held[0] if held else None, fields)
+                try:
+                    table.replace(sorted(table.paths()), held)
+                    break
+                except CommitConflict:
+                    continue
+        self._committed(tuple(s for f in held for s in f.seqs))
+        logger.info("replaced table {!r} with {} files", dataset, len(held))
+        return True
+
     def _commit(self, dataset: str) -> None:
+        with self._lock_of(dataset):
+            self._commit_locked(dataset)
+
+    def _commit_locked(self, dataset: str) -> None:
         """Commit the dataset's pending files, retrying until they are in the table (or the abort)."""
         with self._cond:
             pending = self._pending.get(dataset)

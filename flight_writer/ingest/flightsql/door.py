@@ -12,7 +12,7 @@ away stops reading schemas."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -27,6 +27,17 @@ from flight_writer.lake.datasets import Datasets, parquet_schema_of
 from flight_writer.lake.storage import Storage
 
 
+class TableReplace(Protocol):
+    """How a replace reaches a dataset's lake table: one overwrite commit (the write role's committer; in
+    the same process only)."""
+
+    def commits(self, dataset: str) -> bool: ...
+
+    def begin_replace(self, dataset: str) -> None: ...
+
+    def finish_replace(self, dataset: str, seqs: list[int], ok: bool, timeout: float | None = None) -> bool: ...
+
+
 class FlightSqlDoor:
     """Flight SQL's door onto the one ingest path (``ingestor``); ``settings`` (flight_sql.*) may be replaced
     while running (a live reload)."""
@@ -38,7 +49,11 @@ class FlightSqlDoor:
         datasets: Datasets,
         storage: Storage,
         settings: FlightSqlSettings,
+        tables: TableReplace | None = None,
+        table_of: Callable[[str], str] = lambda dataset: "none",
     ) -> None:
+        self._tables = tables
+        self._table_of = table_of  # the dataset's table format (datasets.table)
         self._ingestor = ingestor
         self._admission = admission
         self._datasets = datasets
@@ -91,20 +106,39 @@ class FlightSqlDoor:
                     f"table {dataset!r} has schema ({_short(current.to_arrow_schema())}); the data has "
                     f"({_short(reader.schema)}). Set flight_sql.allow_schema_change = true to allow it"
                 )
-        durable = (ack_header or self.settings.ack) == "durable"
-        seqs, rows = self._ingestor.ingest(dataset, reader, None, keep_seqs=True, fresh=replace)
-        if durable or replace:  # a replace removes the old data only once the new data is safe
-            result = self._ingestor.make_durable(dataset, seqs)
-            if result.get("failed"):
-                if replace:  # none of it: the old data stays as it was, and so does the dataset's schema
-                    for path in result.get("files", ()):
-                        self._storage.delete(path)
-                    self._admission.forget(dataset)
+        level = ack_header or self.settings.ack
+        table = replace and self._table_of(dataset) != "none"
+        if table:
+            if self._tables is None:
                 raise flight.FlightServerError(
-                    f"{len(result['failed'])} batches could not be stored in Parquet: {result['failed'][0]['error']}"
+                    f"table {dataset!r} is a lake table: a replace is one overwrite commit, which only a process "
+                    "that also writes (serve --role all) can make"
                 )
-            for path in existing if replace else ():
-                self._storage.delete(path)
+            self._tables.begin_replace(dataset)
+        seqs: list[int] = []
+        try:
+            seqs, rows = self._ingestor.ingest(dataset, reader, None, keep_seqs=True, fresh=replace)
+            if level != "queued" or replace:  # a replace removes the old data only once the new data is safe
+                result = self._ingestor.make_durable(dataset, seqs, "durable" if table else level)
+                if result.get("failed"):
+                    if replace:  # none of it: the old data stays as it was, and so does the dataset's schema
+                        for path in result.get("files", ()):
+                            self._storage.delete(path)
+                        self._admission.forget(dataset)
+                    raise flight.FlightServerError(
+                        f"{len(result['failed'])} batches could not be stored in Parquet: "
+                        f"{result['failed'][0]['error']}"
+                    )
+                if table:
+                    assert self._tables is not None
+                    self._tables.finish_replace(dataset, seqs, True)  # the table holds the new files only
+                    table = False
+                for path in existing if replace else ():
+                    self._storage.delete(path)
+        finally:
+            if table:  # the replace did not get as far as its commit: the table stays as it was
+                assert self._tables is not None
+                self._tables.finish_replace(dataset, seqs, False)
         writer.write(pa.py_buffer(flightsql.update_result(rows)))
 
     def get_flight_info(
