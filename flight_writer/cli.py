@@ -2,7 +2,8 @@
 settings); ``config`` prints the default settings file; ``check`` asks a running server for its status and
 exits 0 if it answers (1 otherwise); ``hash-secret`` hashes a password and ``new-token`` makes a machine token
 for ``auth.principals_file``. The commands for people at a terminal (``status``, ``top``, ``send``) are in
-console/. A reader that closes the pipe early (``| head``) ends a command quietly."""
+console/, and so is ``tables`` (maintenance of the lake tables, run on storage without a server:
+console/tables.py). A reader that closes the pipe early (``| head``) ends a command quietly."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from loguru import logger
 
 from flight_writer import __version__, console
 from flight_writer.config import ConfigError, load_settings
+from flight_writer.console import tables as table_commands
 from flight_writer.console.common import connection_arguments
 from flight_writer.lake.storage import StorageError
 from flight_writer.log import configure_logging
@@ -95,6 +97,7 @@ def _main(argv: list[str] | None) -> int:
         "new-token", help="make a machine token: prints the token (give it to the client) and its hash (the file)"
     )
     console.add_commands(sub)  # status, top, send: commands for people at a terminal
+    table_commands.add_command(sub)  # tables maintain | compact | remove-orphans: on storage, no server
     args = parser.parse_args(argv)
     if hasattr(args, "run"):
         return args.run(args)

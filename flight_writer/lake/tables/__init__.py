@@ -3,6 +3,9 @@
 ``base.py`` is the seam (:class:`Table`, :class:`Tables`, :class:`DataFile`, the conflict that makes commits
 exactly once); ``iceberg.py`` and ``delta.py`` implement it; ``mapping.py`` maps the layout's partitions and
 types onto a table. The committer that decides when to commit is the write role's (``write/commits.py``).
+``compact.py`` rewrites small files into fewer as replace commits (with the intents that make a crash
+harmless, and what adoption must leave alone); ``maintain.py`` measures maintenance and removes files no
+version needs (``flight-writer tables``).
 
 Tables sit where the files are: a dataset's folder is its table's location, under the same storage root
 and credentials (``fs`` and ``s3``; Iceberg's catalog is SQL or REST, ``tables.*``). The packages are an

@@ -83,6 +83,12 @@ class Table(abc.ABC):
     def referenced(self) -> set[str]:
         """Every data file any version the table keeps refers to (what file removal must leave alone)."""
 
+    def unreferenced(self, older_than: float) -> set[str] | None:
+        """The files the format itself finds that no version it keeps needs and that are older than
+        ``older_than`` seconds (Delta: its vacuum, as a dry run); None: decide from ``referenced`` and the
+        files' ages (Iceberg). Deletes nothing."""
+        return None
+
     @abc.abstractmethod
     def scan(self) -> pa.Table:
         """The table's rows at its current version (for tests and small checks; readers use their own)."""

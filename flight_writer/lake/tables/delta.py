@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
 from typing import Any
 
@@ -132,8 +133,9 @@ class DeltaTableOf(Table):
 
         count = self.commits() + 1
         now = int(time.time() * 1000)
-        actions: list[Any] = [RemoveAction(path, True, now) for path in removed]
-        actions += [AddAction(f.path, f.size, self._partition_values(f), now, True, _stats(f)) for f in added]
+        change = not removed  # a replace (compaction) moves rows between files: no data change for readers
+        actions: list[Any] = [RemoveAction(path, change, now) for path in removed]
+        actions += [AddAction(f.path, f.size, self._partition_values(f), now, change, _stats(f)) for f in added]
         self._widen(added)
         properties = CommitProperties(
             custom_metadata={COMMITS_KEY: str(count), FILES_KEY: str(len(added))},
@@ -185,9 +187,28 @@ class DeltaTableOf(Table):
         return {p.name: f.partition.get(p.name) for p in self._partitions}
 
     def maintain(self, keep: int) -> dict[str, int]:
+        """A checkpoint at the current version, then the log entries before it that are older than the
+        table's ``delta.logRetentionDuration`` (30 days unless set) deleted. Delta keeps its log by age, not
+        by count: ``keep`` does not apply. Commits stay flat anyway: a commit reads the log from the newest
+        checkpoint on (delta-rs also checkpoints every ``delta.checkpointInterval`` commits by itself)."""
+        self._table.update_incremental()
+        version = self._table.version()
         self._table.create_checkpoint()
         self._table.cleanup_metadata()
-        return {"checkpoints": 1}
+        return {"checkpoint_version": version}
+
+    def unreferenced(self, older_than: float) -> set[str]:
+        """delta-rs's full vacuum, as a dry run: files no version within the retention needs (removed before
+        it, or never in the log and last modified before it). The retention is whole hours: ``older_than``
+        seconds rounded up. Nothing is deleted here; the caller keeps to its own dataset's files (the full
+        vacuum lists a nested dataset's files too)."""
+        found = self._table.vacuum(
+            retention_hours=math.ceil(max(older_than, 0.0) / 3600),
+            dry_run=True,
+            enforce_retention_duration=False,
+            full=True,
+        )
+        return set(found)
 
 
 def _stats(f: DataFile) -> str:

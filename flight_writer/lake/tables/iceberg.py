@@ -179,8 +179,12 @@ class IcebergTable(Table):
     def referenced(self) -> set[str]:
         io = self._table.io
         found: set[str] = set()
+        read: set[str] = set()  # snapshots share most manifests: each is read once
         for snapshot in self._table.snapshots():
             for manifest in snapshot.manifests(io):
+                if manifest.manifest_path in read:
+                    continue
+                read.add(manifest.manifest_path)
                 found.update(
                     self._relative(e.data_file.file_path)
                     for e in manifest.fetch_manifest_entry(io, discard_deleted=False)
@@ -272,12 +276,46 @@ class IcebergTable(Table):
         )
 
     def maintain(self, keep: int) -> dict[str, int]:
-        snapshots = sorted(self._table.snapshots(), key=lambda s: s.timestamp_ms)
-        old = [s.snapshot_id for s in snapshots[:-keep]] if len(snapshots) > keep else []
-        if old:
-            self._table.maintenance.expire_snapshots().by_ids(old).commit()
+        """Expire every snapshot but the newest ``keep`` (the current one always stays), then delete the
+        manifest lists and manifests only the expired snapshots used: pyiceberg's expiry edits the metadata
+        and deletes nothing. Old metadata JSON goes by the table's properties on every commit
+        (``write.metadata.previous-versions-max``). Data files stay: ``remove-orphans`` deletes those."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        io = self._table.io
+        snapshots = sorted(self._table.snapshots(), key=lambda s: (s.sequence_number or 0, s.timestamp_ms))
+        protected = {ref.snapshot_id for ref in self._table.metadata.refs.values()}
+        old = [s for s in snapshots[: -max(keep, 1)] if s.snapshot_id not in protected]
+        done = {"snapshots_expired": 0, "manifest_lists_deleted": 0, "manifests_deleted": 0}
+        if not old:
+            return done
+        lists = {s.manifest_list for s in old}
+        manifests = {m.manifest_path for s in old for m in s.manifests(io)}
+        try:
+            self._table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in old]).commit()
+        except CommitFailedException as exc:
             self.refresh()
-        return {"snapshots_expired": len(old)}
+            raise CommitConflict(f"table {self.dataset!r} moved on during maintenance: {exc}") from None
+        self.refresh()
+        done["snapshots_expired"] = len(old)
+        kept = self._table.snapshots()
+        lists -= {s.manifest_list for s in kept}
+        manifests -= {m.manifest_path for s in kept for m in s.manifests(io)}
+        done["manifest_lists_deleted"] = _delete(io, lists)
+        done["manifests_deleted"] = _delete(io, manifests)
+        return done
+
+
+def _delete(io: Any, locations: set[str]) -> int:
+    """Delete files through the table's FileIO; returns how many were there to delete."""
+    deleted = 0
+    for location in sorted(locations):
+        try:
+            io.delete(location)
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    return deleted
 
 
 def _partition_value(p: PartitionColumn, values: dict[str, str | None]) -> Any:
