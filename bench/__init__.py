@@ -23,7 +23,8 @@ Writes bench/results.json and bench/results.png, and prints the table. The parts
   contenders.py   the servers (discard, flight-writer per queue type, the NATS topology), the direct
                   writers, the producers and the clocks
   compare.py      a scenario's contenders taking turns, BENCH_REPEAT times each: medians, ranges, CPU
-  scenarios/      one module per part of the run (throughput, cores, burst, nats, gil, latency, memory)
+  scenarios/      one module per part of the run (throughput, cores, burst, nats, gil, latency, memory,
+                  tables)
   report.py       the targets, the tables, results.json and the chart
   __main__.py     python -m bench from the repository root (make bench); bench/run.py does the same
 """

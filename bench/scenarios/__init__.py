@@ -8,9 +8,11 @@
   gil          the share of wall time the server holds the GIL (py-spy)
   latency      durable-ack latency at a steady load, per flush interval
   memory       the server's peak RSS while 10 x queue.max_bytes goes through a slowed storage
+  tables       lake tables (Iceberg on SQLite, Delta): ingest against plain files, durable -> committed lag,
+               commit latency by files per commit, commits over time with maintenance
 """
 
-from bench.scenarios import burst, cores, gil, latency, memory, nats, throughput
+from bench.scenarios import burst, cores, gil, latency, memory, nats, tables, throughput
 
 PARTS = {
     "throughput": throughput.throughput,
@@ -20,4 +22,5 @@ PARTS = {
     "gil": gil.gil_share,
     "latency": latency.latency,
     "memory": memory.peak_memory,
+    "tables": tables.tables,
 }
