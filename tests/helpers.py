@@ -206,7 +206,11 @@ class ServerProcess:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
-        line = self.wait_for_log(ready, 60)
+        try:
+            line = self.wait_for_log(ready, 60)
+        except BaseException:
+            self.close()  # not handed to a fixture yet: nobody else would stop it
+            raise
         found = re.search(r"\(port (\d+)\)", line)
         self.port = int(found.group(1)) if found else 0  # a write process has none
         self.location = f"grpc://127.0.0.1:{self.port}"
@@ -359,3 +363,43 @@ def _stop_postgres(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextmanager
+def table_handle(settings: Any, dataset: str) -> Iterator[Any]:
+    """The dataset's lake table through the seam (lake/tables), a handle of the test's own on the settings'
+    storage and catalog; None if there is no table yet."""
+    from flight_writer.lake.tables import make_tables
+
+    tables = make_tables(settings.tables, settings.datasets, settings.storage)
+    try:
+        yield tables[settings.datasets.rule_for(dataset).table].open(dataset, None)
+    finally:
+        for t in tables.values():
+            t.close()
+
+
+def read_lake_table(root: Path, fmt: str, dataset: str, namespace: str = "flight_writer") -> tuple[pa.Table, list[str]]:
+    """A dataset's lake table on a local root, read with the format's own reader (pyiceberg through the default
+    SQLite catalog in the root; deltalake): its rows and the data files its current version lists, as listed
+    (a file listed twice shows twice). An empty table and no files where there is no table."""
+    if fmt == "iceberg":
+        from pyiceberg.catalog.sql import SqlCatalog
+        from pyiceberg.exceptions import NoSuchTableError
+
+        catalog = SqlCatalog("flight_writer", uri=f"sqlite:///{root / '_catalog.db'}", warehouse=str(root))
+        try:
+            table = catalog.load_table((*namespace.split("."), *dataset.split("/")))
+            return table.scan().to_arrow(), table.inspect.files().column("file_path").to_pylist()
+        except NoSuchTableError:
+            return pa.table({}), []
+        finally:
+            catalog.engine.dispose()
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = DeltaTable(str(root / dataset))
+    except TableNotFoundError:
+        return pa.table({}), []
+    return table.to_pyarrow_table(), table.file_uris()
