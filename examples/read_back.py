@@ -41,16 +41,16 @@ def unified_schema(folder: Path) -> pa.Schema:
 
 def with_duckdb(folder: Path) -> int:
     # In SQL (a duckdb shell, or duckdb.sql("...").show() in Python):
-    #   SELECT count(*) FROM read_parquet('data/examples/pyarrow/**/*.parquet',
+    #   SELECT count(*) FROM read_parquet('data/examples/pyarrow/**/part-*.parquet',
     #                                     hive_partitioning = true, union_by_name = true)
     query = "SELECT count(*) FROM read_parquet(?, hive_partitioning = true, union_by_name = true)"
-    [(rows,)] = duckdb.execute(query, [f"{folder}/**/*.parquet"]).fetchall()
+    [(rows,)] = duckdb.execute(query, [f"{folder}/**/part-*.parquet"]).fetchall()
     return rows
 
 
 def with_polars(folder: Path) -> int:
     frame = pl.scan_parquet(
-        f"{folder}/**/*.parquet",
+        f"{folder}/**/part-*.parquet",
         hive_partitioning=True,
         schema=pl.from_arrow(unified_schema(folder).empty_table()).schema,
         missing_columns="insert",  # a file without a column reads as nulls in it
@@ -78,7 +78,7 @@ for folder in datasets:
 
 # Any SQL over the files, e.g. all the example datasets together (every one has service and latency_ms).
 # duckdb.sql(...).show() prints the result as a table; no duckdb command-line tool is needed.
-everything = f"{ROOT}/examples/*/**/*.parquet"
+everything = f"{ROOT}/examples/*/**/part-*.parquet"
 duckdb.sql(
     """SELECT service, count(*) AS rows, round(avg(latency_ms), 2) AS avg_latency_ms
        FROM read_parquet($files, hive_partitioning = true, union_by_name = true)

@@ -23,7 +23,7 @@ from flight_writer.config.live import split_changes
 from flight_writer.ingest.auth import Authenticator, load_principals
 from flight_writer.ingest.server import FlightWriterServer
 from flight_writer.ingest.tls import tls_options
-from flight_writer.lake.storage import Storage, StorageError
+from flight_writer.lake.storage import Storage, StorageError, first_line
 from flight_writer.lake.tables import make_tables
 from flight_writer.metrics import Metrics
 from flight_writer.queue import Queue, WalQueue, make_queue
@@ -109,8 +109,15 @@ class Service:
                 self.storage.remove_partials(None if self.role == "all" else 3600.0)
                 self.writer = Writer(self.queue, self.storage, s.writer, s.datasets, crashed=self.queue.close)
                 tables = make_tables(s.tables, s.datasets, s.storage)
-                self.committer = Committer(tables, s.datasets, s.tables, self.storage, self.queue.committed)
-                self.committer.adopt()  # what a crash left uncommitted, before anything new is stored
+                self.committer = Committer(
+                    tables, s.datasets, s.tables, self.storage, self.queue.committed, self.queue.identity
+                )
+                try:  # what a crash left uncommitted, before anything new is stored
+                    self.committer.adopt(patient=False)
+                except Exception as exc:
+                    if s.storage.startup_check:
+                        raise StorageError(f"lake tables: {first_line(exc)}") from exc
+                    logger.error("lake tables: {} (storage.startup_check = false: starting anyway)", exc)
                 self.writer.followers.watchers.append(self.committer)
                 self.committer.start()
                 self.writer.start()

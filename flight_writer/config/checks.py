@@ -126,8 +126,9 @@ def check_settings(s: Settings) -> None:
 
 def _check_tables(s: Settings) -> None:
     t = s.tables
-    if not t.commit_interval > 0:
-        raise ConfigError(f"tables.commit_interval must be positive, got {t.commit_interval!r}")
+    for name in ("commit_interval", "adopt_interval"):
+        if not getattr(t, name) > 0:
+            raise ConfigError(f"tables.{name} must be positive, got {getattr(t, name)!r}")
     for name in ("commit_files", "keep_snapshots"):
         if getattr(t, name) < 1:
             raise ConfigError(f"tables.{name} must be at least 1, got {getattr(t, name)!r}")

@@ -126,12 +126,13 @@ class TableSettings:
 
     commit_interval: float = 5.0  # seconds: stored files wait at most this long for their table commit
     commit_files: int = 100  # ... or until this many files wait for one table
+    adopt_interval: float = 30.0  # seconds between looks for files a dead write process left uncommitted
     namespace: str = "flight_writer"  # Iceberg: the catalog namespace the tables go in
     catalog_uri: str = ""  # Iceberg SQL catalog (SQLAlchemy URL); "": SQLite in <storage.root>/_catalog.db (fs)
     catalog_type: str = "sql"  # sql (SQLite, PostgreSQL) or rest
     catalog_options: Mapping[str, str] = field(default_factory=dict)  # rest: uri, token, warehouse, ...
     maintain_every: int = 100  # commits to a table between maintenance runs (expiry, checkpoints); 0 = never
-    keep_snapshots: int = 100  # Iceberg snapshots (Delta log versions' checkpoints) a maintenance run keeps
+    keep_snapshots: int = 20  # Iceberg snapshots a maintenance run keeps (Delta keeps its log by age)
     retry_initial_delay: float = 0.5
     retry_max_delay: float = 30.0
 

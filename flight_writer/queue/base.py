@@ -156,6 +156,11 @@ class Ingest(abc.ABC):
 class Feed(abc.ABC):
     """What the write role uses: take entries, say what it is about to store, confirm what it stored."""
 
+    #: names this queue's seq numbering: seqs of two queues with different identities are unrelated (two
+    #: servers on one root, a memory queue before and after a restart). Files and table commits carry it, so
+    #: a seq read back from them is told to this queue only if it is this queue's. "": unknown (never told)
+    identity: str = ""
+
     @abc.abstractmethod
     def take(self, max_items: int, timeout: float) -> list[Entry]:
         """Up to ``max_items`` entries in seq order, waiting up to ``timeout`` s for one (``[]`` if none)."""

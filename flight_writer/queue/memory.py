@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import deque
 from typing import Any, Protocol
 
@@ -57,6 +58,7 @@ class MemoryQueue(Queue):
     ) -> None:
         self._max_bytes = max_bytes
         self._journal = journal
+        self.identity = f"memory:{uuid.uuid4().hex}"  # seqs start again at 1 with every process
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
@@ -185,11 +187,12 @@ class MemoryQueue(Queue):
                 seqs = [s for of in self._pending.values() for s in of]
             else:
                 seqs = list(self._pending.get(dataset, ()))
-            if not seqs:
-                return True
+            # asked even when nothing is pending: files stored already may still wait for a table commit
             self._flushes.append(dataset)
             self._woken = True
             self._not_empty.notify_all()
+            if not seqs:
+                return True
         return self.position.wait(seqs, timeout)
 
     def refuse_puts(self) -> None:

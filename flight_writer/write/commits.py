@@ -35,9 +35,12 @@ from flight_writer.config import DatasetSettings, TableSettings
 from flight_writer.lake.datasets import Datasets
 from flight_writer.lake.storage import Storage, first_line
 from flight_writer.lake.tables import CommitConflict, DataFile, Table, Tables
+from flight_writer.lake.tables.compact import SHARED_AGE, excluded, recover
+from flight_writer.queue.seqs import parse_ranges, seq_ranges
 from flight_writer.write.stored import Stored
 
 Committed = Callable[[tuple[int, ...]], None]
+RETOLD_COMMITS = 50  # a table's last commits whose seqs a start (and each rescan) tells the queue again
 
 
 @dataclass
@@ -73,7 +76,11 @@ class Committer:
         settings: TableSettings,
         storage: Storage,
         committed: Committed,
+        identity: str = "",
     ) -> None:
+        """``identity``: the queue's (``Feed.identity``): seqs read back from files and commits are told to
+        ``committed`` only when they are that queue's."""
+        self._identity = identity
         self._tables = tables
         self._datasets = datasets
         self._settings = settings
@@ -90,6 +97,7 @@ class Committer:
         self._stored_at: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}  # one commit per table at a time (loop, replace, adopt)
         self._held: dict[str, list[DataFile]] = {}  # a replace in progress: its dataset's new files wait here
+        self._seen_orphans: dict[str, set[str]] = {}  # orphans at the last rescan, per dataset
 
     def _lock_of(self, dataset: str) -> threading.Lock:
         with self._cond:
@@ -131,14 +139,16 @@ class Committer:
                     pending.fields = event.fields
                 self._cond.notify_all()
                 return
-            if not pending.files:
+            first = not pending.files
+            if first:
                 pending.since = time.monotonic()
             pending.files.append(data_file)
             pending.expected.discard(event.path)
             if pending.fields is None:
                 pending.fields = event.fields
             self._stored_at[path] = time.time()
-            if len(pending.files) >= self._settings.commit_files or (pending.eager and not pending.expected):
+            # the first file starts the table's interval: the loop may be waiting without one
+            if first or len(pending.files) >= self._settings.commit_files or (pending.eager and not pending.expected):
                 self._cond.notify_all()
 
     def table_stats(self) -> dict[str, dict[str, object]]:
@@ -197,15 +207,19 @@ class Committer:
     def _run(self) -> None:
         try:
             self.adopt()
+            next_scan = time.monotonic() + self._settings.adopt_interval
             while True:
                 with self._cond:
                     due = self._due()
-                    while not due and not self._stopping:
-                        self._cond.wait(self._wait())
+                    while not due and not self._stopping and time.monotonic() < next_scan:
+                        self._cond.wait(min(self._wait(), max(0.0, next_scan - time.monotonic())))
                         due = self._due()
                     stopping = self._stopping
                 for dataset in due:
                     self._commit(dataset)
+                if not stopping and time.monotonic() >= next_scan:
+                    self.rescan()
+                    next_scan = time.monotonic() + self._settings.adopt_interval
                 if stopping and not self._due(every=True):
                     break
         except Exception:
@@ -279,11 +293,11 @@ class Committer:
         logger.info("replaced table {!r} with {} files", dataset, len(held))
         return True
 
-    def _commit(self, dataset: str) -> None:
+    def _commit(self, dataset: str, patient: bool = True) -> None:
         with self._lock_of(dataset):
-            self._commit_locked(dataset)
+            self._commit_locked(dataset, patient)
 
-    def _commit_locked(self, dataset: str) -> None:
+    def _commit_locked(self, dataset: str, patient: bool = True) -> None:
         """Commit the dataset's pending files, retrying until they are in the table (or the abort)."""
         with self._cond:
             pending = self._pending.get(dataset)
@@ -300,11 +314,16 @@ class Committer:
                 started = time.monotonic()
                 added = self._commit_once(dataset, files, fields)
                 break
-            except CommitConflict:
+            except CommitConflict as exc:
                 stats.conflicts += 1  # the table was read again: plan again at once
+                logger.debug("{}: planning again", exc)
             except Exception as exc:
                 stats.errors += 1
                 stats.last_error = first_line(exc)
+                if not patient:  # one try (at start): the files wait for the loop, the caller hears why
+                    with self._cond:
+                        self._pending.setdefault(dataset, _Pending()).files[:0] = files
+                    raise
                 logger.warning("commit to table {!r} failed, retrying in {:.1f}s: {}", dataset, delay, exc)
                 self._open.pop(dataset, None)
                 if self._abort.wait(delay):
@@ -313,15 +332,19 @@ class Committer:
                 delay = min(delay * 2, self._settings.retry_max_delay)
         now = time.time()
         stats.commit_seconds = [*stats.commit_seconds[-999:], time.monotonic() - started]
-        stats.lag_seconds = [
-            *stats.lag_seconds[-(1000 - len(files)) :],
-            *(now - self._stored_at.pop(f.path, now) for f in files),
-        ]
+        lags = [now - at for f in files if (at := self._stored_at.pop(f.path, None)) is not None]
+        stats.lag_seconds = [*stats.lag_seconds, *lags][-1000:]  # adopted files have no stored time
         if added:
             stats.commits += 1
             stats.files += added
             stats.last_commit_at = now
-            logger.info("committed {} files to table {!r} ({})", added, dataset, self.format_of(dataset))
+            logger.info(
+                "committed {} files to table {!r} ({}) in {:.3f}s",
+                added,
+                dataset,
+                self.format_of(dataset),
+                stats.commit_seconds[-1],
+            )
         self._committed(tuple(s for f in files for s in f.seqs))
         every = self._settings.maintain_every
         if added and every and stats.commits % every == 0:
@@ -333,7 +356,8 @@ class Committer:
         plan = [f for f in files if f.path not in known]
         plan = list({f.path: f for f in plan}.values())
         if plan:
-            table.append(plan)
+            seqs = sorted(s for f in plan for s in f.seqs)
+            table.append(plan, f"{self._identity} {seq_ranges(seqs)}" if self._identity and seqs else "")
         return len(plan)
 
     def _table(self, dataset: str, first: DataFile | None, fields: object = None) -> Table:
@@ -357,26 +381,71 @@ class Committer:
             logger.warning("maintenance of table {!r} failed (commits go on): {}", dataset, exc)
 
     # -- after a crash ---------------------------------------------------------------------------------
-    def adopt(self) -> int:
+    def adopt(self, patient: bool = True) -> int:
         """Commit the files table datasets hold that their tables do not (stored by a process that died
-        before its commit). Returns how many. Runs once, before the first commit."""
-        adopted = 0
+        before its commit). Returns how many. Runs once, before the first commit. ``patient = False`` (a
+        service's start): one try, whose error is raised (a catalog that cannot be reached stops the start,
+        as storage does); the loop tries again later otherwise."""
         if self.recovered.is_set():
             return 0
         if not self._tables:
             self.recovered.set()
             return 0
+        adopted = 0
         try:
             for dataset in Datasets(self._storage).names():
                 if self.format_of(dataset) == "none":
                     continue
-                adopted += self._adopt(dataset)
+                table = self._open.get(dataset) or self._tables[self.format_of(dataset)].open(dataset, None)
+                if table is not None:  # first settle what a compaction that died left (lake/tables/compact.py)
+                    recover(self._storage, table, SHARED_AGE)
+                    self._retell(table)
+                adopted += self._adopt(dataset, patient=patient)
         except Exception:
-            logger.opt(exception=True).error("adopting uncommitted files failed; they wait for the next start")
+            if not patient:
+                raise
+            logger.opt(exception=True).error("adopting uncommitted files failed; the next look tries again")
         self.recovered.set()
         return adopted
 
-    def _adopt(self, dataset: str) -> int:
+    def rescan(self) -> int:
+        """Adopt files that were orphans (stored, in no table, pending nowhere here) at the last scan too: a
+        write process that died is not restarted, and no other starts (``tables.adopt_interval``). Files a
+        live process is about to commit are orphans for a moment only; if both commit one, the
+        compare-and-swap lets one commit land."""
+        adopted = 0
+        try:
+            for dataset in Datasets(self._storage).names():
+                if not self.commits(dataset):
+                    continue
+                table = self._open.get(dataset)
+                if table is not None:
+                    table.refresh()
+                    recover(self._storage, table, SHARED_AGE)  # a compaction that died an hour ago
+                    self._retell(table)
+                orphans = set(self._orphans(dataset))
+                with self._cond:
+                    local = self._pending.get(dataset, _Pending())
+                    orphans -= {f.path for f in local.files} | {f.path for f in self._held.get(dataset, ())}
+                seen, self._seen_orphans[dataset] = self._seen_orphans.get(dataset, set()), set()
+                adopted += self._adopt(dataset, sorted(orphans & seen))
+                self._seen_orphans[dataset] = orphans - seen
+        except Exception:
+            logger.opt(exception=True).warning("looking for uncommitted files failed; trying again later")
+        return adopted
+
+    def _retell(self, table: Table) -> None:
+        """Tell the queue again which seqs the table's last commits hold: a process that died between a
+        commit and its committed record left them durable only (repeating a record changes nothing)."""
+        if not self._identity:
+            return
+        told = [t.partition(" ") for t in table.recent_seqs(RETOLD_COMMITS)]
+        seqs = tuple(s for who, _, text in told if who == self._identity for s in parse_ranges(text))
+        if seqs:
+            self._committed(seqs)
+
+    def _orphans(self, dataset: str) -> list[str]:
+        """The dataset's data files (relative paths) its table does not hold."""
         prefix = dataset + "/"
         names = [
             p[len(prefix) :]
@@ -384,10 +453,15 @@ class Committer:
             if p.rsplit("/", 1)[-1].startswith("part-")
         ]
         if not names:
-            return 0
+            return []
         table = self._open.get(dataset) or self._tables[self.format_of(dataset)].open(dataset, None)
         known = table.paths() if table is not None else set()
-        orphans = [n for n in names if n not in known]
+        claimed = excluded(self._storage, dataset)  # a compaction's inputs and output (after the listing)
+        return [n for n in names if n not in known and n not in claimed]
+
+    def _adopt(self, dataset: str, orphans: list[str] | None = None, patient: bool = True) -> int:
+        if orphans is None:
+            orphans = self._orphans(dataset)
         files = [f for n in orphans if (f := self._describe(dataset, n)) is not None]
         if not files:
             return 0
@@ -396,7 +470,7 @@ class Committer:
             pending = self._pending.setdefault(dataset, _Pending())
             pending.files[:0] = files
             pending.since = time.monotonic() - self._settings.commit_interval
-        self._commit(dataset)
+        self._commit(dataset, patient)
         return len(files)
 
     def _describe(self, dataset: str, name: str) -> DataFile | None:
@@ -407,14 +481,11 @@ class Committer:
         except Exception as exc:
             logger.warning("{} is not a readable Parquet file, not adopted: {}", path, first_line(exc))
             return None
-        return DataFile(
-            name,
-            len(data),
-            footer.num_rows,
-            footer.schema.to_arrow_schema(),
-            Stored.partition_of(path, dataset),
-            footer,
-        )
+        meta = footer.metadata or {}
+        ours = bool(self._identity) and meta.get(b"flight_writer.queue", b"").decode() == self._identity
+        seqs = tuple(parse_ranges(meta.get(b"flight_writer.seqs", b"").decode())) if ours else ()
+        schema = footer.schema.to_arrow_schema()
+        return DataFile(name, len(data), footer.num_rows, schema, Stored.partition_of(path, dataset), footer, seqs)
 
 
 def _quantile(values: list[float], q: float) -> float | None:

@@ -98,12 +98,6 @@ def test_types_both_formats_hold_pass(fmt: str, kind: pa.DataType) -> None:
     assert types_problem(fmt, schema_with(kind)) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a timestamp with a time zone other than UTC passes types_problem, then neither format can make "
-    "the table (pyiceberg: 'unsupported type', delta-rs: 'Invalid data type for Delta Lake') and the committer "
-    "retries forever",
-)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_timestamps_in_a_zone_other_than_utc_are_refused(fmt: str) -> None:
     problem = types_problem(fmt, schema_with(pa.timestamp("us", "Europe/Paris")))

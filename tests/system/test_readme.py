@@ -117,7 +117,7 @@ def check_first_program(out: Outputs) -> None:
     lines = [ast.literal_eval(line) for line in out["client"].stdout.splitlines()]  # printed dicts
     assert lines[0] == {"seq": 1, "rows": 3, "state": "queued", "id": "batch-0"}
     assert [a["state"] for a in lines[3]["acks"]] == ["queued"] * 3
-    assert lines[4] == {"durable_through": 3}
+    assert lines[4] == {"durable_through": 3, "committed_through": 3}
     assert [a["state"] for a in lines[5]["acks"]] == ["durable"] * 3
     assert all(a["file"].startswith("demo/spans/date=") for a in lines[5]["acks"])
     assert lines[6]["rows_written"] == 9
@@ -159,6 +159,12 @@ def check_status(out: Outputs) -> None:
     assert "durable through seq" in out["status"].stdout and out["status"].stdout.endswith("\n0\n")
 
 
+def check_tables(out: Outputs) -> None:
+    text = out["tables"].stdout
+    assert "'committed_through': 2" in text and "iceberg 2 api rows" in text, text
+    assert "delta 3 rows" in text and "polars 1 web rows" in text, text
+
+
 def check_send(out: Outputs) -> None:
     assert "sent 2 rows" in out["stdin"].stdout and "demo/events" in out["stdin"].stdout, out["stdin"].stdout
 
@@ -173,6 +179,13 @@ CHECKS: dict[str, Callable[[Outputs], None]] = {
     "docs/cli/new-token.md": check_new_token,
     "docs/cli/status.md": check_status,
     "docs/cli/send.md": check_send,
+    "docs/guides/tables.md": check_tables,
+}
+# pages whose server needs more settings than storage (TOML appended to its config)
+SETTINGS = {
+    "docs/guides/tables.md": (
+        '[datasets]\ntable = "iceberg"\n[[datasets.rules]]\nmatch = "metrics/*"\ntable = "delta"\n'
+    ),
 }
 # pages whose blocks need no server: they run without one
 NO_SERVER = {"docs/reference/library.md", "docs/cli/new-token.md"}
@@ -193,7 +206,8 @@ def test_page_blocks_run_as_written(page, tmp_path, server_process):
     (folder / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     location = None
     if page not in NO_SERVER:
-        location = server_process(write_config(tmp_path / "settings.toml", folder / "data")).location
+        config = write_config(tmp_path / "settings.toml", folder / "data", SETTINGS.get(page, ""))
+        location = server_process(config).location
     before = [b for source, name in BEFORE.get(page, []) for b in marked_blocks(source) if b.name == name]
     out: Outputs = {}
     skipped = []

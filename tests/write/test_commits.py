@@ -302,15 +302,7 @@ def test_two_processes_committing_to_one_table_commit_every_row_once(tmp_path: P
 @pytest.mark.parametrize(
     "fmt",
     [
-        pytest.param(
-            "iceberg",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: IcebergTables.open of an existing table takes the partition types from the rule and "
-                "the stream's fields, None when adopting: an int partition value goes in as a string, every commit "
-                "fails (\"unsupported operand type(s) for <<: 'str' and 'int'\") and the start never ends",
-            ),
-        ),
+        "iceberg",
         "delta",
     ],
 )
@@ -357,11 +349,6 @@ commit_files = 1000
     assert table_files(root, fmt, "sharded") == stored_files(root, "sharded")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a flush finds nothing pending in the queue (the writer sealed every file by size) and returns "
-    "without a flush request, so the committer is never told: 'until committed' waits for tables.commit_interval",
-)
 def test_flush_until_committed_commits_at_once_when_every_file_is_already_durable(tmp_path: Path) -> None:
     root = tmp_path / "data"
     fmt = "delta"  # the queue's and the committer's, whichever format

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 APP_ID = "flight-writer"
 COMMITS_KEY = "flight-writer.commits"
 FILES_KEY = "flight-writer.files"
+SEQS_KEY = "flight-writer.seqs"  # the queue's seqs the commit's files hold (ranges): who knows they are committed
 
 
 class TableError(Exception):
@@ -62,12 +63,18 @@ class Table(abc.ABC):
         """How many commits flight-writer made to this table, as the table itself says."""
 
     @abc.abstractmethod
+    def recent_seqs(self, commits: int) -> list[str]:
+        """What the last ``commits`` commits said of the queue seqs they made safe (``append``'s ``seqs``, as
+        given): a process that died between its commit and telling the queue, the next one tells it."""
+
+    @abc.abstractmethod
     def refresh(self) -> None:
         """Read the table's current version (after a conflict, before planning again)."""
 
     @abc.abstractmethod
-    def append(self, files: list[DataFile]) -> None:
-        """One commit adding these files (the table's schema widened first where they add columns).
+    def append(self, files: list[DataFile], seqs: str = "") -> None:
+        """One commit adding these files (the table's schema widened first where they add columns); ``seqs``
+        (the queue's seqs they hold, as ranges) goes into the commit's metadata.
         :class:`CommitConflict` if the table moved since it was read; nothing landed then."""
 
     @abc.abstractmethod

@@ -27,6 +27,7 @@ from flight_writer.lake.tables.base import (
     APP_ID,
     COMMITS_KEY,
     FILES_KEY,
+    SEQS_KEY,
     CommitConflict,
     DataFile,
     Table,
@@ -120,13 +121,21 @@ class DeltaTableOf(Table):
     def scan(self) -> pa.Table:
         return self._table.to_pyarrow_table()
 
-    def append(self, files: list[DataFile]) -> None:
-        self._commit([], files)
+    def append(self, files: list[DataFile], seqs: str = "") -> None:
+        self._commit([], files, seqs)
+
+    def recent_seqs(self, commits: int) -> list[str]:
+        found = []
+        for entry in self._table.history(commits):
+            text = entry.get(SEQS_KEY)
+            if isinstance(text, str) and text:
+                found.append(text)
+        return found
 
     def replace(self, removed: list[str], added: list[DataFile]) -> None:
         self._commit(removed, added)
 
-    def _commit(self, removed: list[str], added: list[DataFile]) -> None:
+    def _commit(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
         from deltalake import CommitProperties, Transaction
         from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import AddAction, RemoveAction
@@ -138,7 +147,7 @@ class DeltaTableOf(Table):
         actions += [AddAction(f.path, f.size, self._partition_values(f), now, change, _stats(f)) for f in added]
         self._widen(added)
         properties = CommitProperties(
-            custom_metadata={COMMITS_KEY: str(count), FILES_KEY: str(len(added))},
+            custom_metadata={COMMITS_KEY: str(count), FILES_KEY: str(len(added)), **({SEQS_KEY: seqs} if seqs else {})},
             max_commit_retries=0,
             app_transactions=[Transaction(APP_ID, count)],
         )

@@ -15,16 +15,27 @@ version without looking, and commit files twice.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flight_writer.config import DatasetSettings, TableSettings
-from flight_writer.lake.tables.base import COMMITS_KEY, FILES_KEY, CommitConflict, DataFile, Table, TableError, Tables
+from flight_writer.lake.tables.base import (
+    COMMITS_KEY,
+    FILES_KEY,
+    SEQS_KEY,
+    CommitConflict,
+    DataFile,
+    Table,
+    TableError,
+    Tables,
+)
 from flight_writer.lake.tables.mapping import PartitionColumn, partition_columns, table_schema
 
 EPOCH = dt.date(1970, 1, 1)
@@ -77,7 +88,8 @@ class IcebergTables(Tables):
         ident = self.identifier(dataset)
         rule = self._datasets.rule_for(dataset)
         try:
-            return IcebergTable(dataset, catalog.load_table(ident), rule_partitions(rule, fields))
+            table = catalog.load_table(ident)
+            return IcebergTable(dataset, table, _typed_as_in(table, rule_partitions(rule, fields)))
         except NoSuchTableError:
             if schema is None:
                 return None
@@ -126,6 +138,17 @@ def rule_partitions(rule: Any, fields: pa.Schema | None) -> list[PartitionColumn
     return partition_columns(rule, fields, "iceberg")
 
 
+def _typed_as_in(table: Any, partitions: list[PartitionColumn]) -> list[PartitionColumn]:
+    """The partition columns with the types the table has (a process that adopts files knows no stream)."""
+    from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+    columns = schema_to_pyarrow(table.schema())
+    return [
+        dataclasses.replace(p, type=columns.field(p.name).type) if p.source is None and p.name in columns.names else p
+        for p in partitions
+    ]
+
+
 def _iceberg_schema(columns: pa.Schema) -> Any:
     """An Iceberg schema with fresh field ids for an Arrow schema (names, types, nullability)."""
     from pyiceberg.io.pyarrow import _ConvertToIcebergWithoutIDs, visit_pyarrow
@@ -172,9 +195,47 @@ class IcebergTable(Table):
         summary = snapshot.summary if snapshot is not None else None
         return int(summary.additional_properties.get(COMMITS_KEY, 0)) if summary is not None else 0
 
+    def recent_seqs(self, commits: int) -> list[str]:
+        found: list[str] = []
+        snapshot = self._table.current_snapshot()
+        while snapshot is not None and commits > 0:
+            summary = snapshot.summary
+            if summary is not None and (text := summary.additional_properties.get(SEQS_KEY)):
+                found.append(text)
+            commits -= 1
+            parent = snapshot.parent_snapshot_id
+            snapshot = self._table.snapshot_by_id(parent) if parent is not None else None
+        return found
+
     def refresh(self) -> None:
+        """Read the current version; the paths known so far are brought up to it from the snapshots made
+        since (only the manifests each of them wrote), not read whole again."""
+        before = self._table.current_snapshot()
         self._table = self._table.refresh()
-        self._paths = None
+        if self._paths is None or before is None:
+            self._paths = None
+            return
+        newer = []
+        snapshot = self._table.current_snapshot()
+        while snapshot is not None and snapshot.snapshot_id != before.snapshot_id:
+            newer.append(snapshot)
+            parent = snapshot.parent_snapshot_id
+            snapshot = self._table.snapshot_by_id(parent) if parent is not None else None
+        if snapshot is None:  # not a descendant of what we knew (expired, rolled back): read it whole
+            self._paths = None
+            return
+        from pyiceberg.manifest import ManifestEntryStatus
+
+        io = self._table.io
+        for snap in reversed(newer):
+            for manifest in snap.manifests(io):
+                if manifest.added_snapshot_id != snap.snapshot_id:
+                    continue
+                for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
+                    if entry.status == ManifestEntryStatus.ADDED:
+                        self._paths.add(self._relative(entry.data_file.file_path))
+                    elif entry.status == ManifestEntryStatus.DELETED:
+                        self._paths.discard(self._relative(entry.data_file.file_path))
 
     def referenced(self) -> set[str]:
         io = self._table.io
@@ -195,17 +256,19 @@ class IcebergTable(Table):
         return self._table.scan().to_arrow()
 
     # -- committing ------------------------------------------------------------------------------------
-    def append(self, files: list[DataFile]) -> None:
-        self._commit([], files)
+    def append(self, files: list[DataFile], seqs: str = "") -> None:
+        self._commit([], files, seqs)
 
     def replace(self, removed: list[str], added: list[DataFile]) -> None:
         self._commit(removed, added)
 
-    def _commit(self, removed: list[str], added: list[DataFile]) -> None:
+    def _commit(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
         from pyiceberg.exceptions import CommitFailedException
 
         table = self._table
         summary = {COMMITS_KEY: str(self.commits() + 1), FILES_KEY: str(len(added))}
+        if seqs:
+            summary[SEQS_KEY] = seqs
         try:
             with table.transaction() as tx:
                 self._widen(tx, added)
@@ -218,8 +281,11 @@ class IcebergTable(Table):
                 else:
                     update = tx.update_snapshot(snapshot_properties=summary).merge_append()
                 with update:
+                    # the transaction's metadata once per commit: each read rebuilds and copies it whole
+                    # (100 files: 0.48-0.55 s read per file, 0.14-0.22 s read once, 151 snapshots kept)
+                    plan = _StatisticsPlan.of(tx.table_metadata)
                     for f in added:
-                        update.append_data_file(self._data_file(tx, f))
+                        update.append_data_file(self._data_file(plan, f))
         except CommitFailedException as exc:
             self.refresh()
             raise CommitConflict(f"table {self.dataset!r} moved on: {exc}") from None
@@ -241,25 +307,17 @@ class IcebergTable(Table):
                     update.union_by_name(_iceberg_schema(table_schema(pa.schema(new), [])))
                 known.update(field.name for field in new)
 
-    def _data_file(self, tx: Any, f: DataFile) -> Any:
-        from pyiceberg.io.pyarrow import (
-            compute_statistics_plan,
-            data_file_statistics_from_parquet_metadata,
-            parquet_path_to_id_mapping,
-        )
+    def _data_file(self, plan: _StatisticsPlan, f: DataFile) -> Any:
+        from pyiceberg.io.pyarrow import data_file_statistics_from_parquet_metadata
         from pyiceberg.manifest import DataFile as IcebergDataFile
         from pyiceberg.manifest import DataFileContent, FileFormat
         from pyiceberg.typedef import Record
 
-        metadata = tx.table_metadata
-        schema = metadata.schema()
         footer = f.footer
         if footer is None:
             raise TableError(f"file {f.path} has no footer to describe it")
         statistics = data_file_statistics_from_parquet_metadata(
-            parquet_metadata=footer,
-            stats_columns=compute_statistics_plan(schema, metadata.properties),
-            parquet_column_mapping=parquet_path_to_id_mapping(schema),
+            parquet_metadata=footer, stats_columns=plan.columns, parquet_column_mapping=plan.mapping
         )
         values = [_partition_value(p, f.partition) for p in self._partitions]
         return IcebergDataFile.from_args(
@@ -269,7 +327,7 @@ class IcebergTable(Table):
             partition=Record(*values),
             file_size_in_bytes=f.size,
             sort_order_id=None,
-            spec_id=metadata.default_spec_id,
+            spec_id=plan.spec_id,
             equality_ids=None,
             key_metadata=None,
             **statistics.to_serialized_dict(),
@@ -285,14 +343,19 @@ class IcebergTable(Table):
         io = self._table.io
         snapshots = sorted(self._table.snapshots(), key=lambda s: (s.sequence_number or 0, s.timestamp_ms))
         protected = {ref.snapshot_id for ref in self._table.metadata.refs.values()}
-        old = [s for s in snapshots[: -max(keep, 1)] if s.snapshot_id not in protected]
         done = {"snapshots_expired": 0, "manifest_lists_deleted": 0, "manifests_deleted": 0}
+        if len(snapshots) <= max(keep, 1):
+            return done
+        kept_from = snapshots[-max(keep, 1)].timestamp_ms
+        old = [s for s in snapshots if s.timestamp_ms < kept_from and s.snapshot_id not in protected]
         if not old:
             return done
         lists = {s.manifest_list for s in old}
         manifests = {m.manifest_path for s in old for m in s.manifests(io)}
         try:
-            self._table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in old]).commit()
+            # one older_than: by_ids copies the whole metadata twice per id (0.9-4 s a run at keep 100)
+            cutoff = dt.datetime.fromtimestamp(kept_from / 1000, dt.UTC)
+            self._table.maintenance.expire_snapshots().older_than(cutoff).commit()
         except CommitFailedException as exc:
             self.refresh()
             raise CommitConflict(f"table {self.dataset!r} moved on during maintenance: {exc}") from None
@@ -304,6 +367,26 @@ class IcebergTable(Table):
         done["manifest_lists_deleted"] = _delete(io, lists)
         done["manifests_deleted"] = _delete(io, manifests)
         return done
+
+
+@dataclass(frozen=True)
+class _StatisticsPlan:
+    """What the column statistics of a commit's files need from the table's metadata, read once."""
+
+    columns: Any
+    mapping: dict[str, int]
+    spec_id: int
+
+    @classmethod
+    def of(cls, metadata: Any) -> _StatisticsPlan:
+        from pyiceberg.io.pyarrow import compute_statistics_plan, parquet_path_to_id_mapping
+
+        schema = metadata.schema()
+        return cls(
+            compute_statistics_plan(schema, metadata.properties),
+            parquet_path_to_id_mapping(schema),
+            metadata.default_spec_id,
+        )
 
 
 def _delete(io: Any, locations: set[str]) -> int:

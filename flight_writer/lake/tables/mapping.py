@@ -11,8 +11,9 @@ Partitions (layout.py's folders) become table partitions without touching the fi
 
 Types (checked at stream start, so a stream a table cannot hold is refused naming the column): neither
 format has unsigned integers (refused rather than wrapped: cast them to a signed type one size up), nor
-durations; Delta has no time of day and no half floats; Iceberg v2 timestamps are microseconds (with
-``types = "compatible"``, the default, nanoseconds and half floats are converted before they are stored).
+durations, nor timestamps in a zone other than UTC (the instants are kept: cast them to tz "UTC"); Delta has
+no time of day and no half floats; Iceberg v2 timestamps are microseconds (with ``types = "compatible"``,
+the default, nanoseconds and half floats are converted before they are stored).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def types_problem(fmt: str, schema: pa.Schema) -> str | None:
 
 
 _NAMES = {"iceberg": "Iceberg", "delta": "Delta"}
+UTC_ZONES = ("UTC", "+00:00", "Etc/UTC", "Z")
 
 
 def _type_problem(fmt: str, kind: pa.DataType) -> str | None:
@@ -90,6 +92,8 @@ def _type_problem(fmt: str, kind: pa.DataType) -> str | None:
         return "durations"
     if pa.types.is_null(kind):
         return "a column of type null"
+    if pa.types.is_timestamp(kind) and kind.tz is not None and kind.tz not in UTC_ZONES:
+        return "timestamps in a time zone other than UTC (the same instants: cast to tz='UTC')"
     if fmt == "delta":
         if pa.types.is_time(kind):
             return "times of day"

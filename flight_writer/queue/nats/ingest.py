@@ -148,11 +148,13 @@ class Publisher:
         position = self._records.position
         through = self.last_seq
         deadline = None if timeout is None else time.monotonic() + timeout
+        asked = False
         while True:
-            if position.durable_through >= through:
+            if position.durable_through >= through and asked:
                 return True
             if position.closed:
                 return False
+            asked = True  # asked once even when all is durable: stored files may wait for a table commit
             try:
                 # empty: every writer writes out every buffer (a dataset's seqs are not known across processes)
                 self._link.run(self._link.nc.publish(self._link.flush_subject, b""), timeout=10)

@@ -74,6 +74,7 @@ class NatsQueue(Queue, SharedFeed):
             self.position = DurabilityTracker(history, through, pending_state=self.ack_state)
             self._shared = Shared(last_seq=state.last_seq)
             self._records = Records(link, self._shared, self.position, incarnation)
+            self.identity = f"nats:{settings.stream}:{incarnation}"
             max_bytes = info.config.max_bytes or settings.max_bytes  # the stream's, if made with another
             self._publisher = Publisher(settings, link, self._shared, self._records, name, role, max_bytes, state)
             self._feed: WriteFeed | None = link.run(self._subscribe(settings), timeout=60)

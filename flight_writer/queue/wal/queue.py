@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class WalQueue(MemoryQueue):
             raise QueueWriteError(f"WAL directory {directory} is in use by another server") from None
         self.ack_state = "logged" if fsync == "always" else "queued"
         super().__init__(max_bytes, dedupe_window, history=history, journal=log)
+        self.identity = f"wal:{_identity(directory)}"  # the log's seqs go on across restarts
         self._log, self._manifest = log, manifest
         found = recover(directory)
         for client_id, seq in found.ids:
@@ -111,3 +113,18 @@ class WalQueue(MemoryQueue):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), **self._log.stats(), "recovery": self.recovery}
+
+
+def _identity(directory: Path) -> str:
+    """The log directory's own random name, made with it: a log made again numbers seqs from 1 again."""
+    path = directory / "IDENTITY"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        made = uuid.uuid4().hex
+        tmp = directory / "IDENTITY.tmp"
+        tmp.write_text(made + "\n")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return made
