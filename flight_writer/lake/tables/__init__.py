@@ -87,8 +87,14 @@ def _locations(s: StorageSettings) -> tuple[str, dict[str, str], dict[str, str]]
     base = f"s3://{s.bucket}/{s.root.strip('/')}".rstrip("/")
     region = s.region or options.get("region", "us-east-1")
     key, secret = options.get("access_key_id", ""), options.get("secret_access_key", "")
-    iceberg = {"s3.region": region}
-    delta = {"AWS_REGION": region, "AWS_CONDITIONAL_PUT": "etag"}
+    # bounded as the files' own operations are (storage.timeout, io_timeout): an outage is an error, retried
+    iceberg = {"s3.region": region, "s3.connect-timeout": str(s.timeout), "s3.request-timeout": str(s.io_timeout)}
+    delta = {
+        "AWS_REGION": region,
+        "AWS_CONDITIONAL_PUT": "etag",
+        "connect_timeout": f"{s.timeout:g}s",
+        "timeout": f"{s.io_timeout:g}s",
+    }
     if s.endpoint:
         iceberg["s3.endpoint"] = s.endpoint
         delta["AWS_ENDPOINT_URL"] = s.endpoint
