@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ from flight_writer.config import DatasetSettings, TableSettings
 from flight_writer.lake.datasets import Datasets
 from flight_writer.lake.storage import Storage, first_line
 from flight_writer.lake.tables import CommitConflict, DataFile, Table, Tables
-from flight_writer.lake.tables.compact import SHARED_AGE, excluded, recover
+from flight_writer.lake.tables.compact import SHARED_AGE, Intent, excluded, finish, recover
 from flight_writer.queue.seqs import parse_ranges, seq_ranges
 from flight_writer.write.stored import Stored
 
@@ -284,11 +285,18 @@ class Committer:
         with self._lock_of(dataset):
             while True:
                 table = self._table(dataset, held[0] if held else None, fields)
+                removed = sorted(table.paths())
+                # the files replaced would be adopted again if a crash came between the commit and their
+                # deletion: an intent keeps them out of adoption until settled (lake/tables/compact.py)
+                intent = Intent(uuid.uuid4().hex[:12], dataset, tuple(removed), "")
+                self._storage.write(intent.path, intent.to_json(), "application/json")
                 try:
-                    table.replace(sorted(table.paths()), held)
-                    break
+                    table.replace(removed, held)
                 except CommitConflict:
+                    self._storage.delete(intent.path)
                     continue
+                finish(self._storage, table, intent)  # the replaced files and the intent go
+                break
         self._committed(tuple(s for f in held for s in f.seqs))
         logger.info("replaced table {!r} with {} files", dataset, len(held))
         return True

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_flightsql.dbapi as dbapi
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
@@ -364,3 +365,22 @@ def test_flush_until_committed_commits_at_once_when_every_file_is_already_durabl
         [result] = client.do_action(flight.Action("flush", json.dumps({"until": "committed"}).encode()), bounded)
         assert json.loads(result.body.to_pybytes())["committed_through"] >= seqs[-1]
         assert table_rows(root, fmt, "spans") == sent_rows(sent)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_flight_sql_replace_is_one_overwrite_commit(tmp_path: Path, fmt: str) -> None:
+    root = tmp_path / "data"
+    with running(root, **sections(fmt)) as svc, flight.connect(svc.location) as client:
+        old = [batch(0), batch(ROWS)]
+        put(client, "spans", old)
+        action(client, "flush", {"until": "committed"})
+        assert table_rows(root, fmt, "spans") == sent_rows(old)
+        replaced = stored_files(root, "spans")
+        new = batch(1000, services=("web",))
+        with dbapi.connect(svc.location, autocommit=True) as conn, conn.cursor() as cur:
+            cur.adbc_ingest("spans", pa.Table.from_batches([new]), mode="replace")
+        # the table holds the new rows only, at once (one commit); the replaced files are gone from storage
+        assert table_rows(root, fmt, "spans") == sent_rows([new])
+        assert not set(replaced) & set(stored_files(root, "spans"))
+        assert table_files(root, fmt, "spans") == stored_files(root, "spans")
+        assert not list(root.glob("spans/_compacting/*.json"))  # the replace's intent is settled

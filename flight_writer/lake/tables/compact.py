@@ -33,10 +33,10 @@ Deleting the intent last makes every step before it safe to repeat. Adoption rea
 listed the files and read the table, and reads a file's contents after that: a file whose intent went
 meanwhile is then in the table (the commit's plan leaves it out) or gone (it cannot be read).
 
-Recovery and a compaction in progress must not meet: a process that has the storage root to itself (role
-``all``) recovers every intent at start; processes sharing a root (and ``flight-writer tables compact``
-beside a running server) recover only intents older than an hour (:data:`SHARED_AGE`), as
-``Storage.remove_partials`` treats ``_tmp/``. A compaction must finish within that hour. Should a recovery
+Recovery and a compaction in progress must not meet: servers (and ``flight-writer tables compact`` beside
+a running server) recover only intents older than an hour (:data:`SHARED_AGE`), as
+``Storage.remove_partials`` treats ``_tmp/`` on a shared root; until then an intent's files are kept out of
+adoption. A compaction must finish within that hour. Should a recovery
 settle an intent whose compaction still runs anyway, the compaction does not commit once its intent is gone,
 and a ``finish`` that finds the table holding an output storage lacks keeps the inputs and says so.
 """
@@ -108,7 +108,8 @@ def stored_files(storage: Storage, dataset: str) -> dict[str, StoredFile]:
 # -- intents ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Intent:
-    """What one compaction does: its inputs and its output, relative to the dataset's folder."""
+    """What one compaction does: its inputs and its output, relative to the dataset's folder (``""``: none,
+    a Flight SQL replace, whose new files are committed with it and need no undoing)."""
 
     id: str
     dataset: str
@@ -302,9 +303,10 @@ def finish(storage: Storage, table: Table, intent: Intent) -> dict[str, int]:
     Returns the files deleted (``inputs_deleted``, ``outputs_deleted``)."""
     table.refresh()
     held = table.paths()
-    landed = intent.output in held or not (set(intent.inputs) & held)
+    # a replace of the whole table (Flight SQL) has no output of its own: it landed once no input is held
+    landed = (bool(intent.output) and intent.output in held) or not (set(intent.inputs) & held)
     done = {"inputs_deleted": 0, "outputs_deleted": 0}
-    if intent.output in held and not _exists(storage, f"{intent.dataset}/{intent.output}"):
+    if intent.output and intent.output in held and not _exists(storage, f"{intent.dataset}/{intent.output}"):
         # only a recovery that settled this intent while its compaction still ran can get here: the
         # inputs hold the rows now, and stay (the intent too, which keeps them from adoption)
         raise TableError(
@@ -313,7 +315,7 @@ def finish(storage: Storage, table: Table, intent: Intent) -> dict[str, int]:
         )
     if landed:
         done["inputs_deleted"] = _delete(storage, intent.dataset, [p for p in intent.inputs if p not in held])
-    if intent.output not in held:
+    if intent.output and intent.output not in held:
         done["outputs_deleted"] = _delete(storage, intent.dataset, [intent.output])
     storage.delete(intent.path)
     return done
