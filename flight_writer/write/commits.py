@@ -122,7 +122,7 @@ class Committer:
             every = None in datasets
             for name, pending in self._pending.items():
                 if every or name in datasets:
-                    pending.eager = True
+                    pending.eager = bool(pending.files or pending.expected)  # nothing to hurry: stays calm
             self._cond.notify_all()
 
     def stored(self, event: Stored) -> None:
@@ -158,7 +158,7 @@ class Committer:
         with self._cond:
             pending = {name: len(p.files) for name, p in self._pending.items()}
         found: dict[str, dict[str, object]] = {}
-        for name in sorted(self.stats.keys() | {n for n, k in pending.items() if k}):
+        for name in sorted(set(list(self.stats)) | {n for n, k in pending.items() if k}):
             st = self.stats.get(name, TableStats())
             found[name] = {
                 "format": self.format_of(name),
