@@ -110,7 +110,7 @@ class Service:
                 self.writer = Writer(self.queue, self.storage, s.writer, s.datasets, crashed=self.queue.close)
                 tables = make_tables(s.tables, s.datasets, s.storage)
                 self.committer = Committer(
-                    tables, s.datasets, s.tables, self.storage, self.queue.committed, self.queue.identity
+                    tables, s.datasets, s.tables, self.storage, self.queue.committed, self.queue.identity, s.writer
                 )
                 try:  # what a crash left uncommitted, before anything new is stored
                     self.committer.adopt(patient=False)

@@ -132,8 +132,11 @@ def _check_tables(s: Settings) -> None:
     for name in ("commit_files", "keep_snapshots"):
         if getattr(t, name) < 1:
             raise ConfigError(f"tables.{name} must be at least 1, got {getattr(t, name)!r}")
-    if t.maintain_every < 0:
-        raise ConfigError(f"tables.maintain_every must be 0 (never) or more, got {t.maintain_every!r}")
+    for name in ("maintain_every", "compact_every"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"tables.{name} must be 0 (never) or more, got {getattr(t, name)!r}")
+    if t.compact_target_bytes < 1 << 20:
+        raise ConfigError(f"tables.compact_target_bytes must be at least 1 MiB, got {t.compact_target_bytes!r}")
     if t.catalog_type not in ("sql", "rest"):
         raise ConfigError(f"tables.catalog_type must be sql or rest, got {t.catalog_type!r}")
     if not 0 < t.retry_initial_delay <= t.retry_max_delay:

@@ -132,6 +132,8 @@ class TableSettings:
     catalog_type: str = "sql"  # sql (SQLite, PostgreSQL) or rest
     catalog_options: Mapping[str, str] = field(default_factory=dict)  # rest: uri, token, warehouse, ...
     maintain_every: int = 100  # commits to a table between maintenance runs (expiry, checkpoints); 0 = never
+    compact_every: int = 0  # commits to a table between compactions of its small files; 0 = never (command only)
+    compact_target_bytes: int = 64 * MiB  # files below this size are compacted, into files of about this size
     keep_snapshots: int = 20  # Iceberg snapshots a maintenance run keeps (Delta keeps its log by age)
     retry_initial_delay: float = 0.5
     retry_max_delay: float = 30.0

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 from loguru import logger
 
-from flight_writer.config import DatasetSettings, TableSettings
+from flight_writer.config import DatasetSettings, TableSettings, WriterSettings
 from flight_writer.lake.datasets import Datasets
 from flight_writer.lake.storage import Storage, first_line
 from flight_writer.lake.tables import CommitConflict, DataFile, Table, Tables
-from flight_writer.lake.tables.compact import SHARED_AGE, Intent, excluded, finish, recover
+from flight_writer.lake.tables.compact import SHARED_AGE, Intent, compact, excluded, finish, recover
 from flight_writer.queue.seqs import parse_ranges, seq_ranges
 from flight_writer.write.stored import Stored
 
@@ -61,6 +61,7 @@ class TableStats:
     files: int = 0
     conflicts: int = 0
     errors: int = 0
+    compactions: int = 0  # compaction runs that committed (tables.compact_every)
     last_error: str | None = None
     last_commit_at: float | None = None  # epoch seconds
     commit_seconds: list[float] = field(default_factory=list)  # the last commits' durations (for metrics)
@@ -78,10 +79,12 @@ class Committer:
         storage: Storage,
         committed: Committed,
         identity: str = "",
+        writer: WriterSettings | None = None,
     ) -> None:
         """``identity``: the queue's (``Feed.identity``): seqs read back from files and commits are told to
         ``committed`` only when they are that queue's."""
         self._identity = identity
+        self._writer = writer or WriterSettings()  # compression and row groups of compacted files
         self._tables = tables
         self._datasets = datasets
         self._settings = settings
@@ -167,6 +170,7 @@ class Committer:
                 "pending_files": pending.get(name, 0),
                 "conflicts": st.conflicts,
                 "errors": st.errors,
+                "compactions": st.compactions,
                 "last_error": st.last_error,
                 "last_commit_at": st.last_commit_at,
                 "commit_s_p50": _quantile(st.commit_seconds, 0.5),
@@ -357,6 +361,9 @@ class Committer:
         every = self._settings.maintain_every
         if added and every and stats.commits % every == 0:
             self._maintain(dataset)
+        every = self._settings.compact_every
+        if added and every and stats.commits % every == 0:
+            self._compact(dataset)
 
     def _commit_once(self, dataset: str, files: list[DataFile], fields: object) -> int:
         table = self._table(dataset, files[0], fields)
@@ -380,6 +387,17 @@ class Committer:
                 raise LookupError(f"dataset {dataset!r} has no table")
             table = self._open[dataset] = made
         return table
+
+    def _compact(self, dataset: str) -> None:
+        """Rewrite the table's small files into larger ones (``tables.compact_every``): replace commits, on
+        this thread, between this table's commits (lake/tables/compact.py)."""
+        try:
+            done = compact(self._storage, self._open[dataset], self._writer, self._settings.compact_target_bytes)
+            if done.get("commits"):
+                self.stats[dataset].compactions += 1
+                logger.info("compacted table {!r}: {}", dataset, done)
+        except Exception as exc:
+            logger.warning("compaction of table {!r} failed (commits go on; its intent settles it): {}", dataset, exc)
 
     def _maintain(self, dataset: str) -> None:
         try:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from helpers import action, parquet_files, put, read_lake_table, running, table_handle, write_config
+from helpers import action, parquet_files, put, read_lake_table, running, table_handle, wait_for, write_config
 
 FORMATS = ["iceberg", "delta"]
 ROWS = 100  # rows per batch; with writer.max_file_rows = ROWS every batch is a file of its own
@@ -384,3 +384,20 @@ def test_a_flight_sql_replace_is_one_overwrite_commit(tmp_path: Path, fmt: str) 
         assert not set(replaced) & set(stored_files(root, "spans"))
         assert table_files(root, fmt, "spans") == stored_files(root, "spans")
         assert not list(root.glob("spans/_compacting/*.json"))  # the replace's intent is settled
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_server_compacts_a_table_every_compact_every_commits(tmp_path: Path, fmt: str) -> None:
+    root = tmp_path / "data"
+    with running(root, **sections(fmt, compact_every=3)) as svc, flight.connect(svc.location) as client:
+        sent = []
+        for k in range(3):  # three commits of one small file each: the third compacts the three
+            sent.append(batch(k * ROWS))
+            put(client, "spans", [sent[-1]])
+            action(client, "flush", {"until": "committed"})
+        # the compaction runs on the committer's thread right after the third commit (after its reply)
+        wait_for(lambda: svc.committer.stats["spans"].compactions, "the compaction after the third commit")
+        assert len(table_files(root, fmt, "spans")) == 2  # one partition per service: api, db
+        assert table_files(root, fmt, "spans") == stored_files(root, "spans")  # the inputs are gone
+        assert table_rows(root, fmt, "spans") == sent_rows(sent)
+        assert svc.status()["tables"]["spans"]["errors"] == 0
