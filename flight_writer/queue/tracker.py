@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -93,22 +93,23 @@ class DurabilityTracker:
     def wait_committed(self, seqs: Iterable[int], timeout: float | None) -> bool:
         """Wait until every seq is committed; False if ``timeout`` s passed first or the position closed."""
         pending = list(seqs)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                pending = [s for s in pending if not self._is_committed(s)]
-                if not pending:
-                    return True
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if self._closed or (remaining is not None and remaining <= 0):
-                    return False
-                self._cond.wait(remaining)
+
+        def done() -> bool:
+            pending[:] = [s for s in pending if not self._is_committed(s)]
+            return not pending
+
+        return self._wait_until(done, timeout)
 
     def wait_committed_through(self, seq: int, timeout: float | None) -> bool:
         """Wait until ``committed_through >= seq``; False if ``timeout`` s passed first or the position closed."""
+        return self._wait_until(lambda: self._committed_through >= seq, timeout)
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait, holding the condition, until ``done()``; False if ``timeout`` s passed first or the position
+        closed (what it has then is all it will get)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._committed_through < seq:
+            while not done():
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if self._closed or (remaining is not None and remaining <= 0):
                     return False
@@ -160,28 +161,17 @@ class DurabilityTracker:
     def wait(self, seqs: Iterable[int], timeout: float | None) -> bool:
         """Wait until every seq is resolved; False if ``timeout`` s passed first or the position closed."""
         pending = list(seqs)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                pending = [s for s in pending if not self._is_resolved(s)]
-                if not pending:
-                    return True
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if self._closed or (remaining is not None and remaining <= 0):
-                    return False
-                self._cond.wait(remaining)
+
+        def done() -> bool:
+            pending[:] = [s for s in pending if not self._is_resolved(s)]
+            return not pending
+
+        return self._wait_until(done, timeout)
 
     def wait_through(self, seq: int, timeout: float | None) -> bool:
         """Wait until every seq up to ``seq`` is resolved (``durable_through >= seq``); False if ``timeout``
         s passed first or the position closed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._through < seq:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if self._closed or (remaining is not None and remaining <= 0):
-                    return False
-                self._cond.wait(remaining)
-            return True
+        return self._wait_until(lambda: self._through >= seq, timeout)
 
     def is_resolved(self, seq: int) -> bool:
         with self._cond:
