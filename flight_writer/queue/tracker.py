@@ -133,10 +133,8 @@ class DurabilityTracker:
                 return
             self._through = seq
             self._above = {s for s in self._above if s > seq}
-            if seq > self._committed_through:  # what a shared log deleted before this process saw it
-                self._committed_through = seq
-                self._committed_above = {s for s in self._committed_above if s > seq}
-                self._commit((), False)
+            # the committed position is not moved: a deleted message is stored, not yet in its table
+            # (committed records say that; what was committed before this process started counts as such)
             self._advance()
 
     def _resolve(self, seq: int) -> None:

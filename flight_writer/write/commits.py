@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import opendal
 import pyarrow.parquet as pq
 from loguru import logger
 
@@ -41,7 +42,8 @@ from flight_writer.queue.seqs import parse_ranges, seq_ranges
 from flight_writer.write.stored import Stored
 
 Committed = Callable[[tuple[int, ...]], None]
-RETOLD_COMMITS = 50  # a table's last commits whose seqs a start (and each rescan) tells the queue again
+REPLACE_WAIT = 300.0  # seconds a replace waits for its files' stored events (they follow the durable record)
+RETOLD_COMMITS = 100  # a table's last commits whose seqs a start (and each rescan) tells the queue again
 
 
 @dataclass
@@ -52,6 +54,8 @@ class _Pending:
     since: float = 0.0  # monotonic time the oldest pending file arrived
     expected: set[str] = field(default_factory=set)  # sealed, not yet stored
     eager: bool = False  # a flush asked: commit once ``expected`` is empty
+    retry_at: float = 0.0  # monotonic time before which a table whose commit failed is not tried again
+    delay: float = 0.0  # the next wait after a failure (doubling up to tables.retry_max_delay)
     fields: object = None  # the partition fields' types (pa.Schema) for making the table
 
 
@@ -102,6 +106,7 @@ class Committer:
         self._locks: dict[str, threading.Lock] = {}  # one commit per table at a time (loop, replace, adopt)
         self._held: dict[str, list[DataFile]] = {}  # a replace in progress: its dataset's new files wait here
         self._seen_orphans: dict[str, set[str]] = {}  # orphans at the last rescan, per dataset
+        self._dropped: dict[str, set[str]] = {}  # files of replaces that failed, not stored yet: ignored
 
     def _lock_of(self, dataset: str) -> threading.Lock:
         with self._cond:
@@ -135,6 +140,11 @@ class Committer:
         data_file = DataFile(path, event.nbytes, event.rows, event.schema, event.partition, event.footer, event.seqs)
         with self._cond:
             pending = self._pending.setdefault(event.dataset, _Pending())
+            dropped = self._dropped.get(event.dataset)
+            if dropped is not None and path in dropped:  # a file of a replace that failed: the door deletes it
+                dropped.discard(path)
+                pending.expected.discard(event.path)
+                return
             held = self._held.get(event.dataset)
             if held is not None:  # a replace of the dataset is in progress: its commit takes these
                 held.append(data_file)
@@ -216,16 +226,26 @@ class Committer:
             while True:
                 with self._cond:
                     due = self._due()
-                    while not due and not self._stopping and time.monotonic() < next_scan:
+                    # stopping: everything pending is due, but a table whose commit failed waits its turn
+                    while not due and (self._due(every=True) or not self._stopping) and not self._abort.is_set():
+                        if not self._stopping and time.monotonic() >= next_scan:
+                            break
                         self._cond.wait(min(self._wait(), max(0.0, next_scan - time.monotonic())))
                         due = self._due()
                     stopping = self._stopping
                 for dataset in due:
-                    self._commit(dataset)
+                    if self._abort.is_set():
+                        break
+                    try:
+                        self._commit(dataset)
+                    except Exception:  # a bug: the other tables go on, this one is tried again later
+                        logger.opt(exception=True).error("committing to table {!r} failed", dataset)
+                if stopping and self._abort.is_set():
+                    break
                 if not stopping and time.monotonic() >= next_scan:
                     self.rescan()
                     next_scan = time.monotonic() + self._settings.adopt_interval
-                if stopping and not self._due(every=True):
+                if stopping and (not self._due(every=True) or self._abort.is_set()):
                     break
         except Exception:
             logger.exception("the table committer crashed: stored files wait for a restart to be committed")
@@ -238,8 +258,10 @@ class Committer:
             name
             for name, p in self._pending.items()
             if p.files
+            and (every or p.retry_at <= now)
             and (
                 every
+                or p.delay > 0  # its commit failed: it was due, it is again at retry_at
                 or self._stopping
                 or len(p.files) >= self._settings.commit_files
                 or now - p.since >= interval
@@ -248,10 +270,14 @@ class Committer:
         ]
 
     def _wait(self) -> float:
-        starts = [p.since for p in self._pending.values() if p.files]
+        starts = [
+            p.retry_at if p.delay > 0 else p.since + self._settings.commit_interval
+            for p in self._pending.values()
+            if p.files
+        ]
         if not starts:
             return 3600.0
-        return max(0.0, min(starts) + self._settings.commit_interval - time.monotonic())
+        return max(0.0, min(starts) - time.monotonic())
 
     # -- Flight SQL replace: one overwrite commit ------------------------------------------------------
     def begin_replace(self, dataset: str) -> None:
@@ -261,49 +287,78 @@ class Committer:
         with self._cond:
             self._held[dataset] = []
 
-    def finish_replace(self, dataset: str, seqs: list[int], ok: bool, timeout: float | None = None) -> bool:
+    def finish_replace(
+        self, dataset: str, files: list[str], seqs: list[int], ok: bool, timeout: float | None = REPLACE_WAIT
+    ) -> bool:
         """``ok``: one commit whose table holds only the files stored since ``begin_replace`` (every file it
-        held before is removed from the table; the files stay in storage for older snapshots). Waits until
-        the files holding ``seqs`` are here (the durability record comes before the file's event). Not
-        ``ok``: the replace's own files (``seqs``) are dropped, the rest goes on to a normal commit. False if
-        ``timeout`` passed first (nothing changed in the table then)."""
-        wanted = set(seqs)
+        held before is removed from the table and deleted). Waits until the replace's ``files`` (storage
+        paths, as the durable reply names them) are here: the durability record comes before the file's
+        event. Not ``ok``, or if ``timeout`` passes first (False then, the table unchanged), or if the commit
+        fails (raised): the replace's own files (``files``, ``seqs``) are dropped (the door deletes them),
+        the others go on to a normal commit."""
+        prefix = dataset + "/"
+        wanted = {p[len(prefix) :] for p in files if p.startswith(prefix)}
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while ok and not wanted <= {s for f in self._held.get(dataset, ()) for s in f.seqs}:
+            while ok and not wanted <= {f.path for f in self._held.get(dataset, ())}:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return False
+                    ok = False
+                    break
                 self._cond.wait(remaining)
             held = self._held.pop(dataset, [])
-            if not ok:
-                rest = [f for f in held if not wanted & set(f.seqs)]
-                pending = self._pending.setdefault(dataset, _Pending())
-                pending.files[:0] = rest
-                if rest:
-                    pending.since = time.monotonic()
-                return True
             fields = self._pending.get(dataset, _Pending()).fields
+        own = set(seqs)
+        mine = [f for f in held if f.path in wanted or own & set(f.seqs)]
+        if not ok:
+            self._drop_replace(dataset, held, mine, wanted, own)
+            return False
         if not held and self._tables[self.format_of(dataset)].open(dataset, None) is None:
             return True  # no table and nothing new: nothing to replace
-        with self._lock_of(dataset):
-            while True:
-                table = self._table(dataset, held[0] if held else None, fields)
-                removed = sorted(table.paths())
-                # the files replaced would be adopted again if a crash came between the commit and their
-                # deletion: an intent keeps them out of adoption until settled (lake/tables/compact.py)
-                intent = Intent(uuid.uuid4().hex[:12], dataset, tuple(removed), "")
-                self._storage.write(intent.path, intent.to_json(), "application/json")
-                try:
-                    table.replace(removed, held)
-                except CommitConflict:
-                    self._storage.delete(intent.path)
-                    continue
-                finish(self._storage, table, intent)  # the replaced files and the intent go
-                break
-        self._committed(tuple(s for f in held for s in f.seqs))
+        try:
+            with self._lock_of(dataset):
+                while True:
+                    table = self._table(dataset, held[0] if held else None, fields)
+                    removed = sorted(table.paths())
+                    # the files replaced would be adopted again if a crash came between the commit and their
+                    # deletion: an intent keeps them out of adoption until settled (lake/tables/compact.py)
+                    intent = Intent(uuid.uuid4().hex[:12], dataset, tuple(removed), "")
+                    self._storage.write(intent.path, intent.to_json(), "application/json")
+                    try:
+                        table.replace(removed, held, self._seqs_note(held))
+                    except CommitConflict:
+                        self._storage.delete(intent.path)
+                        continue
+                    finish(self._storage, table, intent)  # the replaced files and the intent go
+                    break
+        except Exception:
+            self._open.pop(dataset, None)
+            self._drop_replace(dataset, held, mine, wanted, own)
+            raise
+        self._tell(tuple(s for f in held for s in f.seqs))
         logger.info("replaced table {!r} with {} files", dataset, len(held))
         return True
+
+    def _drop_replace(
+        self, dataset: str, held: list[DataFile], mine: list[DataFile], wanted: set[str], own: set[int]
+    ) -> None:
+        """A replace that did not commit: its own files go (the door deletes them; ones stored later are
+        ignored), what other streams stored meanwhile goes on to a normal commit. The replace's seqs are
+        told as settled, so that no wait for ``committed_through`` hangs on data the client was told failed."""
+        rest = [f for f in held if f not in mine]
+        with self._cond:
+            pending = self._pending.setdefault(dataset, _Pending())
+            pending.files[:0] = rest
+            if rest:
+                pending.since = time.monotonic()
+            self._dropped.setdefault(dataset, set()).update(wanted - {f.path for f in mine})
+            self._cond.notify_all()
+        self._tell(tuple(sorted(own | {s for f in mine for s in f.seqs})))
+
+    def _seqs_note(self, files: list[DataFile]) -> str:
+        """What a commit's metadata says of the seqs its files hold: the queue's identity and their ranges."""
+        seqs = sorted(s for f in files for s in f.seqs)
+        return f"{self._identity} {seq_ranges(seqs)}" if self._identity and seqs else ""
 
     def _commit(self, dataset: str, patient: bool = True) -> None:
         with self._lock_of(dataset):
@@ -320,7 +375,7 @@ class Committer:
                 pending.eager = False
             fields = pending.fields
         stats = self.stats.setdefault(dataset, TableStats())
-        delay = self._settings.retry_initial_delay
+        gone: list[DataFile] = []
         while True:
             try:
                 started = time.monotonic()
@@ -329,19 +384,30 @@ class Committer:
             except CommitConflict as exc:
                 stats.conflicts += 1  # the table was read again: plan again at once
                 logger.debug("{}: planning again", exc)
+                # another process may have committed these files, then compacted them away (and deleted
+                # them): a file storage no longer has is in the table by its rows already
+                kept = [f for f in files if self._still_stored(dataset, f)]
+                gone += [f for f in files if f not in kept]
+                files = kept
             except Exception as exc:
                 stats.errors += 1
                 stats.last_error = first_line(exc)
-                if not patient:  # one try (at start): the files wait for the loop, the caller hears why
-                    with self._cond:
-                        self._pending.setdefault(dataset, _Pending()).files[:0] = files
-                    raise
-                logger.warning("commit to table {!r} failed, retrying in {:.1f}s: {}", dataset, delay, exc)
                 self._open.pop(dataset, None)
-                if self._abort.wait(delay):
+                with self._cond:  # the files wait for a later try; other tables commit meanwhile
+                    pending = self._pending.setdefault(dataset, _Pending())
+                    pending.files[:0] = files
+                    pending.delay = min(
+                        max(pending.delay * 2, self._settings.retry_initial_delay), self._settings.retry_max_delay
+                    )
+                    pending.retry_at = time.monotonic() + pending.delay
+                if not patient:  # one try (at start): the caller hears why
+                    raise
+                logger.warning(
+                    "commit to table {!r} failed, retrying in {:.1f}s: {}", dataset, pending.delay, first_line(exc)
+                )
+                if self._abort.is_set():
                     logger.error("gave up committing {} files to table {!r}", len(files), dataset)
-                    return
-                delay = min(delay * 2, self._settings.retry_max_delay)
+                return
         now = time.time()
         stats.commit_seconds = [*stats.commit_seconds[-999:], time.monotonic() - started]
         lags = [now - at for f in files if (at := self._stored_at.pop(f.path, None)) is not None]
@@ -357,7 +423,10 @@ class Committer:
                 self.format_of(dataset),
                 stats.commit_seconds[-1],
             )
-        self._committed(tuple(s for f in files for s in f.seqs))
+        with self._cond:
+            if pending := self._pending.get(dataset):
+                pending.delay, pending.retry_at = 0.0, 0.0
+        self._tell(tuple(s for f in [*files, *gone] for s in f.seqs))
         every = self._settings.maintain_every
         if added and every and stats.commits % every == 0:
             self._maintain(dataset)
@@ -365,14 +434,39 @@ class Committer:
         if added and every and stats.commits % every == 0:
             self._compact(dataset)
 
+    def _tell(self, seqs: tuple[int, ...]) -> None:
+        """The committed record, retried while it fails (NATS away): the commit has landed, the waiters of
+        these seqs must hear of it; a restart would retell it from the table (``_retell``)."""
+        delay = self._settings.retry_initial_delay
+        while seqs:
+            try:
+                self._committed(seqs)
+                return
+            except Exception as exc:
+                logger.warning("recording committed seqs failed, retrying in {:.1f}s: {}", delay, first_line(exc))
+                if self._abort.wait(delay):
+                    return
+                delay = min(delay * 2, self._settings.retry_max_delay)
+
+    def _still_stored(self, dataset: str, f: DataFile) -> bool:
+        try:
+            self._storage.operator.stat(f"{dataset}/{f.path}")
+            return True
+        except Exception as exc:
+            if not isinstance(exc, opendal.exceptions.NotFound):
+                return True  # cannot tell: keep it, the commit's own errors will say
+            logger.warning("{}/{} is gone from storage (compacted by another process): not committed", dataset, f.path)
+            return False
+
     def _commit_once(self, dataset: str, files: list[DataFile], fields: object) -> int:
+        if not files:
+            return 0
         table = self._table(dataset, files[0], fields)
         known = table.paths()
         plan = [f for f in files if f.path not in known]
         plan = list({f.path: f for f in plan}.values())
         if plan:
-            seqs = sorted(s for f in plan for s in f.seqs)
-            table.append(plan, f"{self._identity} {seq_ranges(seqs)}" if self._identity and seqs else "")
+            table.append(plan, self._seqs_note(plan))
         return len(plan)
 
     def _table(self, dataset: str, first: DataFile | None, fields: object = None) -> Table:
@@ -444,18 +538,20 @@ class Committer:
             for dataset in Datasets(self._storage).names():
                 if not self.commits(dataset):
                     continue
-                table = self._open.get(dataset)
-                if table is not None:
-                    table.refresh()
-                    recover(self._storage, table, SHARED_AGE)  # a compaction that died an hour ago
-                    self._retell(table)
-                orphans = set(self._orphans(dataset))
-                with self._cond:
-                    local = self._pending.get(dataset, _Pending())
-                    orphans -= {f.path for f in local.files} | {f.path for f in self._held.get(dataset, ())}
-                seen, self._seen_orphans[dataset] = self._seen_orphans.get(dataset, set()), set()
-                adopted += self._adopt(dataset, sorted(orphans & seen))
-                self._seen_orphans[dataset] = orphans - seen
+                with self._lock_of(dataset):  # the table object is this thread's alone meanwhile
+                    table = self._open.get(dataset)
+                    if table is not None:
+                        table.refresh()
+                        recover(self._storage, table, SHARED_AGE)  # a compaction that died an hour ago
+                        self._retell(table)
+                    orphans = set(self._orphans(dataset))
+                    with self._cond:
+                        local = self._pending.get(dataset, _Pending())
+                        orphans -= {f.path for f in local.files} | {f.path for f in self._held.get(dataset, ())}
+                    seen, self._seen_orphans[dataset] = self._seen_orphans.get(dataset, set()), set()
+                    again = sorted(orphans & seen)
+                    self._seen_orphans[dataset] = orphans - seen
+                adopted += self._adopt(dataset, again)
         except Exception:
             logger.opt(exception=True).warning("looking for uncommitted files failed; trying again later")
         return adopted
@@ -468,7 +564,7 @@ class Committer:
         told = [t.partition(" ") for t in table.recent_seqs(RETOLD_COMMITS)]
         seqs = tuple(s for who, _, text in told if who == self._identity for s in parse_ranges(text))
         if seqs:
-            self._committed(seqs)
+            self._tell(seqs)
 
     def _orphans(self, dataset: str) -> list[str]:
         """The dataset's data files (relative paths) its table does not hold."""

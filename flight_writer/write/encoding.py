@@ -21,6 +21,12 @@ PARQUET_TYPE = "application/vnd.apache.parquet"
 LOCAL_BUFFER = 1 << 20  # the encoder writes pages of a few KiB: gather them before the write(2)
 SAMPLE_ROWS = 16_384  # values per column that decide whether a file's column gets a dictionary
 UNIQUE = 0.95  # ... it does not when this share of them is distinct
+# small batches are concatenated into runs of up to this many rows (and COALESCE_BYTES) before encoding: the
+# Parquet writer (and a cast) pays per chunk and column, so a 32 MiB row group of 1,780 100-row span batches
+# took 86 ms of CPU to encode, concatenated 72 ms plus 5 ms for the copy; the copy is bounded by the run
+COALESCE_ROWS = 65_536
+COALESCE_BYTES = 64 << 20
+SMALL_ROWS = 4096  # ... when the batches hold fewer rows than this on average
 
 
 class Encoder:
@@ -59,7 +65,7 @@ class Encoder:
 
     def write(self, batches: list[pa.RecordBatch]) -> None:
         """One row group (several if the batches hold more than ``row_group_rows`` rows)."""
-        table = self._shape.apply(pa.Table.from_batches(batches))  # never one row group per small batch
+        table = self._shape.apply(pa.Table.from_batches(coalesced(batches)))  # never one row group per batch
         self._writer.write_table(table, row_group_size=self._settings.row_group_rows)
 
     def close(self, metadata: dict[bytes, bytes] | None) -> int:
@@ -125,6 +131,38 @@ class Joined:
             storage.commit(self.tmp, path)
         else:
             storage.write(path, self._bytes, PARQUET_TYPE)
+
+
+def coalesced(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    """The batches with runs of small ones concatenated (up to ``COALESCE_ROWS`` rows, ``COALESCE_BYTES``
+    Arrow bytes per run), when they hold fewer than ``SMALL_ROWS`` rows on average; else as they are. A run
+    that cannot be concatenated stays as its batches (the encoder says what is wrong with them)."""
+    if len(batches) < 2 or sum(b.num_rows for b in batches) >= SMALL_ROWS * len(batches):
+        return batches
+    out: list[pa.RecordBatch] = []
+    run: list[pa.RecordBatch] = []
+    rows = nbytes = 0
+    for batch in batches:
+        size = batch.get_total_buffer_size()  # a slice counts its parent's buffers: it may go alone
+        if run and (rows + batch.num_rows > COALESCE_ROWS or nbytes + size > COALESCE_BYTES):
+            out.extend(_concatenated(run))
+            run, rows, nbytes = [], 0, 0
+        run.append(batch)
+        rows += batch.num_rows
+        nbytes += size
+    out.extend(_concatenated(run))
+    return out
+
+
+def _concatenated(run: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    if len(run) < 2:
+        return run
+    try:
+        return [pa.concat_batches(run)]
+    except pa.ArrowException as exc:
+        if isinstance(exc, MemoryError):
+            raise
+        return run
 
 
 def dictionary_columns(table: pa.Table) -> bool | list[str]:

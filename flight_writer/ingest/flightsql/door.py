@@ -35,7 +35,7 @@ class TableReplace(Protocol):
 
     def begin_replace(self, dataset: str) -> None: ...
 
-    def finish_replace(self, dataset: str, seqs: list[int], ok: bool, timeout: float | None = None) -> bool: ...
+    def finish_replace(self, dataset: str, files: list[str], seqs: list[int], ok: bool) -> bool: ...
 
 
 class FlightSqlDoor:
@@ -131,14 +131,24 @@ class FlightSqlDoor:
                     )
                 if table:
                     assert self._tables is not None
-                    self._tables.finish_replace(dataset, seqs, True)  # the table holds the new files only
-                    table = False
+                    table = False  # from here the committer settles the replace, whatever happens
+                    new_files = result.get("files", [])
+                    try:
+                        done = self._tables.finish_replace(dataset, new_files, seqs, True)
+                        why = "its files were not all stored in time"
+                    except Exception as exc:  # the commit failed: the table stays as it was
+                        done, why = False, f"the commit failed: {exc}"
+                    if not done:
+                        for path in new_files:
+                            self._storage.delete(path)
+                        self._admission.forget(dataset)
+                        raise flight.FlightServerError(f"table {dataset!r} not replaced, {why}; it stays as it was")
                 for path in existing if replace else ():
                     self._storage.delete(path)
         finally:
             if table:  # the replace did not get as far as its commit: the table stays as it was
                 assert self._tables is not None
-                self._tables.finish_replace(dataset, seqs, False)
+                self._tables.finish_replace(dataset, [], seqs, False)
         writer.write(pa.py_buffer(flightsql.update_result(rows)))
 
     def get_flight_info(

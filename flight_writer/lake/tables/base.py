@@ -78,7 +78,7 @@ class Table(abc.ABC):
         :class:`CommitConflict` if the table moved since it was read; nothing landed then."""
 
     @abc.abstractmethod
-    def replace(self, removed: list[str], added: list[DataFile]) -> None:
+    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
         """One commit that takes ``removed`` out and puts ``added`` in (compaction): the rows stay the same."""
 
     @abc.abstractmethod

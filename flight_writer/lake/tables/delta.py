@@ -132,8 +132,8 @@ class DeltaTableOf(Table):
                 found.append(text)
         return found
 
-    def replace(self, removed: list[str], added: list[DataFile]) -> None:
-        self._commit(removed, added)
+    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
+        self._commit(removed, added, seqs)
 
     def _commit(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
         from deltalake import CommitProperties, Transaction
@@ -165,9 +165,13 @@ class DeltaTableOf(Table):
         except (OSError, ValueError) as exc:
             self.refresh()
             raise TableError(f"commit to table {self.dataset!r} failed: {exc}") from exc
+        made = self._table.version()  # the version this commit was made on
         self._table.update_incremental()  # a handle does not see its own commit until it reads the log
         self._commits = count
-        if self._paths is not None:
+        if self._table.version() != made + 1:  # others committed after it: what they hold is not known here
+            self._paths = None
+            self._commits = None
+        elif self._paths is not None:
             self._paths.difference_update(removed)
             self._paths.update(f.path for f in added)
 
@@ -185,12 +189,17 @@ class DeltaTableOf(Table):
                     known.add(field.name)
         if not extra:
             return
+        before = self._table.version()
         try:
             self._table.alter.add_columns(list(_delta_schema(pa.schema(extra)).fields))
         except CommitFailedError as exc:
             self.refresh()
             raise CommitConflict(f"table {self.dataset!r} moved on while adding columns: {exc}") from None
         self._table.update_incremental()
+        if self._table.version() != before + 1:  # the handle jumped over others' commits: plan again from here
+            self._paths = None
+            self._commits = None
+            raise CommitConflict(f"table {self.dataset!r} moved on while adding columns")
 
     def _partition_values(self, f: DataFile) -> dict[str, str | None]:
         return {p.name: f.partition.get(p.name) for p in self._partitions}

@@ -259,8 +259,8 @@ class IcebergTable(Table):
     def append(self, files: list[DataFile], seqs: str = "") -> None:
         self._commit([], files, seqs)
 
-    def replace(self, removed: list[str], added: list[DataFile]) -> None:
-        self._commit(removed, added)
+    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
+        self._commit(removed, added, seqs)
 
     def _commit(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
         from pyiceberg.exceptions import CommitFailedException

@@ -2,8 +2,9 @@
 
 A batch record is ``magic "FWR1" | u32 length | u32 crc32 | payload`` with payload ``u64 seq | f64
 received_at | u16 len(dataset) | u32 len(client id) | dataset | client id | Arrow IPC stream`` (schema,
-dictionaries, the batch; its buffers compressed as ``queue.compression`` says, which the IPC format
-records, so a log written with one setting is read under any other). The magic lets recovery find the
+dictionaries, the batch; its buffers compressed as ``queue.compression`` says, batches under
+``log.SMALL_RECORD_BYTES`` not at all, which the IPC format records, so a log written with one setting is read
+under any other). The magic lets recovery find the
 next intact record after a damaged one. A manifest line is ``<crc32 hex> <json>``: ``{"plan": path,
 "kind", "seqs": "1-3,7", "error"}``, ``{"done": "1-3,7"}``, ``{"ids": [[id, seq]...]}``.
 """

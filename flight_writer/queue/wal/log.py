@@ -29,6 +29,9 @@ from flight_writer.queue.wal.format import encode_record
 from flight_writer.queue.wal.manifest import RESERVE_BYTES, Manifest, fsync_dir
 
 FSYNC_POLICIES = ("always", "interval", "never")
+# a batch under this many Arrow bytes is logged uncompressed: compressing costs per buffer, and for small
+# batches more than the bytes it saves are worth (100-row spans: 25 us a record with lz4, 13 without)
+SMALL_RECORD_BYTES = 64 << 10
 
 
 @dataclass
@@ -60,6 +63,7 @@ class SegmentLog:
         self._interval = interval
         # compressing costs CPU (lz4: ~2 GB/s per core on spans) and halves the bytes the disk must take
         self._ipc_options = write_options(compression)
+        self._small_options = write_options("none")  # under SMALL_RECORD_BYTES
         self._lock = threading.Lock()
         self._synced_cond = threading.Condition(self._lock)  # waiters: "my record is fsynced"
         self._sync_wanted = threading.Condition(self._lock)  # the syncer: "something to fsync"
@@ -104,7 +108,8 @@ class SegmentLog:
 
     # -- the journal (memory.py) -----------------------------------------------------------------------
     def prepare(self, batch: pa.RecordBatch) -> pa.Buffer:
-        return encode_ipc(batch, self._ipc_options)
+        small = batch.get_total_buffer_size() < SMALL_RECORD_BYTES
+        return encode_ipc(batch, self._small_options if small else self._ipc_options)
 
     def append(self, entry: Entry, ipc: pa.Buffer) -> None:
         """Under the queue's lock (so records are in seq order): append the record, wake the syncer."""
