@@ -351,3 +351,18 @@ def test_disk_full_mid_stream_is_a_clear_error_and_loses_nothing_taken(tmp_path,
     assert [(r["seq"], r["state"]) for r in replies] == [(i, "logged") for i in range(1, len(replies) + 1)]
     assert len(replies) <= taken
     assert len(read_dataset(root, "s")) == taken  # the stop wrote every batch taken, once
+
+
+def test_small_batches_are_logged_uncompressed_and_read_back(tmp_path):
+    """Under SMALL_RECORD_BYTES a record is not compressed (it cost more CPU than it saved); it reads back."""
+    small = pa.record_batch({"i": pa.array([i % 100 for i in range(1000)], pa.int64())})  # 8 KB
+    sizes = {}
+    for compression in ("none", "lz4"):
+        q = wal(tmp_path / compression, compression=compression)
+        q.put("ds", b"k", small, 1)
+        q.close()
+        sizes[compression] = segments(tmp_path / compression)[0].stat().st_size
+        q = wal(tmp_path / compression, compression="zstd")
+        assert q.take(10, 0)[0].batch.equals(small)
+        q.close()
+    assert sizes["lz4"] == sizes["none"]

@@ -222,3 +222,26 @@ def test_nearly_unique_columns_get_no_dictionary(one_file, tmp_path, parts):
     table = pq.read_table(path)
     assert table.column("id").to_pylist() == list(range(2 * rows))
     assert table.column("kind").to_pylist()[:6] == ["kind-0", "kind-1", "kind-2", "kind-3", "kind-4", "kind-0"]
+
+
+def test_small_batches_are_encoded_in_runs_with_every_row_in_order():
+    """coalesced: runs of small batches concatenated (bounded in rows), big ones as they are, dictionaries
+    unified; the file holds every row in order either way."""
+    from flight_writer.write.encoding import COALESCE_ROWS, coalesced
+
+    small = [
+        pa.record_batch(
+            {
+                "id": pa.array(range(k * 100, k * 100 + 100), pa.int64()),
+                "d": pa.array([f"v{k}"] * 100).dictionary_encode(),
+            }
+        )
+        for k in range(1000)
+    ]
+    runs = coalesced(small)
+    first = COALESCE_ROWS // 100 * 100
+    assert [b.num_rows for b in runs] == [first, 100_000 - first]
+    assert pa.Table.from_batches(runs).to_pydict() == pa.Table.from_batches(small).to_pydict()
+    big = [pa.record_batch({"id": pa.array(range(i * 8192, i * 8192 + 8192), pa.int64())}) for i in range(3)]
+    assert coalesced(big) == big
+    assert coalesced(small[:1]) == small[:1]
