@@ -42,6 +42,7 @@ from flight_writer.queue.seqs import parse_ranges, seq_ranges
 from flight_writer.write.stored import Stored
 
 Committed = Callable[[tuple[int, ...]], None]
+CLOSE_WAIT = 30.0  # seconds a stop waits for a commit in flight once it has given up on the rest
 REPLACE_WAIT = 300.0  # seconds a replace waits for its files' stored events (they follow the durable record)
 RETOLD_COMMITS = 100  # a table's last commits whose seqs a start (and each rescan) tells the queue again
 
@@ -202,7 +203,13 @@ class Committer:
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abort.set()
-            self._thread.join()
+            with self._cond:
+                self._cond.notify_all()
+            # a catalog call in flight is not interruptible: wait for it a bounded time, then leave it to the
+            # process's exit (the thread is a daemon; what it did not commit is adopted at the next start)
+            self._thread.join(CLOSE_WAIT)
+            if self._thread.is_alive():
+                logger.warning("the table committer is still in a catalog call after {} s: leaving it", CLOSE_WAIT)
         for tables in self._tables.values():
             tables.close()
 
