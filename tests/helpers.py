@@ -268,6 +268,27 @@ root = "{root}"
 POSTGRES_USER = "flight_writer"
 
 
+def table_server_config(tmp_path: Path, root: Path, fmt: str, max_file_rows: int, **tables: float) -> Path:
+    """A server config whose datasets are ``fmt`` tables partitioned by ``service``: files only by size or
+    flush, commits only on flush (the interval and count out of reach) unless ``tables`` says otherwise."""
+    values = {"commit_interval": 3600, "commit_files": 1000, **tables}
+    settings = "\n".join(f"{k} = {v}" for k, v in values.items())
+    return write_config(
+        tmp_path / "server.toml",
+        root,
+        f"""
+[writer]
+flush_interval = 600
+max_file_rows = {max_file_rows}
+[datasets]
+table = "{fmt}"
+fields = ["service"]
+[tables]
+{settings}
+""",
+    )
+
+
 def postgres_binaries() -> tuple[str, str] | None:
     """``initdb`` and ``postgres``: from PATH, else the newest ``/usr/lib/postgresql/<major>/bin``, where
     Debian's package puts them (off PATH)."""

@@ -92,17 +92,21 @@ class DurabilityTracker:
 
     def wait_committed(self, seqs: Iterable[int], timeout: float | None) -> bool:
         """Wait until every seq is committed; False if ``timeout`` s passed first or the position closed."""
-        pending = list(seqs)
-
-        def done() -> bool:
-            pending[:] = [s for s in pending if not self._is_committed(s)]
-            return not pending
-
-        return self._wait_until(done, timeout)
+        return self._wait_all(seqs, self._is_committed, timeout)
 
     def wait_committed_through(self, seq: int, timeout: float | None) -> bool:
         """Wait until ``committed_through >= seq``; False if ``timeout`` s passed first or the position closed."""
         return self._wait_until(lambda: self._committed_through >= seq, timeout)
+
+    def _wait_all(self, seqs: Iterable[int], settled: Callable[[int], bool], timeout: float | None) -> bool:
+        """Wait until ``settled`` holds for every seq (the ones still open are looked at again each time)."""
+        pending = list(seqs)
+
+        def done() -> bool:
+            pending[:] = [s for s in pending if not settled(s)]
+            return not pending
+
+        return self._wait_until(done, timeout)
 
     def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
         """Wait, holding the condition, until ``done()``; False if ``timeout`` s passed first or the position
@@ -158,13 +162,7 @@ class DurabilityTracker:
 
     def wait(self, seqs: Iterable[int], timeout: float | None) -> bool:
         """Wait until every seq is resolved; False if ``timeout`` s passed first or the position closed."""
-        pending = list(seqs)
-
-        def done() -> bool:
-            pending[:] = [s for s in pending if not self._is_resolved(s)]
-            return not pending
-
-        return self._wait_until(done, timeout)
+        return self._wait_all(seqs, self._is_resolved, timeout)
 
     def wait_through(self, seq: int, timeout: float | None) -> bool:
         """Wait until every seq up to ``seq`` is resolved (``durable_through >= seq``); False if ``timeout``

@@ -33,30 +33,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from helpers import action, put, read_lake_table, write_config
+from helpers import action, put, read_lake_table, table_server_config
 
 ITERATIONS = int(os.environ.get("CRASH_TABLE_ITERATIONS", "20"))
 ROWS = 50
 DATASET = "crash/spans"
-
-
-def config_for(tmp_path: Path, root: Path, fmt: str) -> Path:
-    return write_config(
-        tmp_path / "server.toml",
-        root,
-        f"""
-[writer]
-flush_interval = 600
-max_file_rows = {ROWS}
-[datasets]
-table = "{fmt}"
-fields = ["service"]
-[tables]
-commit_interval = 3600
-commit_files = 1000
-adopt_interval = 3600
-""",
-    )
 
 
 def batch_for(k: int, rows: int = ROWS) -> pa.RecordBatch:
@@ -136,7 +117,7 @@ def durable_flushed(client: flight.FlightClient, k: int) -> tuple[list[int], int
 @pytest.mark.parametrize("fmt", ["iceberg", "delta"])
 def test_kill_around_the_commit_every_durable_row_once(tmp_path: Path, fmt: str, server_process) -> None:
     root = tmp_path / "data"
-    config = config_for(tmp_path, root, fmt)
+    config = table_server_config(tmp_path, root, fmt, ROWS, adopt_interval=3600)
     version = Version(root, fmt)
     acked: set[int] = set()
     k = 0

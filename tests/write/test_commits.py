@@ -20,7 +20,17 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from helpers import action, parquet_files, put, read_lake_table, running, table_handle, wait_for, write_config
+from helpers import (
+    action,
+    parquet_files,
+    put,
+    read_lake_table,
+    running,
+    table_handle,
+    table_server_config,
+    wait_for,
+    write_config,
+)
 
 FORMATS = ["iceberg", "delta"]
 ROWS = 100  # rows per batch; with writer.max_file_rows = ROWS every batch is a file of its own
@@ -212,28 +222,10 @@ def test_datasets_without_a_table_count_toward_committed_through(tmp_path: Path,
     assert read_lake_table(root, fmt, "loose")[1] == []
 
 
-def crash_config(tmp_path: Path, root: Path, fmt: str, max_file_rows: int = ROWS, **tables: float) -> Path:
-    values = {"commit_interval": 3600, "commit_files": 1000, **tables}
-    return write_config(
-        tmp_path / "server.toml",
-        root,
-        f"""
-[writer]
-flush_interval = 600
-max_file_rows = {max_file_rows}
-[datasets]
-table = "{fmt}"
-fields = ["service"]
-[tables]
-{chr(10).join(f"{k} = {v}" for k, v in values.items())}
-""",
-    )
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_files_a_killed_process_never_committed_are_adopted_once(tmp_path: Path, fmt: str, server_process) -> None:
     root = tmp_path / "data"
-    config = crash_config(tmp_path, root, fmt)
+    config = table_server_config(tmp_path, root, fmt, ROWS)
     server = server_process(config)
     committed = [batch(0, HALF)]
     orphans = [batch(k * ROWS) for k in range(2, 6)]
@@ -261,7 +253,7 @@ def test_two_processes_committing_to_one_table_commit_every_row_once(tmp_path: P
     root = tmp_path / "data"
     # commit_files = 2: many small commits, racing; adopt_interval: each also adopts the other's stored files
     # files by flushes only (the puts with the ack header committed, the last flush)
-    config = crash_config(tmp_path, root, fmt, max_file_rows=10_000, commit_files=2, adopt_interval=0.3)
+    config = table_server_config(tmp_path, root, fmt, 10_000, commit_files=2, adopt_interval=0.3)
     servers = [server_process(config), server_process(config)]
     sent: list[pa.RecordBatch] = []
     lock = threading.Lock()
