@@ -26,12 +26,14 @@ from typing import Any
 
 import opendal
 import pyarrow as pa
+import pyarrow.parquet as pq
 from opendal.layers import TimeoutLayer
 
 from flight_writer.config import StorageSettings, without_password
 
 TMP_DIR = "_tmp/"
 PROBE_DIR = "_tmp/probe-"
+FOOTER_GUESS = 64 * 1024  # one read of a file's tail holds most footers
 # OpenDAL's exception classes do not share a base class (0.47): name them all
 OPENDAL_ERRORS: tuple[type[Exception], ...] = tuple(
     cls for cls in vars(opendal.exceptions).values() if isinstance(cls, type) and issubclass(cls, Exception)
@@ -163,6 +165,47 @@ class Storage:
 
     def read(self, path: str) -> bytes:
         return bytes(self.operator.read(path))
+
+    def create(self, path: str, data: bytes) -> None:
+        """Store ``data`` at ``path`` only if nothing is there yet, all or nothing (a log entry: two writers
+        racing for one name, one wins). FileExistsError if something is there. A local directory: a
+        temporary file hard-linked into place (the link fails if the name is taken); elsewhere one
+        conditional request (``If-None-Match: *``)."""
+        local = self.local_tmp()
+        if local is not None:
+            _, tmp_local = local
+            target = os.path.join(self.root, path)
+            try:
+                with open(tmp_local, "wb") as f:
+                    f.write(data)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.link(tmp_local, target)  # FileExistsError if taken
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_local)
+            return
+        try:
+            self.operator.write(path, data, if_not_exists=True)
+        except opendal.exceptions.ConditionNotMatch:
+            raise FileExistsError(errno.EEXIST, "exists already", path) from None
+
+    def parquet_footer(self, path: str) -> tuple[int, pq.FileMetaData] | None:
+        """The size and footer of the Parquet object at ``path``, reading only its tail; None if there is
+        no object there, or none that ends like a Parquet file."""
+        try:
+            size = self.operator.stat(path).content_length
+        except opendal.exceptions.NotFound:
+            return None
+        tail = bytes(self.operator.read(path, offset=max(0, size - FOOTER_GUESS), size=min(size, FOOTER_GUESS)))
+        if size < 12 or tail[-4:] != b"PAR1":
+            return None
+        length = int.from_bytes(tail[-8:-4], "little")
+        if length + 8 > len(tail):
+            if length + 12 > size:
+                return None
+            tail = bytes(self.operator.read(path, offset=size - length - 8, size=length + 8))
+        footer = tail[-length - 8 : -8]
+        return size, pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail[-8:]))
 
     def list(self, prefix: str = "") -> list[str]:
         """Paths of the objects (not directories) under ``prefix``, recursively, sorted."""

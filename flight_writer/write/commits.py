@@ -22,7 +22,6 @@ the start are not reported committed.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 import uuid
@@ -30,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import opendal
-import pyarrow.parquet as pq
 from loguru import logger
 
 from flight_writer.config import DatasetSettings, TableSettings, WriterSettings
@@ -605,8 +603,10 @@ class Committer:
     def _describe(self, dataset: str, name: str) -> DataFile | None:
         path = f"{dataset}/{name}"
         try:
-            data = self._storage.read(path)
-            footer = pq.ParquetFile(io.BytesIO(data)).metadata
+            found = self._storage.parquet_footer(path)  # the tail only, not the whole file
+            if found is None:
+                raise ValueError("no Parquet footer at its end")
+            size, footer = found
         except Exception as exc:
             logger.warning("{} is not a readable Parquet file, not adopted: {}", path, first_line(exc))
             return None
@@ -614,7 +614,7 @@ class Committer:
         ours = bool(self._identity) and meta.get(b"flight_writer.queue", b"").decode() == self._identity
         seqs = tuple(parse_ranges(meta.get(b"flight_writer.seqs", b"").decode())) if ours else ()
         schema = footer.schema.to_arrow_schema()
-        return DataFile(name, len(data), footer.num_rows, schema, Stored.partition_of(path, dataset), footer, seqs)
+        return DataFile(name, size, footer.num_rows, schema, Stored.partition_of(path, dataset), footer, seqs)
 
 
 def _quantile(values: list[float], q: float) -> float | None:

@@ -18,7 +18,8 @@ the file is encoded again in one piece at seal, with retries while the local dis
 rejects on their own are kept as Arrow IPC under ``_failed/{dataset}/`` and marked failed. Then the plan
 (path and exact seqs) is recorded, the object is stored under that one name with retries, and one ``Stored``
 event (stored.py) goes to the writer's followers, the durability record first: the queue confirms the
-object (its seqs become durable, their capacity is released).
+object (its seqs become durable, their capacity is released). A plan redone after a crash whose object is
+already there, complete, is confirmed as it is, never written again: a lake table may hold it with its size.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from loguru import logger
 
 from flight_writer._version import __version__
@@ -159,6 +161,8 @@ class ParquetFile:
         if self._plan is not None and self._plan.kind == "failed":
             self._store_rejected(self._entries[0], self._plan)
             return
+        if self._plan is not None and self._confirm_found():
+            return
         parts, self._parts = ([] if self._failed else self._parts), []
         encoder = None
         started = time.monotonic()
@@ -186,7 +190,28 @@ class ParquetFile:
             plan = Plan(self.path, "parquet", seqs)
             ctx.retry(f"record the plan for {self.path}", lambda: ctx.queue.plan(plan, entries), (Exception,))
         ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
-        upload_s = time.monotonic() - started
+        self._stored(seqs, size, file_footer, time.monotonic() - started, "wrote")
+
+    def _confirm_found(self) -> bool:
+        """A redone plan (the process that made it died between upload and confirmation): if its object is
+        there, holding exactly the plan's seqs, confirm it as it is. Objects appear whole (a rename, or one
+        request), and a table may have committed this one with its size already: encoding the batches again
+        would give other bytes (one piece, not the row groups of the first try) under the table's record."""
+        assert self._plan is not None
+        found = self._ctx.retry(
+            f"look for {self.path}", lambda: self._ctx.storage.parquet_footer(self.path), (Exception,)
+        )
+        seqs = tuple(e.seq for e in self._entries)
+        if found is None or (found[1].metadata or {}).get(b"flight_writer.seqs") != seq_ranges(list(seqs)).encode():
+            return False
+        self._parts = []
+        self._stored(seqs, found[0], found[1], 0.0, "found")
+        return True
+
+    def _stored(
+        self, seqs: tuple[int, ...], size: int, file_footer: pq.FileMetaData, upload_s: float, verb: str
+    ) -> None:
+        entries = self._entries
         rows = sum(e.batch.num_rows for e in entries)
         event = Stored(
             self.path,
@@ -203,9 +228,10 @@ class ParquetFile:
             received_at=tuple(e.received_at for e in entries),
             fields=self._shape.fields,
         )
-        ctx.stored(event, entries)  # the durability record first, then the counters and listeners
+        self._ctx.stored(event, entries)  # the durability record first, then the counters and listeners
         logger.info(
-            "wrote {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
+            "{} {} dataset={} rows={} bytes={} seqs={}..{} batches={} in {:.3f}s",
+            verb,
             self.path,
             self.dataset,
             rows,

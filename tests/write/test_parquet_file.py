@@ -19,7 +19,7 @@ import pytest
 from flight_writer.config import DatasetRule, StorageSettings, WriterSettings
 from flight_writer.lake.layout import Shape
 from flight_writer.lake.storage import Storage
-from flight_writer.queue import MemoryQueue
+from flight_writer.queue import MemoryQueue, Plan
 from flight_writer.write import footer
 from flight_writer.write.parquet_file import FileContext, ParquetFile
 from flight_writer.write.stored import Followers
@@ -245,3 +245,48 @@ def test_small_batches_are_encoded_in_runs_with_every_row_in_order():
     big = [pa.record_batch({"id": pa.array(range(i * 8192, i * 8192 + 8192), pa.int64())}) for i in range(3)]
     assert coalesced(big) == big
     assert coalesced(small[:1]) == small[:1]
+
+
+def test_a_redone_plan_whose_object_is_there_confirms_it_as_it_is(one_file, tmp_path):
+    """After a crash between upload and confirmation a plan is redone under the same name. A table may already
+    have committed the object with its size, and the redo encodes in one piece what was three row groups, so
+    another upload would change the bytes under the table: the object found complete is confirmed as is."""
+    ctx, queue, _, _ = one_file
+    for i in range(3):
+        queue.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
+    entries = queue.take(10, 0)
+    shape = Shape.of(entries[0].batch.schema, EXACT)
+    first = ParquetFile(ctx, "ds", "date=2025-11-25/hour=16", entries[0].seq, shape)
+    first.add(entries[:1])
+    first.add(entries[1:2])
+    first.seal(entries[2:])
+    first.done.result(30)
+    [path] = tmp_path.rglob("*.parquet")
+    before = path.read_bytes()
+
+    again = MemoryQueue(1 << 30)  # the queue after the crash: the same batches, the same seqs, their plan
+    for i in range(3):
+        again.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
+    redone: list[tuple[int, int]] = []
+    followers = Followers(again, ctx.retry, lambda event: None)
+    followers.listeners.append(lambda event: redone.append((event.rows, event.nbytes, event.footer.num_row_groups)))
+    redo_ctx = FileContext(again, ctx.storage, ctx.settings, ctx.executor, ctx.retry, followers)
+    plan = Plan(first.path, "parquet", (1, 2, 3))
+    file = ParquetFile(redo_ctx, "ds", "", 0, shape, plan)
+    file.seal(again.take(10, 0))
+    file.done.result(30)
+    assert path.read_bytes() == before  # not rewritten
+    assert redone == [(300, len(before), 3)] and again.position.durable_through == 3
+
+    # an object that is not there (the crash came before the upload) is stored by the redo
+    path.unlink()
+    third = MemoryQueue(1 << 30)
+    for i in range(3):
+        third.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
+    followers = Followers(third, ctx.retry, lambda event: None)
+    third_ctx = FileContext(third, ctx.storage, ctx.settings, ctx.executor, ctx.retry, followers)
+    file = ParquetFile(third_ctx, "ds", "", 0, shape, plan)
+    file.seal(third.take(10, 0))
+    file.done.result(30)
+    assert pq.read_table(path).column("id").to_pylist() == list(range(300))
+    assert third.position.durable_through == 3

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from flight_writer.config import DatasetSettings, TableSettings
 from flight_writer.lake.tables.base import (
@@ -423,8 +422,3 @@ def _partition_value(p: PartitionColumn, values: dict[str, str | None]) -> Any:
     if pa.types.is_boolean(kind):
         return text == "true"
     return text
-
-
-def footer_of(data: bytes) -> pq.FileMetaData:
-    """A Parquet file's footer from its bytes (files adopted after a crash carry no Stored event)."""
-    return pq.ParquetFile(pa.BufferReader(data)).metadata
