@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fills container/wheels/ (gitignored) for the Dockerfile, so that the image build needs no network:
-#   deps/  wheels of pyproject.toml's dependencies for CPython 3.11 on manylinux (this machine's CPU), plus
+#   deps/  wheels of pyproject.toml's dependencies (and its tables extra) for CPython 3.11 on manylinux (this machine's CPU), plus
 #          pip itself, and requirements.txt naming the dependencies
 #   app/   flight-writer's own wheel
 # pip runs here, on the host, where its index, proxy, certificates and cache are set up; inside a build
@@ -18,8 +18,9 @@ chmod 755 "$new"
 log=container/wheels/build.log
 trap 'status=$?; rm -rf "$new"; [[ $status = 0 ]] || cat "$log" >&2' EXIT
 : >"$log"
-"$PYTHON" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-    >"$new/requirements.txt"
+# the dependencies and the tables extra (Iceberg, Delta): a table is then a setting away, as outside the image
+"$PYTHON" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["tables"]))' >"$new/requirements.txt"
 platforms=(--platform "manylinux2014_$arch")
 for minor in 17 24 27 28 31 34 35 36; do   # glibc 2.36 in bookworm runs manylinux_2_x wheels up to 2.36
     platforms+=(--platform "manylinux_2_${minor}_$arch")

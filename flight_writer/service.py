@@ -118,6 +118,9 @@ class Service:
                     if s.storage.startup_check:
                         raise StorageError(f"lake tables: {first_line(exc)}") from exc
                     logger.error("lake tables: {} (storage.startup_check = false: starting anyway)", exc)
+                    # the seqs from before the start are not known to be in their tables until a later try
+                    self.queue.position.hold_committed()
+                    self.committer.on_recovered = self.queue.position.release_committed
                 self.writer.followers.watchers.append(self.committer)
                 self.committer.start()
                 self.writer.start()

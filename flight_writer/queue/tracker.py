@@ -13,7 +13,9 @@ is *committed*: in its dataset's lake table (``mark_committed(seqs, table=True)`
 landed), or needing no commit (a dataset without a table, a failed batch: ``table=False``, as soon as it is
 resolved). ``describe`` reports ``committed`` for seqs a table commit made safe (as far as history reaches).
 Seqs from before a restart count as committed: a service adopts into its tables what a crash left
-(``write/commits.py``) before it serves.
+(``write/commits.py``) before it serves. If that adoption fails at the start (a catalog out of reach, with
+``storage.startup_check = false``), ``hold_committed`` takes them back until ``release_committed`` (the
+committer adopted them on a later try): they are reported durable, not committed, meanwhile.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class DurabilityTracker:
         self._closed = False
         self._committed_through = durable_through  # a restart adopts what a crash left before it serves
         self._committed_above: set[int] = set()
+        self._held: int | None = None  # committed_through from before the start, while hold_committed
         self._in_table: OrderedDict[int, None] = OrderedDict()  # seqs a table commit made safe (history)
 
     @property
@@ -69,6 +72,23 @@ class DurabilityTracker:
     def committed_through(self) -> int:
         return self._committed_through
 
+    def hold_committed(self) -> None:
+        """The seqs from before the start are not known to be in their tables: not committed, until
+        ``release_committed``."""
+        with self._cond:
+            if self._held is None:
+                self._held, self._committed_through = self._committed_through, 0
+                self._advance_committed()
+
+    def release_committed(self) -> None:
+        """What a crash left is in the tables now: the seqs from before the start count as committed again."""
+        with self._cond:
+            if self._held is not None:
+                self._committed_through, self._held = max(self._committed_through, self._held), None
+                self._committed_above = {s for s in self._committed_above if s > self._committed_through}
+                self._advance_committed()
+                self._cond.notify_all()
+
     def mark_committed(self, seqs: Iterable[int]) -> None:
         """A table commit holding these seqs' files landed."""
         with self._cond:
@@ -82,10 +102,13 @@ class DurabilityTracker:
                 self._committed_above.add(seq)
         while len(self._in_table) > self._history:
             self._in_table.popitem(last=False)
+        self._advance_committed()
+        self._cond.notify_all()
+
+    def _advance_committed(self) -> None:
         while self._committed_through + 1 in self._committed_above:
             self._committed_through += 1
             self._committed_above.discard(self._committed_through)
-        self._cond.notify_all()
 
     def _is_committed(self, seq: int) -> bool:
         return seq <= self._committed_through or seq in self._committed_above

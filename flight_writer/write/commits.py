@@ -96,11 +96,13 @@ class Committer:
         self._cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}
         self._open: dict[str, Table] = {}
+        self._replacing: dict[str, Intent] = {}  # datasets in a Flight SQL replace: its marker intent
         self._stopping = False
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flight-writer-commits", daemon=True)
         self.stats: dict[str, TableStats] = {}
         self.recovered = threading.Event()
+        self.on_recovered: Callable[[], None] | None = None  # called once adoption after a failed start worked
         self._stored_at: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}  # one commit per table at a time (loop, replace, adopt)
         self._held: dict[str, list[DataFile]] = {}  # a replace in progress: its dataset's new files wait here
@@ -248,6 +250,7 @@ class Committer:
                 if stopping and self._abort.is_set():
                     break
                 if not stopping and time.monotonic() >= next_scan:
+                    self._settle_start()
                     self.rescan()
                     next_scan = time.monotonic() + self._settings.adopt_interval
                 if stopping and (not self._due(every=True) or self._abort.is_set()):
@@ -289,12 +292,29 @@ class Committer:
         """From now on the dataset's stored files wait for ``finish_replace``; what is pending is committed
         first (it belongs to the data being replaced)."""
         self._commit(dataset)
+        # the replace's files are stored before its commit: no process may adopt them meanwhile
+        marker = Intent(uuid.uuid4().hex[:12], dataset, (), "", replacing=True)
+        self._storage.write(marker.path, marker.to_json(), "application/json")
         with self._cond:
             self._held[dataset] = []
+            self._replacing[dataset] = marker
 
     def finish_replace(
         self, dataset: str, files: list[str], seqs: list[int], ok: bool, timeout: float | None = REPLACE_WAIT
     ) -> bool:
+        """See _finish_replace; the replace's marker goes at the end, whatever came of it."""
+        try:
+            return self._finish_replace(dataset, files, seqs, ok, timeout)
+        finally:
+            with self._cond:
+                marker = self._replacing.pop(dataset, None)
+            if marker is not None:
+                try:
+                    self._storage.delete(marker.path)
+                except Exception as exc:  # settled by a recovery after SHARED_AGE
+                    logger.warning("could not delete the replace marker {}: {}", marker.path, first_line(exc))
+
+    def _finish_replace(self, dataset: str, files: list[str], seqs: list[int], ok: bool, timeout: float | None) -> bool:
         """``ok``: one commit whose table holds only the files stored since ``begin_replace`` (every file it
         held before is removed from the table and deleted). Waits until the replace's ``files`` (storage
         paths, as the durable reply names them) are here: the durability record comes before the file's
@@ -530,8 +550,28 @@ class Committer:
             if not patient:
                 raise
             logger.opt(exception=True).error("adopting uncommitted files failed; the next look tries again")
+            self.recovered.set()
+            return adopted
         self.recovered.set()
+        self._settled()
         return adopted
+
+    def _settled(self) -> None:
+        """What a crash left is adopted: the seqs from before the start may count as committed again."""
+        release, self.on_recovered = self.on_recovered, None
+        if release is not None:
+            release()
+
+    def _settle_start(self) -> None:
+        """The start's adoption failed: try it again (one try; the next look tries again)."""
+        if self.on_recovered is None:
+            return
+        try:
+            self.recovered.clear()
+            self.adopt(patient=False)
+        except Exception as exc:
+            self.recovered.set()
+            logger.warning("adopting what a crash left failed again; the next look tries again: {}", first_line(exc))
 
     def rescan(self) -> int:
         """Adopt files that were orphans (stored, in no table, pending nowhere here) at the last scan too: a
@@ -584,6 +624,8 @@ class Committer:
         table = self._open.get(dataset) or self._tables[self.format_of(dataset)].open(dataset, None)
         known = table.paths() if table is not None else set()
         claimed = excluded(self._storage, dataset)  # a compaction's inputs and output (after the listing)
+        if claimed is None:  # a replace under way, here or in another process: its files wait for it
+            return []
         return [n for n in names if n not in known and n not in claimed]
 
     def _adopt(self, dataset: str, orphans: list[str] | None = None, patient: bool = True) -> int:

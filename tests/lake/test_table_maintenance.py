@@ -163,6 +163,24 @@ def test_maintain_every_100_of_300_commits_drops_metadata_and_keeps_every_row(la
     assert len(lake.table().paths()) == 301
 
 
+def test_delta_commits_checkpoint_every_100_versions_when_maintenance_is_off(tmp_path: Path):
+    """flight-writer writes Delta commits itself (delta-rs would build the whole table state each time): with
+    ``tables.maintain_every = 0`` nothing else checkpoints, so the commit at every 100th version does; with
+    maintenance on its schedule, maintenance does."""
+    off = Lake(tmp_path / "off", "delta", TableSettings(maintain_every=0))
+    on = Lake(tmp_path / "on", "delta")
+    for lake in (off, on):
+        first = lake.store()
+        table = lake.table(first)
+        table.append([first])
+        for _ in range(100):
+            table.append([lake.store()])
+    log = [p.rsplit("/", 1)[-1] for p in off.storage.list(f"{DATASET}/_delta_log/")]
+    assert f"{100:020d}.checkpoint.parquet" in log and "_last_checkpoint" in log
+    assert not any("checkpoint" in p for p in on.storage.list(f"{DATASET}/_delta_log/"))
+    assert rows_of(off.table()) == expected(off) and len(off.table().paths()) == 101
+
+
 # -- compaction -----------------------------------------------------------------------------------------------
 def test_compaction_rewrites_small_files_into_fewer_with_the_same_rows(lake: Lake):
     files = [lake.store(rows=50, hour=1 + k % 2, region=(k == 29)) for k in range(30)]

@@ -347,3 +347,75 @@ def test_polars_scan_delta_reads_every_row_and_filters_by_partition(lake: Lake) 
     scan = pl.scan_delta(lake.delta_uri(), storage_options=lake.delta_options or None)
     assert rows_of(scan.collect().to_arrow()) == expected_rows(*parts)
     assert rows_of(scan.filter(pl.col("service") == "api").collect().to_arrow()) == api_rows(parts)
+
+
+# -- Delta: commits written as log files here, delta-rs beside them ------------------------------------------
+@pytest.mark.parametrize("lake", DELTA, ids=lake_id, indirect=True)
+def test_delta_paths_with_escaped_partition_values_match_the_files(lake: Lake) -> None:
+    """The log holds paths percent-encoded; the layout's folders hold escaped values ('a/b c' is
+    'a%2Fb c'): a table read again must name the very files stored, or adoption would add them twice."""
+    from deltalake import DeltaTable
+
+    data = ids(0, 3)
+    odd = lake.store("date=2026-12-06/hour=9/service=a%2Fb c", data)
+    table = lake.open(data.schema)
+    assert table is not None
+    table.append([odd])
+    fresh = lake.open(None)
+    assert fresh is not None and fresh.paths() == {odd.path}
+    reader = DeltaTable(lake.delta_uri(), storage_options=lake.delta_options)
+    assert sorted(reader.to_pyarrow_table(filters=[("service", "=", "a/b c")]).column("id").to_pylist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("lake", DELTA, ids=lake_id, indirect=True)
+def test_delta_commits_from_delta_rs_between_ours_are_read_from_the_log(lake: Lake) -> None:
+    """Another writer (delta-rs itself) commits between two of ours: ours conflicts, reads that commit's
+    log file, plans again and lands; 100 versions on, a handle opened anew and every reader agree."""
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction
+
+    first = ids(0, 2)
+    ours = lake.open(first.schema)
+    assert ours is not None
+    f0 = lake.store(folder(9, "api"), first)
+    ours.append([f0])
+    other = lake.store(folder(9, "db"), ids(2, 2))
+    writer = DeltaTable(lake.delta_uri(), storage_options=lake.delta_options)
+    partition = {"date": DAY, "hour": "9", "service": "db"}
+    writer.create_write_transaction(
+        [AddAction(other.path, other.size, partition, 0, True, '{"numRecords": 2}')], "append", writer.schema()
+    )
+    mine = lake.store(folder(10, "api"), ids(4, 1))
+    with pytest.raises(CommitConflict):
+        ours.append([mine])
+    ours.refresh()
+    assert ours.paths() == {f0.path, other.path}  # the other's commit, read from its JSON file
+    ours.append([mine])
+    more = [lake.store(folder(11, "web"), ids(5 + k, 1)) for k in range(97)]
+    for f in more:  # up to version 100 (the table's creation is version 0)
+        ours.append([f])
+    fresh = lake.open(None)
+    assert fresh is not None and fresh.commits() == 99 and len(fresh.paths()) == 100
+    reader = DeltaTable(lake.delta_uri(), storage_options=lake.delta_options)
+    assert reader.version() == 100 and sorted(reader.to_pyarrow_table().column("id").to_pylist()) == list(range(102))
+    scan = pl.scan_delta(lake.delta_uri(), storage_options=lake.delta_options or None).collect()
+    assert sorted(scan["id"].to_list()) == list(range(102))
+
+
+@pytest.mark.parametrize("lake", DELTA, ids=lake_id, indirect=True)
+def test_a_delta_table_with_a_newer_writer_protocol_is_committed_by_delta_rs(lake: Lake) -> None:
+    """A constraint raises the table's writer protocol to 3 (a writer must check it): commits go through
+    delta-rs, which does, and still land exactly once."""
+    from deltalake import DeltaTable
+
+    data = ids(1, 3)
+    made = lake.open(data.schema)
+    assert made is not None
+    DeltaTable(lake.delta_uri(), storage_options=lake.delta_options).alter.add_constraint({"positive": "id > 0"})
+    table = lake.open(None)
+    assert table is not None
+    f = lake.store(folder(9, "api"), data)
+    table.append([f])
+    assert table.paths() == {f.path} and table.commits() == 1
+    reader = DeltaTable(lake.delta_uri(), storage_options=lake.delta_options)
+    assert reader.protocol().min_writer_version >= 3 and reader.to_pyarrow_table().num_rows == 3

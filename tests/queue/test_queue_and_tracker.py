@@ -57,3 +57,20 @@ def test_per_dataset_counts_take_the_first_names_then_count_the_rest_together(mo
         counts.add(name, 10, 100)
     assert counts.by_dataset() == {"a": (2, 20, 200), "b": (1, 10, 100), counting.OTHER: (2, 20, 200)}
     assert counts.total == [5, 50, 500]
+
+
+def test_seqs_from_before_a_start_are_not_committed_while_their_adoption_is_held():
+    """A restart counts the seqs before it as committed (the start adopted what a crash left); when that
+    adoption failed, they are durable only until a later try adopted them."""
+    t = DurabilityTracker(durable_through=10)
+    assert t.committed_through == 10
+    t.hold_committed()
+    assert t.committed_through == 0 and t.describe(5)["state"] == "durable"
+    assert not t.wait_committed([5], 0)
+    t.mark_durable([11, 12], "f.parquet", table=True)
+    t.mark_committed([11, 12])  # new data goes in as it did; the position waits for the old
+    assert t.committed_through == 0 and t.wait_committed([11, 12], 0)
+    t.mark_committed([3])  # a retold commit from before the start
+    assert t.committed_through == 0
+    t.release_committed()
+    assert t.committed_through == 12 and t.wait_committed_through(12, 0)

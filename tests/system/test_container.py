@@ -222,3 +222,34 @@ def test_image_runs_writes_parquet_to_the_volume_and_stops_without_loss(containe
     stored = read_dataset(container.data, DATASET, sort_by="row")
     assert stored.num_rows == 13_000
     assert stored.select(expected.column_names).equals(expected)
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_image_commits_lake_tables_with_a_setting(image: str, tmp_path: Path) -> None:
+    """The image carries the tables extra: one environment variable makes the dataset a Delta table, whose
+    rows the host reads with deltalake from the volume; Iceberg's packages (SQL catalog on SQLite or
+    PostgreSQL) import in the image too."""
+    from deltalake import DeltaTable
+
+    data = tmp_path / "data"
+    data.mkdir()
+    box = Container(image, data, {"FLIGHT_WRITER_DATASETS__TABLE": "delta"})
+    try:
+        box.wait_healthy()
+        imports = podman("exec", box.name, "python3", "-c", "import pyiceberg.catalog.sql, psycopg, deltalake")
+        assert imports.returncode == 0, imports.stderr
+        client = flight.FlightClient(f"grpc://127.0.0.1:{box.flight_port}")
+        writer, reader = open_stream(client)
+        sent = [rows(0, 1000), rows(1000, 500)]
+        seqs = [send_batch(writer, reader, b, f"t-{i}")["seq"] for i, b in enumerate(sent)]
+        writer.done_writing()
+        assert reader.read() is None
+        writer.close()
+        done = action(client, "flush", {"dataset": DATASET, "until": "committed"})
+        assert done["committed_through"] >= max(seqs), done
+        client.close()
+        table = DeltaTable(str(data / DATASET)).to_pyarrow_table().sort_by("row")
+        expected = pa.Table.from_batches(sent).sort_by("row")
+        assert table.select(expected.column_names).to_pylist() == expected.to_pylist()
+    finally:
+        box.remove()

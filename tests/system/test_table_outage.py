@@ -59,7 +59,9 @@ def test_a_storage_outage_during_commits_loses_nothing_and_commits_nothing_twice
         flushing.join(120)
         assert answers and answers[0]["committed_through"] == 6
         stats = svc.status()["tables"]["spans"]
-        assert stats["files_committed"] == 2 and stats["pending_files"] == 0
+        # a commit whose reply the outage lost may have landed (Delta's log entry is one PUT): the retry
+        # reads it back, finds the files in the table and adds nothing, so this process counts one file less
+        assert stats["files_committed"] in (1, 2) and stats["pending_files"] == 0
     found = make_tables(tables, DatasetSettings(table=fmt), storage)[fmt].open("spans", None)
     assert found is not None
     rows = found.scan().column("i").to_pylist()

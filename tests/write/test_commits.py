@@ -393,3 +393,41 @@ def test_the_server_compacts_a_table_every_compact_every_commits(tmp_path: Path,
         assert table_files(root, fmt, "spans") == stored_files(root, "spans")  # the inputs are gone
         assert table_rows(root, fmt, "spans") == sent_rows(sent)
         assert svc.status()["tables"]["spans"]["errors"] == 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_no_process_adopts_files_while_a_replace_is_under_way(tmp_path: Path, fmt: str) -> None:
+    """A Flight SQL replace stores its files before its one commit; a second server on the same root must not
+    adopt them as orphans meanwhile (they would show before the replace, and stay if it failed). The replace
+    leaves a marker from start to end; with it gone, orphans are adopted again."""
+    import pyarrow.parquet as pq
+
+    from flight_writer.config import DatasetSettings, StorageSettings, TableSettings
+    from flight_writer.lake.storage import Storage
+    from flight_writer.lake.tables import make_tables
+    from flight_writer.write.commits import Committer
+
+    root = tmp_path / "data"
+    settings = StorageSettings(type="fs", root=str(root))
+    datasets = DatasetSettings(table=fmt)
+
+    def committer() -> Committer:
+        tables = make_tables(TableSettings(), datasets, settings)
+        return Committer(tables, datasets, TableSettings(), Storage.from_settings(settings), lambda seqs: None)
+
+    def orphan(start: int) -> None:
+        folder = root / "spans" / "date=2026-12-06" / "hour=9"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_batches([batch(start)]), folder / f"part-{start:012d}-0123456789ab.parquet")
+
+    replacing, other = committer(), committer()
+    orphan(0)
+    assert other.adopt(patient=False) == 1  # the table made, with one file
+    replacing.begin_replace("spans")
+    orphan(ROWS)  # the replace's file, stored, not yet committed
+    assert other.rescan() == 0 and other.rescan() == 0  # seen twice: an orphan, but a replace is under way
+    assert replacing.finish_replace("spans", [], [], ok=False) is False  # the replace given up (the door
+    assert not list(root.glob("spans/_compacting/*.json"))  # deletes its files; this one is left to show)
+    other.rescan()
+    assert other.rescan() == 1
+    assert table_rows(root, fmt, "spans") == sent_rows([batch(0), batch(ROWS)])

@@ -71,9 +71,10 @@ def make_tables(settings: TableSettings, datasets: DatasetSettings, storage: Sto
 
         made["iceberg"] = IcebergTables(settings, datasets, base, iceberg_io)
     if "delta" in formats:
+        from flight_writer.lake.storage import Storage
         from flight_writer.lake.tables.delta import DeltaTables
 
-        made["delta"] = DeltaTables(settings, datasets, base, delta_options)
+        made["delta"] = DeltaTables(settings, datasets, base, delta_options, Storage.from_settings(storage))
     return made
 
 

@@ -109,13 +109,16 @@ def stored_files(storage: Storage, dataset: str) -> dict[str, StoredFile]:
 @dataclass(frozen=True)
 class Intent:
     """What one compaction does: its inputs and its output, relative to the dataset's folder (``""``: none,
-    a Flight SQL replace, whose new files are committed with it and need no undoing)."""
+    a Flight SQL replace, whose new files are committed with it and need no undoing). ``replacing``: a Flight
+    SQL replace is under way (from its start to its commit or its end): the dataset's uncommitted files may be
+    the replace's, so no process adopts any of them meanwhile (or, after a crash, for SHARED_AGE)."""
 
     id: str
     dataset: str
     inputs: tuple[str, ...]
     output: str
     created_at: float = field(default_factory=time.time)
+    replacing: bool = False
 
     @property
     def path(self) -> str:
@@ -128,13 +131,15 @@ class Intent:
             "inputs": list(self.inputs),
             "output": self.output,
             "created_at": self.created_at,
+            **({"replacing": True} if self.replacing else {}),
         }
         return json.dumps(body, indent=1).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Intent:
         body = json.loads(data)
-        return cls(body["id"], body["dataset"], tuple(body["inputs"]), body["output"], float(body["created_at"]))
+        inputs, output, created = tuple(body["inputs"]), body["output"], float(body["created_at"])
+        return cls(body["id"], body["dataset"], inputs, output, created, bool(body.get("replacing", False)))
 
 
 def intent_path(dataset: str, intent_id: str) -> str:
@@ -157,10 +162,14 @@ def intents(storage: Storage, dataset: str) -> list[Intent]:
     return found
 
 
-def excluded(storage: Storage, dataset: str) -> set[str]:
+def excluded(storage: Storage, dataset: str) -> set[str] | None:
     """The files (relative to the dataset's folder) that live compaction intents name: never to be adopted,
-    nor picked by another compaction, nor removed as orphans, until their intent is settled."""
-    return {path for intent in intents(storage, dataset) for path in (*intent.inputs, intent.output)}
+    nor picked by another compaction, nor removed as orphans, until their intent is settled. None while a
+    replace is under way: then no uncommitted file of the dataset may be adopted."""
+    found = intents(storage, dataset)
+    if any(intent.replacing for intent in found):
+        return None
+    return {path for intent in found for path in (*intent.inputs, intent.output)}
 
 
 # -- planning -----------------------------------------------------------------------------------------------------
@@ -354,7 +363,8 @@ def compact(
     whose inputs another commit took first) and the deletions."""
     dataset = table.dataset
     table.refresh()
-    groups = plan(table, stored_files(storage, dataset), target_bytes, excluded(storage, dataset))
+    claimed = excluded(storage, dataset)
+    groups = [] if claimed is None else plan(table, stored_files(storage, dataset), target_bytes, claimed)
     done = {
         "groups": len(groups),
         "files_in": sum(len(g.inputs) for g in groups),

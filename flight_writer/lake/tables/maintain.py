@@ -47,7 +47,10 @@ def orphans(storage: Storage, table: Table, older_than: float = ORPHAN_AGE) -> l
     files = stored_files(storage, table.dataset)
     cutoff = time.time() - older_than
     old = {path for path, f in files.items() if f.modified < cutoff}
-    old -= excluded(storage, table.dataset)
+    claimed = excluded(storage, table.dataset)
+    if claimed is None:  # a replace under way: its files are not orphans
+        return []
+    old -= claimed
     old -= table.paths()  # the current version's files, whatever the format says of the others
     unreferenced = table.unreferenced(older_than)
     if unreferenced is None:
