@@ -114,11 +114,13 @@ class Service:
                 )
                 try:  # what a crash left uncommitted, before anything new is stored
                     self.committer.adopt(patient=False)
+                    settled = not self.committer.incomplete
                 except Exception as exc:
                     if s.storage.startup_check:
                         raise StorageError(f"lake tables: {first_line(exc)}") from exc
                     logger.error("lake tables: {} (storage.startup_check = false: starting anyway)", exc)
-                    # the seqs from before the start are not known to be in their tables until a later try
+                    settled = False
+                if not settled:  # the seqs from before the start are not known to be in their tables yet
                     self.queue.position.hold_committed()
                     self.committer.on_recovered = self.queue.position.release_committed
                 self.writer.followers.watchers.append(self.committer)

@@ -186,12 +186,14 @@ class Storage:
             return
         try:
             self.operator.write(path, data, if_not_exists=True)
-        except opendal.exceptions.ConditionNotMatch:
+        except (opendal.exceptions.ConditionNotMatch, opendal.exceptions.Conflict):
+            # 412: taken; 409 (S3): another conditional write of the name is in flight. Either way the caller
+            # reads what is there and plans again (what it finds decides, not this answer)
             raise FileExistsError(errno.EEXIST, "exists already", path) from None
 
     def parquet_footer(self, path: str) -> tuple[int, pq.FileMetaData] | None:
         """The size and footer of the Parquet object at ``path``, reading only its tail; None if there is
-        no object there, or none that ends like a Parquet file."""
+        no object there, or none that ends like a Parquet file with a footer that parses."""
         try:
             size = self.operator.stat(path).content_length
         except opendal.exceptions.NotFound:
@@ -205,7 +207,10 @@ class Storage:
                 return None
             tail = bytes(self.operator.read(path, offset=size - length - 8, size=length + 8))
         footer = tail[-length - 8 : -8]
-        return size, pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail[-8:]))
+        try:
+            return size, pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail[-8:]))
+        except (pa.ArrowException, OSError):  # ends like Parquet, but its footer does not parse
+            return None
 
     def list(self, prefix: str = "") -> list[str]:
         """Paths of the objects (not directories) under ``prefix``, recursively, sorted."""

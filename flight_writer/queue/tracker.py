@@ -26,6 +26,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from loguru import logger
+
 
 class DurabilityTracker:
     """The durability position of one queue: applies its durability records (``mark_durable``,
@@ -83,11 +85,14 @@ class DurabilityTracker:
     def release_committed(self) -> None:
         """What a crash left is in the tables now: the seqs from before the start count as committed again."""
         with self._cond:
-            if self._held is not None:
-                self._committed_through, self._held = max(self._committed_through, self._held), None
-                self._committed_above = {s for s in self._committed_above if s > self._committed_through}
-                self._advance_committed()
-                self._cond.notify_all()
+            self._release()
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._committed_through, self._held = max(self._committed_through, self._held), None
+            self._committed_above = {s for s in self._committed_above if s > self._committed_through}
+            self._advance_committed()
+            self._cond.notify_all()
 
     def mark_committed(self, seqs: Iterable[int]) -> None:
         """A table commit holding these seqs' files landed."""
@@ -102,6 +107,15 @@ class DurabilityTracker:
                 self._committed_above.add(seq)
         while len(self._in_table) > self._history:
             self._in_table.popitem(last=False)
+        if self._held is not None and len(self._committed_above) > self._history:
+            # bounded: seqs committed since the start would pile up while the hold lasts (the adoption
+            # keeps failing); from here the seqs from before the start count as committed again
+            logger.error(
+                "lake tables: what a crash left is still not adopted after {} commits of new data; counting "
+                "the seqs from before the start as committed anyway (see the committer's errors)",
+                self._history,
+            )
+            self._release()
         self._advance_committed()
         self._cond.notify_all()
 

@@ -22,6 +22,8 @@ the start are not reported committed.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 import time
 import uuid
@@ -35,7 +37,7 @@ from flight_writer.config import DatasetSettings, TableSettings, WriterSettings
 from flight_writer.lake.datasets import Datasets
 from flight_writer.lake.storage import Storage, first_line
 from flight_writer.lake.tables import CommitConflict, DataFile, Table, Tables
-from flight_writer.lake.tables.compact import SHARED_AGE, Intent, compact, excluded, finish, recover
+from flight_writer.lake.tables.compact import SHARED_AGE, Intent, compact, excluded, finish, intents, recover
 from flight_writer.queue.seqs import parse_ranges, seq_ranges
 from flight_writer.write.stored import Stored
 
@@ -97,6 +99,7 @@ class Committer:
         self._pending: dict[str, _Pending] = {}
         self._open: dict[str, Table] = {}
         self._replacing: dict[str, Intent] = {}  # datasets in a Flight SQL replace: its marker intent
+        self._blocked: set[str] = set()  # datasets the last adoption left out (a replace's marker)
         self._stopping = False
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flight-writer-commits", daemon=True)
@@ -250,6 +253,7 @@ class Committer:
                 if stopping and self._abort.is_set():
                     break
                 if not stopping and time.monotonic() >= next_scan:
+                    self._renew_markers()
                     self._settle_start()
                     self.rescan()
                     next_scan = time.monotonic() + self._settings.adopt_interval
@@ -299,22 +303,39 @@ class Committer:
             self._held[dataset] = []
             self._replacing[dataset] = marker
 
+    def end_replace(self, dataset: str) -> None:
+        """The replace is over (committed, or given up and its files deleted): its marker goes."""
+        with self._cond:
+            marker = self._replacing.pop(dataset, None)
+        if marker is not None:
+            try:
+                self._storage.delete(marker.path)
+            except Exception as exc:  # settled by a recovery after SHARED_AGE
+                logger.warning("could not delete the replace marker {}: {}", marker.path, first_line(exc))
+
+    def _renew_markers(self) -> None:
+        """A replace longer than SHARED_AGE must not look like a crash's to other processes: its marker is
+        written again with the time of now, every adopt_interval."""
+        with self._cond:
+            markers = list(self._replacing.items())
+        for dataset, marker in markers:
+            renewed = dataclasses.replace(marker, created_at=time.time())
+            try:
+                self._storage.write(renewed.path, renewed.to_json(), "application/json")
+            except Exception as exc:
+                logger.warning("could not renew the replace marker {}: {}", marker.path, first_line(exc))
+                continue
+            with self._cond:
+                ended = self._replacing.get(dataset) is not marker
+                if not ended:
+                    self._replacing[dataset] = renewed
+            if ended:  # ended meanwhile: what was just written goes too
+                with contextlib.suppress(Exception):
+                    self._storage.delete(renewed.path)
+
     def finish_replace(
         self, dataset: str, files: list[str], seqs: list[int], ok: bool, timeout: float | None = REPLACE_WAIT
     ) -> bool:
-        """See _finish_replace; the replace's marker goes at the end, whatever came of it."""
-        try:
-            return self._finish_replace(dataset, files, seqs, ok, timeout)
-        finally:
-            with self._cond:
-                marker = self._replacing.pop(dataset, None)
-            if marker is not None:
-                try:
-                    self._storage.delete(marker.path)
-                except Exception as exc:  # settled by a recovery after SHARED_AGE
-                    logger.warning("could not delete the replace marker {}: {}", marker.path, first_line(exc))
-
-    def _finish_replace(self, dataset: str, files: list[str], seqs: list[int], ok: bool, timeout: float | None) -> bool:
         """``ok``: one commit whose table holds only the files stored since ``begin_replace`` (every file it
         held before is removed from the table and deleted). Waits until the replace's ``files`` (storage
         paths, as the durable reply names them) are here: the durability record comes before the file's
@@ -350,7 +371,7 @@ class Committer:
                     intent = Intent(uuid.uuid4().hex[:12], dataset, tuple(removed), "")
                     self._storage.write(intent.path, intent.to_json(), "application/json")
                     try:
-                        table.replace(removed, held, self._seqs_note(held))
+                        table.replace(removed, held, self._seqs_note(held), data_change=True)
                     except CommitConflict:
                         self._storage.delete(intent.path)
                         continue
@@ -537,6 +558,7 @@ class Committer:
             self.recovered.set()
             return 0
         adopted = 0
+        self._blocked.clear()
         try:
             for dataset in Datasets(self._storage).names():
                 if self.format_of(dataset) == "none":
@@ -553,8 +575,22 @@ class Committer:
             self.recovered.set()
             return adopted
         self.recovered.set()
-        self._settled()
+        if self._blocked:
+            logger.warning(
+                "datasets {} hold a replace's marker: their uncommitted files wait for it (or for its age "
+                "to pass {:.0f} s, if a crash left it)",
+                sorted(self._blocked),
+                SHARED_AGE,
+            )
+        else:
+            self._settled()
         return adopted
+
+    @property
+    def incomplete(self) -> bool:
+        """The last adoption left datasets out: a replace's marker (here before a crash, or elsewhere) held
+        their uncommitted files back."""
+        return bool(self._blocked)
 
     def _settled(self) -> None:
         """What a crash left is adopted: the seqs from before the start may count as committed again."""
@@ -580,13 +616,21 @@ class Committer:
         compare-and-swap lets one commit land."""
         adopted = 0
         try:
-            for dataset in Datasets(self._storage).names():
-                if not self.commits(dataset):
-                    continue
+            names = Datasets(self._storage).names()
+        except Exception:
+            logger.opt(exception=True).warning("looking for uncommitted files failed; trying again later")
+            return 0
+        for dataset in names:
+            if not self.commits(dataset):
+                continue
+            try:  # one dataset's trouble leaves the others' looks alone
                 with self._lock_of(dataset):  # the table object is this thread's alone meanwhile
                     table = self._open.get(dataset)
                     if table is not None:
                         table.refresh()
+                    elif intents(self._storage, dataset):  # a dead compaction's or replace's, maybe
+                        table = self._tables[self.format_of(dataset)].open(dataset, None)
+                    if table is not None:
                         recover(self._storage, table, SHARED_AGE)  # a compaction that died an hour ago
                         self._retell(table)
                     orphans = set(self._orphans(dataset))
@@ -597,8 +641,10 @@ class Committer:
                     again = sorted(orphans & seen)
                     self._seen_orphans[dataset] = orphans - seen
                 adopted += self._adopt(dataset, again)
-        except Exception:
-            logger.opt(exception=True).warning("looking for uncommitted files failed; trying again later")
+            except Exception:
+                logger.opt(exception=True).warning(
+                    "looking for uncommitted files of {!r} failed; trying again later", dataset
+                )
         return adopted
 
     def _retell(self, table: Table) -> None:
@@ -625,6 +671,7 @@ class Committer:
         known = table.paths() if table is not None else set()
         claimed = excluded(self._storage, dataset)  # a compaction's inputs and output (after the listing)
         if claimed is None:  # a replace under way, here or in another process: its files wait for it
+            self._blocked.add(dataset)
             return []
         return [n for n in names if n not in known and n not in claimed]
 

@@ -41,7 +41,7 @@ from flight_writer.config import WriterSettings
 from flight_writer.lake.layout import Shape
 from flight_writer.lake.storage import Storage
 from flight_writer.queue import Entry, Feed, Plan
-from flight_writer.queue.seqs import seq_ranges
+from flight_writer.queue.seqs import parse_ranges, seq_ranges
 from flight_writer.write import footer
 from flight_writer.write.encoding import SAMPLE_ROWS, Encoder, Joined, dictionary_columns
 from flight_writer.write.stored import Stored
@@ -202,7 +202,8 @@ class ParquetFile:
             f"look for {self.path}", lambda: self._ctx.storage.parquet_footer(self.path), (Exception,)
         )
         seqs = tuple(e.seq for e in self._entries)
-        if found is None or (found[1].metadata or {}).get(b"flight_writer.seqs") != seq_ranges(list(seqs)).encode():
+        named = (found[1].metadata or {}).get(b"flight_writer.seqs", b"").decode() if found is not None else ""
+        if found is None or set(parse_ranges(named)) != set(seqs):
             return False
         self._parts = []
         self._stored(seqs, found[0], found[1], 0.0, "found")

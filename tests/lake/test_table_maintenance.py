@@ -181,6 +181,32 @@ def test_delta_commits_checkpoint_every_100_versions_when_maintenance_is_off(tmp
     assert rows_of(off.table()) == expected(off) and len(off.table().paths()) == 101
 
 
+def test_a_delta_handle_idle_past_the_log_cleanup_reads_the_table_again_before_committing(tmp_path: Path):
+    """A handle that read the table, then sat while another wrote 150 commits, checkpointed and cleaned the log
+    up (retention 0 here): the log files after its version are gone. Its next commit must not land below
+    the checkpoint, where readers never look: it reads the table again and lands on top."""
+    from deltalake import DeltaTable
+
+    lake = Lake(tmp_path / "data", "delta")
+    first = lake.store()
+    busy = lake.table(first)
+    DeltaTable(str(lake.root / DATASET)).alter.set_table_properties(
+        {"delta.logRetentionDuration": "interval 0 seconds"}
+    )
+    busy.refresh()
+    busy.append([first])
+    idle = lake.table()
+    assert idle.paths() == {first.path}
+    for _ in range(150):
+        busy.append([lake.store()])
+    busy.maintain(10)
+    assert not lake.storage.list(f"{DATASET}/_delta_log/{2:020d}.json")  # cleaned up
+    late = lake.store()
+    idle.refresh()
+    idle.append([late])
+    assert rows_of(lake.table()) == expected(lake) and len(lake.table().paths()) == 152
+
+
 # -- compaction -----------------------------------------------------------------------------------------------
 def test_compaction_rewrites_small_files_into_fewer_with_the_same_rows(lake: Lake):
     files = [lake.store(rows=50, hour=1 + k % 2, region=(k == 29)) for k in range(30)]

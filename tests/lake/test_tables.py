@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -403,19 +404,58 @@ def test_delta_commits_from_delta_rs_between_ours_are_read_from_the_log(lake: La
 
 
 @pytest.mark.parametrize("lake", DELTA, ids=lake_id, indirect=True)
-def test_a_delta_table_with_a_newer_writer_protocol_is_committed_by_delta_rs(lake: Lake) -> None:
-    """A constraint raises the table's writer protocol to 3 (a writer must check it): commits go through
-    delta-rs, which does, and still land exactly once."""
+def test_a_delta_table_with_a_newer_writer_protocol_is_refused_with_a_reason(lake: Lake) -> None:
+    """A CHECK constraint raises the table's writer protocol to 3: a writer must check every row, which
+    adding files as they are cannot. Seen at open, and seen by a handle that read the table before it (its
+    files not loaded yet), through the log: refused, nothing lands."""
     from deltalake import DeltaTable
+
+    from flight_writer.lake.tables import TableError
 
     data = ids(1, 3)
     made = lake.open(data.schema)
     assert made is not None
+    before = lake.open(None)  # opened before the constraint, nothing read yet
+    assert before is not None
     DeltaTable(lake.delta_uri(), storage_options=lake.delta_options).alter.add_constraint({"positive": "id > 0"})
-    table = lake.open(None)
-    assert table is not None
     f = lake.store(folder(9, "api"), data)
-    table.append([f])
-    assert table.paths() == {f.path} and table.commits() == 1
+    for table in (lake.open(None), before):
+        assert table is not None
+        table.refresh()
+        with pytest.raises(TableError, match="asks more of a writer"):
+            table.append([f])
+    made.refresh()  # a handle whose files are loaded reads the protocol change from the log
+    with pytest.raises(TableError, match="asks more of a writer"):
+        made.append([f])
     reader = DeltaTable(lake.delta_uri(), storage_options=lake.delta_options)
-    assert reader.protocol().min_writer_version >= 3 and reader.to_pyarrow_table().num_rows == 3
+    assert reader.protocol().min_writer_version >= 3 and reader.to_pyarrow_table().num_rows == 0
+
+
+@pytest.mark.parametrize("lake", DELTA, ids=lake_id, indirect=True)
+def test_a_delta_replace_removes_files_by_the_path_the_log_spells(lake: Lake) -> None:
+    """Another engine may percent-encode a path otherwise than delta-rs (Spark leaves ',' as '%2C'): a
+    remove must name it as its add did, or the file stays in the table after a replace."""
+    from deltalake import DeltaTable
+
+    data = ids(0, 2)
+    ours = lake.open(data.schema)
+    assert ours is not None
+    odd = lake.store("date=2026-12-06/hour=9/service=a,b", data)
+    add = {  # version 1 as that engine writes it: ',' encoded
+        "path": odd.path.replace(",", "%2C"),
+        "partitionValues": {"date": DAY, "hour": "9", "service": "a,b"},
+        "size": odd.size,
+        "modificationTime": 0,
+        "dataChange": True,
+        "stats": '{"numRecords": 2}',
+    }
+    entry = json.dumps({"commitInfo": {"operation": "WRITE"}}) + "\n" + json.dumps({"add": add}) + "\n"
+    lake.storage.create(f"{DATASET}/_delta_log/{1:020d}.json", entry.encode())
+    fresh = lake.open(None)
+    assert fresh is not None and fresh.paths() == {odd.path}
+    new = lake.store(folder(10, "api"), ids(2, 3))
+    fresh.replace([odd.path], [new], data_change=True)
+    reader = DeltaTable(lake.delta_uri(), storage_options=lake.delta_options)
+    assert sorted(reader.to_pyarrow_table().column("id").to_pylist()) == [2, 3, 4]
+    history = reader.history(1)[0]
+    assert history["operation"] == "WRITE" and history["operationParameters"]["mode"] == "Overwrite"

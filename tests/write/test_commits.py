@@ -426,8 +426,29 @@ def test_no_process_adopts_files_while_a_replace_is_under_way(tmp_path: Path, fm
     replacing.begin_replace("spans")
     orphan(ROWS)  # the replace's file, stored, not yet committed
     assert other.rescan() == 0 and other.rescan() == 0  # seen twice: an orphan, but a replace is under way
-    assert replacing.finish_replace("spans", [], [], ok=False) is False  # the replace given up (the door
-    assert not list(root.glob("spans/_compacting/*.json"))  # deletes its files; this one is left to show)
+    assert replacing.finish_replace("spans", [], [], ok=False) is False  # given up: the door deletes its files,
+    assert other.rescan() == 0 and other.rescan() == 0  # and only then ends the replace (this one stays here)
+    replacing.end_replace("spans")
+    assert not list(root.glob("spans/_compacting/*.json"))
     other.rescan()
     assert other.rescan() == 1
     assert table_rows(root, fmt, "spans") == sent_rows([batch(0), batch(ROWS)])
+
+    # a marker a crash left: the next start leaves the dataset's files alone (its adoption incomplete, so
+    # the server holds back committed) until the marker is older than SHARED_AGE; then any look settles it
+    import dataclasses
+    import time
+
+    from flight_writer.lake.tables.compact import SHARED_AGE, Intent
+
+    crashed = Intent("deadbeef0000", "spans", (), "", replacing=True)
+    (root / "spans" / "_compacting").mkdir(exist_ok=True)
+    (root / crashed.path).write_bytes(crashed.to_json())
+    orphan(2 * ROWS)
+    restarted = committer()
+    assert restarted.adopt(patient=False) == 0 and restarted.incomplete
+    old = dataclasses.replace(crashed, created_at=time.time() - SHARED_AGE - 60)
+    (root / crashed.path).write_bytes(old.to_json())
+    restarted.rescan()  # settles the marker (the table is not open in this process)
+    assert restarted.rescan() == 1 and not list(root.glob("spans/_compacting/*.json"))
+    assert table_rows(root, fmt, "spans") == sent_rows([batch(0), batch(ROWS), batch(2 * ROWS)])

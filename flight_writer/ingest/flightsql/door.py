@@ -115,6 +115,7 @@ class FlightSqlDoor:
                     "that also writes (serve --role all) can make"
                 )
             self._tables.begin_replace(dataset)
+        replacing = table  # a marker keeps every process from adopting the dataset's files until end_replace
         seqs: list[int] = []
         try:
             seqs, rows = self._ingestor.ingest(dataset, reader, None, keep_seqs=True, fresh=replace)
@@ -149,6 +150,9 @@ class FlightSqlDoor:
             if table:  # the replace did not get as far as its commit: the table stays as it was
                 assert self._tables is not None
                 self._tables.finish_replace(dataset, [], seqs, False)
+            if replacing:  # after the deletions above: files of a failed replace are never adopted
+                assert self._tables is not None
+                self._tables.end_replace(dataset)
         writer.write(pa.py_buffer(flightsql.update_result(rows)))
 
     def get_flight_info(

@@ -78,8 +78,10 @@ class Table(abc.ABC):
         :class:`CommitConflict` if the table moved since it was read; nothing landed then."""
 
     @abc.abstractmethod
-    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
-        """One commit that takes ``removed`` out and puts ``added`` in (compaction): the rows stay the same."""
+    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "", data_change: bool = False) -> None:
+        """One commit that takes ``removed`` out and puts ``added`` in: a compaction (the rows stay the same),
+        or with ``data_change`` an overwrite (a Flight SQL replace: Delta says so to its readers; Iceberg
+        commits both as an overwrite)."""
 
     @abc.abstractmethod
     def maintain(self, keep: int) -> dict[str, int]:

@@ -14,8 +14,11 @@ measured on deltalake 1.6.6, a one-file commit took 11 ms on a new table and 32 
 with every file the table holds. Written here a commit costs its own actions; what others committed is read
 from their JSON files (``refresh``). delta-rs still creates tables, adds columns (a metaData commit before the
 data's), checkpoints (every ``delta.checkpointInterval`` versions, 100 in our tables, and in ``maintain``),
-reads and vacuums. A table whose protocol asks more of a writer than version 2 (made by another engine with
-newer features) is committed through delta-rs instead.
+reads and vacuums. A table whose protocol asks more of a writer than version 2, or than version 7 with
+only the features in WRITER_FEATURES_OK (delta-rs makes a table with a time-of-day-less timestamp column
+version 7 with ``timestampNtz``), or whose columns carry invariants, is refused with a TableError naming
+why: files are added as they are, and no row of them is checked (a CHECK constraint, generated or mapped
+columns, row tracking: each asks for that).
 
 Checkpoints are Parquet files in ``_delta_log/``: a glob over the dataset's folder must say
 ``part-*.parquet`` (as the documentation's do) to read data files only.
@@ -146,8 +149,11 @@ class DeltaTableOf(Table):
         self._partitions = partitions
         self._version = table.version()
         self._paths: set[str] | None = None
+        self._raw: dict[str, str] = {}  # a path in _paths -> as the log spells it (another engine may encode
+        # differently from us: a remove must name the path as its add did)
         self._commits: int | None = None
-        self._storage = storage if storage is not None and _plain_protocol(table) else None
+        self._log = storage  # the table's root through OpenDAL: log files read (and, if _own, written) with it
+        self._own = storage is not None and _plain_protocol(table)  # commits may be written here (else refused)
 
     def paths(self) -> set[str]:
         if self._paths is None:
@@ -167,15 +173,15 @@ class DeltaTableOf(Table):
         if self._table.version() != self._version:
             self._table.load_as_version(self._version)
         actions = self._table.get_add_actions(flatten=False)
-        paths = actions.column("path").to_pylist() if actions.num_rows else []
-        self._paths = {unquote(p) for p in paths}  # the log holds them percent-encoded
+        raw = actions.column("path").to_pylist() if actions.num_rows else []
+        self._raw = {unquote(p): p for p in raw}  # the log holds them percent-encoded
+        self._paths = set(self._raw)
         self._commits = self._table.transaction_version(APP_ID) or 0
+        self._own = self._log is not None and _plain_protocol(self._table)
 
     def refresh(self) -> None:
-        if self._storage is None:
-            self._table.update_incremental()
-            self._version = self._table.version()
-            self._paths = self._commits = None
+        if not self._own:
+            self._reload()
             return
         try:
             self._catch_up()
@@ -183,31 +189,56 @@ class DeltaTableOf(Table):
             self._paths = self._commits = None  # read it whole next time
             raise
 
+    def _reload(self) -> None:
+        """The current version through delta-rs (the whole state, read again at the next question)."""
+        self._table.update_incremental()
+        self._version = self._table.version()
+        self._paths = self._commits = None
+
     def _catch_up(self) -> None:
-        """Read the versions after ``_version`` that others wrote, one JSON file each, until there is none."""
-        assert self._storage is not None
-        while True:
+        """Read the versions after ``_version`` that others wrote, one JSON file each, until there is none.
+        A version whose log file is gone (cleaned up after a checkpoint: this object was idle longer than
+        the log's retention) or that asks more of a writer than this module does: read through delta-rs."""
+        assert self._log is not None
+        while self._own:
             try:
-                data = self._storage.read(self._log_path(self._version + 1))
+                data = self._log.read(self._log_path(self._version + 1))
             except opendal.exceptions.NotFound:
+                if self._checkpointed_after(self._version):
+                    self._reload()
                 return
             for line in data.splitlines():
                 if line.strip():
                     self._apply(json.loads(line))
             self._version += 1
+        self._reload()
+
+    def _checkpointed_after(self, version: int) -> bool:
+        """Whether the table's newest checkpoint is past ``version`` (the log files before it may be gone)."""
+        assert self._log is not None
+        try:
+            last = json.loads(self._log.read(f"{self.dataset}/_delta_log/_last_checkpoint"))
+        except opendal.exceptions.NotFound:
+            return False
+        return int(last.get("version", -1)) > version
 
     def _apply(self, action: dict[str, Any]) -> None:
+        if "protocol" in action and not _writer_version_ok(action["protocol"]):
+            self._own = False  # a newer writer protocol: no more commits from here
+        elif "metaData" in action and "delta.invariants" in action["metaData"].get("schemaString", ""):
+            self._own = False  # column invariants: rows would have to be checked
         if self._paths is None:
             return  # read whole next time anyway
         if "add" in action:
-            self._paths.add(unquote(action["add"]["path"]))
+            raw = action["add"]["path"]
+            self._paths.add(unquote(raw))
+            self._raw[unquote(raw)] = raw
         elif "remove" in action:
-            self._paths.discard(unquote(action["remove"]["path"]))
+            path = unquote(action["remove"]["path"])
+            self._paths.discard(path)
+            self._raw.pop(path, None)
         elif "txn" in action and action["txn"].get("appId") == APP_ID:
             self._commits = int(action["txn"]["version"])
-        elif "protocol" in action and not _writer_version_ok(action["protocol"]):
-            self._storage = None  # a newer writer protocol: delta-rs commits from now on
-            self._paths = self._commits = None
 
     def _log_path(self, version: int) -> str:
         return f"{self.dataset}/_delta_log/{version:020d}.json"
@@ -232,14 +263,15 @@ class DeltaTableOf(Table):
         return found
 
     def _recent_commit_infos(self, commits: int) -> list[dict[str, Any]]:
-        if self._storage is None:
+        if not self._own:
             self._table.update_incremental()
             return list(self._table.history(commits))
+        assert self._log is not None
         self.refresh()
         infos = []
         for version in range(self._version, max(-1, self._version - commits), -1):
             try:
-                data = self._storage.read(self._log_path(version))
+                data = self._log.read(self._log_path(version))
             except opendal.exceptions.NotFound:
                 break  # older log entries are gone (cleaned up after a checkpoint)
             for line in data.splitlines():
@@ -247,24 +279,28 @@ class DeltaTableOf(Table):
                     infos.append(json.loads(line)["commitInfo"])
         return infos
 
-    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
-        self._commit(removed, added, seqs)
+    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "", data_change: bool = False) -> None:
+        self._commit(removed, added, seqs, data_change)
 
-    def _commit(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
+    def _commit(self, removed: list[str], added: list[DataFile], seqs: str = "", data_change: bool = True) -> None:
         count = self.commits() + 1
         self._widen(added)
-        change = not removed  # a replace (compaction) moves rows between files: no data change for readers
+        # a compaction moves rows between files (dataChange false: streaming readers skip it); an append or a
+        # Flight SQL replace changes the data
+        change = data_change or not removed
         custom = {COMMITS_KEY: str(count), FILES_KEY: str(len(added)), **({SEQS_KEY: seqs} if seqs else {})}
-        if self._storage is None:
-            self._commit_by_delta_rs(removed, added, change, count, custom)
-            return
+        if not self._own or self._log is None:
+            raise TableError(
+                f"table {self.dataset!r} asks more of a writer than flight-writer does (a writer protocol above "
+                "2, column invariants or CHECK constraints: files are added as they are, never checked row by "
+                "row); commit to it with the engine that made it so, or give the dataset a table of its own"
+            )
         now = int(time.time() * 1000)
-        operation = {"operation": "OPTIMIZE", "operationParameters": {}} if removed else _APPEND
+        operation = _APPEND if not removed else _OVERWRITE if change else _OPTIMIZE
         info = {"timestamp": now, **operation, "engineInfo": ENGINE, "clientVersion": ENGINE, **custom}
         lines = [{"commitInfo": info}, {"txn": {"appId": APP_ID, "version": count, "lastUpdated": now}}]
-        lines += [
-            {"remove": {"path": quote(p, PATH_SAFE), "deletionTimestamp": now, "dataChange": change}} for p in removed
-        ]
+        raw = [self._raw.get(p) or quote(p, PATH_SAFE) for p in removed]
+        lines += [{"remove": {"path": r, "deletionTimestamp": now, "dataChange": change}} for r in raw]
         lines += [
             {
                 "add": {
@@ -281,7 +317,7 @@ class DeltaTableOf(Table):
         data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
         version = self._version + 1
         try:
-            self._storage.create(self._log_path(version), data)
+            self._log.create(self._log_path(version), data)
         except FileExistsError:
             self.refresh()
             raise CommitConflict(f"table {self.dataset!r} moved on: version {version} exists") from None
@@ -294,6 +330,9 @@ class DeltaTableOf(Table):
         if self._paths is not None:
             self._paths.difference_update(removed)
             self._paths.update(f.path for f in added)
+            for p in removed:
+                self._raw.pop(p, None)
+            self._raw.update((f.path, quote(f.path, PATH_SAFE)) for f in added)
         if self._checkpoint_every and version % self._checkpoint_every == 0:
             self._checkpoint()
 
@@ -305,43 +344,6 @@ class DeltaTableOf(Table):
             self._table.create_checkpoint()
         except Exception as exc:
             logger.warning("checkpoint of table {!r} failed: {}", self.dataset, exc)
-
-    def _commit_by_delta_rs(
-        self, removed: list[str], added: list[DataFile], change: bool, count: int, custom: dict[str, str]
-    ) -> None:
-        from deltalake import CommitProperties, Transaction
-        from deltalake.exceptions import CommitFailedError
-        from deltalake.transaction import AddAction, RemoveAction
-
-        now = int(time.time() * 1000)
-        actions: list[Any] = [RemoveAction(path, change, now) for path in removed]
-        actions += [AddAction(f.path, f.size, self._partition_values(f), now, change, _stats(f)) for f in added]
-        properties = CommitProperties(
-            custom_metadata=custom, max_commit_retries=0, app_transactions=[Transaction(APP_ID, count)]
-        )
-        try:
-            self._table.create_write_transaction(
-                actions,
-                "append",
-                self._table.schema(),
-                partition_by=[p.name for p in self._partitions] or None,
-                commit_properties=properties,
-            )
-        except CommitFailedError as exc:
-            self.refresh()
-            raise CommitConflict(f"table {self.dataset!r} moved on: {exc}") from None
-        except (OSError, ValueError) as exc:
-            self.refresh()
-            raise TableError(f"commit to table {self.dataset!r} failed: {exc}") from exc
-        made = self._table.version()  # the version this commit was made on
-        self._table.update_incremental()  # a handle does not see its own commit until it reads the log
-        self._version = self._table.version()
-        self._commits = count
-        if self._version != made + 1:  # others committed after it: what they hold is not known here
-            self._paths = self._commits = None
-        elif self._paths is not None:
-            self._paths.difference_update(removed)
-            self._paths.update(f.path for f in added)
 
     def _widen(self, files: list[DataFile]) -> None:
         """Add the columns the files bring that the table lacks (by name): a commit of its own, through
@@ -438,14 +440,15 @@ def _stats(f: DataFile) -> str:
         if not complete:
             continue
         nulls[name] = null_count
-        if lows and (kind := _json_value(min(lows))) is not None:
-            low[name] = kind
-            high[name] = _json_value(max(highs))
+        if lows and (least := _json_value(min(lows))) is not None and (most := _json_value(max(highs))) is not None:
+            low[name], high[name] = least, most
     stats.update(minValues=low, maxValues=high, nullCount=nulls)
     return json.dumps(stats)
 
 
 def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no infinity or NaN: such a bound is left out
     if isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, dt.datetime):
@@ -459,17 +462,29 @@ def _json_value(value: Any) -> Any:
 
 ENGINE = f"flight-writer/{__version__}"
 _APPEND = {"operation": "WRITE", "operationParameters": {"mode": "Append"}}
+_OVERWRITE = {"operation": "WRITE", "operationParameters": {"mode": "Overwrite"}}
+_OPTIMIZE = {"operation": "OPTIMIZE", "operationParameters": {}}
+
+
+#: writer features that ask nothing of a writer that adds files as they are and removes its own: time
+#: without a zone, domain metadata, wider column types, the vacuum check (readers' and vacuum's business)
+WRITER_FEATURES_OK = frozenset({"timestampNtz", "domainMetadata", "typeWidening", "vacuumProtocolCheck"})
 
 
 def _writer_version_ok(protocol: dict[str, Any]) -> bool:
-    """Writer version 2 at most: appends and removes need nothing more of a writer (invariants aside)."""
-    return int(protocol.get("minWriterVersion", 7)) <= 2
+    """Writer version 2 at most (appends and removes need nothing more, invariants aside), or 7 with only
+    the features in WRITER_FEATURES_OK."""
+    version = int(protocol.get("minWriterVersion", 7))
+    if version <= 2:
+        return True
+    return version == 7 and set(protocol.get("writerFeatures") or ()) <= WRITER_FEATURES_OK
 
 
 def _plain_protocol(table: Any) -> bool:
     """Whether commits can be written here: a writer protocol this module honours, no column invariants."""
     try:
-        protocol = table.protocol()
-        return protocol.min_writer_version <= 2 and "delta.invariants" not in table.schema().to_json()
+        p = table.protocol()
+        fine = _writer_version_ok({"minWriterVersion": p.min_writer_version, "writerFeatures": p.writer_features})
+        return fine and "delta.invariants" not in table.schema().to_json()
     except Exception:
         return False

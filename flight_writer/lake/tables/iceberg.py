@@ -258,7 +258,7 @@ class IcebergTable(Table):
     def append(self, files: list[DataFile], seqs: str = "") -> None:
         self._commit([], files, seqs)
 
-    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
+    def replace(self, removed: list[str], added: list[DataFile], seqs: str = "", data_change: bool = False) -> None:
         self._commit(removed, added, seqs)
 
     def _commit(self, removed: list[str], added: list[DataFile], seqs: str = "") -> None:
