@@ -111,9 +111,10 @@ root = "{root / "data"}"
 
 class NatsTopology:
     """The scale-out topology as processes: nats-server (JetStream, deploy/nats.conf), ``writers`` write
-    processes and one ingest process, all on this machine; CPU seconds are theirs together."""
+    processes and one ingest process, on ``streams`` JetStream streams (``queue.streams``), all on this
+    machine; CPU seconds are theirs together."""
 
-    def __init__(self, root: Path, writers: int) -> None:
+    def __init__(self, root: Path, writers: int, streams: int = 1) -> None:
         nats_port = _free_port()
         binary = str(Path(sys.executable).with_name("nats-server"))
         conf = str(REPO / "deploy" / "nats.conf")
@@ -128,6 +129,7 @@ class NatsTopology:
             # all on one machine: lz4 cost more CPU than the bytes it saved (167.6 vs 116.9 MB/s, 1 producer,
             # BENCH_SCALE=0.2; the server processes' CPU 2.3 vs 3.1 s); lz4 stays the default for networks
             "FLIGHT_WRITER_QUEUE__COMPRESSION": os.environ.get("FLIGHT_WRITER_QUEUE__COMPRESSION", "none"),
+            "FLIGHT_WRITER_QUEUE__STREAMS": str(streams),
         }
         _wait_for_port(nats_port)
         self.writers = [flight_writer_server(root, "nats", env, role="write") for _ in range(writers)]

@@ -1,5 +1,6 @@
 """The nats part: the scale-out topology on this machine (nats-server, 1 ingest process and K write
-processes on one JetStream stream) against the memory queue in one process."""
+processes on one JetStream stream, and on N streams: ``queue.streams``) against the memory queue in one
+process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from bench.workload import Workload
 
 NATS_SCENARIOS = [(8192, 1, 1), (8192, 4, 4)]  # (batch rows, producers, datasets)
 NATS_WRITERS = [1, 2]  # 1 ingest + K write processes
+NATS_SHARDED = [(2, 2)]  # (K write processes, queue.streams): the data path over several streams
 
 
 def nats(base: pa.Table) -> list[dict]:
@@ -21,8 +23,14 @@ def nats(base: pa.Table) -> list[dict]:
         contenders = {"memory": CONTENDERS["memory"]}
         for k in NATS_WRITERS:
             contenders[f"nats-{k}w"] = measure_server(lambda tmp, k=k: NatsTopology(tmp, k), until_durable=True)
+        for k, n in NATS_SHARDED:
+            contenders[f"nats-{k}w-{n}s"] = measure_server(
+                lambda tmp, k=k, n=n: NatsTopology(tmp, k, n), until_durable=True
+            )
         row = compare(Workload(base, batch_rows), producers, datasets, contenders)
-        for k in NATS_WRITERS:
-            row[f"nats_{k}w_vs_memory"] = round(row["memory"]["seconds"] / row[f"nats-{k}w"]["seconds"], 2)
+        for name in contenders:
+            if name != "memory":
+                ratio = round(row["memory"]["seconds"] / row[name]["seconds"], 2)
+                row[f"{name.replace('-', '_')}_vs_memory"] = ratio
         results.append(row)
     return results

@@ -56,6 +56,9 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"queue.type must be one of {', '.join(QUEUE_TYPES)}, got {s.queue.type!r}")
     for key in ("max_bytes", "dedupe_window", "segment_bytes", "fsync_interval_ms", "replicas", "ack_wait"):
         positive(f"queue.{key}", getattr(s.queue, key))
+    positive("queue.streams", s.queue.streams)
+    if s.queue.streams > 1 and s.queue.type != "nats":
+        raise ConfigError(f"queue.streams = {s.queue.streams} shards NATS streams: queue.type must be nats")
     if s.queue.type == "nats":
         if not s.queue.url:
             raise ConfigError("queue.url must name at least one NATS server")

@@ -55,6 +55,7 @@ class QueueSettings:
     stream: str = "FLIGHT_WRITER"  # its subjects are <stream>.data, <stream>.records, <stream>.flush
     replicas: int = 1  # JetStream replicas of the streams (3 on a 3-node cluster)
     consumer: str = "writers"  # the durable pull consumer the write processes share
+    streams: int = 1  # N > 1: the data path sharded over N streams (<stream>, <stream>-1, ...; nats/sharded.py)
     ack_wait: float = 30.0  # seconds: a write process silent for this long has its batches redelivered
     duplicate_window: float = 120.0  # seconds JetStream remembers a batch id (Nats-Msg-Id)
     user: str = ""

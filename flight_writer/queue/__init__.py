@@ -66,6 +66,10 @@ def make_queue(settings: QueueSettings, history: int = 100_000, role: str = "all
     if settings.type == "nats":
         from flight_writer.queue.nats.queue import NatsQueue  # nats-py only where it is used
 
+        if settings.streams > 1:
+            from flight_writer.queue.nats.sharded import ShardedNatsQueue
+
+            return ShardedNatsQueue(settings, role, history)
         return NatsQueue(settings, role, history)
     if role != "all" and not queue_class(settings.type).shared:
         raise ValueError(f"queue.type {settings.type!r} runs ingest and write in one process: role must be all")

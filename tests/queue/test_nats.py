@@ -262,9 +262,10 @@ class Producer:
     """Sends numbered 1,000-row batches with ids (``b<k>``), ten per stream, re-sending a stream whose call
     failed (the ingest process died, NATS was away): what it was told is safe is in ``acked``."""
 
-    def __init__(self, location: Callable[[], str], per_stream: int = 10) -> None:
+    def __init__(self, location: Callable[[], str], per_stream: int = 10, dataset: str = "kills") -> None:
         self.location = location
         self.per_stream = per_stream
+        self.dataset = dataset
         self.acked: set[int] = set()
         self.stop = threading.Event()
         self.streaming = threading.Event()  # set while a stream is open
@@ -279,14 +280,15 @@ class Producer:
             try:
                 with flight.connect(self.location()) as c:
                     self.streaming.set()
-                    replies = put(c, "kills", [ints(1000, j * 1000) for j in ks], ids=[f"b{j}" for j in ks])
+                    batches = [ints(1000, j * 1000) for j in ks]
+                    replies = put(c, self.dataset, batches, ids=[f"{self.dataset}-{j}" for j in ks])
             except (flight.FlightError, OSError, AttributeError):  # AttributeError: the stream ended, no reply
                 self.errors += 1
                 time.sleep(0.1)  # the process is being restarted; try the same batches again
                 continue
             finally:
                 self.streaming.clear()
-            self.acked.update(int(r["id"][1:]) for r in replies)
+            self.acked.update(int(r["id"].rsplit("-", 1)[1]) for r in replies)
             k += 10
 
     def finish(self) -> set[int]:
@@ -295,8 +297,8 @@ class Producer:
         return self.acked
 
 
-def exactly_once(root: Path, acked: set[int]) -> None:
-    values = read_dataset(root, "kills").column("i").to_numpy()
+def exactly_once(root: Path, acked: set[int], dataset: str = "kills") -> None:
+    values = read_dataset(root, dataset).column("i").to_numpy()
     counts = Counter((values // 1000).tolist())
     assert not [k for k, n in counts.items() if n != 1000], "a batch stored more or less than once"
     assert acked <= set(counts), f"lost: {sorted(acked - set(counts))[:10]}"
@@ -320,10 +322,12 @@ def test_killed_write_processes_lose_nothing_and_store_nothing_twice(tmp_path, d
     exactly_once(data_root, acked)
 
 
+@pytest.mark.parametrize("streams", [1, 2])
 def test_a_killed_ingest_process_loses_nothing_its_producers_send_again(
-    tmp_path, data_root, nats_server, server_process
+    tmp_path, data_root, nats_server, server_process, streams
 ):
-    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream())
+    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream(), extra="")
+    config.write_text(config.read_text().replace("ack_wait = 2.0", f"ack_wait = 2.0\nstreams = {streams}"))
     server_process(config, cmd=serve("write", config), ready="writing (role = write)")
     ingest = [server_process(config, cmd=serve("ingest", config))]
     producer = Producer(lambda: ingest[0].location, per_stream=200)
@@ -360,6 +364,37 @@ def test_nats_down_then_back_refuses_clearly_then_recovers_without_a_restart(dat
             assert action(c, "flush")["durable_through"] == 10
             assert action(c, "status")["last_error"] is None
         assert sorted(read_dataset(data_root, "outage").column("i").to_pylist()) == list(range(1000))
+    finally:
+        nats.stop()
+
+
+def test_nats_down_then_back_with_sharded_streams_loses_nothing(data_root):
+    """NATS killed and started again under two streams: both come back, every acknowledged batch of the
+    datasets of both streams is stored once."""
+    nats = natsd.start()  # its own: this test kills it
+    names = in_shards(2, 2)
+    try:
+        with (
+            roles(data_root, nats, "write", "ingest", put_timeout=2.0, streams=2) as (_, ingest),
+            flight.connect(ingest.location) as c,
+        ):
+            for name in names:
+                put(c, name, [ints(100, k * 100) for k in range(5)], ids=[f"{name}-{k}" for k in range(5)])
+            nats.servers[0].kill()  # kill -9: what it acknowledged is on its disk
+            with pytest.raises(flight.FlightUnavailableError, match="NATS did not take the batch"):
+                # refused, but it may have landed: the producer sends it again with its id (below)
+                send(
+                    c,
+                    flight.FlightDescriptor.for_path(names[0]),
+                    ints(100, 500),
+                    metadata=f'{{"id": "{names[0]}-5"}}'.encode(),
+                )
+            nats.servers[0].start()  # back on the same port and store
+            for name in names:
+                put(c, name, [ints(100, k * 100) for k in range(5, 10)], ids=[f"{name}-{k}" for k in range(5, 10)])
+            action(c, "flush")
+        for name in names:
+            assert sorted(read_dataset(data_root, name).column("i").to_pylist()) == list(range(1000))
     finally:
         nats.stop()
 
@@ -487,3 +522,73 @@ def test_roles_need_a_queue_processes_share(tmp_path, data_root):
     config = write_config(tmp_path / "fw.toml", data_root)  # memory
     result = subprocess.run(serve("write", config), capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 2 and "--role write needs queue.type = nats" in result.stderr
+
+
+# -- sharded streams (queue.streams = N) ---------------------------------------------------------------------
+def in_shards(n: int, count: int) -> list[str]:
+    """``count`` dataset names, one per shard of ``n`` streams (crc32 mod n), then round again."""
+    import zlib
+
+    names: dict[int, list[str]] = {}
+    k = 0
+    while any(len(names.get(i, ())) < -(-count // n) for i in range(n)):
+        name = f"sh{k}"
+        names.setdefault(zlib.crc32(name.encode()) % n, []).append(name)
+        k += 1
+    return [names[i % n][i // n] for i in range(count)]
+
+
+def test_sharded_streams_store_every_batch_once_and_every_ingest_process_answers(data_root, nats_server):
+    """queue.streams = 3: datasets spread over three streams; seqs are unique across them (a shard's
+    sequence s is s * 3 + shard); every ingest process answers ack, flush and status for every seq; a
+    dataset's batches stay in order in one stream."""
+    datasets = in_shards(3, 6)
+    with (
+        roles(data_root, nats_server, "write", "write", "ingest", "ingest", streams=3) as (*_, first, second),
+        flight.connect(first.location) as a,
+        flight.connect(second.location) as b,
+    ):
+        seqs: dict[str, list[int]] = {}
+        for n, name in enumerate(datasets):
+            client = a if n % 2 else b
+            replies = put(client, name, [ints(100, (n * 10 + j) * 100) for j in range(10)])
+            seqs[name] = [r["seq"] for r in replies]
+        every = [s for v in seqs.values() for s in v]
+        assert len(set(every)) == 60
+        assert {s % 3 for s in every} == {0, 1, 2}  # all three streams
+        for v in seqs.values():
+            assert v == sorted(v) and len({s % 3 for s in v}) == 1  # a dataset: one stream, in order
+        flushed = action(a, "flush")
+        assert flushed["durable_through"] >= max(every)
+        for client in (a, b):
+            acks = action(client, "ack", {"seqs": every})["acks"]
+            assert {x["state"] for x in acks} == {"durable"}
+            assert all(x["file"].startswith(f"{name}/") for name in seqs for x in acks if x["seq"] in seqs[name])
+            assert action(client, "status")["durable_through"] >= max(every)
+        assert action(b, "ack", {"seqs": [max(every) + 3]})["acks"][0]["state"] == "unknown"
+    for n, name in enumerate(datasets):
+        got = read_dataset(data_root, name, sort_by="i").column("i").to_pylist()
+        assert got == list(range(n * 1000, n * 1000 + 1000))
+
+
+def test_killed_write_processes_lose_nothing_with_sharded_streams(tmp_path, data_root, nats_server, server_process):
+    """The kill test on two streams: two producers whose datasets live in different streams, two write
+    processes killed KILLS times between them."""
+    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream(), extra="")
+    config.write_text(config.read_text().replace("ack_wait = 2.0", "ack_wait = 2.0\nstreams = 2"))
+    ingest = server_process(config, cmd=serve("ingest", config))
+    writers = [server_process(config, cmd=serve("write", config), ready="writing (role = write)") for _ in "ab"]
+    names = in_shards(2, 2)
+    producers = [Producer(lambda: ingest.location, dataset=name) for name in names]
+    rng = random.Random(int(os.environ.get("CRASH_SEED", random.randrange(1 << 30))))
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(0.2, 0.8))  # mid-file: files are sealed every 0.3 s
+        victim = rng.randrange(len(writers))
+        writers[victim].close()  # kill -9
+        writers[victim] = server_process(config, cmd=serve("write", config), ready="writing (role = write)")
+    acked = [p.finish() for p in producers]
+    with flight.connect(ingest.location) as c:
+        action(c, "flush")
+    for name, got in zip(names, acked, strict=True):
+        assert len(got) >= 50
+        exactly_once(data_root, got, name)
