@@ -592,3 +592,23 @@ def test_killed_write_processes_lose_nothing_with_sharded_streams(tmp_path, data
     for name, got in zip(names, acked, strict=True):
         assert len(got) >= 50
         exactly_once(data_root, got, name)
+
+
+def test_a_stream_whose_connection_was_lost_makes_every_stream_give_back_what_it_holds(data_root, nats_server):
+    """The writer drops every buffer when one stream took back what it had handed out (its own connection
+    was away for ack_wait / 2): the other streams must give their batches back too, or they would stay
+    held here, kept alive and never stored."""
+    names = in_shards(2, 2)
+    with roles(data_root, nats_server, "all", streams=2, ack_wait=2) as (svc,):
+        queue = svc.queue
+        for name in names:
+            for i in range(3):
+                queue.put(name, b"k", ints(10, i * 10), 5)
+        wait_for(lambda: svc.writer.stats()["open_buffers"] == 2, "both datasets buffered")
+        lost = queue._queues[1]._feed  # one stream's connection was away long enough
+        lost._on_reconnect(100.0)
+        assert queue.flush(None, 60)  # every batch stored in the end
+        # a batch stored while its message was given back is acknowledged when the message comes again
+        wait_for(lambda: queue.stats()["pending_batches"] == 0, "the given-back messages acknowledged", 60)
+    for name in names:
+        assert sorted(read_dataset(data_root, name).column("i").to_pylist()) == list(range(30))

@@ -242,6 +242,19 @@ class WriteFeed:
         self._lost = False
         return True
 
+    def give_back(self) -> None:
+        """The writer dropped its buffers for another reason than this feed's (another stream's connection
+        was lost, queue/nats/sharded.py): everything held here goes back to the stream at once (``nak``),
+        to be taken again by any writer; objects already planned go on, and their redelivered batches are
+        settled by the records as after a reconnect."""
+        with self._shared.lock:
+            seqs = list(self._held)
+            late = list(self._shared.late.values())
+            self._shared.late.clear()
+        self._let_go(seqs, "nak")
+        for msg in late:
+            self._link.spawn(msg.nak(delay=min(5.0, self._ack_wait)))
+
     def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:
         """Record the plan, then check it against the records stream's order: a seq that an earlier plan
         holds or that is resolved already went to another writer while this one held it (it was slow, or

@@ -178,6 +178,11 @@ class NatsQueue(Queue, SharedFeed):
     def dropped(self) -> bool:
         return self._feed is not None and self._feed.dropped()
 
+    def give_back(self) -> None:
+        """Everything this process holds goes back to the stream (see ``WriteFeed.give_back``)."""
+        if self._feed is not None:
+            self._feed.give_back()
+
     # -- both ------------------------------------------------------------------------------------------
     def close(self) -> None:
         self._publisher.refuse_puts()

@@ -16,8 +16,8 @@ batches, its durability records, its flush subject, its durable consumer), and t
   ``flush`` (which waits for everything put before it, in every shard) are exact.
 - Write processes take from every shard, in turn; each shard's consumer spreads its messages over them.
 
-Changing N with data queued: datasets move shards, what is queued in the old shard is still taken (every
-process reads shards 0..N-1), so lowering N strands the shards above it: drain first (``flush``).
+Change N only with the queue drained (flush, stop every process, set it everywhere, start): a seq names
+another batch under another N, and the queue's identity (in files and table commits) changes with it.
 """
 
 from __future__ import annotations
@@ -92,12 +92,18 @@ class ShardedPosition:
         return self._wait_each(seqs, timeout, lambda p, local, t: p.wait_committed(local, t))
 
     def _wait_each(self, seqs: Iterable[int], timeout: float | None, wait: Any) -> bool:
+        """Each shard's seqs on its own position; a seq its shard has not issued is not waited for (the
+        caller's check against the global last seq cannot tell)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        done = True
         for k, local in self._split(seqs).items():
+            last = self._queues[k].last_seq
+            issued = [s for s in local if s <= last]
+            done &= len(issued) == len(local)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not wait(self._queues[k].position, local, left):
+            if issued and not wait(self._queues[k].position, issued, left):
                 return False
-        return True
+        return done
 
     def wait_committed_through(self, seq: int, timeout: float | None) -> bool:
         """Every seq up to ``seq`` issued by now is committed: each shard up to its part of it."""
@@ -316,7 +322,16 @@ class ShardedNatsQueue(Queue, SharedFeed):
             q.stop_taking()
 
     def dropped(self) -> bool:
-        return any([q.dropped() for q in self._queues])  # every one asked: each says it once
+        """True if any stream took back what it had handed out (its connection was away): the writer then
+        drops every buffer, so the other streams give back what they hold too, or it would stay held here
+        (kept alive, never redelivered) for good."""
+        lost = [q.dropped() for q in self._queues]  # every one asked: each says it once
+        if not any(lost):
+            return False
+        for q, was in zip(self._queues, lost, strict=True):
+            if not was:
+                q.give_back()
+        return True
 
     def close(self) -> None:
         for q in self._queues:
