@@ -235,7 +235,9 @@ def test_the_dedupe_window_is_a_duration(nats_server):
 
 
 # -- processes: kill -9 of writers and ingest processes, of NATS itself -----------------------------------
-def cluster_config(tmp_path: Path, root: Path, nats: natsd.Nats, stream: str, extra: str = "") -> Path:
+def cluster_config(
+    tmp_path: Path, root: Path, nats: natsd.Nats, stream: str, extra: str = "", streams: int = 1
+) -> Path:
     urls = ", ".join(f'"{u}"' for u in nats.urls)
     return write_config(
         tmp_path / "fw.toml",
@@ -245,6 +247,7 @@ def cluster_config(tmp_path: Path, root: Path, nats: natsd.Nats, stream: str, ex
 type = "nats"
 url = [{urls}]
 stream = "{stream}"
+streams = {streams}
 ack_wait = 2.0
 put_timeout = 60.0
 [writer]
@@ -304,17 +307,22 @@ def exactly_once(root: Path, acked: set[int], dataset: str = "kills") -> None:
     assert acked <= set(counts), f"lost: {sorted(acked - set(counts))[:10]}"
 
 
-def test_killed_write_processes_lose_nothing_and_store_nothing_twice(tmp_path, data_root, nats_server, server_process):
-    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream())
-    ingest = server_process(config, cmd=serve("ingest", config))
-    writers = [server_process(config, cmd=serve("write", config), ready="writing (role = write)") for _ in "ab"]
-    producer = Producer(lambda: ingest.location)
+def kill_writers(config: Path, writers: list, server_process: Callable) -> None:
+    """KILLS times, a random write process killed (-9) mid-file and started again."""
     rng = random.Random(int(os.environ.get("CRASH_SEED", random.randrange(1 << 30))))
     for _ in range(KILLS):
         time.sleep(rng.uniform(0.2, 0.8))  # mid-file: files are sealed every 0.3 s
         victim = rng.randrange(len(writers))
         writers[victim].close()  # kill -9
         writers[victim] = server_process(config, cmd=serve("write", config), ready="writing (role = write)")
+
+
+def test_killed_write_processes_lose_nothing_and_store_nothing_twice(tmp_path, data_root, nats_server, server_process):
+    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream())
+    ingest = server_process(config, cmd=serve("ingest", config))
+    writers = [server_process(config, cmd=serve("write", config), ready="writing (role = write)") for _ in "ab"]
+    producer = Producer(lambda: ingest.location)
+    kill_writers(config, writers, server_process)
     acked = producer.finish()
     with flight.connect(ingest.location) as c:
         assert action(c, "flush")["durable_through"] >= len(acked)
@@ -326,8 +334,7 @@ def test_killed_write_processes_lose_nothing_and_store_nothing_twice(tmp_path, d
 def test_a_killed_ingest_process_loses_nothing_its_producers_send_again(
     tmp_path, data_root, nats_server, server_process, streams
 ):
-    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream(), extra="")
-    config.write_text(config.read_text().replace("ack_wait = 2.0", f"ack_wait = 2.0\nstreams = {streams}"))
+    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream(), streams=streams)
     server_process(config, cmd=serve("write", config), ready="writing (role = write)")
     ingest = [server_process(config, cmd=serve("ingest", config))]
     producer = Producer(lambda: ingest[0].location, per_stream=200)
@@ -574,18 +581,12 @@ def test_sharded_streams_store_every_batch_once_and_every_ingest_process_answers
 def test_killed_write_processes_lose_nothing_with_sharded_streams(tmp_path, data_root, nats_server, server_process):
     """The kill test on two streams: two producers whose datasets live in different streams, two write
     processes killed KILLS times between them."""
-    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream(), extra="")
-    config.write_text(config.read_text().replace("ack_wait = 2.0", "ack_wait = 2.0\nstreams = 2"))
+    config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream(), streams=2)
     ingest = server_process(config, cmd=serve("ingest", config))
     writers = [server_process(config, cmd=serve("write", config), ready="writing (role = write)") for _ in "ab"]
     names = in_shards(2, 2)
     producers = [Producer(lambda: ingest.location, dataset=name) for name in names]
-    rng = random.Random(int(os.environ.get("CRASH_SEED", random.randrange(1 << 30))))
-    for _ in range(KILLS):
-        time.sleep(rng.uniform(0.2, 0.8))  # mid-file: files are sealed every 0.3 s
-        victim = rng.randrange(len(writers))
-        writers[victim].close()  # kill -9
-        writers[victim] = server_process(config, cmd=serve("write", config), ready="writing (role = write)")
+    kill_writers(config, writers, server_process)
     acked = [p.finish() for p in producers]
     with flight.connect(ingest.location) as c:
         action(c, "flush")

@@ -70,13 +70,13 @@ class DeltaTables(Tables):
         datasets: DatasetSettings,
         base: str,
         options: dict[str, str],
-        storage: Storage | None = None,
+        storage: Storage,
     ) -> None:
         self._settings = settings
         self._datasets = datasets
         self._base = base.rstrip("/")
         self._options = options  # delta-rs storage options (endpoint, credentials)
-        self._storage = storage  # the same root through OpenDAL: commits are written with it (None: by delta-rs)
+        self._storage = storage  # the same root through OpenDAL: the log's files are read and written with it
         # with maintenance on its schedule the checkpoints are made there; else every CHECKPOINT_INTERVAL versions
         self._checkpoint_every = 0 if settings.maintain_every else CHECKPOINT_INTERVAL
 
@@ -140,7 +140,7 @@ class DeltaTableOf(Table):
         dataset: str,
         table: Any,
         partitions: list[PartitionColumn],
-        storage: Storage | None,
+        storage: Storage,
         checkpoint_every: int = CHECKPOINT_INTERVAL,
     ) -> None:
         self.dataset = dataset
@@ -153,7 +153,7 @@ class DeltaTableOf(Table):
         # differently from us: a remove must name the path as its add did)
         self._commits: int | None = None
         self._log = storage  # the table's root through OpenDAL: log files read (and, if _own, written) with it
-        self._own = storage is not None and _plain_protocol(table)  # commits may be written here (else refused)
+        self._own = _plain_protocol(table)  # commits may be written here (else refused)
 
     def paths(self) -> set[str]:
         if self._paths is None:
@@ -177,7 +177,7 @@ class DeltaTableOf(Table):
         self._raw = {unquote(p): p for p in raw}  # the log holds them percent-encoded
         self._paths = set(self._raw)
         self._commits = self._table.transaction_version(APP_ID) or 0
-        self._own = self._log is not None and _plain_protocol(self._table)
+        self._own = _plain_protocol(self._table)
 
     def refresh(self) -> None:
         if not self._own:
@@ -199,7 +199,6 @@ class DeltaTableOf(Table):
         """Read the versions after ``_version`` that others wrote, one JSON file each, until there is none.
         A version whose log file is gone (cleaned up after a checkpoint: this object was idle longer than
         the log's retention) or that asks more of a writer than this module does: read through delta-rs."""
-        assert self._log is not None
         while self._own:
             try:
                 data = self._log.read(self._log_path(self._version + 1))
@@ -215,7 +214,6 @@ class DeltaTableOf(Table):
 
     def _checkpointed_after(self, version: int) -> bool:
         """Whether the table's newest checkpoint is past ``version`` (the log files before it may be gone)."""
-        assert self._log is not None
         try:
             last = json.loads(self._log.read(f"{self.dataset}/_delta_log/_last_checkpoint"))
         except opendal.exceptions.NotFound:
@@ -266,7 +264,6 @@ class DeltaTableOf(Table):
         if not self._own:
             self._table.update_incremental()
             return list(self._table.history(commits))
-        assert self._log is not None
         self.refresh()
         infos = []
         for version in range(self._version, max(-1, self._version - commits), -1):
@@ -289,7 +286,7 @@ class DeltaTableOf(Table):
         # Flight SQL replace changes the data
         change = data_change or not removed
         custom = {COMMITS_KEY: str(count), FILES_KEY: str(len(added)), **({SEQS_KEY: seqs} if seqs else {})}
-        if not self._own or self._log is None:
+        if not self._own:
             raise TableError(
                 f"table {self.dataset!r} asks more of a writer than flight-writer does (a writer protocol above "
                 "2, column invariants or CHECK constraints: files are added as they are, never checked row by "
