@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import Future
 from typing import Any, NoReturn
 
 import pyarrow as pa
@@ -24,7 +25,7 @@ from flight_writer.ingest.refusals import Refusals
 from flight_writer.ingest.replies import Replies
 from flight_writer.lake.layout import LayoutError
 from flight_writer.lake.schemas import SchemaError, readers_problem
-from flight_writer.queue import Ingest, QueueClosed, QueueFull, QueueWriteError
+from flight_writer.queue import Accepted, Ingest, QueueClosed, QueueFull, QueueWriteError
 
 MAX_ID_CHARS = 256  # a batch id's length: ids are kept (queue.dedupe_window of them), so each is bounded
 
@@ -92,6 +93,8 @@ class Ingestor:
             stream.finish()
         except QueueWriteError as exc:
             raise flight.FlightServerError(f"batch not accepted: {exc}") from None
+        except (QueueFull, QueueClosed) as exc:  # a packed batch's record was not kept (from its reply)
+            stream.refused(exc)
         finally:
             stream.stop()
         return stream.seqs, stream.rows
@@ -149,9 +152,11 @@ class _Stream:
         "_max_batch",
         "_max_message",
         "_max_metadata",
+        "_packs",
         "_position",
         "_put",
         "_put_many",
+        "_put_packed",
         "_refusals",
         "_replies",
         "_reply",
@@ -183,6 +188,8 @@ class _Stream:
         self._max_metadata, self._max_batch = limits.max_metadata_bytes, limits.max_batch_bytes
         self._max_message = queue.max_message_bytes  # None, or batches over it go as pieces (NATS)
         self._put, self._put_many, self._settle = queue.put, queue.put_many, queue.settle
+        # batches without an id may share a queue record when their replies can wait for it (NATS)
+        self._packs, self._put_packed = queue.packs and writer is not None and not keep_seqs, queue.put_packed
         self._timeout, self._position = ingestor.put_timeout, ingestor._position
         self._reply = writer.write if writer is not None else None
         self._state = queue.ack_state.encode()
@@ -252,9 +259,14 @@ class _Stream:
 
     def put(
         self, batch: pa.RecordBatch, pieces: list[pa.RecordBatch] | None, client_id: str | None
-    ) -> tuple[int, bool, list[int] | None]:
-        """Into the queue: ``(seq, duplicate, the pieces' seqs or None)``."""
+    ) -> tuple[int | Future[Accepted], bool, list[int] | None]:
+        """Into the queue: ``(seq, duplicate, the pieces' seqs or None)``; a packed batch's seq is a future
+        (its reply waits for it)."""
         try:
+            if pieces is None and client_id is None and self._packs:
+                receipt = self._put_packed(self._dataset, self._schema_key, batch, self._timeout)
+                self.rows += batch.num_rows
+                return receipt, False, None
             if pieces is None or len(pieces) == 1:
                 seq, duplicate = self._put(self._dataset, self._schema_key, batch, self._timeout, client_id, wait=False)
                 split_seqs = None
@@ -263,34 +275,42 @@ class _Stream:
                 accepted = self._put_many(self._dataset, self._schema_key, pieces, self._timeout, ids, wait=False)
                 split_seqs = [a.seq for a in accepted]
                 seq, duplicate = max(split_seqs), all(a.duplicate for a in accepted)
-        except (QueueFull, QueueClosed, QueueWriteError) as exc:
+        except QueueWriteError:
             _answer_taken(self._replies)
-            if isinstance(exc, QueueFull):
-                self._refusals.count("queue_full", f"dataset {self._dataset!r}: {exc}")
-            if isinstance(exc, QueueWriteError):
-                raise  # worded by the caller, with a failed fsync
-            message = (
-                str(exc)
-                if isinstance(exc, QueueFull)
-                else "server is shutting down: the batches before this one were answered; send the "
-                "rest again once it is back"
-            )
-            raise flight.FlightUnavailableError(message) from None
+            raise  # worded by the caller, with a failed fsync
+        except (QueueFull, QueueClosed) as exc:
+            _answer_taken(self._replies)
+            self.refused(exc)
         if self._keep_seqs:
             self.seqs.extend(split_seqs or (seq,))
         self.rows += batch.num_rows
         return seq, duplicate, split_seqs
 
+    def refused(self, exc: QueueFull | QueueClosed) -> NoReturn:
+        """The queue did not take a batch: the stream ends, saying why (the batches before it were answered)."""
+        if isinstance(exc, QueueFull):
+            self._refusals.count("queue_full", f"dataset {self._dataset!r}: {exc}")
+            raise flight.FlightUnavailableError(str(exc)) from None
+        raise flight.FlightUnavailableError(
+            "server is shutting down: the batches before this one were answered; send the rest again once it is back"
+        ) from None
+
     def answer(
         self,
         batch: pa.RecordBatch,
         client_id: str | None,
-        seq: int,
+        seq: int | Future[Accepted],
         duplicate: bool,
         split_seqs: list[int] | None,
     ) -> None:
         """The batch's PutResult, now if the queue settled it already, else from the stream's replies."""
         reply = self._reply
+        if isinstance(seq, Future):  # packed: answered once its record is kept, when its seq is known
+            if self._replies is None:
+                self._replies = Replies(self._settle, reply)  # type: ignore[arg-type]
+            rows, state = batch.num_rows, self._state
+            self._replies.add(seq, lambda s: b'{"seq": %d, "rows": %d, "state": "%s"}' % (s, rows, state))
+            return
         if reply is None:
             self._last = max(self._last, seq)  # a duplicate's seq can be older
             return
@@ -360,7 +380,7 @@ def _count_fields(schema: pa.Schema) -> tuple[int, int]:
 def _answer_taken(replies: Replies | None) -> None:
     """Before a stream ends with an error: send the replies of the batches it took."""
     if replies is not None:
-        with contextlib.suppress(QueueWriteError):
+        with contextlib.suppress(QueueWriteError, QueueFull, QueueClosed):
             replies.finish()
 
 

@@ -1,10 +1,13 @@
-"""A stream's PutResults sent from a thread of its own, in seq order, as the queue settles each batch."""
+"""A stream's PutResults sent from a thread of its own, in the order the batches came, as the queue settles
+each batch (or, for a packed batch, once the queue says which record holds it: its seq)."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import pyarrow as pa
 
@@ -19,14 +22,15 @@ class Replies:
     def __init__(self, settle: Callable[[int, bool], bool], reply: Callable[[pa.Buffer], None]) -> None:
         self._settle = settle
         self._reply = reply
-        self._waiting: deque[tuple[int, bytes]] = deque()
+        # (seq, answer), or (a packed batch's receipt, its answer given the seq)
+        self._waiting: deque[tuple[Any, Any]] = deque()
         self._cond = threading.Condition()
         self._ending = False
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="flight-writer-replies", daemon=True)
         self._thread.start()
 
-    def add(self, seq: int, answer: bytes) -> None:
+    def add(self, seq: int | Future[Any], answer: bytes | Callable[[int], bytes]) -> None:
         with self._cond:
             while len(self._waiting) >= self.MAX_WAITING and self._error is None:
                 self._cond.wait()
@@ -63,6 +67,9 @@ class Replies:
                     return
                 seq, answer = self._waiting[0]
             try:
+                if isinstance(seq, Future):  # raises what kept the batch out of the queue
+                    seq = seq.result().seq
+                    answer = answer(seq)
                 self._settle(seq, True)
                 self._reply(pa.py_buffer(answer))
             except Exception as exc:  # raised again in the handler's thread

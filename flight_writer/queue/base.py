@@ -27,6 +27,7 @@ original seq with ``duplicate=True`` and stores nothing.
 from __future__ import annotations
 
 import abc
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -122,6 +123,19 @@ class Ingest(abc.ABC):
     ) -> list[Accepted]:
         """Put these batches (the partition pieces of one batch) all or none: room for every one, or
         QueueFull/QueueClosed with none taken."""
+
+    #: whether ``put_packed`` may pack several batches into one record (one seq): NATS, where each message
+    #: costs a publish and an acknowledgment; the others keep a record per batch and answer at once
+    packs: bool = False
+
+    def put_packed(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> Future[Accepted]:
+        """Put a batch without an id that may share its record, and so its seq, with other batches of the
+        same dataset and schema put meanwhile; the receipt comes once the record is kept (as safe as
+        ``ack_state`` says), or the future holds QueueFull, QueueClosed or QueueWriteError. Queues that do
+        not pack put it alone (``put(wait=False)``)."""
+        done: Future[Accepted] = Future()
+        done.set_result(self.put(dataset, schema_key, batch, timeout, None, wait=False))
+        return done
 
     def settle(self, seq: int, wait: bool) -> bool:
         """Whether batch ``seq`` is as safe as ``ack_state`` says (fsynced, for a WAL that replies

@@ -1,7 +1,8 @@
 """The Arrow IPC bytes a batch is kept as: the payload of a WAL record (``wal/format.py``) and the body of a
 NATS message (``nats/ingest.py``, read back in ``nats/feed.py``).
 
-One IPC stream per batch: its schema, its dictionaries, the batch. Its buffers are compressed as the write
+One IPC stream per record: its schema, its dictionaries, its batch, or (a packed NATS message) several
+batches of one schema, read back as one. Its buffers are compressed as the write
 options say (``queue.compression``); the stream records the codec, so bytes written under one setting are
 read under any other.
 """
@@ -19,12 +20,22 @@ def write_options(compression: str) -> pa.ipc.IpcWriteOptions:
 def encode_ipc(batch: pa.RecordBatch, options: pa.ipc.IpcWriteOptions) -> pa.Buffer:
     """A batch's Arrow IPC stream (schema, dictionaries, the batch): the costly part of keeping a batch,
     made before any lock is taken."""
+    return encode_ipc_many([batch], options)
+
+
+def encode_ipc_many(batches: list[pa.RecordBatch], options: pa.ipc.IpcWriteOptions) -> pa.Buffer:
+    """One IPC stream of batches that share a schema (a dictionary that changes is written again)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema, options=options) as w:
-        w.write_batch(batch)
+    with pa.ipc.new_stream(sink, batches[0].schema, options=options) as w:
+        for batch in batches:
+            w.write_batch(batch)
     return sink.getvalue()
 
 
 def decode_ipc(data: pa.Buffer) -> pa.RecordBatch:
-    """The batch of a stream ``encode_ipc`` made (its uncompressed buffers are slices of ``data``)."""
-    return pa.ipc.open_stream(data).read_next_batch()
+    """The batch of a stream ``encode_ipc`` made (its uncompressed buffers are slices of ``data``), or the
+    batches of one ``encode_ipc_many`` made, joined into one (a copy; dictionaries unified)."""
+    batches = list(pa.ipc.open_stream(data))
+    if not batches:
+        raise ValueError("an Arrow IPC stream without a record batch")
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)

@@ -4,6 +4,7 @@ processes), sharing one stream and one storage root, against a real nats-server.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
@@ -235,6 +237,62 @@ def test_the_dedupe_window_is_a_duration(nats_server):
 
 
 # -- processes: kill -9 of writers and ingest processes, of NATS itself -----------------------------------
+def test_batches_put_while_a_message_is_in_flight_share_the_next_one(nats_server):
+    """Packing, made certain by pausing NATS: the first message cannot be acknowledged, so the batches put
+    meanwhile wait together for the next; each receipt names the record (seq) holding its batch, and the
+    feed hands out each record as one entry of its batches, in order."""
+    q = NatsQueue(queue_settings(nats_server, ack_wait=5.0))
+    nats = nats_server.servers[0].proc
+    batches = [ints(100, k * 100) for k in range(50)]
+    try:
+        os.kill(nats.pid, signal.SIGSTOP)
+        try:
+            receipts = [q.put_packed("packed", b"k", b, 60) for b in batches]
+        finally:
+            os.kill(nats.pid, signal.SIGCONT)
+        seqs = [r.result(60).seq for r in receipts]
+        assert seqs[-1] <= 2 and seqs == sorted(seqs) and q.last_seq == seqs[-1]
+        got: list = []
+        while sum(e.batch.num_rows for e in got) < 5000:
+            got += q.take(100, 30)
+        assert [e.seq for e in got] == sorted(set(seqs)) and all(e.client_id is None for e in got)
+        assert pa.Table.from_batches([e.batch for e in got]).equals(pa.Table.from_batches(batches))
+        assert q.stats()["received_batches"] == 50
+        q.plan(Plan("packed/a.parquet", "parquet", tuple(e.seq for e in got)), got)
+        q.confirm(got, "packed/a.parquet")
+        assert q.position.durable_through == seqs[-1] and q.stats()["pending_batches"] == 0
+    finally:
+        q.close()
+
+
+def put_pipelined(client: flight.FlightClient, dataset: str, batches: list[pa.RecordBatch]) -> list[dict]:
+    """One stream whose batches are all written before any reply is read (as a producer that does not wait)."""
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path(dataset), batches[0].schema)
+    for batch in batches:
+        writer.write_batch(batch)
+    writer.done_writing()
+    replies = []
+    while (buf := reader.read()) is not None:
+        replies.append(json.loads(buf.to_pybytes()))
+    writer.close()
+    return replies
+
+
+def test_small_batches_without_ids_get_a_reply_each_in_order_and_are_stored_once(data_root, nats_server):
+    batches = [ints(50, k * 50) for k in range(400)]
+    with roles(data_root, nats_server, "write", "ingest") as (_, ingest), flight.connect(ingest.location) as c:
+        replies = put_pipelined(c, "small", batches)
+        assert [r["rows"] for r in replies] == [50] * 400 and {r["state"] for r in replies} == {"logged"}
+        seqs = [r["seq"] for r in replies]
+        assert seqs == sorted(seqs)  # several batches may share a seq: a packed message
+        assert action(c, "flush")["durable_through"] == seqs[-1]
+        acks = action(c, "ack", {"seqs": sorted(set(seqs)), "wait_ms": 0})["acks"]
+        assert {a["state"] for a in acks} == {"durable"}
+        assert action(c, "status")["received_batches"] == 400
+    got = read_dataset(data_root, "small", sort_by="i").column("i").to_pylist()
+    assert got == list(range(20_000))
+
+
 def cluster_config(
     tmp_path: Path, root: Path, nats: natsd.Nats, stream: str, extra: str = "", streams: int = 1
 ) -> Path:
@@ -263,13 +321,18 @@ def serve(role: str, config: Path) -> list[str]:
 
 class Producer:
     """Sends numbered 1,000-row batches with ids (``b<k>``), ten per stream, re-sending a stream whose call
-    failed (the ingest process died, NATS was away): what it was told is safe is in ``acked``."""
+    failed (the ingest process died, NATS was away): what it was told is safe is in ``acked``. Without
+    ``ids`` it writes a stream's batches before reading its replies, so they are packed (NATS)."""
 
-    def __init__(self, location: Callable[[], str], per_stream: int = 10, dataset: str = "kills") -> None:
+    def __init__(
+        self, location: Callable[[], str], per_stream: int = 10, dataset: str = "kills", ids: bool = True
+    ) -> None:
         self.location = location
         self.per_stream = per_stream
         self.dataset = dataset
+        self.ids = ids
         self.acked: set[int] = set()
+        self.top = 0  # the highest seq answered
         self.stop = threading.Event()
         self.streaming = threading.Event()  # set while a stream is open
         self.errors = 0
@@ -284,7 +347,12 @@ class Producer:
                 with flight.connect(self.location()) as c:
                     self.streaming.set()
                     batches = [ints(1000, j * 1000) for j in ks]
-                    replies = put(c, self.dataset, batches, ids=[f"{self.dataset}-{j}" for j in ks])
+                    if self.ids:
+                        replies = put(c, self.dataset, batches, ids=[f"{self.dataset}-{j}" for j in ks])
+                    else:  # a reply per batch, in order
+                        replies = put_pipelined(c, self.dataset, batches)
+                        for j, r in zip(ks, replies, strict=True):
+                            r["id"] = f"{self.dataset}-{j}"
             except (flight.FlightError, OSError, AttributeError):  # AttributeError: the stream ended, no reply
                 self.errors += 1
                 time.sleep(0.1)  # the process is being restarted; try the same batches again
@@ -292,6 +360,7 @@ class Producer:
             finally:
                 self.streaming.clear()
             self.acked.update(int(r["id"].rsplit("-", 1)[1]) for r in replies)
+            self.top = max(self.top, *(r["seq"] for r in replies))
             k += 10
 
     def finish(self) -> set[int]:
@@ -317,15 +386,18 @@ def kill_writers(config: Path, writers: list, server_process: Callable) -> None:
         writers[victim] = server_process(config, cmd=serve("write", config), ready="writing (role = write)")
 
 
-def test_killed_write_processes_lose_nothing_and_store_nothing_twice(tmp_path, data_root, nats_server, server_process):
+@pytest.mark.parametrize("ids", [True, False], ids=["ids", "packed"])
+def test_killed_write_processes_lose_nothing_and_store_nothing_twice(
+    tmp_path, data_root, nats_server, server_process, ids
+):
     config = cluster_config(tmp_path, data_root, nats_server, nats_server.new_stream())
     ingest = server_process(config, cmd=serve("ingest", config))
     writers = [server_process(config, cmd=serve("write", config), ready="writing (role = write)") for _ in "ab"]
-    producer = Producer(lambda: ingest.location)
+    producer = Producer(lambda: ingest.location, ids=ids)
     kill_writers(config, writers, server_process)
     acked = producer.finish()
     with flight.connect(ingest.location) as c:
-        assert action(c, "flush")["durable_through"] >= len(acked)
+        assert action(c, "flush")["durable_through"] >= producer.top
     assert len(acked) >= 100
     exactly_once(data_root, acked)
 
@@ -548,7 +620,8 @@ def in_shards(n: int, count: int) -> list[str]:
 def test_sharded_streams_store_every_batch_once_and_every_ingest_process_answers(data_root, nats_server):
     """queue.streams = 3: datasets spread over three streams; seqs are unique across them (a shard's
     sequence s is s * 3 + shard); every ingest process answers ack, flush and status for every seq; a
-    dataset's batches stay in order in one stream."""
+    dataset's batches stay in order in one stream. Half the datasets are sent without waiting for
+    replies, so their batches may be packed (several share a seq)."""
     datasets = in_shards(3, 6)
     with (
         roles(data_root, nats_server, "write", "write", "ingest", "ingest", streams=3) as (*_, first, second),
@@ -558,10 +631,13 @@ def test_sharded_streams_store_every_batch_once_and_every_ingest_process_answers
         seqs: dict[str, list[int]] = {}
         for n, name in enumerate(datasets):
             client = a if n % 2 else b
-            replies = put(client, name, [ints(100, (n * 10 + j) * 100) for j in range(10)])
+            batches = [ints(100, (n * 10 + j) * 100) for j in range(10)]
+            replies = put(client, name, batches) if n < 3 else put_pipelined(client, name, batches)
+            assert [r["rows"] for r in replies] == [100] * 10
             seqs[name] = [r["seq"] for r in replies]
-        every = [s for v in seqs.values() for s in v]
-        assert len(set(every)) == 60
+        every = sorted({s for v in seqs.values() for s in v})
+        assert len(every) == sum(len(set(v)) for v in seqs.values())  # no seq in two datasets
+        assert all(len(set(seqs[name])) == 10 for name in datasets[:3])
         assert {s % 3 for s in every} == {0, 1, 2}  # all three streams
         for v in seqs.values():
             assert v == sorted(v) and len({s % 3 for s in v}) == 1  # a dataset: one stream, in order

@@ -145,6 +145,39 @@ def test_put_many_takes_all_pieces_or_none(new_queue):
     assert [a.seq for a in accepted] == [2] and again[0].duplicate and again[0].seq == 2
 
 
+def take_rows(q: Queue, rows: int) -> list:
+    """Entries until they hold ``rows`` rows (a packed record is one entry of several batches)."""
+    got: list = []
+    while sum(e.batch.num_rows for e in got) < rows:
+        got += q.take(100, 30)
+    return got
+
+
+def test_packed_puts_are_kept_in_order_and_each_receipt_names_the_record_holding_it(new_queue):
+    q = new_queue()
+    batches = [pa.record_batch({"i": pa.array(range(k * 100, k * 100 + 100), pa.int64())}) for k in range(20)]
+    receipts = [q.put_packed("ds", b"k", b, 5) for b in batches]
+    seqs = [r.result(60).seq for r in receipts]
+    got = take_rows(q, 2000)
+    assert [e.seq for e in got] == sorted(set(seqs)) and q.last_seq == max(seqs)
+    assert pa.Table.from_batches([e.batch for e in got]).equals(pa.Table.from_batches(batches))
+    assert seqs == sorted(seqs) and not any(r.result().duplicate for r in receipts)
+    if not q.packs:  # a record per batch
+        assert seqs == list(range(1, 21))
+    q.confirm(got, None)
+    assert q.position.durable_through == max(seqs)
+
+
+def test_a_packed_put_on_a_full_or_closed_queue_says_so(new_queue):
+    q = new_queue(room=1)
+    q.put("ds", b"k", BATCH, 1)
+    with pytest.raises(QueueFull, match=r"queue full: .*waited 0\.05 s"):
+        q.put_packed("ds", b"k", BATCH, 0.05).result(60)  # at once, or in the receipt (NATS)
+    q.refuse_puts()
+    with pytest.raises(QueueClosed):
+        q.put_packed("ds", b"k", BATCH, 1).result(60)
+
+
 def test_a_put_is_as_safe_as_ack_state_once_logged(new_queue):
     q = new_queue()
     seq, _ = q.put("ds", b"k", BATCH, 1, wait=False)

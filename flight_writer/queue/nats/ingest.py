@@ -4,12 +4,24 @@ A put is one message on ``<stream>.data``, published with a ``Nats-Msg-Id`` (the
 one this process makes, so a retried publish is stored once) and acknowledged by JetStream before it
 returns: its seq is the stream's sequence. A full stream (``discard = new``) refuses: the put retries with
 backoff until ``put_timeout``, then QueueFull.
+
+Packed puts (``put_packed``: batches without an id, from streams that answer each batch when it is kept)
+do not wait. Each dataset and schema has a *pack*: the batches put while the previous message of that
+dataset and schema is being published go into the next message together, up to ``PACK_BYTES``, and share
+its seq; each batch's receipt (a future) is resolved when JetStream acknowledged the message. So a put
+costs a message only when NATS keeps up, and small batches share the per-message cost (a publish, a
+PubAck, a delivery, an acknowledgment, in three processes) when it does not. One message of a dataset and
+schema is in flight at a time: a stream's batches keep their order in the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -19,12 +31,26 @@ from nats.js import api
 from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError
 from flight_writer.queue.counting import Counts
-from flight_writer.queue.ipc import encode_ipc, write_options
+from flight_writer.queue.ipc import encode_ipc, encode_ipc_many, write_options
 from flight_writer.queue.nats.link import Link
 from flight_writer.queue.nats.records import Records, Shared
 
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
 STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
+PACK_BYTES = 1 << 20  # Arrow bytes a packed message holds at most (a larger batch goes alone)
+PACKS_WAITING = 16 << 20  # Arrow bytes of packed puts not yet acknowledged by NATS: beyond, puts wait
+
+
+@dataclass(eq=False)
+class _Pack:
+    """Batches of one dataset and schema for one message, and their receipts."""
+
+    dataset: str
+    timeout: float  # its first put's
+    deadline: float  # then QueueFull
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    receipts: list[Future[Accepted]] = field(default_factory=list)
+    nbytes: int = 0
 
 
 class Publisher:
@@ -55,6 +81,9 @@ class Publisher:
         self._state: tuple[float, api.StreamState] = (time.monotonic(), state)  # (when asked, the answer)
         self._refusing = False
         self._received = Counts()  # by this process (under shared.lock)
+        self._packing = threading.Condition()  # guards the packs below
+        self._packs: dict[tuple[str, bytes], deque[_Pack]] = {}  # not yet sent, by (dataset, schema key)
+        self._waiting = 0  # Arrow bytes of packed puts not yet acknowledged
 
     def put(
         self,
@@ -104,8 +133,94 @@ class Publisher:
         ids, sending the batch again stores only the missing ones)."""
         return [self.put(dataset, schema_key, b, timeout, c) for b, c in zip(batches, client_ids, strict=True)]
 
-    async def _publish(self, payload: memoryview, headers: dict[str, str], timeout: float) -> api.PubAck:
+    def put_packed(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> Future[Accepted]:
+        if self._role == "write":
+            raise RuntimeError("a write process takes no batches (role = write)")
+        nbytes = batch.get_total_buffer_size()
         deadline = time.monotonic() + timeout
+        key = (dataset, schema_key)
+        receipt: Future[Accepted] = Future()
+        with self._packing:
+            while self._waiting > PACKS_WAITING and not self._refusing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise QueueFull(
+                        f"queue full: {self._waiting} bytes of batches wait for NATS to take them; waited {timeout:g} s"
+                    )
+                self._packing.wait(left)
+            if self._refusing:
+                raise QueueClosed("queue is closed")
+            packs = self._packs.get(key)
+            start = packs is None  # no message of this dataset and schema in flight: send it now
+            if packs is None:
+                packs = self._packs[key] = deque()
+            if not packs or packs[-1].nbytes + nbytes > PACK_BYTES:
+                packs.append(_Pack(dataset, timeout, deadline))
+            pack = packs[-1]
+            pack.batches.append(batch)
+            pack.receipts.append(receipt)
+            pack.nbytes += nbytes
+            self._waiting += nbytes
+        if start:
+            self._link.spawn(self._send_packs(key))
+        return receipt
+
+    async def _send_packs(self, key: tuple[str, bytes]) -> None:
+        """On the loop: publish the packs of ``key`` one after the other until none is left."""
+        while True:
+            with self._packing:
+                packs = self._packs[key]
+                if not packs:
+                    del self._packs[key]
+                    return
+                pack = packs.popleft()
+            try:
+                seq = await self._send(pack)
+            except asyncio.CancelledError:  # the connection is closing: this pack and the ones after it fail
+                with self._packing:
+                    failed = [pack, *self._packs.pop(key, ())]
+                for p in failed:
+                    self._settle(p, QueueClosed("queue is closed: the batch was not kept; send it again"))
+                raise
+            except Exception as exc:  # QueueFull, QueueClosed, QueueWriteError: said in the stream's reply
+                self._settle(pack, exc)
+            else:
+                self._settle(pack, seq)
+
+    async def _send(self, pack: _Pack) -> int:
+        payload = memoryview(encode_ipc_many(pack.batches, self._ipc))
+        if len(payload) > self.max_bytes:
+            raise QueueWriteError(
+                f"a batch of {len(payload)} bytes as Arrow IPC is larger than the stream's max_bytes "
+                f"({self.max_bytes}, queue.max_bytes when it was made): it can never fit"
+            )
+        with self._shared.lock:
+            self._ids += 1
+            msg_id = f"{self._name}-{self._ids}"
+        headers = {"fw-dataset": pack.dataset, "fw-at": repr(time.time()), "Nats-Msg-Id": msg_id}
+        ack = await self._publish(payload, headers, pack.timeout, pack.deadline)
+        with self._shared.lock:
+            self._shared.last_seq = max(self._shared.last_seq, ack.seq)
+            if not ack.duplicate:  # a duplicate: an earlier try of this very message was kept
+                for batch in pack.batches:
+                    self._received.add(pack.dataset, batch.num_rows, batch.get_total_buffer_size())
+        return ack.seq
+
+    def _settle(self, pack: _Pack, outcome: int | Exception) -> None:
+        with self._packing:
+            self._waiting -= pack.nbytes
+            self._packing.notify_all()
+        for receipt in pack.receipts:
+            if isinstance(outcome, Exception):
+                receipt.set_exception(outcome)
+            else:
+                receipt.set_result(Accepted(outcome, False))
+
+    async def _publish(
+        self, payload: memoryview, headers: dict[str, str], timeout: float, deadline: float | None = None
+    ) -> api.PubAck:
+        """Publish until JetStream acknowledges, retrying until ``deadline`` (``timeout`` s from now)."""
+        deadline = time.monotonic() + timeout if deadline is None else deadline
         delay = 0.01
         while True:
             remaining = deadline - time.monotonic()
@@ -168,6 +283,16 @@ class Publisher:
 
     def refuse_puts(self) -> None:
         self._refusing = True
+        with self._packing:
+            self._packing.notify_all()
+
+    def fail_packs(self) -> None:
+        """The connection is closed: packs never sent fail (their streams say so; the batches were not kept)."""
+        with self._packing:
+            packs = [p for waiting in self._packs.values() for p in waiting]
+            self._packs.clear()
+        for pack in packs:
+            self._settle(pack, QueueClosed("queue is closed: the batch was not kept; send it again"))
 
     @property
     def last_seq(self) -> int:

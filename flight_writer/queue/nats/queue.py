@@ -31,6 +31,7 @@ across processes.
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import Future
 from typing import Any
 
 import pyarrow as pa
@@ -57,6 +58,7 @@ class NatsQueue(Queue, SharedFeed):
     type = "nats"
     ack_state = "logged"
     shared = True
+    packs = True
 
     def __init__(self, settings: QueueSettings, role: str = "all", history: int = 100_000) -> None:
         if role not in ROLES:
@@ -108,6 +110,11 @@ class NatsQueue(Queue, SharedFeed):
         wait: bool = True,
     ) -> Accepted:
         return self._publisher.put(dataset, schema_key, batch, timeout, client_id, wait=wait)
+
+    def put_packed(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> Future[Accepted]:
+        """Batches put while a message of their dataset and schema is in flight share the next one (and its
+        seq): see ingest.py."""
+        return self._publisher.put_packed(dataset, schema_key, batch, timeout)
 
     def put_many(
         self,
@@ -189,3 +196,4 @@ class NatsQueue(Queue, SharedFeed):
         self.wake()
         self.position.close()
         self._link.close()
+        self._publisher.fail_packs()

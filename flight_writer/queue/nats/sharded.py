@@ -27,6 +27,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import Any
 
 import pyarrow as pa
@@ -138,6 +139,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
     """N NatsQueues (one per stream) as one queue: see the module docstring."""
 
     type = "nats"
+    packs = True
     ack_state = "logged"
     shared = True
 
@@ -206,6 +208,21 @@ class ShardedNatsQueue(Queue, SharedFeed):
         k = self._shard_of(dataset)
         seq, duplicate = self._queues[k].put(dataset, schema_key, batch, timeout, client_id, wait=wait)
         return Accepted(self._global(k, seq), duplicate)
+
+    def put_packed(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> Future[Accepted]:
+        k = self._shard_of(dataset)
+        local = self._queues[k].put_packed(dataset, schema_key, batch, timeout)
+        receipt: Future[Accepted] = Future()
+
+        def done(f: Future[Accepted]) -> None:
+            if (exc := f.exception()) is not None:
+                receipt.set_exception(exc)
+            else:
+                seq, duplicate = f.result()
+                receipt.set_result(Accepted(self._global(k, seq), duplicate))
+
+        local.add_done_callback(done)
+        return receipt
 
     def put_many(
         self,
