@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from typing import Any, NoReturn
 
 import pyarrow as pa
@@ -152,6 +153,7 @@ class _Stream:
         "_max_batch",
         "_max_message",
         "_max_metadata",
+        "_packed",
         "_packs",
         "_position",
         "_put",
@@ -190,6 +192,7 @@ class _Stream:
         self._put, self._put_many, self._settle = queue.put, queue.put_many, queue.settle
         # batches without an id may share a queue record when their replies can wait for it (NATS)
         self._packs, self._put_packed = queue.packs and writer is not None and not keep_seqs, queue.put_packed
+        self._packed: tuple[bytes, Future[Accepted]] | None = None  # the last packed put: (schema key, receipt)
         self._timeout, self._position = ingestor.put_timeout, ingestor._position
         self._reply = writer.write if writer is not None else None
         self._state = queue.ack_state.encode()
@@ -263,8 +266,15 @@ class _Stream:
         """Into the queue: ``(seq, duplicate, the pieces' seqs or None)``; a packed batch's seq is a future
         (its reply waits for it)."""
         try:
-            if pieces is None and client_id is None and self._packs:
+            packed = pieces is None and client_id is None and self._packs
+            if self._packed is not None and (not packed or self._packed[0] != self._schema_key):
+                # a put that does not follow in the same packs (an id, pieces, another schema) waits for the
+                # last packed one to be kept: the stream's seqs never go down
+                wait_futures([self._packed[1]])
+                self._packed = None
+            if packed:
                 receipt = self._put_packed(self._dataset, self._schema_key, batch, self._timeout)
+                self._packed = (self._schema_key, receipt)
                 self.rows += batch.num_rows
                 return receipt, False, None
             if pieces is None or len(pieces) == 1:

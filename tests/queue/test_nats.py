@@ -265,11 +265,17 @@ def test_batches_put_while_a_message_is_in_flight_share_the_next_one(nats_server
         q.close()
 
 
-def put_pipelined(client: flight.FlightClient, dataset: str, batches: list[pa.RecordBatch]) -> list[dict]:
-    """One stream whose batches are all written before any reply is read (as a producer that does not wait)."""
+def put_pipelined(
+    client: flight.FlightClient, dataset: str, batches: list[pa.RecordBatch], ids: dict[int, str] | None = None
+) -> list[dict]:
+    """One stream whose batches are all written before any reply is read (as a producer that does not wait);
+    ``ids``: the batches (by index) sent with an id."""
     writer, reader = client.do_put(flight.FlightDescriptor.for_path(dataset), batches[0].schema)
-    for batch in batches:
-        writer.write_batch(batch)
+    for k, batch in enumerate(batches):
+        if ids and k in ids:
+            writer.write_with_metadata(batch, pa.py_buffer(json.dumps({"id": ids[k]}).encode()))
+        else:
+            writer.write_batch(batch)
     writer.done_writing()
     replies = []
     while (buf := reader.read()) is not None:
@@ -285,12 +291,16 @@ def test_small_batches_without_ids_get_a_reply_each_in_order_and_are_stored_once
         assert [r["rows"] for r in replies] == [50] * 400 and {r["state"] for r in replies} == {"logged"}
         seqs = [r["seq"] for r in replies]
         assert seqs == sorted(seqs)  # several batches may share a seq: a packed message
+        mixed = put_pipelined(c, "small", [ints(50, 20_000 + k * 50) for k in range(40)], {10: "m-10", 30: "m-30"})
+        assert [r.get("id") for r in mixed if "id" in r] == ["m-10", "m-30"]
+        seqs += [r["seq"] for r in mixed]
+        assert seqs == sorted(seqs)  # a batch with an id waits for the packed ones before it
         assert action(c, "flush")["durable_through"] == seqs[-1]
         acks = action(c, "ack", {"seqs": sorted(set(seqs)), "wait_ms": 0})["acks"]
         assert {a["state"] for a in acks} == {"durable"}
-        assert action(c, "status")["received_batches"] == 400
+        assert action(c, "status")["received_batches"] == 440
     got = read_dataset(data_root, "small", sort_by="i").column("i").to_pylist()
-    assert got == list(range(20_000))
+    assert got == list(range(22_000))
 
 
 def cluster_config(
