@@ -267,13 +267,17 @@ class _Stream:
         (its reply waits for it)."""
         try:
             packed = pieces is None and client_id is None and self._packs
-            if self._packed is not None and (not packed or self._packed[0] != self._schema_key):
+            last = self._packed
+            if last is not None and (not packed or last[0] != self._schema_key):
                 # a put that does not follow in the same packs (an id, pieces, another schema) waits for the
                 # last packed one to be kept: the stream's seqs never go down
-                wait_futures([self._packed[1]])
-                self._packed = None
+                wait_futures([last[1]])
+                if (failed := last[1].exception()) is not None:
+                    raise failed
+                last = self._packed = None
             if packed:
-                receipt = self._put_packed(self._dataset, self._schema_key, batch, self._timeout)
+                after = None if last is None else last[1]
+                receipt = self._put_packed(self._dataset, self._schema_key, batch, self._timeout, after)
                 self._packed = (self._schema_key, receipt)
                 self.rows += batch.num_rows
                 return receipt, False, None

@@ -128,11 +128,20 @@ class Ingest(abc.ABC):
     #: costs a publish and an acknowledgment; the others keep a record per batch and answer at once
     packs: bool = False
 
-    def put_packed(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> Future[Accepted]:
+    def put_packed(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batch: pa.RecordBatch,
+        timeout: float,
+        after: Future[Accepted] | None = None,
+    ) -> Future[Accepted]:
         """Put a batch without an id that may share its record, and so its seq, with other batches of the
         same dataset and schema put meanwhile; the receipt comes once the record is kept (as safe as
-        ``ack_state`` says), or the future holds QueueFull, QueueClosed or QueueWriteError. Queues that do
-        not pack put it alone (``put(wait=False)``)."""
+        ``ack_state`` says), or the future holds QueueFull, QueueClosed or QueueWriteError. ``after``: the
+        receipt of the stream's previous packed batch; if it failed, this put raises its error (and a batch
+        put before the failure was known fails with it), so a stream never has a batch kept after one that
+        was not. Queues that do not pack put it alone (``put(wait=False)``) and may raise at once."""
         done: Future[Accepted] = Future()
         done.set_result(self.put(dataset, schema_key, batch, timeout, None, wait=False))
         return done

@@ -22,7 +22,7 @@ import pytest
 
 from flight_writer import Service
 from flight_writer.config import QueueSettings
-from flight_writer.queue import Plan, QueueLost
+from flight_writer.queue import Plan, QueueFull, QueueLost
 from flight_writer.queue.nats.queue import NatsQueue
 
 import natsd
@@ -248,6 +248,7 @@ def test_batches_put_while_a_message_is_in_flight_share_the_next_one(nats_server
         os.kill(nats.pid, signal.SIGSTOP)
         try:
             receipts = [q.put_packed("packed", b"k", b, 60) for b in batches]
+            put_by = time.time()
         finally:
             os.kill(nats.pid, signal.SIGCONT)
         seqs = [r.result(60).seq for r in receipts]
@@ -256,11 +257,77 @@ def test_batches_put_while_a_message_is_in_flight_share_the_next_one(nats_server
         while sum(e.batch.num_rows for e in got) < 5000:
             got += q.take(100, 30)
         assert [e.seq for e in got] == sorted(set(seqs)) and all(e.client_id is None for e in got)
+        # the time received is the first batch's, not when the message could go (after NATS came back)
+        assert all(e.received_at <= put_by for e in got)
         assert pa.Table.from_batches([e.batch for e in got]).equals(pa.Table.from_batches(batches))
         assert q.stats()["received_batches"] == 50
         q.plan(Plan("packed/a.parquet", "parquet", tuple(e.seq for e in got)), got)
         q.confirm(got, "packed/a.parquet")
         assert q.position.durable_through == seqs[-1] and q.stats()["pending_batches"] == 0
+    finally:
+        q.close()
+
+
+def paused(nats: natsd.Nats) -> contextlib.AbstractContextManager:
+    """NATS stopped (SIGSTOP) for the block: publishes wait, nothing is lost."""
+
+    @contextlib.contextmanager
+    def pause() -> Iterator[None]:
+        pid = nats.servers[0].proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    return pause()
+
+
+def take_rows(q: NatsQueue, rows: int) -> list:
+    got: list = []
+    while sum(e.batch.num_rows for e in got) < rows:
+        got += q.take(100, 30)
+    return got
+
+
+def test_packs_stay_under_the_message_limit_counted_in_ipc_bytes(nats_server):
+    """800-byte incompressible batches: their IPC messages are ~1.3 x their Arrow bytes, so a pack counted
+    in Arrow bytes would pass NATS's max_payload (1 MiB here); every batch is kept and taken once."""
+    q = NatsQueue(queue_settings(nats_server, ack_wait=5.0, compression="none"))
+    batches = [
+        pa.record_batch({"k": pa.array([k] * 10), "b": pa.array([os.urandom(72) for _ in range(10)])})
+        for k in range(2000)
+    ]
+    try:
+        with paused(nats_server):
+            receipts = [q.put_packed("limits", b"k", b, 60) for b in batches]
+        seqs = [r.result(60).seq for r in receipts]
+        assert seqs == sorted(seqs) and len(set(seqs)) < 100  # packed
+        got = take_rows(q, 20_000)
+        assert pa.Table.from_batches([e.batch for e in got]).equals(pa.Table.from_batches(batches))
+        assert max(e.nbytes for e in got) <= q.max_message_bytes
+    finally:
+        q.close()
+
+
+def test_a_failed_pack_fails_the_stream_batches_behind_it_and_none_after_it_is_kept(nats_server):
+    """The first message's publish cannot finish (NATS paused) and its put gives up (QueueFull): the batch
+    packed behind it fails with it, unsent, and a put after it (knowing its predecessor) raises at once."""
+    q = NatsQueue(queue_settings(nats_server, ack_wait=5.0))
+    try:
+        with paused(nats_server):
+            first = q.put_packed("failing", b"k", ints(10), 0.3)
+            behind = q.put_packed("failing", b"k", ints(10, 10), 60, after=first)
+            with pytest.raises(QueueFull):
+                behind.result(60)
+            with pytest.raises(QueueFull):
+                q.put_packed("failing", b"k", ints(10, 20), 60, after=behind)
+            assert isinstance(first.exception(), QueueFull)
+        fresh = q.put_packed("failing", b"k", ints(10, 30), 60).result(60)
+        got = take_rows(q, 10)
+        values = pa.Table.from_batches([e.batch for e in got]).column("i").to_pylist()
+        assert fresh.seq == max(e.seq for e in got)
+        assert not set(values) & set(range(10, 30))  # behind and after: never published
     finally:
         q.close()
 
@@ -282,6 +349,26 @@ def put_pipelined(
         replies.append(json.loads(buf.to_pybytes()))
     writer.close()
     return replies
+
+
+def test_batches_with_dictionaries_are_never_packed(nats_server):
+    """int8-indexed dictionaries, each batch its own 100 values: joined they would need more than 127, so a
+    packed message could not be read back as one batch. Such batches go alone, each with its seq."""
+    q = NatsQueue(queue_settings(nats_server, ack_wait=5.0))
+    batches = [
+        pa.record_batch(
+            {"d": pa.DictionaryArray.from_arrays(pa.array(range(100), pa.int8()), [f"v{k}-{j}" for j in range(100)])}
+        )
+        for k in range(5)
+    ]
+    try:
+        receipts = [q.put_packed("dicts", b"k", b, 60) for b in batches]
+        assert [r.result(60).seq for r in receipts] == [1, 2, 3, 4, 5]
+        got = take_rows(q, 500)
+        assert [e.seq for e in got] == [1, 2, 3, 4, 5]
+        assert all(e.batch.equals(b) for e, b in zip(got, batches, strict=True))
+    finally:
+        q.close()
 
 
 def test_small_batches_without_ids_get_a_reply_each_in_order_and_are_stored_once(data_root, nats_server):

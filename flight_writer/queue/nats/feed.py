@@ -136,6 +136,8 @@ class WriteFeed:
                 entry = _entry(seq, msg.data, msg.headers or {}, msg)
             except (pa.ArrowException, ValueError) as exc:  # no writer can read it: set aside, said loudly
                 logger.error("NATS message {} is not an Arrow batch ({}); terminated, not stored", seq, exc)
+                # recorded failed first: ack says failed, not durable
+                self._records.record_failed([seq], f"the NATS message is not an Arrow batch: {exc}")
                 self._let_go([seq], "term")
                 continue
             if plan is None:

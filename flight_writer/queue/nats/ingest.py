@@ -37,8 +37,11 @@ from flight_writer.queue.nats.records import Records, Shared
 
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
 STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
-PACK_BYTES = 1 << 20  # Arrow bytes a packed message holds at most (a larger batch goes alone)
-PACKS_WAITING = 16 << 20  # Arrow bytes of packed puts not yet acknowledged by NATS: beyond, puts wait
+PACK_BYTES = 1 << 20  # IPC bytes a packed message holds at most (a larger batch goes alone)
+PACKS_WAITING = 16 << 20  # IPC bytes of packed puts not yet acknowledged by NATS: beyond, puts wait
+
+
+NOT_KEPT = "queue is closed: the batch was not kept; send it again"
 
 
 @dataclass(eq=False)
@@ -48,9 +51,17 @@ class _Pack:
     dataset: str
     timeout: float  # its first put's
     deadline: float  # then QueueFull
+    received_at: float  # its first batch's: the message's time received (its date and hour partition)
     batches: list[pa.RecordBatch] = field(default_factory=list)
     receipts: list[Future[Accepted]] = field(default_factory=list)
-    nbytes: int = 0
+    nbytes: int = 0  # the batches' IPC message bytes
+
+
+def _has_dictionary(schema: pa.Schema) -> bool:
+    def walk(t: pa.DataType) -> bool:
+        return pa.types.is_dictionary(t) or any(walk(t.field(i).type) for i in range(t.num_fields))
+
+    return any(walk(f.type) for f in schema)
 
 
 class Publisher:
@@ -133,10 +144,25 @@ class Publisher:
         ids, sending the batch again stores only the missing ones)."""
         return [self.put(dataset, schema_key, b, timeout, c) for b, c in zip(batches, client_ids, strict=True)]
 
-    def put_packed(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> Future[Accepted]:
+    def put_packed(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batch: pa.RecordBatch,
+        timeout: float,
+        after: Future[Accepted] | None = None,
+    ) -> Future[Accepted]:
         if self._role == "write":
             raise RuntimeError("a write process takes no batches (role = write)")
-        nbytes = batch.get_total_buffer_size()
+        # its IPC message's size (0.7 us, no copy): what it adds to a message, schema and compression aside
+        size = pa.ipc.get_record_batch_size(batch)
+        limit = min(PACK_BYTES, self.max_message_bytes, self.max_bytes // 2)
+        if size > limit or _has_dictionary(batch.schema):
+            # alone: too large to share a message, or dictionaries that one batch could not hold joined
+            # (an int8-indexed column's dictionaries together may need more than 127 values)
+            pass_on: Future[Accepted] = Future()
+            pass_on.set_result(self.put(dataset, schema_key, batch, timeout, None, wait=False))
+            return pass_on
         deadline = time.monotonic() + timeout
         key = (dataset, schema_key)
         receipt: Future[Accepted] = Future()
@@ -150,23 +176,27 @@ class Publisher:
                 self._packing.wait(left)
             if self._refusing:
                 raise QueueClosed("queue is closed")
+            if after is not None and after.done() and (failed := after.exception()) is not None:
+                raise failed  # the stream's previous batch was not kept: none after it is (under the lock)
             packs = self._packs.get(key)
             start = packs is None  # no message of this dataset and schema in flight: send it now
             if packs is None:
                 packs = self._packs[key] = deque()
-            if not packs or packs[-1].nbytes + nbytes > PACK_BYTES:
-                packs.append(_Pack(dataset, timeout, deadline))
+            if not packs or packs[-1].nbytes + size > limit:
+                packs.append(_Pack(dataset, timeout, deadline, time.time()))
             pack = packs[-1]
             pack.batches.append(batch)
             pack.receipts.append(receipt)
-            pack.nbytes += nbytes
-            self._waiting += nbytes
+            pack.nbytes += size
+            self._waiting += size
         if start:
             self._link.spawn(self._send_packs(key))
         return receipt
 
     async def _send_packs(self, key: tuple[str, bytes]) -> None:
-        """On the loop: publish the packs of ``key`` one after the other until none is left."""
+        """On the loop: publish the packs of ``key`` one after the other until none is left. When one
+        fails, so do the ones waiting behind it (under the lock that puts take: a stream whose batch failed
+        puts no batch after it), so a stream's batches after a failed one are never kept unanswered."""
         while True:
             with self._packing:
                 packs = self._packs[key]
@@ -175,20 +205,34 @@ class Publisher:
                     return
                 pack = packs.popleft()
             try:
-                seq = await self._send(pack)
+                sent = await self._send(pack)
             except asyncio.CancelledError:  # the connection is closing: this pack and the ones after it fail
                 with self._packing:
-                    failed = [pack, *self._packs.pop(key, ())]
-                for p in failed:
-                    self._settle(p, QueueClosed("queue is closed: the batch was not kept; send it again"))
+                    self._fail([pack, *self._packs.pop(key, ())], QueueClosed(NOT_KEPT))
                 raise
-            except Exception as exc:  # QueueFull, QueueClosed, QueueWriteError: said in the stream's reply
-                self._settle(pack, exc)
+            except Exception as exc:  # QueueFull, QueueClosed, QueueWriteError: said in the streams' replies
+                with self._packing:
+                    behind = list(self._packs[key])
+                    self._packs[key].clear()
+                    self._fail([pack, *behind], exc)
             else:
-                self._settle(pack, seq)
+                with self._packing:
+                    self._waiting -= pack.nbytes
+                    self._packing.notify_all()
+                for receipt, seq in zip(pack.receipts, sent, strict=True):
+                    receipt.set_result(Accepted(seq, False))
 
-    async def _send(self, pack: _Pack) -> int:
+    async def _send(self, pack: _Pack) -> list[int]:
+        """Publish a pack as one message, or in halves when its IPC stream is over the message or stream
+        limit; the seq of each batch."""
         payload = memoryview(encode_ipc_many(pack.batches, self._ipc))
+        n = len(pack.batches)
+        if n > 1 and len(payload) > min(self.max_message_bytes, self.max_bytes):
+            first, second = (
+                _Pack(pack.dataset, pack.timeout, pack.deadline, pack.received_at, part)
+                for part in (pack.batches[: n // 2], pack.batches[n // 2 :])
+            )
+            return [*(await self._send(first)), *(await self._send(second))]
         if len(payload) > self.max_bytes:
             raise QueueWriteError(
                 f"a batch of {len(payload)} bytes as Arrow IPC is larger than the stream's max_bytes "
@@ -197,24 +241,22 @@ class Publisher:
         with self._shared.lock:
             self._ids += 1
             msg_id = f"{self._name}-{self._ids}"
-        headers = {"fw-dataset": pack.dataset, "fw-at": repr(time.time()), "Nats-Msg-Id": msg_id}
+        headers = {"fw-dataset": pack.dataset, "fw-at": repr(pack.received_at), "Nats-Msg-Id": msg_id}
         ack = await self._publish(payload, headers, pack.timeout, pack.deadline)
         with self._shared.lock:
             self._shared.last_seq = max(self._shared.last_seq, ack.seq)
             if not ack.duplicate:  # a duplicate: an earlier try of this very message was kept
                 for batch in pack.batches:
                     self._received.add(pack.dataset, batch.num_rows, batch.get_total_buffer_size())
-        return ack.seq
+        return [ack.seq] * n
 
-    def _settle(self, pack: _Pack, outcome: int | Exception) -> None:
-        with self._packing:
+    def _fail(self, packs: list[_Pack], exc: Exception) -> None:
+        """Under ``_packing``: these packs' receipts hold ``exc``; their bytes no longer wait."""
+        for pack in packs:
             self._waiting -= pack.nbytes
-            self._packing.notify_all()
-        for receipt in pack.receipts:
-            if isinstance(outcome, Exception):
-                receipt.set_exception(outcome)
-            else:
-                receipt.set_result(Accepted(outcome, False))
+            for receipt in pack.receipts:
+                receipt.set_exception(exc)
+        self._packing.notify_all()
 
     async def _publish(
         self, payload: memoryview, headers: dict[str, str], timeout: float, deadline: float | None = None
@@ -291,8 +333,7 @@ class Publisher:
         with self._packing:
             packs = [p for waiting in self._packs.values() for p in waiting]
             self._packs.clear()
-        for pack in packs:
-            self._settle(pack, QueueClosed("queue is closed: the batch was not kept; send it again"))
+            self._fail(packs, QueueClosed(NOT_KEPT))
 
     @property
     def last_seq(self) -> int:

@@ -111,10 +111,17 @@ class NatsQueue(Queue, SharedFeed):
     ) -> Accepted:
         return self._publisher.put(dataset, schema_key, batch, timeout, client_id, wait=wait)
 
-    def put_packed(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> Future[Accepted]:
+    def put_packed(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batch: pa.RecordBatch,
+        timeout: float,
+        after: Future[Accepted] | None = None,
+    ) -> Future[Accepted]:
         """Batches put while a message of their dataset and schema is in flight share the next one (and its
         seq): see ingest.py."""
-        return self._publisher.put_packed(dataset, schema_key, batch, timeout)
+        return self._publisher.put_packed(dataset, schema_key, batch, timeout, after)
 
     def put_many(
         self,

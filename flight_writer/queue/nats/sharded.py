@@ -209,9 +209,16 @@ class ShardedNatsQueue(Queue, SharedFeed):
         seq, duplicate = self._queues[k].put(dataset, schema_key, batch, timeout, client_id, wait=wait)
         return Accepted(self._global(k, seq), duplicate)
 
-    def put_packed(self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float) -> Future[Accepted]:
+    def put_packed(
+        self,
+        dataset: str,
+        schema_key: bytes,
+        batch: pa.RecordBatch,
+        timeout: float,
+        after: Future[Accepted] | None = None,
+    ) -> Future[Accepted]:
         k = self._shard_of(dataset)
-        local = self._queues[k].put_packed(dataset, schema_key, batch, timeout)
+        local = self._queues[k].put_packed(dataset, schema_key, batch, timeout, after)
         receipt: Future[Accepted] = Future()
 
         def done(f: Future[Accepted]) -> None:
