@@ -83,14 +83,15 @@ class Encoder:
         self._sink = None
         return size
 
-    def store(self, storage: Storage, path: str) -> None:
-        """Put the closed file at ``path``; may be called again after a failure."""
+    def store(self, storage: Storage, path: str, replace: bool = True) -> None:
+        """Put the closed file at ``path``; may be called again after a failure. With ``replace=False``
+        FileExistsError if an object is there already."""
         if self.tmp is not None:
-            storage.commit(self.tmp, path)
+            storage.commit(self.tmp, path, replace)
             return
         if self._bytes is None:  # once: OpenDAL takes bytes; retries reuse them
             self._bytes, self.data = self.data.to_pybytes(), None  # type: ignore[union-attr]
-        storage.write(path, self._bytes, PARQUET_TYPE)
+        storage.write(path, self._bytes, PARQUET_TYPE, replace)
 
     def discard(self) -> None:
         """Give the file up (its encoding failed): close what is open and remove the local file."""
@@ -126,11 +127,11 @@ class Joined:
             raise
         self.tmp = tmp
 
-    def store(self, storage: Storage, path: str) -> None:
+    def store(self, storage: Storage, path: str, replace: bool = True) -> None:
         if self.tmp is not None:
-            storage.commit(self.tmp, path)
+            storage.commit(self.tmp, path, replace)
         else:
-            storage.write(path, self._bytes, PARQUET_TYPE)
+            storage.write(path, self._bytes, PARQUET_TYPE, replace)
 
 
 def coalesced(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:

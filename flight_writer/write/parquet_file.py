@@ -24,6 +24,7 @@ already there, complete, is confirmed as it is, never written again: a lake tabl
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -189,8 +190,34 @@ class ParquetFile:
         if plan is None:
             plan = Plan(self.path, "parquet", seqs)
             ctx.retry(f"record the plan for {self.path}", lambda: ctx.queue.plan(plan, entries), (Exception,))
-        ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
+        if self._plan is None:
+            ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
+        elif not self._upload_new(store):
+            return  # another writer stored this plan meanwhile: found and confirmed as it is
         self._stored(seqs, size, file_footer, time.monotonic() - started, "wrote")
+
+    def _upload_new(self, store: Encoder | Joined) -> bool:
+        """A redone plan's upload, which never replaces an object: the writer that made the plan may still be
+        alive and store it at the same moment (its batches were given to this one when it was slow), and a
+        table may already name that object with its size. True: stored here (or on a storage without
+        conditional writes); False: found there and confirmed as it is."""
+        ctx = self._ctx
+
+        def upload() -> bool:
+            try:
+                store.store(ctx.storage, self.path, replace=False)
+            except FileExistsError:
+                return False
+            return True
+
+        if ctx.retry(f"upload {self.path}", upload, (Exception,)):
+            return True
+        if store.tmp is not None:
+            with contextlib.suppress(Exception):
+                ctx.storage.delete(store.tmp)
+        if self._confirm_found():
+            return False
+        raise RuntimeError(f"{self.path}: an object of other seqs holds the name of this plan")
 
     def _confirm_found(self) -> bool:
         """A redone plan (the process that made it died between upload and confirmation): if its object is

@@ -223,7 +223,8 @@ class Writer:
                 collected.append(e)
                 if len(collected) == len(e.planned.seqs):
                     file = ParquetFile(self._files, e.dataset, "", 0, routes.of(e).shape, e.planned)
-                    file.seal(self._replans.pop(e.planned.path))
+                    order = {seq: k for k, seq in enumerate(e.planned.seqs)}  # the first try's rows and seqs
+                    file.seal(sorted(self._replans.pop(e.planned.path), key=lambda x: order[x.seq]))
                     self._track(file)
                 continue
             if e.batch.num_rows == 0:  # acknowledged, nothing to store

@@ -290,3 +290,43 @@ def test_a_redone_plan_whose_object_is_there_confirms_it_as_it_is(one_file, tmp_
     file.done.result(30)
     assert pq.read_table(path).column("id").to_pylist() == list(range(300))
     assert third.position.durable_through == 3
+
+
+def test_a_redone_plan_never_replaces_an_object_stored_while_it_encoded(one_file, tmp_path):
+    """The writer that made the plan was slow, not dead: it stores the object after the redo looked for it
+    and found nothing. The redo's upload must not replace it (a table may already name it with its size):
+    it finds the object there and confirms it as it is."""
+    ctx, queue, _, _ = one_file
+    for i in range(3):
+        queue.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
+    entries = queue.take(10, 0)
+    shape = Shape.of(entries[0].batch.schema, EXACT)
+    first = ParquetFile(ctx, "ds", "date=2025-11-25/hour=16", entries[0].seq, shape)
+    first.add(entries[:1])
+    first.add(entries[1:2])
+    first.seal(entries[2:])
+    first.done.result(30)
+    [path] = tmp_path.rglob("*.parquet")
+    before = path.read_bytes()
+    path.unlink()
+
+    class SlowFirstWriter(Storage):
+        """The real local storage; the first writer's object lands right after the redo's look."""
+
+        def parquet_footer(self, p: str):
+            found = super().parquet_footer(p)
+            if not path.exists():
+                path.write_bytes(before)
+            return found
+
+    storage = SlowFirstWriter(ctx.storage.operator, ctx.storage.service, ctx.storage.root)
+    again = MemoryQueue(1 << 30)
+    for i in range(3):
+        again.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
+    followers = Followers(again, ctx.retry, lambda event: None)
+    redo_ctx = FileContext(again, storage, ctx.settings, ctx.executor, ctx.retry, followers)
+    file = ParquetFile(redo_ctx, "ds", "", 0, shape, Plan(first.path, "parquet", (1, 2, 3)))
+    file.seal(list(reversed(again.take(10, 0))))  # delivered out of order: stored in the plan's order
+    file.done.result(30)
+    assert path.read_bytes() == before and again.position.durable_through == 3
+    assert not list(tmp_path.rglob("*.partial"))  # the redo's own file removed
