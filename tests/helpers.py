@@ -158,6 +158,14 @@ def action(client: flight.FlightClient, name: str, body: Any = None) -> dict[str
     return json.loads(results[0].body.to_pybytes())
 
 
+def take_rows(queue: Any, rows: int) -> list:
+    """A queue's entries until they hold ``rows`` rows (a packed record is one entry of several batches)."""
+    got: list = []
+    while sum(e.batch.num_rows for e in got) < rows:
+        got += queue.take(100, 30)
+    return got
+
+
 def wait_for(predicate, what: str, timeout: float = 30.0):
     """Poll server state that no action can wait on (an error appearing), with a deadline."""
     deadline = time.monotonic() + timeout

@@ -37,6 +37,7 @@ from helpers import (
     read_dataset,
     send,
     settings_for,
+    take_rows,
     wait_for,
     write_config,
 )
@@ -281,13 +282,6 @@ def paused(nats: natsd.Nats) -> contextlib.AbstractContextManager:
             os.kill(pid, signal.SIGCONT)
 
     return pause()
-
-
-def take_rows(q: NatsQueue, rows: int) -> list:
-    got: list = []
-    while sum(e.batch.num_rows for e in got) < rows:
-        got += q.take(100, 30)
-    return got
 
 
 def test_packs_stay_under_the_message_limit_counted_in_ipc_bytes(nats_server):

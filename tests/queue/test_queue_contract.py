@@ -14,6 +14,7 @@ from flight_writer.config import QueueSettings
 from flight_writer.queue import MemoryQueue, Queue, QueueClosed, QueueFull, QueueWriteError, WalQueue
 
 import natsd
+from helpers import take_rows
 
 BATCH = pa.record_batch({"i": pa.array(range(100), pa.int64())})
 SIZE = BATCH.get_total_buffer_size()  # what a batch counts against max_bytes in memory and the WAL
@@ -143,14 +144,6 @@ def test_put_many_takes_all_pieces_or_none(new_queue):
     accepted = q.put_many("d", b"k", [BATCH], 0.05, ["a#1"])
     again = q.put_many("d", b"k", [BATCH], 0.05, ["a#1"])  # known: no room needed
     assert [a.seq for a in accepted] == [2] and again[0].duplicate and again[0].seq == 2
-
-
-def take_rows(q: Queue, rows: int) -> list:
-    """Entries until they hold ``rows`` rows (a packed record is one entry of several batches)."""
-    got: list = []
-    while sum(e.batch.num_rows for e in got) < rows:
-        got += q.take(100, 30)
-    return got
 
 
 def test_packed_puts_are_kept_in_order_and_each_receipt_names_the_record_holding_it(new_queue):

@@ -247,10 +247,9 @@ def test_small_batches_are_encoded_in_runs_with_every_row_in_order():
     assert coalesced(small[:1]) == small[:1]
 
 
-def test_a_redone_plan_whose_object_is_there_confirms_it_as_it_is(one_file, tmp_path):
-    """After a crash between upload and confirmation a plan is redone under the same name. A table may already
-    have committed the object with its size, and the redo encodes in one piece what was three row groups, so
-    another upload would change the bytes under the table: the object found complete is confirmed as is."""
+def stored_in_three_parts(one_file, tmp_path):
+    """Three batches stored as one object of three row groups (parts joined): the first try of a plan.
+    Returns the context, the shape, the file, the object's path and its bytes."""
     ctx, queue, _, _ = one_file
     for i in range(3):
         queue.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
@@ -262,7 +261,14 @@ def test_a_redone_plan_whose_object_is_there_confirms_it_as_it_is(one_file, tmp_
     first.seal(entries[2:])
     first.done.result(30)
     [path] = tmp_path.rglob("*.parquet")
-    before = path.read_bytes()
+    return ctx, shape, first, path, path.read_bytes()
+
+
+def test_a_redone_plan_whose_object_is_there_confirms_it_as_it_is(one_file, tmp_path):
+    """After a crash between upload and confirmation a plan is redone under the same name. A table may already
+    have committed the object with its size, and the redo encodes in one piece what was three row groups, so
+    another upload would change the bytes under the table: the object found complete is confirmed as is."""
+    ctx, shape, first, path, before = stored_in_three_parts(one_file, tmp_path)
 
     again = MemoryQueue(1 << 30)  # the queue after the crash: the same batches, the same seqs, their plan
     for i in range(3):
@@ -296,18 +302,7 @@ def test_a_redone_plan_never_replaces_an_object_stored_while_it_encoded(one_file
     """The writer that made the plan was slow, not dead: it stores the object after the redo looked for it
     and found nothing. The redo's upload must not replace it (a table may already name it with its size):
     it finds the object there and confirms it as it is."""
-    ctx, queue, _, _ = one_file
-    for i in range(3):
-        queue.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
-    entries = queue.take(10, 0)
-    shape = Shape.of(entries[0].batch.schema, EXACT)
-    first = ParquetFile(ctx, "ds", "date=2025-11-25/hour=16", entries[0].seq, shape)
-    first.add(entries[:1])
-    first.add(entries[1:2])
-    first.seal(entries[2:])
-    first.done.result(30)
-    [path] = tmp_path.rglob("*.parquet")
-    before = path.read_bytes()
+    ctx, shape, first, path, before = stored_in_three_parts(one_file, tmp_path)
     path.unlink()
 
     class SlowFirstWriter(Storage):
