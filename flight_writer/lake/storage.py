@@ -122,9 +122,9 @@ class Storage:
             # OpenDAL 0.47 copies anything but bytes element by element: 40 MB as a pyarrow Buffer took
             # 3.6 s, as bytes 0.03 s (plus 0.1 s for the copy into bytes). Measured in bench/ notes.
             data = data.to_pybytes() if isinstance(data, pa.Buffer) else bytes(data)
-        if not replace:
+        if not replace:  # one request, not multipart: objects stay under writer.max_file_bytes (128 MiB)
             try:
-                self.create(path, data)
+                self.create(path, data, content_type)
             except opendal.exceptions.Unsupported:  # a service without conditional writes: replaced, as before
                 self.write(path, data, content_type)
             return
@@ -182,7 +182,7 @@ class Storage:
     def read(self, path: str) -> bytes:
         return bytes(self.operator.read(path))
 
-    def create(self, path: str, data: bytes) -> None:
+    def create(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         """Store ``data`` at ``path`` only if nothing is there yet, all or nothing (a log entry: two writers
         racing for one name, one wins). FileExistsError if something is there. A local directory: a
         temporary file hard-linked into place (the link fails if the name is taken); elsewhere one
@@ -201,7 +201,7 @@ class Storage:
                     os.unlink(tmp_local)
             return
         try:
-            self.operator.write(path, data, if_not_exists=True)
+            self.operator.write(path, data, if_not_exists=True, content_type=content_type)
         except (opendal.exceptions.ConditionNotMatch, opendal.exceptions.Conflict):
             # 412: taken; 409 (S3): another conditional write of the name is in flight. Either way the caller
             # reads what is there and plans again (what it finds decides, not this answer)

@@ -190,17 +190,17 @@ class ParquetFile:
         if plan is None:
             plan = Plan(self.path, "parquet", seqs)
             ctx.retry(f"record the plan for {self.path}", lambda: ctx.queue.plan(plan, entries), (Exception,))
-        if self._plan is None:
-            ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
-        elif not self._upload_new(store):
+        if not self._upload(store):
             return  # another writer stored this plan meanwhile: found and confirmed as it is
         self._stored(seqs, size, file_footer, time.monotonic() - started, "wrote")
 
-    def _upload_new(self, store: Encoder | Joined) -> bool:
-        """A redone plan's upload, which never replaces an object: the writer that made the plan may still be
-        alive and store it at the same moment (its batches were given to this one when it was slow), and a
-        table may already name that object with its size. True: stored here (or on a storage without
-        conditional writes); False: found there and confirmed as it is."""
+    def _upload(self, store: Encoder | Joined) -> bool:
+        """Upload without replacing an object: a plan may be stored by two writers at once (the one that made
+        it was slow, its batches went to others, and several others may each redo it), and a table may name
+        the first object with its size already. True: stored here; False: this plan's object was there, and
+        is confirmed as it is. Something else under the name (a torn object) is replaced. On a storage
+        whose conditional writes are unsupported or ignored (the GCS emulator ignores them) the last
+        upload wins, as before."""
         ctx = self._ctx
 
         def upload() -> bool:
@@ -212,19 +212,21 @@ class ParquetFile:
 
         if ctx.retry(f"upload {self.path}", upload, (Exception,)):
             return True
-        if store.tmp is not None:
-            with contextlib.suppress(Exception):
-                ctx.storage.delete(store.tmp)
         if self._confirm_found():
+            if store.tmp is not None:
+                with contextlib.suppress(Exception):
+                    ctx.storage.delete(store.tmp)
             return False
-        raise RuntimeError(f"{self.path}: an object of other seqs holds the name of this plan")
+        logger.warning("{}: an object that is not this plan's holds its name; replacing it", self.path)
+        ctx.retry(f"upload {self.path}", lambda: store.store(ctx.storage, self.path), (Exception,))
+        return True
 
     def _confirm_found(self) -> bool:
-        """A redone plan (the process that made it died between upload and confirmation): if its object is
-        there, holding exactly the plan's seqs, confirm it as it is. Objects appear whole (a rename, or one
-        request), and a table may have committed this one with its size already: encoding the batches again
-        would give other bytes (one piece, not the row groups of the first try) under the table's record."""
-        assert self._plan is not None
+        """A redone plan (the process that made it died between upload and confirmation), or an upload that
+        found its name taken: if the object is there, holding exactly the plan's seqs, confirm it as it is.
+        Objects appear whole (a rename, a link, or one request), and a table may have committed this one with
+        its size already: encoding the batches again would give other bytes (one piece, not the row groups of
+        the first try) under the table's record."""
         found = self._ctx.retry(
             f"look for {self.path}", lambda: self._ctx.storage.parquet_footer(self.path), (Exception,)
         )

@@ -325,3 +325,31 @@ def test_a_redone_plan_never_replaces_an_object_stored_while_it_encoded(one_file
     file.done.result(30)
     assert path.read_bytes() == before and again.position.durable_through == 3
     assert not list(tmp_path.rglob("*.partial"))  # the redo's own file removed
+
+
+def test_an_upload_never_replaces_the_object_a_redo_of_its_plan_stored_first(one_file, tmp_path):
+    """The other order: the writer that made the plan was slow, another writer redid the plan and stored
+    the object first (a table may have named it with its size). The first writer's upload finds the name
+    taken by an object of its seqs and confirms it as it is."""
+    ctx, shape, _, path, redone = stored_in_three_parts(one_file, tmp_path)  # what the redo stored
+    path.unlink()
+
+    class RedoFirst(Storage):
+        def commit(self, tmp: str, target: str, replace: bool = True) -> None:
+            (tmp_path / target).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / target).write_bytes(redone)  # the redo's object lands just before this upload
+            super().commit(tmp, target, replace)
+
+    slow = MemoryQueue(1 << 30)
+    for i in range(3):
+        slow.put("ds", b"k", mixed(i * 100, 100).to_batches()[0], 1.0)
+    events: list[str] = []
+    followers = Followers(slow, ctx.retry, lambda event: None)
+    followers.listeners.append(lambda event: events.append(event.nbytes))
+    storage = RedoFirst(ctx.storage.operator, ctx.storage.service, ctx.storage.root)
+    file = ParquetFile(FileContext(slow, storage, ctx.settings, ctx.executor, ctx.retry, followers), "ds", "", 1, shape)
+    file.seal(slow.take(10, 0))  # one piece: other bytes than the redo's three row groups
+    file.done.result(30)
+    [stored] = tmp_path.rglob("*.parquet")
+    assert stored.read_bytes() == redone and events == [len(redone)] and slow.position.durable_through == 3
+    assert not list(tmp_path.rglob("*.partial"))
