@@ -122,7 +122,8 @@ class Storage:
             # OpenDAL 0.47 copies anything but bytes element by element: 40 MB as a pyarrow Buffer took
             # 3.6 s, as bytes 0.03 s (plus 0.1 s for the copy into bytes). Measured in bench/ notes.
             data = data.to_pybytes() if isinstance(data, pa.Buffer) else bytes(data)
-        if not replace:  # one request, not multipart: objects stay under writer.max_file_bytes (128 MiB)
+        multipart = self._multipart and len(data) > self._settings.multipart_threshold
+        if not replace and not multipart:  # a conditional write is one request (multipart ones replace)
             try:
                 self.create(path, data, content_type)
             except opendal.exceptions.Unsupported:  # a service without conditional writes: replaced, as before
@@ -130,7 +131,7 @@ class Storage:
             return
         if not self._can_rename:
             options: dict[str, Any] = {"content_type": content_type}
-            if self._multipart and len(data) > self._settings.multipart_threshold:
+            if multipart:
                 options.update(chunk=self._settings.upload_chunk_bytes, concurrent=self._settings.upload_concurrency)
             self.operator.write(path, data, **options)
             return
