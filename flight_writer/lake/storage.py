@@ -27,6 +27,7 @@ from typing import Any
 import opendal
 import pyarrow as pa
 import pyarrow.parquet as pq
+from loguru import logger
 from opendal.layers import TimeoutLayer
 
 from flight_writer.config import StorageSettings, without_password
@@ -44,6 +45,10 @@ PERMANENT_ERRORS = (
     opendal.exceptions.ConfigInvalid,
     opendal.exceptions.NotFound,
 )
+
+
+# errors of os.link where a filesystem has no hard links: then an upload renames (and may replace)
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
 
 
 class StorageError(Exception):
@@ -164,7 +169,17 @@ class Storage:
             return
         target = os.path.join(self.root, path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.link(os.path.join(self.root, tmp), target)
+        try:
+            os.link(os.path.join(self.root, tmp), target)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            # a filesystem without hard links (some FUSE and network mounts): renamed over, as before
+            logger.warning("{}: no hard links here ({}); the upload replaces what may be there", self.root, exc)
+            self.operator.rename(tmp, path)
+            return
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self.root, tmp))
 

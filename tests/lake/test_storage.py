@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import io
 import os
 import signal
@@ -231,3 +232,37 @@ def test_an_outage_mid_ingest_loses_nothing_and_duplicates_nothing(tmp_path, emu
         paths = svc.storage.list("outage/")
         rows = [v for p in paths for v in pq.read_table(io.BytesIO(svc.storage.read(p))).column("i").to_pylist()]
     assert sorted(rows) == list(range(len(sent) * 100))  # every row, exactly once
+
+
+def test_a_conditional_write_refuses_a_taken_name(backend):
+    """Uploads never replace an object (a plan stored twice keeps the first, which a table may name). moto's
+    S3, Azurite and a local disk refuse a taken name; the GCS emulator ignores the condition (the last
+    write wins there, as every upload did before), and so may the memory service."""
+    backend.write("cond/a.parquet", b"first", replace=False)
+    refused = True
+    try:
+        backend.write("cond/a.parquet", b"second", replace=False)
+    except FileExistsError:
+        pass
+    else:
+        refused = False
+    if backend.service in ("fs", "s3", "azblob"):
+        assert refused and backend.read("cond/a.parquet") == b"first"
+    else:
+        assert backend.read("cond/a.parquet") == (b"first" if refused else b"second")
+
+
+def test_an_upload_renames_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    """Some FUSE and network mounts have no hard links: the upload then renames, as before (the real thing
+    does not run here, so os.link is made to fail as it does there)."""
+    storage = Storage.from_settings(StorageSettings(type="fs", root=str(tmp_path)))
+    tmp, local = storage.local_tmp()
+    with open(local, "wb") as f:
+        f.write(b"object")
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    storage.commit(tmp, "ds/a.parquet", replace=False)
+    assert (tmp_path / "ds" / "a.parquet").read_bytes() == b"object" and not os.path.exists(local)
