@@ -232,7 +232,10 @@ def test_files_a_killed_process_never_committed_are_adopted_once(tmp_path: Path,
     with flight.connect(server.location) as client:
         put(client, "spans", committed)
         assert action(client, "flush", {"until": "committed"})["committed_through"] >= 1
-        seqs = [put(client, "spans", [b])[-1]["seq"] for b in orphans]  # sealed by size: no flush, no commit
+        # sealed by size: no flush, no commit. Every piece's seq: a batch split by service is durable once all
+        # its pieces are (waiting for the highest alone let a kill come before another piece's file was stored)
+        replies = [put(client, "spans", [b])[-1] for b in orphans]
+        seqs = [s for r in replies for s in r.get("seqs", [r["seq"]])]
         wait_durable(client, seqs)
     server.proc.kill()  # SIGKILL: stored files, never committed
     server.proc.wait()
