@@ -28,6 +28,8 @@ from flight_writer.lake.layout import LayoutError
 from flight_writer.lake.schemas import SchemaError, readers_problem
 from flight_writer.queue import Accepted, Ingest, QueueClosed, QueueFull, QueueWriteError
 
+# a PutResult's body for a batch without an id in one partition (the common case: one bytes format)
+PLAIN_REPLY = b'{"seq": %d, "rows": %d, "state": "%s"}'
 MAX_ID_CHARS = 256  # a batch id's length: ids are kept (queue.dedupe_window of them), so each is bounded
 
 
@@ -323,13 +325,13 @@ class _Stream:
             if self._replies is None:
                 self._replies = Replies(self._settle, reply)  # type: ignore[arg-type]
             rows, state = batch.num_rows, self._state
-            self._replies.add(seq, lambda s: b'{"seq": %d, "rows": %d, "state": "%s"}' % (s, rows, state))
+            self._replies.add(seq, lambda s: PLAIN_REPLY % (s, rows, state))
             return
         if reply is None:
             self._last = max(self._last, seq)  # a duplicate's seq can be older
             return
         if client_id is None and split_seqs is None:
-            answer = b'{"seq": %d, "rows": %d, "state": "%s"}' % (seq, batch.num_rows, self._state)
+            answer = PLAIN_REPLY % (seq, batch.num_rows, self._state)
         else:
             fields: dict[str, Any] = {"seq": seq, "rows": batch.num_rows, "state": self._state.decode()}
             if client_id is not None:

@@ -142,9 +142,7 @@ class Ingest(abc.ABC):
         receipt of the stream's previous packed batch; if it failed, this put raises its error (and a batch
         put before the failure was known fails with it), so a stream never has a batch kept after one that
         was not. Queues that do not pack put it alone (``put(wait=False)``) and may raise at once."""
-        done: Future[Accepted] = Future()
-        done.set_result(self.put(dataset, schema_key, batch, timeout, None, wait=False))
-        return done
+        return put_alone(self, dataset, schema_key, batch, timeout)
 
     def settle(self, seq: int, wait: bool) -> bool:
         """Whether batch ``seq`` is as safe as ``ack_state`` says (fsynced, for a WAL that replies
@@ -174,6 +172,15 @@ class Ingest(abc.ABC):
     def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
         """Batches, rows and Arrow bytes put since start, per dataset (for status and metrics)."""
         return {}
+
+
+def put_alone(
+    ingest: Ingest, dataset: str, schema_key: bytes, batch: pa.RecordBatch, timeout: float
+) -> Future[Accepted]:
+    """``put_packed`` for a batch that keeps a record of its own: ``put(wait=False)``, its receipt done."""
+    done: Future[Accepted] = Future()
+    done.set_result(ingest.put(dataset, schema_key, batch, timeout, None, wait=False))
+    return done
 
 
 class Feed(abc.ABC):

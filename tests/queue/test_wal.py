@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -366,3 +367,34 @@ def test_small_batches_are_logged_uncompressed_and_read_back(tmp_path):
         assert q.take(10, 0)[0].batch.equals(small)
         q.close()
     assert sizes["lz4"] == sizes["none"]
+
+
+def test_records_of_either_checksum_are_read_back_and_damage_in_either_is_found(tmp_path, monkeypatch):
+    """FWR1 records (zlib CRC-32: logs of earlier versions, or no compiled CRC-32C) and FWR2 (CRC-32C) in one
+    segment: recovery reads both, and finds the next intact record of either kind after a damaged one."""
+    from flight_writer.queue.wal import format as wal_format
+
+    assert wal_format.MAGIC == wal_format.CRC32C  # google-crc32c's compiled implementation is installed
+    q = wal(tmp_path, segment_bytes=1 << 20)
+    monkeypatch.setattr(wal_format, "MAGIC", wal_format.CRC32)
+    fill(q, 2)
+    monkeypatch.undo()
+    fill(q, 2)
+    q.close()
+    [seg] = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    record = len(data) // 4
+    assert [bytes(data[i * record : i * record + 4]) for i in range(4)] == [b"FWR1", b"FWR1", b"FWR2", b"FWR2"]
+    q = wal(tmp_path)
+    assert [(e.seq, e.batch.equals(BATCH)) for e in q.take(10, 0)] == [(s, True) for s in (1, 2, 3, 4)]
+    q.close()
+    for flipped, kept in [(0, [2, 3, 4]), (3, [1, 2, 3])]:  # a CRC-32 record, then a CRC-32C one
+        damaged = bytearray(data)
+        damaged[flipped * record + HEADER.size + 40] ^= 0xFF
+        shutil.rmtree(tmp_path)
+        tmp_path.mkdir()
+        seg.write_bytes(bytes(damaged))
+        q = wal(tmp_path)
+        assert [e.seq for e in q.take(10, 0)] == kept
+        assert q.recovery["quarantined"] if flipped == 0 else q.recovery["torn_bytes"] == record
+        q.close()

@@ -97,13 +97,23 @@ def test_the_floors_are_the_ones_tested():
     assert floors["pyarrow"] == "pyarrow>=25"
     assert floors["opendal"] == "opendal>=0.47.5,<0.48"
     assert floors["dynaconf"] == "dynaconf>=3.2.1"
+    assert floors["google-crc32c"] == "google-crc32c>=1.6"
 
 
 # -- extras by purpose -------------------------------------------------------------------------------------
 def test_the_server_needs_no_tool_of_tests_bench_or_lint():
     tools = {"pytest", "pyspark", "matplotlib", "py-spy", "ruff", "moto", "duckdb", "polars", "pandas", "hypothesis"}
     assert not RUNTIME & tools
-    assert sorted(RUNTIME) == ["dynaconf", "loguru", "nats-py", "opendal", "prometheus-client", "pyarrow", "rich"]
+    assert sorted(RUNTIME) == [
+        "dynaconf",
+        "google-crc32c",
+        "loguru",
+        "nats-py",
+        "opendal",
+        "prometheus-client",
+        "pyarrow",
+        "rich",
+    ]
     assert {"matplotlib", "py-spy", "ruff"}.isdisjoint(extra("test"))  # the suite runs without them
     assert extra("dev") == extra("test") | extra("bench") | extra("lint")
     assert extra("adbc") == {"adbc-driver-flightsql", "adbc-driver-manager"}

@@ -29,7 +29,7 @@ import pyarrow as pa
 from nats.js import api
 
 from flight_writer.config.settings import QueueSettings
-from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError
+from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError, put_alone
 from flight_writer.queue.counting import Counts
 from flight_writer.queue.ipc import encode_ipc, encode_ipc_many, write_options
 from flight_writer.queue.nats.link import Link
@@ -94,6 +94,7 @@ class Publisher:
         self._received = Counts()  # by this process (under shared.lock)
         self._packing = threading.Condition()  # guards the packs below
         self._packs: dict[tuple[str, bytes], deque[_Pack]] = {}  # not yet sent, by (dataset, schema key)
+        self._dictionaries: dict[bytes, bool] = {}  # schema key -> has a dictionary (never packed)
         self._waiting = 0  # Arrow bytes of packed puts not yet acknowledged
 
     def put(
@@ -157,12 +158,14 @@ class Publisher:
         # its IPC message's size (0.7 us, no copy): what it adds to a message, schema and compression aside
         size = pa.ipc.get_record_batch_size(batch)
         limit = min(PACK_BYTES, self.max_message_bytes, self.max_bytes // 2)
-        if size > limit or _has_dictionary(batch.schema):
+        if (dictionary := self._dictionaries.get(schema_key)) is None:
+            if len(self._dictionaries) >= 4096:  # bounded, whatever schemas clients send
+                self._dictionaries.clear()
+            dictionary = self._dictionaries[schema_key] = _has_dictionary(batch.schema)
+        if size > limit or dictionary:
             # alone: too large to share a message, or dictionaries that one batch could not hold joined
             # (an int8-indexed column's dictionaries together may need more than 127 values)
-            pass_on: Future[Accepted] = Future()
-            pass_on.set_result(self.put(dataset, schema_key, batch, timeout, None, wait=False))
-            return pass_on
+            return put_alone(self, dataset, schema_key, batch, timeout)  # type: ignore[arg-type]
         deadline = time.monotonic() + timeout
         key = (dataset, schema_key)
         receipt: Future[Accepted] = Future()

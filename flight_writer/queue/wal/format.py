@@ -1,6 +1,9 @@
 """The write-ahead log's bytes on disk (log.py writes them, recovery.py reads them back).
 
-A batch record is ``magic "FWR1" | u32 length | u32 crc32 | payload`` with payload ``u64 seq | f64
+A batch record is ``magic | u32 length | u32 checksum | payload``, the magic naming the checksum: ``FWR2``
+CRC-32C (Castagnoli, in hardware through google-crc32c: ~70 us for a 1.5 MB record against ~370 for zlib's
+CRC-32, measured on 8,192 spans), ``FWR1`` zlib's CRC-32 (logs of earlier versions, and where google-crc32c
+has no compiled implementation). Recovery reads both. The payload is ``u64 seq | f64
 received_at | u16 len(dataset) | u32 len(client id) | dataset | client id | Arrow IPC stream`` (schema,
 dictionaries, the batch; its buffers compressed as ``queue.compression`` says, batches under
 ``log.SMALL_RECORD_BYTES`` not at all, which the IPC format records, so a log written with one setting is read
@@ -12,11 +15,13 @@ next intact record after a damaged one. A manifest line is ``<crc32 hex> <json>`
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import pyarrow as pa
 from loguru import logger
 
@@ -24,8 +29,11 @@ from flight_writer.queue.base import Entry, Plan
 from flight_writer.queue.ipc import decode_ipc
 from flight_writer.queue.seqs import parse_ranges, seq_ranges
 
-MAGIC = b"FWR1"
-HEADER = struct.Struct("<4sII")  # magic, payload length, crc32(payload)
+CRC32, CRC32C = b"FWR1", b"FWR2"
+# google-crc32c falls back to pure Python where it has no wheel: hundreds of times slower than zlib
+MAGIC = CRC32C if google_crc32c.implementation == "c" else CRC32
+ANY_MAGIC = re.compile(b"FWR[12]")
+HEADER = struct.Struct("<4sII")  # magic, payload length, checksum(payload)
 BATCH = struct.Struct("<QdHI")  # seq, received_at, len(dataset), len(client id)
 NO_ID = 0xFFFFFFFF
 
@@ -39,8 +47,14 @@ def encode_record(entry: Entry, ipc: pa.Buffer) -> list[Any]:
         + dataset
         + cid
     )
-    crc = zlib.crc32(ipc, zlib.crc32(head))
-    return [HEADER.pack(MAGIC, len(head) + ipc.size, crc) + head, ipc]
+    return [HEADER.pack(MAGIC, len(head) + ipc.size, checksum(MAGIC, [head, ipc])) + head, ipc]
+
+
+def checksum(magic: bytes, parts: list[Any]) -> int:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc) if magic == CRC32 else google_crc32c.extend(crc, part)
+    return crc
 
 
 def decode_payload(payload: pa.Buffer) -> Entry:
@@ -73,13 +87,18 @@ def scan_segment(path: Path) -> tuple[list[Entry], tuple[int, int, bool] | None]
                 damage = (damage[0], damage[1], True)
             pos += HEADER.size + length
             continue
-        nxt = blob.find(MAGIC, pos + 1)
+        nxt = _next_magic(blob, pos + 1)
         while nxt != -1 and intact_at(blob, nxt) is None:
-            nxt = blob.find(MAGIC, nxt + 1)
+            nxt = _next_magic(blob, nxt + 1)
         end = n if nxt == -1 else nxt
         damage = (pos, end, False) if damage is None else (damage[0], end, damage[2])
         pos = end
     return records, damage
+
+
+def _next_magic(blob: bytes, pos: int) -> int:
+    found = ANY_MAGIC.search(blob, pos)
+    return -1 if found is None else found.start()
 
 
 def intact_at(blob: bytes, pos: int) -> int | None:
@@ -88,9 +107,10 @@ def intact_at(blob: bytes, pos: int) -> int | None:
         return None
     magic, length, crc = HEADER.unpack_from(blob, pos)
     body = pos + HEADER.size
-    if magic != MAGIC or length < BATCH.size or body + length > len(blob):
+    if magic not in (CRC32, CRC32C) or length < BATCH.size or body + length > len(blob):
         return None
-    return length if zlib.crc32(memoryview(blob)[body : body + length]) == crc else None
+    # a pyarrow slice, not a memoryview: google-crc32c takes only buffers it need not release
+    return length if checksum(magic, [pa.py_buffer(blob).slice(body, length)]) == crc else None
 
 
 def plan_record(plan: Plan) -> dict[str, Any]:
