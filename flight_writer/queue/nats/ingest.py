@@ -31,7 +31,7 @@ from nats.js import api
 from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError, put_alone
 from flight_writer.queue.counting import Counts
-from flight_writer.queue.ipc import encode_ipc, encode_ipc_many, write_options
+from flight_writer.queue.ipc import encode_ipc, encode_ipc_many, has_dictionary, write_options
 from flight_writer.queue.nats.link import Link
 from flight_writer.queue.nats.records import Records, Shared
 
@@ -55,13 +55,6 @@ class _Pack:
     batches: list[pa.RecordBatch] = field(default_factory=list)
     receipts: list[Future[Accepted]] = field(default_factory=list)
     nbytes: int = 0  # the batches' IPC message bytes
-
-
-def _has_dictionary(schema: pa.Schema) -> bool:
-    def walk(t: pa.DataType) -> bool:
-        return pa.types.is_dictionary(t) or any(walk(t.field(i).type) for i in range(t.num_fields))
-
-    return any(walk(f.type) for f in schema)
 
 
 class Publisher:
@@ -161,7 +154,7 @@ class Publisher:
         if (dictionary := self._dictionaries.get(schema_key)) is None:
             if len(self._dictionaries) >= 4096:  # bounded, whatever schemas clients send
                 self._dictionaries.clear()
-            dictionary = self._dictionaries[schema_key] = _has_dictionary(batch.schema)
+            dictionary = self._dictionaries[schema_key] = has_dictionary(batch.schema)
         if size > limit or dictionary:
             # alone: too large to share a message, or dictionaries that one batch could not hold joined
             # (an int8-indexed column's dictionaries together may need more than 127 values)

@@ -38,8 +38,8 @@ BATCH = struct.Struct("<QdHI")  # seq, received_at, len(dataset), len(client id)
 NO_ID = 0xFFFFFFFF
 
 
-def encode_record(entry: Entry, ipc: pa.Buffer) -> list[Any]:
-    """The record of ``entry`` whose batch ``encode_ipc`` made ``ipc``, as buffers for one writev."""
+def encode_record(entry: Entry, ipc: list[pa.Buffer | bytes]) -> list[Any]:
+    """The record of ``entry`` whose batch's IPC stream is the buffers ``ipc``, as buffers for one writev."""
     dataset = entry.dataset.encode()
     cid = entry.client_id.encode() if entry.client_id is not None else b""
     head = (
@@ -47,7 +47,8 @@ def encode_record(entry: Entry, ipc: pa.Buffer) -> list[Any]:
         + dataset
         + cid
     )
-    return [HEADER.pack(MAGIC, len(head) + ipc.size, checksum(MAGIC, [head, ipc])) + head, ipc]
+    size = sum(len(part) for part in ipc)
+    return [HEADER.pack(MAGIC, len(head) + size, checksum(MAGIC, [head, *ipc])) + head, *ipc]
 
 
 def checksum(magic: bytes, parts: list[Any]) -> int:

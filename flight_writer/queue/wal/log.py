@@ -23,7 +23,7 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.queue.base import Entry, QueueWriteError
-from flight_writer.queue.ipc import encode_ipc, write_options
+from flight_writer.queue.ipc import PlainStreams, encode_ipc, write_options
 from flight_writer.queue.seqs import seq_ranges
 from flight_writer.queue.wal.format import encode_record
 from flight_writer.queue.wal.manifest import RESERVE_BYTES, Manifest, fsync_dir
@@ -64,6 +64,7 @@ class SegmentLog:
         # compressing costs CPU (lz4: ~2 GB/s per core on spans) and halves the bytes the disk must take
         self._ipc_options = write_options(compression)
         self._small_options = write_options("none")  # under SMALL_RECORD_BYTES
+        self._plain = PlainStreams()  # ... written without a stream writer where they have no dictionaries
         self._lock = threading.Lock()
         self._synced_cond = threading.Condition(self._lock)  # waiters: "my record is fsynced"
         self._sync_wanted = threading.Condition(self._lock)  # the syncer: "something to fsync"
@@ -95,7 +96,7 @@ class SegmentLog:
                 path.unlink()
         active = self._open_segment(last_seq + 1)
         for entry in relog:
-            self._append(active, encode_record(entry, encode_ipc(entry.batch, self._ipc_options)))
+            self._append(active, encode_record(entry, [encode_ipc(entry.batch, self._ipc_options)]))
             entry.handle = active.first_seq
             active.outstanding += 1
         if relog and self.fsync != "never":
@@ -107,11 +108,14 @@ class SegmentLog:
             self._syncer.start()
 
     # -- the journal (memory.py) -----------------------------------------------------------------------
-    def prepare(self, batch: pa.RecordBatch) -> pa.Buffer:
+    def prepare(self, batch: pa.RecordBatch) -> list[pa.Buffer | bytes]:
+        """The record's IPC stream, as buffers for the writev."""
         small = batch.get_total_buffer_size() < SMALL_RECORD_BYTES
-        return encode_ipc(batch, self._small_options if small else self._ipc_options)
+        if small and (parts := self._plain.parts(batch)) is not None:
+            return parts
+        return [encode_ipc(batch, self._small_options if small else self._ipc_options)]
 
-    def append(self, entry: Entry, ipc: pa.Buffer) -> None:
+    def append(self, entry: Entry, ipc: list[pa.Buffer | bytes]) -> None:
         """Under the queue's lock (so records are in seq order): append the record, wake the syncer."""
         if self._sync_error is not None:
             raise QueueWriteError(f"WAL fsync failed earlier: {self._sync_error}")
