@@ -20,6 +20,7 @@ from importlib import resources
 
 from loguru import logger
 
+import flight_writer.allocator  # noqa: F401  (first: it must run before pyarrow is imported)
 from flight_writer import __version__, console
 from flight_writer.config import ConfigError, load_settings
 from flight_writer.console import tables as table_commands

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import opendal
+import pyarrow as pa
 from loguru import logger
 
 from flight_writer import status
@@ -167,12 +168,13 @@ class Service:
         self.started_at = time.monotonic()
         self._state = "opened"
         logger.info(
-            "flight-writer {} {} queue={} storage={}:{} (settings: log.level = debug shows each)",
+            "flight-writer {} {} queue={} storage={}:{} arrow-allocator={} (settings: log.level = debug shows each)",
             __version__,
             f"listening on {s.server.location} (port {self.port})" if self.server else "writing (role = write)",
             self.queue.type,
             self.storage.service,
             self.storage.root,
+            pa.default_memory_pool().backend_name,
         )
         for section, values in s.masked().items():  # one setting per line, secrets masked
             for key, value in values.items():

@@ -124,6 +124,21 @@ def test_check_command(tmp_path, server_process):
     assert run_cli("check", "--location", server.location).returncode == 1
 
 
+@pytest.mark.parametrize(("env", "allocator"), [({}, "jemalloc"), ({"ARROW_DEFAULT_MEMORY_POOL": "system"}, "system")])
+def test_serve_runs_on_jemalloc_unless_the_environment_says_otherwise(tmp_path, server_process, env, allocator):
+    """The command line chooses Arrow's allocator before pyarrow is imported (flight_writer/allocator.py); the
+    package itself imports no pyarrow, or the choice would come too late."""
+    server = server_process(write_config(tmp_path / "s.toml", tmp_path / "data"), env=env)
+    assert f"arrow-allocator={allocator} " in server.wait_for_log("listening on")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, flight_writer; print('pyarrow' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert imported.stdout.strip() == "False"
+
+
 def test_json_logs_and_masked_secrets(tmp_path, server_process):
     import json
 
