@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -108,6 +109,37 @@ def test_put_without_waiting_is_logged_later(tmp_path):
     assert 1 <= stats["wal_fsyncs"] <= 50
     q.close()
     assert wal(tmp_path, fsync="always").settle(50, wait=False)  # what was there at start is on disk
+
+
+def test_the_syncer_waits_for_more_only_after_a_round_of_several_records(tmp_path, monkeypatch):
+    """Group commit: a round that covered more than one record is followed by GROUP_WAIT; a producer waiting
+    for each reply (one record a round) never pays it. The first fsync is held (an event, not a clock) so
+    that the records behind it make one round of five."""
+    from flight_writer.queue.wal import log as wal_log
+
+    waits: list[float] = []
+    held, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not held.is_set():
+            held.set()
+            release.wait()
+        real_fsync(fd)
+
+    monkeypatch.setattr(wal_log, "time", SimpleNamespace(monotonic=time.monotonic, sleep=waits.append))
+    monkeypatch.setattr(wal_log, "os", SimpleNamespace(**{**vars(os), "fsync": fsync}))
+    q = wal(tmp_path, fsync="always")
+    first = q.put("ds", b"k", BATCH, 1, wait=False).seq
+    held.wait()  # the syncer is in its first round's fsync: the next records wait for the next round
+    seqs = [q.put("ds", b"k", BATCH, 1, wait=False).seq for _ in range(5)]
+    release.set()
+    assert q.settle(seqs[-1], wait=True) and q.settle(first, wait=False)
+    assert q.stats()["wal_fsyncs"] == 2 and waits == [wal_log.GROUP_WAIT]  # after the round of five
+    for _ in range(5):  # each put waits for its reply: rounds of one record, no waits
+        q.put("ds", b"k", BATCH, 1)
+    assert q.stats()["wal_fsyncs"] == 7 and waits == [wal_log.GROUP_WAIT]
+    q.close()
 
 
 def test_one_streaming_producer_shares_fsyncs_and_gets_every_reply_in_order(tmp_path):

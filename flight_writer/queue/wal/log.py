@@ -5,7 +5,8 @@ journal (memory.py): ``prepare`` encodes a batch's Arrow IPC before the queue's 
 record under it. With ``fsync = always`` a syncer thread fsyncs everything written so far, so batches arriving
 meanwhile share one fsync and ``settle(seq)`` turns true for all of them at once; ``interval`` fsyncs every
 ``fsync_interval_ms``; ``never`` leaves it to the OS. A segment is deleted once all its batches are
-confirmed, its client ids moved to the manifest first so duplicates are still caught.
+confirmed, its client ids moved to the manifest first so duplicates are still caught. With ``always``, after
+a round of more than one record the syncer waits ``GROUP_WAIT`` before the next (group commit).
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ FSYNC_POLICIES = ("always", "interval", "never")
 # a batch under this many Arrow bytes is logged uncompressed: compressing costs per buffer, and for small
 # batches more than the bytes it saves are worth (100-row spans: 25 us a record with lz4, 13 without)
 SMALL_RECORD_BYTES = 64 << 10
+# fsync = always: after a round that covered more than one record (batches arriving back to back), the
+# syncer waits this long before the next, so the batches behind join it (group commit, as PostgreSQL's
+# commit_delay). A producer that waits for each reply has one record per round and never waits. 100-row
+# batches, one pipelining producer, 161 MB, 2 vCPUs, medians of 3: server CPU 3.16 -> 2.54 s (1 ms) and
+# 2.39 s (3 ms), 64.2 -> 76.2 and 80.6 MB/s: each round costs an fsync (~130 us of CPU here) and wakes
+# every stream's replies thread. 1 ms: a logged reply of such a stream comes at most that much later.
+GROUP_WAIT = 0.001
 
 
 @dataclass
@@ -226,6 +234,7 @@ class SegmentLog:
                         return
                     continue
                 target, target_seq = self._written, self._appended_seq
+                grouped = target_seq - self._synced_seq > 1
                 retired, self._retired = self._retired, []
                 active_fd = self._active.fd if self._active is not None else -1
             started = time.monotonic()
@@ -250,6 +259,8 @@ class SegmentLog:
                 self._synced_cond.notify_all()
             for listener in self.fsync_listeners:
                 listener(time.monotonic() - started)
+            if grouped and self.fsync == "always":
+                time.sleep(GROUP_WAIT)
 
     # -- state -----------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
