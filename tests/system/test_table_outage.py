@@ -49,8 +49,10 @@ def test_a_storage_outage_during_commits_loses_nothing_and_commits_nothing_twice
         put(client, "spans", [ints(1000, 0)])
         action(client, "flush", {"until": "committed"})  # the table exists: the outage hits a commit
         put(client, "spans", [ints(1000, k * 1000) for k in range(1, 6)])
-        [stored] = action(client, "ack", {"seq": 6, "wait_ms": 60_000})["acks"]
-        assert stored["state"] == "durable"  # stored, waiting for their commit (commit_interval: an hour)
+        # every one of the five (files are stored in parallel: seq 6 can be durable before 5; waiting for 6
+        # alone once let the outage catch 5's upload, and no commit was tried while it retried)
+        stored = action(client, "ack", {"seqs": [2, 3, 4, 5, 6], "wait_ms": 60_000})["acks"]
+        assert [a["state"] for a in stored] == ["durable"] * 5  # waiting for their commit (an hour away)
         moto.proc.send_signal(signal.SIGSTOP)
         answers: list[dict] = []
         flushing = threading.Thread(target=lambda: answers.append(action(client, "flush", {"until": "committed"})))
