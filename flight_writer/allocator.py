@@ -10,7 +10,9 @@ never returns memory), 8,192 rows 1.79 / 1.42, 65,536 rows 1.87 / 1.56, 4 produc
 1.66; throughput rose by as much (8,192 rows 299 -> 379 MB/s). The pages mimalloc handed back to the system
 were faulted in again for the next batches. Peak RSS of the memory benchmark (635 MiB through a paused S3,
 three runs): mimalloc 374-386 MiB, jemalloc 289-372, glibc 284-468; jemalloc returns freed memory after
-its decay time (pyarrow's default, about a second).
+its decay time (pyarrow's default, about a second). Measured on a VM whose balloon device reports free memory
+to its host (virtio-balloon free page reporting), where memory given back and taken again is faulted in on
+the host: on bare metal the difference may be smaller.
 
 pyarrow's Linux wheels include jemalloc; where a build has none, Arrow says so once on stderr and keeps its
 default."""
