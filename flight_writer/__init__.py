@@ -50,6 +50,10 @@ _HOMES = {
 logger.disable("flight_writer")  # nothing is logged at import: quiet from here until enabled
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
+
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module 'flight_writer' has no attribute {name!r}")
