@@ -27,10 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
 from flight_writer.queue.base import Entry, Plan, QueueWriteError
 from flight_writer.queue.memory import MemoryQueue
 from flight_writer.queue.tracker import DurabilityTracker
-from flight_writer.queue.wal.format import plan_record
+from flight_writer.queue.wal.format import CRC32, MAGIC, plan_record
 from flight_writer.queue.wal.log import FSYNC_POLICIES, SegmentLog
 from flight_writer.queue.wal.manifest import Manifest
 from flight_writer.queue.wal.recovery import recover
@@ -70,6 +72,11 @@ class WalQueue(MemoryQueue):
         super().__init__(max_bytes, dedupe_window, history=history, journal=log)
         self.identity = f"wal:{_identity(directory)}"  # the log's seqs go on across restarts
         self._log, self._manifest = log, manifest
+        if MAGIC == CRC32:  # google-crc32c fell back to Python: CRC-32C records from elsewhere read slowly
+            logger.warning(
+                "google-crc32c has no compiled implementation here: WAL records carry zlib's CRC-32, and "
+                "records with CRC-32C (written where it had one) are checked in Python (~0.4 s per MiB)"
+            )
         found = recover(directory)
         for client_id, seq in found.ids:
             self._ids.add(client_id, seq)
