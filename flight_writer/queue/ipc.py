@@ -36,37 +36,30 @@ def encode_ipc_many(batches: list[pa.RecordBatch], options: pa.ipc.IpcWriteOptio
     return sink.getvalue()
 
 
-def _types(schema: pa.Schema) -> Iterator[pa.DataType]:
-    """Every field's type, nested ones included, an extension type followed by its storage type."""
-    todo = [f.type for f in schema]
+def _fields(schema: pa.Schema) -> Iterator[pa.Field]:
+    """Every field, nested ones included; an extension type's storage as a field under it."""
+    todo = list(schema)
     while todo:
-        t = todo.pop()
-        yield t
+        f = todo.pop()
+        yield f
+        t = f.type
         if isinstance(t, pa.BaseExtensionType):
-            todo.append(t.storage_type)
+            todo.append(pa.field(f.name, t.storage_type))
         else:
-            todo.extend(t.field(i).type for i in range(t.num_fields))
+            todo.extend(t.field(i) for i in range(t.num_fields))
 
 
 def has_dictionary(schema: pa.Schema) -> bool:
     """Whether any column, nested or inside an extension type, is dictionary-encoded."""
-    return any(pa.types.is_dictionary(t) for t in _types(schema))
+    return any(pa.types.is_dictionary(f.type) for f in _fields(schema))
 
 
 def _plain(schema: pa.Schema) -> bool:
     """No metadata (the schema's or any field's, at any depth), no extension type, no dictionary: schemas
     for which ``equals`` means the same serialized bytes (it ignores the order of metadata keys, and Python
     extension types compare equal whatever their parameters)."""
-    if schema.metadata:
-        return False
-    fields = list(schema)
-    while fields:
-        f = fields.pop()
-        t = f.type
-        if f.metadata or isinstance(t, pa.BaseExtensionType) or pa.types.is_dictionary(t):
-            return False
-        fields.extend(t.field(i) for i in range(t.num_fields))
-    return True
+    special = (pa.BaseExtensionType, pa.DictionaryType)
+    return not schema.metadata and not any(f.metadata or isinstance(f.type, special) for f in _fields(schema))
 
 
 class PlainStreams:

@@ -30,7 +30,7 @@ from flight_writer.queue.tracker import DurabilityTracker
 
 
 class Journal(Protocol):
-    def prepare(self, batch: pa.RecordBatch) -> Any: ...
+    def prepare(self, batch: pa.RecordBatch, nbytes: int) -> Any: ...
 
     def append(self, entry: Entry, prepared: Any) -> None: ...
 
@@ -90,7 +90,7 @@ class MemoryQueue(Queue):
         nbytes = batch.get_total_buffer_size()  # 0.7 µs; .nbytes took 18 µs on a 100-row span batch
         if nbytes > self._max_bytes:
             raise QueueWriteError(self._too_large(nbytes))
-        prepared = self._journal.prepare(batch) if self._journal is not None else None
+        prepared = self._journal.prepare(batch, nbytes) if self._journal is not None else None
         with self._lock:
             if client_id is not None and (seq := self._ids.get(client_id)) is not None:
                 return Accepted(seq, True)
@@ -117,7 +117,7 @@ class MemoryQueue(Queue):
         if sum(sizes) > self._max_bytes:
             raise QueueWriteError(self._too_large(sum(sizes)))
         journal = self._journal
-        prepared = [journal.prepare(b) if journal is not None else None for b in batches]
+        prepared = [journal.prepare(b, n) if journal is not None else None for b, n in zip(batches, sizes, strict=True)]
         with self._lock:
             self._wait_for_room(sizes, client_ids, timeout)  # all or none: a partial split is never left behind
             accepted = []

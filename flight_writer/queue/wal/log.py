@@ -116,9 +116,10 @@ class SegmentLog:
             self._syncer.start()
 
     # -- the journal (memory.py) -----------------------------------------------------------------------
-    def prepare(self, batch: pa.RecordBatch) -> list[pa.Buffer | bytes]:
-        """The record's IPC stream, as buffers for the writev."""
-        small = batch.get_total_buffer_size() < SMALL_RECORD_BYTES
+    def prepare(self, batch: pa.RecordBatch, nbytes: int) -> list[pa.Buffer | bytes]:
+        """The record's IPC stream, as buffers for the writev; ``nbytes``: the batch's Arrow bytes (the queue's
+        ``get_total_buffer_size``, measured once)."""
+        small = nbytes < SMALL_RECORD_BYTES
         if small and (parts := self._plain.parts(batch)) is not None:
             return parts
         return [encode_ipc(batch, self._small_options if small else self._ipc_options)]
