@@ -22,6 +22,7 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 
 
 TABLE_FORMATS = ("none", "iceberg", "delta")
+MAX_STREAMS = 1024  # queue.streams and stream_slots (each stream is a connection and a consumer per process)
 
 
 def check_settings(s: Settings) -> None:
@@ -59,6 +60,14 @@ def check_settings(s: Settings) -> None:
     positive("queue.streams", s.queue.streams)
     if s.queue.streams > 1 and s.queue.type != "nats":
         raise ConfigError(f"queue.streams = {s.queue.streams} shards NATS streams: queue.type must be nats")
+    if s.queue.stream_slots < 0 or (s.queue.stream_slots and s.queue.stream_slots < s.queue.streams):
+        raise ConfigError(
+            f"queue.stream_slots must be 0 or at least queue.streams ({s.queue.streams}), got {s.queue.stream_slots}"
+        )
+    if s.queue.seq_stride > MAX_STREAMS:
+        raise ConfigError(f"queue.streams and stream_slots must be at most {MAX_STREAMS}, got {s.queue.seq_stride}")
+    if s.queue.stream_slots > 1 and s.queue.type != "nats":
+        raise ConfigError(f"queue.stream_slots = {s.queue.stream_slots} shards NATS streams: queue.type must be nats")
     if s.queue.type == "nats":
         if not s.queue.url:
             raise ConfigError("queue.url must name at least one NATS server")

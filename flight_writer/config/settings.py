@@ -56,12 +56,18 @@ class QueueSettings:
     replicas: int = 1  # JetStream replicas of the streams (3 on a 3-node cluster)
     consumer: str = "writers"  # the durable pull consumer the write processes share
     streams: int = 1  # N > 1: the data path sharded over N streams (<stream>, <stream>-1, ...; nats/sharded.py)
+    stream_slots: int = 0  # seqs leave room for this many streams: streams may be added live up to it (0: streams)
     ack_wait: float = 30.0  # seconds: a write process silent for this long has its batches redelivered
     duplicate_window: float = 120.0  # seconds JetStream remembers a batch id (Nats-Msg-Id)
     user: str = ""
     password: str = ""  # secrets from the environment only (FLIGHT_WRITER_QUEUE__PASSWORD)
     token: str = ""  # FLIGHT_WRITER_QUEUE__TOKEN
     creds_file: str = ""  # a NATS credentials file (JWT + nkey seed)
+
+    @property
+    def seq_stride(self) -> int:
+        """nats: a stream's sequence s is seq ``s * stride + k`` (k: its shard); 1 for one unsharded stream."""
+        return max(self.streams, self.stream_slots)
 
 
 @dataclass(frozen=True)

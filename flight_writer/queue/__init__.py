@@ -66,7 +66,7 @@ def make_queue(settings: QueueSettings, history: int = 100_000, role: str = "all
     if settings.type == "nats":
         from flight_writer.queue.nats.queue import NatsQueue  # nats-py only where it is used
 
-        if settings.streams > 1:
+        if settings.seq_stride > 1:
             from flight_writer.queue.nats.sharded import ShardedNatsQueue
 
             return ShardedNatsQueue(settings, role, history)

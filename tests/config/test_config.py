@@ -73,6 +73,19 @@ def test_seed_variables(monkeypatch):
         ({"log": {"json": "maybe"}}, "log.json must be true or false"),
         ({"sever": {"location": "x"}}, r"unknown settings section \[sever\]"),
         ({"server": {"location": "http://x:1"}}, "server.location must be a grpc:// URI"),
+        ({"queue": {"streams": 2}}, "queue.streams = 2 shards NATS streams: queue.type must be nats"),
+        (
+            {"queue": {"type": "nats", "streams": 4, "stream_slots": 2}},
+            r"stream_slots must be 0 or at least queue.streams \(4\), got 2",
+        ),
+        (
+            {"queue": {"type": "wal", "stream_slots": 4}},
+            "queue.stream_slots = 4 shards NATS streams: queue.type must be nats",
+        ),
+        (
+            {"queue": {"type": "nats", "stream_slots": 2000}},
+            "queue.streams and stream_slots must be at most 1024, got 2000",
+        ),
     ],
 )
 def test_invalid_values_name_the_setting(sections, message):

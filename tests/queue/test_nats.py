@@ -4,6 +4,7 @@ processes), sharing one stream and one storage root, against a real nats-server.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -776,10 +777,83 @@ def test_a_stream_whose_connection_was_lost_makes_every_stream_give_back_what_it
             for i in range(3):
                 queue.put(name, b"k", ints(10, i * 10), 5)
         wait_for(lambda: svc.writer.stats()["open_buffers"] == 2, "both datasets buffered")
-        lost = queue._queues[1]._feed  # one stream's connection was away long enough
+        lost = queue.shards[1]._feed  # one stream's connection was away long enough
         lost._on_reconnect(100.0)
         assert queue.flush(None, 60)  # every batch stored in the end
         # a batch stored while its message was given back is acknowledged when the message comes again
         wait_for(lambda: queue.stats()["pending_batches"] == 0, "the given-back messages acknowledged", 60)
     for name in names:
         assert sorted(read_dataset(data_root, name).column("i").to_pylist()) == list(range(30))
+
+
+# -- streams added live (queue.stream_slots) ------------------------------------------------------------------
+def test_a_stream_added_to_a_running_deployment_is_taken_on_by_every_process(data_root, nats_server, monkeypatch):
+    """stream_slots = 4: a writer and an ingest process run on one stream; an ingest process started with
+    streams = 2 makes the second. Seqs keep their meaning (s * 4 + k) and the queue its identity; the old
+    ingest process takes the stream on for an ack of one of its seqs and before a flush (its own look
+    waits an hour here, so nothing else can), then routes by two; the writer consumes both; a dataset
+    whose batches are in both streams is flushed and stored once, whole."""
+    from flight_writer.queue.nats import sharded
+
+    stream = nats_server.new_stream()
+    moved, stays = in_shards(2, 2)[1], in_shards(2, 2)[0]  # crc32 mod 2: 1 and 0 (mod 1: both 0)
+    started: list[Service] = []
+
+    def start(role: str, streams: int) -> Service:
+        settings = nats_settings(data_root, nats_server, stream, streams=streams, stream_slots=4)
+        started.append(Service(settings, role=role).start())
+        return started[-1]
+
+    try:
+        monkeypatch.setattr(sharded, "LOOK_EVERY", 3600.0)
+        old = start("ingest", 1)
+        monkeypatch.setattr(sharded, "LOOK_EVERY", 1.0)
+        writer = start("write", 1)
+        with flight.connect(old.location) as a:
+            before = [r["seq"] for r in put(a, moved, [ints(10, j * 10) for j in range(3)])]
+            assert [s % 4 for s in before] == [0, 0, 0]
+            assert action(a, "status")["nats_streams"] == 1
+            new = start("ingest", 2)  # makes <stream>-1
+            assert old.queue.identity == writer.queue.identity == new.queue.identity
+            with flight.connect(new.location) as b:
+                after = [r["seq"] for r in put(b, moved, [ints(10, 30 + j * 10) for j in range(3)])]
+                assert [s % 4 for s in after] == [1, 1, 1]
+                assert [s % 4 for s in (r["seq"] for r in put(b, stays, [ints(5)]))] == [0]
+                assert action(a, "status")["nats_streams"] == 1  # not looked yet
+                acks = action(a, "ack", {"seqs": after})["acks"]  # a seq of a stream it lacks: looked for
+                assert {x["state"] for x in acks} <= {"logged", "durable"}
+                assert action(a, "status")["nats_streams"] == 2
+                again = [r["seq"] for r in put(a, moved, [ints(10, 60 + j * 10) for j in range(3)])]
+                assert [s % 4 for s in again] == [1, 1, 1]  # routed by two now
+                flushed = action(a, "flush", {"dataset": moved})  # in both streams it has been put into
+                assert flushed["durable_through"] >= 0
+                for client in (a, b):
+                    acks = action(client, "ack", {"seqs": before + after + again})["acks"]
+                    assert {x["state"] for x in acks} == {"durable"}
+                assert action(b, "flush")["durable_through"] >= max(after + again)
+        assert writer.queue.stats()["nats_streams"] == 2
+    finally:
+        for svc in reversed(started):
+            svc.stop(STOP_TIMEOUT)
+    assert read_dataset(data_root, moved, sort_by="i").column("i").to_pylist() == list(range(90))
+    assert read_dataset(data_root, stays).column("i").to_pylist() == list(range(5))
+
+
+def test_a_stream_holding_batches_refuses_a_process_with_another_seq_stride(nats_server):
+    """Every stream says the stride its seqs were given under; a process with another (queue.streams or
+    stream_slots changed without a drain) is refused while the stream holds batches. An empty stream takes
+    the stride of the process that opens it."""
+    from flight_writer.queue import make_queue
+
+    sliced = queue_settings(nats_server, stream_slots=4)
+    make_queue(sliced, role="ingest").close()  # made for stride 4, empty
+    plain = dataclasses.replace(sliced, stream_slots=0)
+    one = make_queue(plain, role="ingest")  # empty: takes stride 1
+    try:
+        assert one.put("ds", b"k", ints(10), 5).seq == 1
+        with pytest.raises(ValueError, match=r"seqs have stride 1 .* this process has 4: every process must"):
+            make_queue(sliced, role="ingest")
+        with pytest.raises(ValueError, match=r"stride 1 .* this process has 2"):
+            make_queue(dataclasses.replace(plain, streams=2), role="ingest")
+    finally:
+        one.close()

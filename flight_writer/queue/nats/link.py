@@ -6,7 +6,9 @@ or per group), and the two JetStream streams the queue uses, created if missing:
 - ``<stream>`` on ``<stream>.data``: the batches. Work-queue retention (a message is deleted once a writer
   acknowledges it, which it does only after storage confirmed the object holding it), ``discard = new``
   with ``max_bytes = queue.max_bytes`` (a full stream refuses publishes: backpressure, never dropped data),
-  file storage, ``replicas``, and ``duplicate_window`` for batch ids (``Nats-Msg-Id``).
+  file storage, ``replicas``, and ``duplicate_window`` for batch ids (``Nats-Msg-Id``). Its description
+  says the seq stride of the processes that made it (``seq stride N``: a sequence s is seq ``s * N + k``,
+  sharded.py): a process with another refuses to start while the stream holds batches (``check_stride``).
 - ``<stream>_RECORDS`` on ``<stream>.records``: the durability records (plans, durable and failed seqs)
   every process reads from the start. Limits retention, kept for ``RECORDS_AGE`` seconds: a process that
   starts later takes ``durable_through`` from the data stream's first sequence and needs only the newer
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -34,6 +38,7 @@ from flight_writer.config.settings import QueueSettings, without_password
 
 T = TypeVar("T")
 RECORDS_AGE = 24 * 3600.0
+STRIDE = re.compile(r"seq stride (\d+)")
 # nats-py reads its socket DEFAULT_BUFFER_SIZE bytes at a time (32 KiB) and its stream reader pauses at twice
 # that: a 1.5 MB batch took ~48 reads, each a pass through its parser. At 1 MiB a write process spent 5.0
 # CPU-s per GiB instead of 6.8 and the topology went from 160 to 205 MB/s (8,192-row batches, 1 producer, 2
@@ -118,6 +123,7 @@ class Link:
                 storage=api.StorageType.FILE,
                 num_replicas=s.replicas,
                 duplicate_window=s.duplicate_window,
+                description=self.description,
             )
         )
         await self._ensure(
@@ -130,6 +136,28 @@ class Link:
                 num_replicas=s.replicas,
             )
         )
+
+    @property
+    def description(self) -> str:
+        return f"flight-writer batches, seq stride {self.settings.seq_stride}"
+
+    def check_stride(self, info: api.StreamInfo) -> None:
+        """Refuse a data stream whose batches were given seqs under another stride (another queue.streams or
+        stream_slots): its seqs would name other batches here. An empty stream (drained) takes this one's."""
+        found = STRIDE.search(info.config.description or "")
+        stride = self.settings.seq_stride
+        if found and int(found.group(1)) == stride:
+            return
+        if info.state.messages:
+            if found is None:
+                return  # made before streams said their stride: taken as they are
+            raise ValueError(
+                f"NATS stream {info.config.name} holds batches whose seqs have stride {found.group(1)} "
+                f"(queue.streams / stream_slots of the processes that put them), this process has {stride}: "
+                "every process must have the same; change them only with the queue drained"
+            )
+        config = dataclasses.replace(info.config, description=self.description)
+        self.run(self.js.update_stream(config), timeout=30)
 
     async def _ensure(self, config: api.StreamConfig) -> None:
         try:

@@ -68,6 +68,7 @@ class NatsQueue(Queue, SharedFeed):
         self._link = link = Link(settings, name)
         try:
             info = link.run(link.js.stream_info(settings.stream), timeout=30)
+            link.check_stride(info)
             # records of an earlier stream of the same name (deleted, made again) must not resolve this one's seqs
             incarnation = info.created.isoformat() if info.created else ""
             state = info.state

@@ -1,23 +1,35 @@
-"""Several JetStream streams as one queue (``queue.streams = N``, N > 1): the data path sharded.
+"""Several JetStream streams as one queue (``queue.streams = N``, N > 1, or ``queue.stream_slots``): the
+data path sharded.
 
 One stream is one ordered log on one NATS server (its leader): a ceiling for publishes and deliveries
 whatever the number of processes. With N streams each shard is a whole queue of its own (queue.py: its
 batches, its durability records, its flush subject, its durable consumer), and this class makes them one:
 
 - Streams: shard 0 is ``queue.stream`` itself (so 1 -> N keeps the data already queued there), shard k is
-  ``<stream>-<k>``; each holds ``queue.max_bytes / N``.
+  ``<stream>-<k>``; the ones a process makes hold ``queue.max_bytes / N`` each.
+- Seqs: shard k's sequence s is seq ``s * S + k``, S the stride: ``queue.stream_slots``, or N where it is 0.
+  Seqs are unique across shards; ``ack`` finds the shard from the seq. Every stream's description says the
+  stride it was made for, and a process with another refuses to start on a stream holding batches
+  (link.py). ``durable_through`` (and ``committed_through``) is the largest seq such that every seq *issued
+  so far* up to it is durable: computed from each shard's position and last sequence. A batch put later
+  into a shard that was behind may get a smaller seq than it, so with N > 1 it can go down; ``ack`` of
+  one's own seqs and ``flush`` (which waits for everything put before it, in every shard) are exact.
 - A dataset's batches go to shard ``crc32(dataset) mod N``: one stream keeps a dataset's order, and a file
   (one dataset) only ever holds one shard's batches (the writer also keeps shards apart by their entries'
   schema keys), so every plan, redo and confirmation stays inside one shard's protocol.
-- Seqs: shard k's sequence s is seq ``s * N + k``, unique across shards; ``ack`` finds the shard from the
-  seq. ``durable_through`` (and ``committed_through``) is the largest seq such that every seq *issued so far*
-  up to it is durable: computed from each shard's position and last sequence. A batch put later into a shard
-  that was behind may get a smaller seq than it, so with N > 1 it can go down; ``ack`` of one's own seqs and
-  ``flush`` (which waits for everything put before it, in every shard) are exact.
 - Write processes take from every shard, in turn; each shard's consumer spreads its messages over them.
+- Streams added live (S > N): a process started with a larger ``queue.streams`` (at most S) makes the new
+  streams; every process looks for the next stream ``<stream>-<N>`` every ``LOOK_EVERY`` seconds (and before
+  a flush, and for a seq of a shard it does not have yet) and takes it on: its write processes consume it,
+  its ingest processes route to it. Seqs keep their meaning (the stride is fixed); what moves is a dataset's
+  shard (``crc32 mod N``): while processes disagree on N, or batches queued under the old N are still
+  waiting, a dataset's batches are in two streams, stored in different files, each file in order; a flush
+  of a dataset waits in every shard it can have used (``crc32 mod n`` for n up to N). Streams are never
+  removed live.
 
-Change N only with the queue drained (flush, stop every process, set it everywhere, start): a seq names
-another batch under another N, and the queue's identity (in files and table commits) changes with it.
+Change S (or N without slots) only with the queue drained (flush, stop every process, set it everywhere,
+start): a seq names another batch under another stride, and the queue's identity (in files and table
+commits) changes with it.
 """
 
 from __future__ import annotations
@@ -30,11 +42,15 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
+import nats.js.errors
 import pyarrow as pa
+from loguru import logger
 
 from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, Entry, Plan, Queue, SharedFeed
 from flight_writer.queue.nats.queue import NatsQueue
+
+LOOK_EVERY = 1.0  # seconds between looks for a stream added by another process (stream_slots > streams)
 
 
 def shard_stream(stream: str, k: int) -> str:
@@ -42,47 +58,48 @@ def shard_stream(stream: str, k: int) -> str:
 
 
 class ShardedPosition:
-    """The durability position of N shards, in global seqs (see the module docstring)."""
+    """The durability position of the shards, in global seqs (see the module docstring)."""
 
-    def __init__(self, queues: list[NatsQueue]) -> None:
-        self._queues = queues
-        self._n = len(queues)
+    def __init__(self, owner: ShardedNatsQueue) -> None:
+        self._owner = owner
 
     def _split(self, seqs: Iterable[int]) -> dict[int, list[int]]:
+        stride = self._owner.stride
         by: dict[int, list[int]] = {}
         for s in seqs:
-            if s >= self._n:
-                by.setdefault(s % self._n, []).append(s // self._n)
+            if s >= stride:
+                by.setdefault(s % stride, []).append(s // stride)
         return by
 
     def _through(self, local: list[int]) -> int:
         """Every issued seq up to the result is at ``local[k]`` or below in its shard (durable, committed)."""
-        n, bound, issued = self._n, None, 0
-        for k, q in enumerate(self._queues):
+        stride, bound, issued = self._owner.stride, None, 0
+        for k, q in enumerate(self._owner.shards[: len(local)]):
             last = q.last_seq
-            issued = max(issued, last * n + k)
-            if local[k] < last:  # a pending one: seqs of this shard from (local + 1) * n + k on are not
-                first_open = (local[k] + 1) * n + k
+            issued = max(issued, last * stride + k)
+            if local[k] < last:  # a pending one: seqs of this shard from (local + 1) * stride + k on are not
+                first_open = (local[k] + 1) * stride + k
                 bound = first_open - 1 if bound is None else min(bound, first_open - 1)
         return issued if bound is None else min(bound, issued)
 
     @property
     def durable_through(self) -> int:
-        return self._through([q.position.durable_through for q in self._queues])
+        return self._through([q.position.durable_through for q in self._owner.shards])
 
     @property
     def committed_through(self) -> int:
-        return self._through([q.position.committed_through for q in self._queues])
+        return self._through([q.position.committed_through for q in self._owner.shards])
 
     @property
     def closed(self) -> bool:
-        return any(q.position.closed for q in self._queues)
+        return any(q.position.closed for q in self._owner.shards)
 
     def describe(self, seq: int, last_seq: int | None = None) -> dict[str, Any]:
-        if seq < self._n:
+        stride = self._owner.stride
+        q = self._owner.shard(seq % stride) if seq >= stride else None
+        if q is None:
             return {"seq": seq, "state": "unknown"}
-        k, local = seq % self._n, seq // self._n
-        answer = dict(self._queues[k].position.describe(local, None if last_seq is None else self._queues[k].last_seq))
+        answer = dict(q.position.describe(seq // stride, None if last_seq is None else q.last_seq))
         answer["seq"] = seq
         return answer
 
@@ -98,19 +115,24 @@ class ShardedPosition:
         deadline = None if timeout is None else time.monotonic() + timeout
         done = True
         for k, local in self._split(seqs).items():
-            last = self._queues[k].last_seq
+            q = self._owner.shard(k)
+            if q is None:
+                done = False
+                continue
+            last = q.last_seq
             issued = [s for s in local if s <= last]
             done &= len(issued) == len(local)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if issued and not wait(self._queues[k].position, issued, left):
+            if issued and not wait(q.position, issued, left):
                 return False
         return done
 
     def wait_committed_through(self, seq: int, timeout: float | None) -> bool:
         """Every seq up to ``seq`` issued by now is committed: each shard up to its part of it."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for k, q in enumerate(self._queues):
-            through = min(q.last_seq, (seq - k) // self._n)
+        stride = self._owner.stride
+        for k, q in enumerate(self._owner.shards):
+            through = min(q.last_seq, (seq - k) // stride)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if through > 0 and not q.position.wait_committed_through(through, left):
                 return False
@@ -119,24 +141,25 @@ class ShardedPosition:
     def files_of(self, seqs: Iterable[int]) -> list[str]:
         files: list[str] = []
         for k, local in self._split(seqs).items():
-            files += self._queues[k].position.files_of(local)
+            if (q := self._owner.shard(k, look=False)) is not None:
+                files += q.position.files_of(local)
         return list(dict.fromkeys(files))
 
     def hold_committed(self) -> None:
-        for q in self._queues:
+        for q in self._owner.shards:
             q.position.hold_committed()
 
     def release_committed(self) -> None:
-        for q in self._queues:
+        for q in self._owner.shards:
             q.position.release_committed()
 
     def close(self) -> None:
-        for q in self._queues:
+        for q in self._owner.shards:
             q.position.close()
 
 
 class ShardedNatsQueue(Queue, SharedFeed):
-    """N NatsQueues (one per stream) as one queue: see the module docstring."""
+    """NatsQueues (one per stream) as one queue: see the module docstring."""
 
     type = "nats"
     packs = True
@@ -144,36 +167,99 @@ class ShardedNatsQueue(Queue, SharedFeed):
     shared = True
 
     def __init__(self, settings: QueueSettings, role: str = "all", history: int = 100_000) -> None:
-        n = settings.streams
-        if n < 2:
-            raise ValueError("a sharded queue needs queue.streams >= 2")
-        self._n = n
-        per = max(1, settings.max_bytes // n)
-        self._queues: list[NatsQueue] = []
+        self.stride = settings.seq_stride
+        if self.stride < 2:
+            raise ValueError("a sharded queue needs queue.streams or queue.stream_slots >= 2")
+        self._settings = settings
+        self._role = role
+        self._history = history
+        self._per = max(1, settings.max_bytes // settings.streams)
+        #: the shards, in order; replaced (never changed in place) when one is added, so readers need no lock
+        self.shards: list[NatsQueue] = []
+        self._growing = threading.Lock()
+        self._stopped = threading.Event()
         try:
-            for k in range(n):
-                shard = dataclasses.replace(settings, stream=shard_stream(settings.stream, k), max_bytes=per, streams=1)
-                self._queues.append(NatsQueue(shard, role, history))
+            for k in range(settings.streams):
+                self.shards = [*self.shards, self._open(k)]
+            self._look()
         except BaseException:
-            for q in self._queues:
+            for q in self.shards:
                 q.close()
             raise
-        self.position = ShardedPosition(self._queues)  # type: ignore[assignment]
-        self.identity = f"nats-sharded:{n}:" + ",".join(q.identity for q in self._queues)
+        self.position = ShardedPosition(self)  # type: ignore[assignment]
+        if settings.stream_slots > settings.streams:  # streams may come: an identity that does not name them
+            self.identity = f"nats-slots:{self.stride}:{self.shards[0].identity}"
+        else:
+            self.identity = f"nats-sharded:{self.stride}:" + ",".join(q.identity for q in self.shards)
         self._next = 0  # the shard a take starts from (in turn)
         self._lock = threading.Lock()
+        self._looker: threading.Thread | None = None
+        if len(self.shards) < self.stride:
+            self._looker = threading.Thread(target=self._keep_looking, name="flight-writer-streams", daemon=True)
+            self._looker.start()
+
+    # -- shards --------------------------------------------------------------------------------------
+    def _open(self, k: int) -> NatsQueue:
+        shard = dataclasses.replace(
+            self._settings,
+            stream=shard_stream(self._settings.stream, k),
+            max_bytes=self._per,
+            streams=1,
+            stream_slots=self.stride,
+        )
+        return NatsQueue(shard, self._role, self._history)
+
+    def _look(self) -> bool:
+        """Take on the streams other processes added after ours (each the next one: they are made in
+        order). True if one was added."""
+        added = False
+        with self._growing:
+            while len(self.shards) < self.stride and not self._stopped.is_set():
+                k = len(self.shards)
+                name, link = shard_stream(self._settings.stream, k), self.shards[0]._link
+                try:
+                    link.run(link.js.stream_info(name), timeout=10)
+                except nats.js.errors.NotFoundError:
+                    break
+                self.shards = [*self.shards, self._open(k)]
+                logger.info("NATS stream {} joined the queue: {} streams", name, k + 1)
+                added = True
+        return added
+
+    def _keep_looking(self) -> None:
+        while not self._stopped.wait(LOOK_EVERY) and len(self.shards) < self.stride:
+            try:
+                self._look()
+            except Exception as exc:  # NATS away, or the new stream's queue failed to open: next time
+                logger.warning("looking for added NATS streams failed: {}", exc)
+
+    def shard(self, k: int, look: bool = True) -> NatsQueue | None:
+        """Shard k's queue; one this process does not have yet is looked for (``look``)."""
+        shards = self.shards
+        if k < len(shards):
+            return shards[k]
+        if not look or k >= self.stride:
+            return None
+        try:
+            self._look()
+        except Exception as exc:
+            logger.warning("looking for added NATS streams failed: {}", exc)
+        shards = self.shards
+        return shards[k] if k < len(shards) else None
 
     # -- routing -------------------------------------------------------------------------------------
-    def _shard_of(self, dataset: str) -> int:
-        return zlib.crc32(dataset.encode()) % self._n
+    def _route(self, dataset: str) -> tuple[int, NatsQueue]:
+        shards = self.shards
+        k = zlib.crc32(dataset.encode()) % len(shards)
+        return k, shards[k]
 
     def _global(self, k: int, local: int) -> int:
-        return local * self._n + k
+        return local * self.stride + k
 
     def _by_shard(self, seqs: Iterable[int]) -> dict[int, list[int]]:
         by: dict[int, list[int]] = {}
         for s in seqs:
-            by.setdefault(s % self._n, []).append(s // self._n)
+            by.setdefault(s % self.stride, []).append(s // self.stride)
         return by
 
     def _to_global(self, k: int, e: Entry) -> Entry:
@@ -189,10 +275,15 @@ class ShardedNatsQueue(Queue, SharedFeed):
     def _to_local(self, entries: list[Entry]) -> dict[int, list[Entry]]:
         by: dict[int, list[Entry]] = {}
         for e in entries:
-            k = e.seq % self._n
-            local = dataclasses.replace(e, seq=e.seq // self._n)
-            by.setdefault(k, []).append(local)
+            local = dataclasses.replace(e, seq=e.seq // self.stride)
+            by.setdefault(e.seq % self.stride, []).append(local)
         return by
+
+    def _each(self, by: dict[int, Any]) -> Iterable[tuple[NatsQueue, Any]]:
+        """(shard, its part) for the parts of shards this process has (taken entries' shards it always has)."""
+        for k, part in by.items():
+            if (q := self.shard(k)) is not None:
+                yield q, part
 
     # -- Ingest --------------------------------------------------------------------------------------
     def put(
@@ -205,8 +296,8 @@ class ShardedNatsQueue(Queue, SharedFeed):
         *,
         wait: bool = True,
     ) -> Accepted:
-        k = self._shard_of(dataset)
-        seq, duplicate = self._queues[k].put(dataset, schema_key, batch, timeout, client_id, wait=wait)
+        k, q = self._route(dataset)
+        seq, duplicate = q.put(dataset, schema_key, batch, timeout, client_id, wait=wait)
         return Accepted(self._global(k, seq), duplicate)
 
     def put_packed(
@@ -217,8 +308,8 @@ class ShardedNatsQueue(Queue, SharedFeed):
         timeout: float,
         after: Future[Accepted] | None = None,
     ) -> Future[Accepted]:
-        k = self._shard_of(dataset)
-        local = self._queues[k].put_packed(dataset, schema_key, batch, timeout, after)
+        k, q = self._route(dataset)
+        local = q.put_packed(dataset, schema_key, batch, timeout, after)
         receipt: Future[Accepted] = Future()
 
         def done(f: Future[Accepted]) -> None:
@@ -241,43 +332,55 @@ class ShardedNatsQueue(Queue, SharedFeed):
         *,
         wait: bool = True,
     ) -> list[Accepted]:
-        k = self._shard_of(dataset)
-        done = self._queues[k].put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
+        k, q = self._route(dataset)
+        done = q.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
         return [Accepted(self._global(k, a.seq), a.duplicate) for a in done]
 
     @property
     def max_message_bytes(self) -> int | None:  # type: ignore[override]
-        return min(q.max_message_bytes for q in self._queues)
+        return min(q.max_message_bytes for q in self.shards)
 
     def settle(self, seq: int, wait: bool) -> bool:
-        return self._queues[seq % self._n].settle(seq // self._n, wait)
+        q = self.shard(seq % self.stride)
+        return q is not None and q.settle(seq // self.stride, wait)
 
     def flush(self, dataset: str | None, timeout: float | None) -> bool:
+        """Waits in every shard, or, for one dataset, in every shard it can have been put into: the
+        streams are looked for first (another process may have added one and put into it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        shards = [self._shard_of(dataset)] if dataset is not None else range(self._n)
-        for k in shards:
+        if len(self.shards) < self.stride:
+            self._look()
+        shards = self.shards
+        if dataset is None:
+            ks = set(range(len(shards)))
+        else:
+            crc = zlib.crc32(dataset.encode())
+            ks = {crc % n for n in range(1, len(shards) + 1)}  # N only grows: each N it had up to now
+        for k in sorted(ks):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._queues[k].flush(dataset, left):
+            if not shards[k].flush(dataset, left):
                 return False
         return True
 
     def refuse_puts(self) -> None:
-        for q in self._queues:
+        for q in self.shards:
             q.refuse_puts()
 
     @property
     def last_seq(self) -> int:
-        return max(self._global(k, q.last_seq) for k, q in enumerate(self._queues))
+        return max(self._global(k, q.last_seq) for k, q in enumerate(self.shards))
 
     def stats(self) -> dict[str, Any]:
-        each = [q.stats() for q in self._queues]
+        shards = self.shards
+        each = [q.stats() for q in shards]
         stats = dict(each[0])
         for key in ("pending_batches", "pending_bytes", "received_batches", "received_rows", "received_bytes"):
             stats[key] = sum(s.get(key) or 0 for s in each)
         ages = [s["oldest_pending_age_s"] for s in each if s.get("oldest_pending_age_s") is not None]
         stats["oldest_pending_age_s"] = max(ages) if ages else None
         stats["nats_stream"] = [s["nats_stream"] for s in each]
-        stats["nats_streams"] = self._n
+        stats["nats_streams"] = len(shards)
+        stats["nats_stream_slots"] = self.stride
         stats["nats_connected"] = all(s["nats_connected"] for s in each)
         errors = [s["queue_error"] for s in each if s.get("queue_error")]
         if errors:
@@ -286,7 +389,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
 
     def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
         total: dict[str, tuple[int, int, int]] = {}
-        for q in self._queues:
+        for q in self.shards:
             for name, (b, r, n) in q.received_by_dataset().items():
                 ob, orr, on = total.get(name, (0, 0, 0))
                 total[name] = (ob + b, orr + r, on + n)
@@ -297,66 +400,76 @@ class ShardedNatsQueue(Queue, SharedFeed):
         """From the shards in turn: the first that has entries; each is asked without waiting until all
         were, then the next asked waits (so an idle queue costs one short fetch per shard per wait)."""
         deadline = time.monotonic() + timeout
+        shards = self.shards
+        n = len(shards)
         with self._lock:
-            start = self._next
-            self._next = (self._next + 1) % self._n
+            start = self._next % n
+            self._next = (start + 1) % n
         tried = 0
         while True:
-            k = (start + tried) % self._n
-            wait = 0.0 if tried < self._n else max(0.0, min(0.1, deadline - time.monotonic()))
-            got = self._queues[k].take(max_items, wait)
+            k = (start + tried) % n
+            wait = 0.0 if tried < n else max(0.0, min(0.1, deadline - time.monotonic()))
+            got = shards[k].take(max_items, wait)
             if got:
                 return [self._to_global(k, e) for e in got]
             tried += 1
-            if tried >= self._n and time.monotonic() >= deadline:
+            if tried >= n and time.monotonic() >= deadline:
                 return []
 
     def flush_requests(self) -> list[str | None]:
-        return [r for q in self._queues for r in q.flush_requests()]
+        return [r for q in self.shards for r in q.flush_requests()]
 
     def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:
         by = self._by_shard(plan.seqs)
         if len(by) != 1:
             raise ValueError(f"{plan.path}: a plan holds the seqs of one stream only, not {sorted(by)}")
         [(k, local)] = by.items()
+        q = self.shard(k)
+        if q is None:
+            raise ValueError(f"{plan.path}: no stream {k} in this queue")
         shard_entries = self._to_local(entries or []).get(k, [])
-        self._queues[k].plan(Plan(plan.path, plan.kind, tuple(local), plan.error), shard_entries)
+        q.plan(Plan(plan.path, plan.kind, tuple(local), plan.error), shard_entries)
 
     def confirm(self, entries: list[Entry], path: str | None, table: bool = False) -> None:
-        for k, local in self._to_local(entries).items():
-            self._queues[k].confirm(local, path, table)
+        for q, local in self._each(self._to_local(entries)):
+            q.confirm(local, path, table)
 
     def committed(self, seqs: tuple[int, ...]) -> None:
-        for k, local in self._by_shard(seqs).items():
-            self._queues[k].committed(tuple(local))
+        for q, local in self._each(self._by_shard(seqs)):
+            q.committed(tuple(local))
 
     def reject(self, entries: list[Entry], error: str) -> None:
-        for k, local in self._to_local(entries).items():
-            self._queues[k].reject(local, error)
+        for q, local in self._each(self._to_local(entries)):
+            q.reject(local, error)
 
     def room(self) -> int:
-        return min(q.room() for q in self._queues)
+        return min(q.room() for q in self.shards)
 
     def wake(self) -> None:
-        for q in self._queues:
+        for q in self.shards:
             q.wake()
 
     def stop_taking(self) -> None:
-        for q in self._queues:
+        for q in self.shards:
             q.stop_taking()
 
     def dropped(self) -> bool:
         """True if any stream took back what it had handed out (its connection was away): the writer then
         drops every buffer, so the other streams give back what they hold too, or it would stay held here
         (kept alive, never redelivered) for good."""
-        lost = [q.dropped() for q in self._queues]  # every one asked: each says it once
+        shards = self.shards
+        lost = [q.dropped() for q in shards]  # every one asked: each says it once
         if not any(lost):
             return False
-        for q, was in zip(self._queues, lost, strict=True):
+        for q, was in zip(shards, lost, strict=True):
             if not was:
                 q.give_back()
         return True
 
     def close(self) -> None:
-        for q in self._queues:
-            q.close()
+        self._stopped.set()
+        if self._looker is not None:
+            self._looker.join(30)
+        with self._growing:
+            for q in self.shards:
+                q.close()
