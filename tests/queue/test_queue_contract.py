@@ -35,7 +35,10 @@ class Queues:
         self.kind, self._tmp, self._nats = kind, tmp_path, nats
         self.made: list[Queue] = []
         self.unit = SIZE
-        if kind == "nats":
+        self.nats = kind.startswith("nats")
+        #: nats-slots: one stream whose seqs leave room for three more (stream_slots = 4): seq n is 4 n
+        self.stride = 4 if kind == "nats-slots" else 1
+        if self.nats:
             probe = self(room=1000)
             probe.put("ds", b"k", BATCH, 1)
             self.unit = probe.stats()["pending_bytes"] + 64  # ids differ by a few bytes: leave headroom
@@ -45,13 +48,18 @@ class Queues:
         max_bytes = int(room * self.unit)
         if self.kind == "memory":
             queue: Queue = MemoryQueue(max_bytes, dedupe_window)
-        elif self.kind == "nats":
-            from flight_writer.queue.nats.queue import NatsQueue
+        elif self.nats:
+            from flight_writer.queue import make_queue
 
             settings = QueueSettings(
-                type="nats", url=self._nats.urls, stream=self._nats.new_stream(), max_bytes=max_bytes, ack_wait=5
+                type="nats",
+                url=self._nats.urls,
+                stream=self._nats.new_stream(),
+                max_bytes=max_bytes,
+                ack_wait=5,
+                stream_slots=self.stride if self.stride > 1 else 0,
             )
-            queue = NatsQueue(settings)
+            queue = make_queue(settings)
         else:
             fsync = self.kind.split("-")[1]
             path = self._tmp / f"wal{len(self.made)}"
@@ -59,10 +67,14 @@ class Queues:
         self.made.append(queue)
         return queue
 
+    def seq(self, n: int) -> int:
+        """The seq of the n-th batch put (a stream's sequence n)."""
+        return n * self.stride
 
-@pytest.fixture(params=["memory", "wal-always", "wal-interval", "nats"])
+
+@pytest.fixture(params=["memory", "wal-always", "wal-interval", "nats", "nats-slots"])
 def new_queue(request, tmp_path) -> Iterator[Queues]:
-    nats = request.getfixturevalue("nats_server") if request.param == "nats" else None
+    nats = request.getfixturevalue("nats_server") if request.param.startswith("nats") else None
     queues = Queues(request.param, tmp_path, nats)
     yield queues
     for queue in queues.made:
@@ -70,9 +82,9 @@ def new_queue(request, tmp_path) -> Iterator[Queues]:
 
 
 def test_seqs_increase_and_get_returns_them_in_order(new_queue):
-    q = new_queue()
+    q, seq = new_queue(), new_queue.seq
     seqs = [q.put("ds", b"k", BATCH, 1).seq for _ in range(5)]
-    assert seqs == [1, 2, 3, 4, 5] and q.last_seq == 5
+    assert seqs == [seq(n) for n in range(1, 6)] and q.last_seq == seq(5)
     got = q.take(3, 0) + q.take(10, 0)
     assert [e.seq for e in got] == seqs and got[0].batch.equals(BATCH) and got[0].dataset == "ds"
 
@@ -110,7 +122,7 @@ def test_a_waiting_put_goes_in_once_done_releases_room(new_queue):
     threading.Thread(target=producer).start()
     assert not put_done.wait(0.1)  # held back by the bound (a bounded wait: nothing can signal "still waiting")
     q.confirm(entries, None)
-    assert put_done.wait(30) and result == [2]
+    assert put_done.wait(30) and result == [new_queue.seq(2)]
 
 
 def test_a_batch_larger_than_the_whole_bound_is_refused_at_once(new_queue):
@@ -118,11 +130,11 @@ def test_a_batch_larger_than_the_whole_bound_is_refused_at_once(new_queue):
     big = pa.record_batch({"i": pa.array(range(2000), pa.int64())})  # 20 x BATCH
     with pytest.raises(QueueWriteError, match=r"max_bytes"):
         q.put("ds", b"k", big, 30)  # at once: it could never fit
-    assert q.put("ds", b"k", BATCH, 1) == (1, False)
+    assert q.put("ds", b"k", BATCH, 1) == (new_queue.seq(1), False)
 
 
 def test_a_known_client_id_returns_the_original_seq_within_the_window(new_queue):
-    if new_queue.kind == "nats":
+    if new_queue.nats:
         pytest.skip("JetStream's window is a duration (queue.duplicate_window): tests/queue/test_nats.py")
     q = new_queue(dedupe_window=2)
     assert q.put("ds", b"k", BATCH, 1, "a") == (1, False)
@@ -134,7 +146,7 @@ def test_a_known_client_id_returns_the_original_seq_within_the_window(new_queue)
 
 
 def test_put_many_takes_all_pieces_or_none(new_queue):
-    if new_queue.kind == "nats":
+    if new_queue.nats:
         pytest.skip("one message per piece on JetStream; ids make a re-sent batch store only missing pieces")
     q = new_queue(room=2.5)
     q.put("d", b"k", BATCH, 1.0)
@@ -156,7 +168,7 @@ def test_packed_puts_are_kept_in_order_and_each_receipt_names_the_record_holding
     assert pa.Table.from_batches([e.batch for e in got]).equals(pa.Table.from_batches(batches))
     assert seqs == sorted(seqs) and not any(r.result().duplicate for r in receipts)
     if not q.packs:  # a record per batch
-        assert seqs == list(range(1, 21))
+        assert seqs == [new_queue.seq(n) for n in range(1, 21)]
     q.confirm(got, None)
     assert q.position.durable_through == max(seqs)
 
@@ -196,7 +208,7 @@ def test_refuse_puts_keeps_what_was_put_for_get(new_queue):
         q.put("ds", b"k", BATCH, 1)
     with pytest.raises(QueueClosed):
         q.put_many("ds", b"k", [BATCH], 1, [None])
-    assert [e.seq for e in q.take(10, 0)] == [1]
+    assert [e.seq for e in q.take(10, 0)] == [new_queue.seq(1)]
 
 
 def test_close_refuses_puts(new_queue):
@@ -229,33 +241,34 @@ def test_a_duplicate_waiting_for_room_is_answered_as_one_once_its_twin_goes_in(n
     q.confirm(q.take(1, 0), None)  # room for one: the other is its duplicate, not a second wait
     for t in waiting:
         t.join(30)
-    assert sorted(results) == [(2, False), (2, True)]
+    assert sorted(results) == [(new_queue.seq(2), False), (new_queue.seq(2), True)]
 
 
 def test_an_empty_batch_takes_a_seq_like_any_other(new_queue):
-    q = new_queue()
+    q, seq = new_queue(), new_queue.seq
     empty = BATCH.slice(0, 0)
-    assert q.put("ds", b"k", empty, 1) == (1, False)
-    assert q.put("ds", b"k", empty, 1, "e") == (2, False) and q.put("ds", b"k", empty, 1, "e") == (2, True)
+    assert q.put("ds", b"k", empty, 1) == (seq(1), False)
+    assert q.put("ds", b"k", empty, 1, "e") == (seq(2), False) and q.put("ds", b"k", empty, 1, "e") == (seq(2), True)
 
 
 # -- the write side's records reach the position, and flush goes through the feed ---------------------------
 def test_confirm_and_reject_advance_the_position_and_release_capacity(new_queue):
-    q = new_queue()
+    q, seq = new_queue(), new_queue.seq
     for _ in range(3):
         q.put("ds", b"k", BATCH, 1)
     first, second, third = q.take(10, 0)
-    assert q.position.describe(1)["state"] == q.ack_state and q.position.durable_through == 0
+    assert q.position.describe(seq(1))["state"] == q.ack_state and q.position.durable_through < seq(1)
     q.confirm([second], "ds/part-2.parquet")
-    assert q.position.durable_through == 0  # seq 1 is not resolved yet: the position only moves in order
+    assert q.position.durable_through < seq(1)  # seq 1 is not resolved yet: the position only moves in order
     q.reject([first], "rejected by the Parquet encoder")
-    assert q.position.durable_through == 2
-    assert q.position.describe(1) == {"seq": 1, "state": "failed", "error": "rejected by the Parquet encoder"}
-    assert q.position.describe(2) == {"seq": 2, "state": "durable", "file": "ds/part-2.parquet"}
+    assert seq(2) <= q.position.durable_through < seq(3)  # every seq issued up to it (none between with slots)
+    error = "rejected by the Parquet encoder"
+    assert q.position.describe(seq(1)) == {"seq": seq(1), "state": "failed", "error": error}
+    assert q.position.describe(seq(2)) == {"seq": seq(2), "state": "durable", "file": "ds/part-2.parquet"}
     full = 100 * new_queue.unit
     assert q.stats()["pending_batches"] == 1 and full - new_queue.unit <= q.room() < full
     q.confirm([third], None)  # no rows, no file
-    assert q.position.durable_through == 3 and q.room() == full
+    assert q.position.durable_through == seq(3) and q.room() == full
 
 
 def test_flush_asks_the_feed_and_returns_once_the_position_has_the_seqs(new_queue):
@@ -264,7 +277,7 @@ def test_flush_asks_the_feed_and_returns_once_the_position_has_the_seqs(new_queu
     q.put("b", b"k", BATCH, 1)
     # JetStream: a dataset's seqs are not known across processes, so writers write out every buffer and the
     # flush waits for everything put before it
-    asked = [None] if new_queue.kind == "nats" else ["a"]
+    asked = [None] if new_queue.nats else ["a"]
     assert q.flush("a", 0) is False  # nobody wrote it yet
     assert _requests_arrive(q) == asked
     result: list[bool] = []
@@ -273,7 +286,7 @@ def test_flush_asks_the_feed_and_returns_once_the_position_has_the_seqs(new_queu
     a, b = q.take(10, 0)  # a writer: takes, sees the request, stores what it asks for
     assert _requests_arrive(q) == asked
     q.confirm([a], "a/part-1.parquet")
-    if new_queue.kind != "nats":
+    if not new_queue.nats:
         waiter.join(30)
         assert result == [True] and q.position.describe(b.seq)["state"] == q.ack_state  # b was not asked for
     q.confirm([b], "b/part-2.parquet")

@@ -192,6 +192,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         else:
             self.identity = f"nats-sharded:{self.stride}:" + ",".join(q.identity for q in self.shards)
         self._next = 0  # the shard a take starts from (in turn)
+        self._woken = 0  # wakes so far: a take that sees it change returns
         self._lock = threading.Lock()
         self._looker: threading.Thread | None = None
         if len(self.shards) < self.stride:
@@ -405,6 +406,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         with self._lock:
             start = self._next % n
             self._next = (start + 1) % n
+            woken = self._woken
         tried = 0
         while True:
             k = (start + tried) % n
@@ -413,7 +415,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             if got:
                 return [self._to_global(k, e) for e in got]
             tried += 1
-            if tried >= n and time.monotonic() >= deadline:
+            if (tried >= n and time.monotonic() >= deadline) or self._woken != woken:
                 return []
 
     def flush_requests(self) -> list[str | None]:
@@ -446,6 +448,9 @@ class ShardedNatsQueue(Queue, SharedFeed):
         return min(q.room() for q in self.shards)
 
     def wake(self) -> None:
+        """Ends a waiting take (returning nothing), as with one stream."""
+        with self._lock:
+            self._woken += 1
         for q in self.shards:
             q.wake()
 
