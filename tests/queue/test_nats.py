@@ -389,11 +389,11 @@ def test_small_batches_without_ids_get_a_reply_each_in_order_and_are_stored_once
 
 
 def cluster_config(
-    tmp_path: Path, root: Path, nats: natsd.Nats, stream: str, extra: str = "", streams: int = 1
+    tmp_path: Path, root: Path, nats: natsd.Nats, stream: str, extra: str = "", streams: int = 1, slots: int = 0
 ) -> Path:
     urls = ", ".join(f'"{u}"' for u in nats.urls)
     return write_config(
-        tmp_path / "fw.toml",
+        tmp_path / f"fw-{streams}.toml",
         root,
         f"""
 [queue]
@@ -401,6 +401,7 @@ type = "nats"
 url = [{urls}]
 stream = "{stream}"
 streams = {streams}
+stream_slots = {slots}
 ack_wait = 2.0
 put_timeout = 60.0
 [writer]
@@ -427,6 +428,7 @@ class Producer:
         self.dataset = dataset
         self.ids = ids
         self.acked: set[int] = set()
+        self.seqs: set[int] = set()  # every seq answered
         self.top = 0  # the highest seq answered
         self.stop = threading.Event()
         self.streaming = threading.Event()  # set while a stream is open
@@ -455,6 +457,7 @@ class Producer:
             finally:
                 self.streaming.clear()
             self.acked.update(int(r["id"].rsplit("-", 1)[1]) for r in replies)
+            self.seqs.update(r["seq"] for r in replies)
             self.top = max(self.top, *(r["seq"] for r in replies))
             k += 10
 
@@ -471,10 +474,10 @@ def exactly_once(root: Path, acked: set[int], dataset: str = "kills") -> None:
     assert acked <= set(counts), f"lost: {sorted(acked - set(counts))[:10]}"
 
 
-def kill_writers(config: Path, writers: list, server_process: Callable) -> None:
-    """KILLS times, a random write process killed (-9) mid-file and started again."""
+def kill_writers(config: Path, writers: list, server_process: Callable, kills: int = KILLS) -> None:
+    """``kills`` times, a random write process killed (-9) mid-file and started again."""
     rng = random.Random(int(os.environ.get("CRASH_SEED", random.randrange(1 << 30))))
-    for _ in range(KILLS):
+    for _ in range(kills):
         time.sleep(rng.uniform(0.2, 0.8))  # mid-file: files are sealed every 0.3 s
         victim = rng.randrange(len(writers))
         writers[victim].close()  # kill -9
@@ -857,3 +860,34 @@ def test_a_stream_holding_batches_refuses_a_process_with_another_seq_stride(nats
             make_queue(dataclasses.replace(plain, streams=2), role="ingest")
     finally:
         one.close()
+
+
+def test_a_stream_added_while_write_processes_are_killed_loses_nothing(
+    tmp_path, data_root, nats_server, server_process
+):
+    """The kill test across a live addition: stream_slots = 4, one stream; two producers through one ingest
+    process, two write processes killed KILLS times between them. Halfway an ingest process started with
+    streams = 2 makes the second stream; the first one takes it on (its flush looks first) and moves one
+    producer's dataset there; write processes started again with streams = 1 take it on as they start.
+    Every acknowledged batch of both datasets is stored once."""
+    stream = nats_server.new_stream()
+    one = cluster_config(tmp_path, data_root, nats_server, stream, streams=1, slots=4)
+    two = cluster_config(tmp_path, data_root, nats_server, stream, streams=2, slots=4)
+    ingest = server_process(one, cmd=serve("ingest", one))
+    writers = [server_process(one, cmd=serve("write", one), ready="writing (role = write)") for _ in "ab"]
+    stays, moves = in_shards(2, 2)
+    producers = [Producer(lambda: ingest.location, dataset=name) for name in (stays, moves)]
+    kill_writers(one, writers, server_process, KILLS // 2)
+    wait_for(lambda: producers[1].acked, "the producer of the dataset that moves to get a stream through", 120)
+    server_process(two, cmd=serve("ingest", two))  # makes <stream>-1
+    with flight.connect(ingest.location) as c:
+        action(c, "flush")  # looks for streams first: routes by two from here on
+        assert action(c, "status")["nats_streams"] == 2
+    kill_writers(one, writers, server_process, KILLS - KILLS // 2)
+    wait_for(lambda: any(s % 4 == 1 for s in producers[1].seqs), "a batch through the new stream", 120)
+    acked = [p.finish() for p in producers]
+    with flight.connect(ingest.location) as c:
+        action(c, "flush")
+    assert {s % 4 for s in producers[0].seqs} == {0} and {s % 4 for s in producers[1].seqs} == {0, 1}
+    for name, got in zip((stays, moves), acked, strict=True):
+        exactly_once(data_root, got, name)
