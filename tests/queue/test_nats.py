@@ -545,14 +545,16 @@ def test_nats_down_then_back_refuses_clearly_then_recovers_without_a_restart(dat
         nats.stop()
 
 
-def test_nats_down_then_back_with_sharded_streams_loses_nothing(data_root):
+@pytest.mark.parametrize("slots", [0, 4])
+def test_nats_down_then_back_with_sharded_streams_loses_nothing(data_root, slots):
     """NATS killed and started again under two streams: both come back, every acknowledged batch of the
-    datasets of both streams is stored once."""
+    datasets of both streams is stored once. With stream_slots = 4 every process also looks for streams
+    added (and fails to while NATS is away)."""
     nats = natsd.start()  # its own: this test kills it
     names = in_shards(2, 2)
     try:
         with (
-            roles(data_root, nats, "write", "ingest", put_timeout=2.0, streams=2) as (_, ingest),
+            roles(data_root, nats, "write", "ingest", put_timeout=2.0, streams=2, stream_slots=slots) as (_, ingest),
             flight.connect(ingest.location) as c,
         ):
             for name in names:

@@ -177,6 +177,8 @@ class ShardedNatsQueue(Queue, SharedFeed):
         #: the shards, in order; replaced (never changed in place) when one is added, so readers need no lock
         self.shards: list[NatsQueue] = []
         self._growing = threading.Lock()
+        self._look_failed = False  # the last look failed (said once)
+        self._refusing = self._not_taking = False  # refuse_puts, stop_taking: for shards taken on later too
         self._stopped = threading.Event()
         try:
             for k in range(settings.streams):
@@ -212,27 +214,37 @@ class ShardedNatsQueue(Queue, SharedFeed):
 
     def _look(self) -> bool:
         """Take on the streams other processes added after ours (each the next one: they are made in
-        order). True if one was added."""
+        order). True if one was added. NATS away, or a stream that fails to open: tried again next time
+        (said once until a look succeeds)."""
         added = False
         with self._growing:
-            while len(self.shards) < self.stride and not self._stopped.is_set():
-                k = len(self.shards)
-                name, link = shard_stream(self._settings.stream, k), self.shards[0]._link
-                try:
-                    link.run(link.js.stream_info(name), timeout=10)
-                except nats.js.errors.NotFoundError:
-                    break
-                self.shards = [*self.shards, self._open(k)]
-                logger.info("NATS stream {} joined the queue: {} streams", name, k + 1)
-                added = True
+            try:
+                while len(self.shards) < self.stride and not self._stopped.is_set():
+                    k = len(self.shards)
+                    name, link = shard_stream(self._settings.stream, k), self.shards[0]._link
+                    try:
+                        link.run(link.js.stream_info(name), timeout=10)
+                    except nats.js.errors.NotFoundError:
+                        break
+                    q = self._open(k)
+                    self.shards = [*self.shards, q]
+                    if self._refusing:  # set before the line above, or its loop saw q: stopping, as the others
+                        q.refuse_puts()
+                    if self._not_taking:
+                        q.stop_taking()
+                    logger.info("NATS stream {} joined the queue: {} streams", name, k + 1)
+                    added = True
+            except Exception as exc:
+                if not self._look_failed:
+                    logger.warning("looking for NATS streams added by other processes failed: {}", exc)
+                self._look_failed = True
+            else:
+                self._look_failed = False
         return added
 
     def _keep_looking(self) -> None:
         while not self._stopped.wait(LOOK_EVERY) and len(self.shards) < self.stride:
-            try:
-                self._look()
-            except Exception as exc:  # NATS away, or the new stream's queue failed to open: next time
-                logger.warning("looking for added NATS streams failed: {}", exc)
+            self._look()
 
     def shard(self, k: int, look: bool = True) -> NatsQueue | None:
         """Shard k's queue; one this process does not have yet is looked for (``look``)."""
@@ -241,10 +253,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             return shards[k]
         if not look or k >= self.stride:
             return None
-        try:
-            self._look()
-        except Exception as exc:
-            logger.warning("looking for added NATS streams failed: {}", exc)
+        self._look()
         shards = self.shards
         return shards[k] if k < len(shards) else None
 
@@ -364,6 +373,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         return True
 
     def refuse_puts(self) -> None:
+        self._refusing = True
         for q in self.shards:
             q.refuse_puts()
 
@@ -455,6 +465,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             q.wake()
 
     def stop_taking(self) -> None:
+        self._not_taking = True
         for q in self.shards:
             q.stop_taking()
 
