@@ -893,3 +893,18 @@ def test_a_stream_added_while_write_processes_are_killed_loses_nothing(
     assert {s % 4 for s in producers[0].seqs} == {0} and {s % 4 for s in producers[1].seqs} == {0, 1}
     for name, got in zip((stays, moves), acked, strict=True):
         exactly_once(data_root, got, name)
+
+
+def test_processes_of_one_stride_share_the_queue_identity_however_many_streams_they_have(nats_server):
+    """Files and table commits name the queue's identity, and a write process trusts the seqs of those that
+    name its own (exactly once across crashes): one stride, one identity, whatever streams and stream_slots."""
+    from flight_writer.queue import make_queue
+
+    grown = queue_settings(nats_server, streams=1, stream_slots=2)
+    full = dataclasses.replace(grown, streams=2, stream_slots=0)  # stride 2 as well
+    one, two = make_queue(grown, role="ingest"), make_queue(full, role="ingest")
+    try:
+        assert one.identity == two.identity and one.identity.startswith("nats-sharded:2:")
+    finally:
+        one.close()
+        two.close()

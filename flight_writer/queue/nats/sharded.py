@@ -189,10 +189,8 @@ class ShardedNatsQueue(Queue, SharedFeed):
                 q.close()
             raise
         self.position = ShardedPosition(self)  # type: ignore[assignment]
-        if settings.stream_slots > settings.streams:  # streams may come: an identity that does not name them
-            self.identity = f"nats-slots:{self.stride}:{self.shards[0].identity}"
-        else:
-            self.identity = f"nats-sharded:{self.stride}:" + ",".join(q.identity for q in self.shards)
+        # the same in every process of the deployment (they share the stride) however many streams each has
+        self.identity = f"nats-sharded:{self.stride}:{self.shards[0].identity}"
         self._next = 0  # the shard a take starts from (in turn)
         self._woken = 0  # wakes so far: a take that sees it change returns
         self._lock = threading.Lock()
