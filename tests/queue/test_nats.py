@@ -809,6 +809,7 @@ def test_a_stream_added_to_a_running_deployment_is_taken_on_by_every_process(dat
         started.append(Service(settings, role=role).start())
         return started[-1]
 
+    monkeypatch.setattr(sharded, "LOOK_AGAIN", 0.0)  # this test runs in less than its 0.1 s
     try:
         monkeypatch.setattr(sharded, "LOOK_EVERY", 3600.0)
         old = start("ingest", 1)
@@ -864,6 +865,57 @@ def test_a_stream_holding_batches_refuses_a_process_with_another_seq_stride(nats
         one.close()
 
 
+def test_a_process_of_another_stride_changes_no_stream_and_streams_without_a_stride_count_as_made(nats_server):
+    """A process of another stride is refused before it says its stride in any stream (here the first stream
+    is empty, the second holds a batch); streams made before they said their stride have the stride of
+    their number (what that version used), and say it once a process of that stride opens them."""
+    from flight_writer.queue import make_queue
+
+    two = queue_settings(nats_server, streams=2)
+    made = make_queue(two, role="ingest")
+    try:
+        made.put(in_shards(2, 2)[1], b"k", ints(10), 5)  # into the second stream only
+        with pytest.raises(ValueError, match=r"stride 2, this process has 4: every process must"):
+            make_queue(dataclasses.replace(two, streams=1, stream_slots=4), role="ingest")
+        made.put(in_shards(2, 2)[0], b"k", ints(10), 5)  # the first stream still says 2: taken
+        for q in made.shards:  # as made before streams said their stride
+            link = q._link
+            info = link.run(link.js.stream_info(link.settings.stream), 30)
+            link.run(link.js.update_stream(dataclasses.replace(info.config, description=None)), 30)
+        for other in (dataclasses.replace(two, streams=1), dataclasses.replace(two, stream_slots=4)):
+            with pytest.raises(ValueError, match=r"stride 2 \(queue.streams"):
+                make_queue(other, role="ingest")
+        again = make_queue(two, role="ingest")  # two streams: stride 2, as before; now said
+        again.close()
+        for q in made.shards:
+            link = q._link
+            assert link.declared_stride(link.run(link.js.stream_info(link.settings.stream), 30)) == 2
+    finally:
+        made.close()
+
+
+def test_a_sharded_take_returns_for_a_flush_asked_in_any_stream(nats_server):
+    """A writer waiting on the shards sees a flush request as soon as it comes, from whichever stream (one
+    stream's request wakes only that stream's wait), and a wake before a take ends that take too."""
+    from flight_writer.queue import make_queue
+
+    settings = queue_settings(nats_server, streams=2)
+    writer, ingest = make_queue(settings), make_queue(settings, role="ingest")
+    try:
+        got: list[object] = []
+        taking = threading.Thread(target=lambda: got.append(writer.take(10, 60)))
+        taking.start()
+        ingest.flush(None, 0)  # a request on every stream; nothing is pending
+        taking.join(30)
+        assert not taking.is_alive() and got == [[]]
+        assert writer.flush_requests()
+        writer.wake()
+        assert writer.take(10, 60) == []  # at once: the wake came before it
+    finally:
+        ingest.close()
+        writer.close()
+
+
 def test_a_stream_added_while_write_processes_are_killed_loses_nothing(
     tmp_path, data_root, nats_server, server_process
 ):
@@ -908,3 +960,32 @@ def test_processes_of_one_stride_share_the_queue_identity_however_many_streams_t
     finally:
         one.close()
         two.close()
+
+
+def test_a_packed_batch_after_its_dataset_moved_waits_for_the_one_before_it_in_the_old_stream(nats_server):
+    """Packed puts of one DoPut stream keep no batch after a failed one (ingest.py); that chain is per
+    stream, so when the dataset moves to an added stream between two of them, the second waits for the
+    first in the old one and fails with it (here the old stream is full)."""
+    from flight_writer.queue import make_queue
+
+    one = queue_settings(nats_server, stream_slots=4, max_bytes=256 << 10)
+    moves = in_shards(2, 2)[1]
+    a = make_queue(one, role="ingest")
+    try:
+        for rows in (2000, 100):  # no writer: the first stream fills up, to the last batch of 100 rows
+            with pytest.raises(QueueFull):
+                while True:
+                    a.put("filler", b"f", ints(rows), 0.2)
+        b = make_queue(dataclasses.replace(one, streams=2), role="ingest")  # makes the second
+        try:
+            first = a.put_packed(moves, b"k", ints(100), 1.0)  # to the first stream: waits for room
+            a.flush(None, 0)  # looks for streams: routes by two from here on
+            with pytest.raises(QueueFull):
+                a.put_packed(moves, b"k", ints(100, 100), 1.0, after=first).result(30)
+            with pytest.raises(QueueFull):
+                first.result(30)
+            assert len(a.shards) == 2 and a.shards[1].stats()["pending_batches"] == 0  # the second not kept
+        finally:
+            b.close()
+    finally:
+        a.close()

@@ -51,7 +51,7 @@ class WriteFeed:
         self._pull = pull
         self._ack_wait = ack_wait  # the consumer's
         self._held: dict[int, Msg] = {}  # seq -> message delivered here, not yet confirmed (under shared.lock)
-        self._flushes: list[str | None] = []  # flush requests not yet handed out (under shared.lock)
+        self.flushes: list[str | None] = []  # flush requests not yet handed out (under shared.lock)
         self._woken = threading.Event()
         self._msg_size = 1 << 20  # the fetch's size per message: the largest lately (decays by 1/8 per fetch)
         self._lost = False
@@ -190,16 +190,16 @@ class WriteFeed:
                 self._link.spawn(getattr(msg, how)())
 
     def flush_requests(self) -> list[str | None]:
-        if not self._flushes:
+        if not self.flushes:
             return []
         with self._shared.lock:
-            requests, self._flushes = self._flushes, []
+            requests, self.flushes = self.flushes, []
             return requests
 
     async def _on_flush(self, msg: Msg) -> None:
         with self._shared.lock:
-            if None not in self._flushes:
-                self._flushes.append(None)  # every buffer: what a dataset holds is not known across processes
+            if None not in self.flushes:
+                self.flushes.append(None)  # every buffer: what a dataset holds is not known across processes
         self._woken.set()
 
     async def _keep_alive(self) -> None:

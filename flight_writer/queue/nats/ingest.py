@@ -26,6 +26,7 @@ from typing import Any
 
 import nats
 import pyarrow as pa
+from loguru import logger
 from nats.js import api
 
 from flight_writer.config.settings import QueueSettings
@@ -84,6 +85,9 @@ class Publisher:
         self._ids = 0  # batch ids made here (under shared.lock)
         self._state: tuple[float, api.StreamState] = (time.monotonic(), state)  # (when asked, the answer)
         self._refusing = False
+        #: set once the stream's description says another seq stride (a process of another queue.streams or
+        #: stream_slots took it over while it was empty): in status, and logged
+        self.stride_error: str | None = None
         self._received = Counts()  # by this process (under shared.lock)
         self._packing = threading.Condition()  # guards the packs below
         self._packs: dict[tuple[str, bytes], deque[_Pack]] = {}  # not yet sent, by (dataset, schema key)
@@ -351,11 +355,18 @@ class Publisher:
         at, state = self._state
         if fresh or time.monotonic() - at > STATE_TTL:
             try:
-                state = self._link.run(self._link.js.stream_info(self._stream), timeout=10).state
+                info = self._link.run(self._link.js.stream_info(self._stream), timeout=10)
             except Exception as exc:
                 self._link.last_error = f"NATS: stream info unavailable ({type(exc).__name__})"
             else:
-                self._state = (time.monotonic(), state)
+                state = info.state
+                declared, stride = self._link.declared_stride(info), self._link.settings.seq_stride
+                if declared not in (None, stride) and self.stride_error is None:  # another process took it over
+                    self.stride_error = (
+                        f"NATS stream {self._stream} now says seq stride {declared}, this process has {stride}: "
+                        "every process must have the same queue.streams / stream_slots"
+                    )
+                    logger.error(self.stride_error)
                 # acknowledged means stored: below the first message everything is resolved, records or not
                 self._records.advance_to(state.first_seq - 1 if state.messages else state.last_seq)
         return state
@@ -378,6 +389,8 @@ class Publisher:
             }
         if self._link.last_error and not self._link.nc.is_connected:
             stats["queue_error"] = self._link.last_error
+        elif self.stride_error is not None:
+            stats["queue_error"] = self.stride_error
         return stats
 
     def _age_of(self, seq: int) -> float | None:

@@ -141,23 +141,50 @@ class Link:
     def description(self) -> str:
         return f"flight-writer batches, seq stride {self.settings.seq_stride}"
 
-    def check_stride(self, info: api.StreamInfo) -> None:
-        """Refuse a data stream whose batches were given seqs under another stride (another queue.streams or
-        stream_slots): its seqs would name other batches here. An empty stream (drained) takes this one's."""
+    def declared_stride(self, info: api.StreamInfo) -> int | None:
         found = STRIDE.search(info.config.description or "")
+        return int(found.group(1)) if found else None
+
+    def check_stride(self, info: api.StreamInfo, legacy: Callable[[], int]) -> bool:
+        """Refuse a data stream holding batches whose seqs were given under another stride (another
+        queue.streams or stream_slots): its seqs would name other batches here. A stream made before streams
+        said their stride had ``legacy()`` (the number of the deployment's streams: that version's stride).
+        True if the description should say this process's stride (``stamp``): missing, or an empty stream's."""
+        declared = self.declared_stride(info)
         stride = self.settings.seq_stride
-        if found and int(found.group(1)) == stride:
-            return
+        if declared == stride:
+            return False
         if info.state.messages:
-            if found is None:
-                return  # made before streams said their stride: taken as they are
-            raise ValueError(
-                f"NATS stream {info.config.name} holds batches whose seqs have stride {found.group(1)} "
-                f"(queue.streams / stream_slots of the processes that put them), this process has {stride}: "
-                "every process must have the same; change them only with the queue drained"
+            held = declared if declared is not None else legacy()
+            if held != stride:
+                raise ValueError(
+                    f"NATS stream {info.config.name} holds batches whose seqs have stride {held} "
+                    f"(queue.streams / stream_slots of the processes that put them), this process has {stride}: "
+                    "every process must have the same; change them only with the queue drained"
+                )
+        return True
+
+    def stamp(self, info: api.StreamInfo) -> None:
+        """Say this process's stride in the stream's description (needs the STREAM.UPDATE permission)."""
+        try:
+            self.run(self.js.update_stream(dataclasses.replace(info.config, description=self.description)), 30)
+        except Exception as exc:  # e.g. not permitted: everything works, only the check is lost
+            logger.warning(
+                "could not say the seq stride in the description of NATS stream {} ({}): a process with "
+                "another queue.streams / stream_slots will not be refused",
+                info.config.name,
+                exc,
             )
-        config = dataclasses.replace(info.config, description=self.description)
-        self.run(self.js.update_stream(config), timeout=30)
+
+    async def count_streams(self, base: str) -> int:
+        """How many of ``base``, ``base-1``, ``base-2``, ... exist (``base`` itself taken as existing)."""
+        k = 1
+        while True:
+            try:
+                await self.js.stream_info(f"{base}-{k}")
+            except nats.js.errors.NotFoundError:
+                return k
+            k += 1
 
     async def _ensure(self, config: api.StreamConfig) -> None:
         try:

@@ -60,7 +60,9 @@ class NatsQueue(Queue, SharedFeed):
     shared = True
     packs = True
 
-    def __init__(self, settings: QueueSettings, role: str = "all", history: int = 100_000) -> None:
+    def __init__(self, settings: QueueSettings, role: str = "all", history: int = 100_000, check: bool = True) -> None:
+        """``check``: refuse a stream of another seq stride, and say ours in its description (link.py);
+        the sharded queue does it itself over all its streams."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self._role = role
@@ -68,7 +70,8 @@ class NatsQueue(Queue, SharedFeed):
         self._link = link = Link(settings, name)
         try:
             info = link.run(link.js.stream_info(settings.stream), timeout=30)
-            link.check_stride(info)
+            if check and link.check_stride(info, lambda: link.run(link.count_streams(settings.stream), 30)):
+                link.stamp(info)
             # records of an earlier stream of the same name (deleted, made again) must not resolve this one's seqs
             incarnation = info.created.isoformat() if info.created else ""
             state = info.state
@@ -164,6 +167,10 @@ class NatsQueue(Queue, SharedFeed):
 
     def flush_requests(self) -> list[str | None]:
         return [] if self._feed is None else self._feed.flush_requests()
+
+    def flush_asked(self) -> bool:
+        """Whether a flush request waits for ``flush_requests`` (without taking it)."""
+        return self._feed is not None and bool(self._feed.flushes)
 
     def plan(self, plan: Plan, entries: list[Entry] | None = None) -> None:
         self._write_side().plan(plan, entries)

@@ -51,6 +51,7 @@ from flight_writer.queue.base import Accepted, Entry, Plan, Queue, SharedFeed
 from flight_writer.queue.nats.queue import NatsQueue
 
 LOOK_EVERY = 1.0  # seconds between looks for a stream added by another process (stream_slots > streams)
+LOOK_AGAIN = 0.1  # ... and at least between looks for a seq of a stream this process does not have
 
 
 def shard_stream(stream: str, k: int) -> str:
@@ -177,13 +178,20 @@ class ShardedNatsQueue(Queue, SharedFeed):
         #: the shards, in order; replaced (never changed in place) when one is added, so readers need no lock
         self.shards: list[NatsQueue] = []
         self._growing = threading.Lock()
-        self._look_failed = False  # the last look failed (said once)
+        self._look_error: Exception | None = None  # what the last look failed with (said once)
+        self._looked_at = 0.0  # when the last look ended (monotonic)
         self._refusing = self._not_taking = False  # refuse_puts, stop_taking: for shards taken on later too
         self._stopped = threading.Event()
         try:
-            for k in range(settings.streams):
+            self.shards = [self._open(0)]
+            link = self.shards[0]._link
+            existed = link.run(link.count_streams(settings.stream), 30)  # before ours are made
+            for k in range(1, settings.streams):
                 self.shards = [*self.shards, self._open(k)]
             self._look()
+            if self._look_error is not None:  # at start, a stream not taken on (another stride) stops it
+                raise self._look_error
+            self._check_strides(existed)
         except BaseException:
             for q in self.shards:
                 q.close()
@@ -192,7 +200,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         # the same in every process of the deployment (they share the stride) however many streams each has
         self.identity = f"nats-sharded:{self.stride}:{self.shards[0].identity}"
         self._next = 0  # the shard a take starts from (in turn)
-        self._woken = 0  # wakes so far: a take that sees it change returns
+        self._woken = threading.Event()  # set by wake: the take waiting now, or the next one, returns
         self._lock = threading.Lock()
         self._looker: threading.Thread | None = None
         if len(self.shards) < self.stride:
@@ -200,6 +208,16 @@ class ShardedNatsQueue(Queue, SharedFeed):
             self._looker.start()
 
     # -- shards --------------------------------------------------------------------------------------
+    def _check_strides(self, existed: int) -> None:
+        """Every stream first (a process of another stride is refused before it changes any), then each
+        description says ours (link.py ``check_stride``); streams made by a version that did not say it had
+        the stride of their number, ``existed``."""
+        infos = [q._link.run(q._link.js.stream_info(q._link.settings.stream), 30) for q in self.shards]
+        stamp = [q._link.check_stride(info, lambda: existed) for q, info in zip(self.shards, infos, strict=True)]
+        for q, info, needed in zip(self.shards, infos, stamp, strict=True):
+            if needed:
+                q._link.stamp(info)
+
     def _open(self, k: int) -> NatsQueue:
         shard = dataclasses.replace(
             self._settings,
@@ -208,22 +226,31 @@ class ShardedNatsQueue(Queue, SharedFeed):
             streams=1,
             stream_slots=self.stride,
         )
-        return NatsQueue(shard, self._role, self._history)
+        return NatsQueue(shard, self._role, self._history, check=False)
 
-    def _look(self) -> bool:
+    def _look(self, wait: bool = True) -> bool:
         """Take on the streams other processes added after ours (each the next one: they are made in
         order). True if one was added. NATS away, or a stream that fails to open: tried again next time
         (said once until a look succeeds)."""
         added = False
-        with self._growing:
+        if not self._growing.acquire(blocking=wait):
+            return False  # another thread is looking: what it finds serves this caller too
+        try:
+            if not wait and time.monotonic() - self._looked_at < LOOK_AGAIN:
+                return False  # looked a moment ago (an ack may ask about thousands of seqs)
             try:
                 while len(self.shards) < self.stride and not self._stopped.is_set():
                     k = len(self.shards)
                     name, link = shard_stream(self._settings.stream, k), self.shards[0]._link
                     try:
-                        link.run(link.js.stream_info(name), timeout=10)
+                        info = link.run(link.js.stream_info(name), timeout=5)
                     except nats.js.errors.NotFoundError:
                         break
+                    if link.declared_stride(info) not in (None, self.stride):
+                        raise ValueError(
+                            f"NATS stream {name} says seq stride {link.declared_stride(info)}, this process has "
+                            f"{self.stride}: every process must have the same queue.streams / stream_slots"
+                        )
                     q = self._open(k)
                     self.shards = [*self.shards, q]
                     if self._refusing:  # set before the line above, or its loop saw q: stopping, as the others
@@ -233,11 +260,14 @@ class ShardedNatsQueue(Queue, SharedFeed):
                     logger.info("NATS stream {} joined the queue: {} streams", name, k + 1)
                     added = True
             except Exception as exc:
-                if not self._look_failed:
+                if self._look_error is None:
                     logger.warning("looking for NATS streams added by other processes failed: {}", exc)
-                self._look_failed = True
+                self._look_error = exc
             else:
-                self._look_failed = False
+                self._look_error = None
+            self._looked_at = time.monotonic()
+        finally:
+            self._growing.release()
         return added
 
     def _keep_looking(self) -> None:
@@ -251,7 +281,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             return shards[k]
         if not look or k >= self.stride:
             return None
-        self._look()
+        self._look(wait=False)
         shards = self.shards
         return shards[k] if k < len(shards) else None
 
@@ -317,8 +347,15 @@ class ShardedNatsQueue(Queue, SharedFeed):
         after: Future[Accepted] | None = None,
     ) -> Future[Accepted]:
         k, q = self._route(dataset)
-        local = q.put_packed(dataset, schema_key, batch, timeout, after)
+        if after is not None and getattr(after, "shard", k) != k:
+            # the stream's previous batch went to another stream (its dataset moved meanwhile): the chain that
+            # keeps no batch after a failed one is per stream, so wait for that one here
+            if (failed := after.exception()) is not None:
+                raise failed
+            after = None
+        local = q.put_packed(dataset, schema_key, batch, timeout, getattr(after, "local", after))
         receipt: Future[Accepted] = Future()
+        receipt.shard, receipt.local = k, local  # type: ignore[attr-defined]
 
         def done(f: Future[Accepted]) -> None:
             if (exc := f.exception()) is not None:
@@ -414,7 +451,6 @@ class ShardedNatsQueue(Queue, SharedFeed):
         with self._lock:
             start = self._next % n
             self._next = (start + 1) % n
-            woken = self._woken
         tried = 0
         while True:
             k = (start + tried) % n
@@ -423,7 +459,10 @@ class ShardedNatsQueue(Queue, SharedFeed):
             if got:
                 return [self._to_global(k, e) for e in got]
             tried += 1
-            if (tried >= n and time.monotonic() >= deadline) or self._woken != woken:
+            if self._woken.is_set() or any(q.flush_asked() for q in shards):
+                self._woken.clear()  # woken (as one stream's take is), or a flush the writer must see now
+                return []
+            if tried >= n and time.monotonic() >= deadline:
                 return []
 
     def flush_requests(self) -> list[str | None]:
@@ -457,8 +496,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
 
     def wake(self) -> None:
         """Ends a waiting take (returning nothing), as with one stream."""
-        with self._lock:
-            self._woken += 1
+        self._woken.set()
         for q in self.shards:
             q.wake()
 
