@@ -1,26 +1,40 @@
-"""Seq sets as compact text: ``[1, 2, 3, 7, 9, 10]`` <-> ``"1-3,7,9-10"`` (Parquet metadata, WAL manifest)."""
+"""Seq sets as compact text (Parquet metadata, table commits, WAL manifest, NATS records): ``[1, 2, 3, 7, 9,
+10]`` <-> ``"1-3,7,9-10"``. With ``steps``, runs of three or more with a constant step above 1 as
+``first-last/step``: ``[5, 9, 13, 17]`` <-> ``"5-17/4"``, for the seqs of files and table commits (a sharded
+NATS queue's seqs in one file are ``s * S + k``). The logs (WAL manifest, NATS records) are written without,
+so that a process of the version before, in a rolling upgrade, reads them; ``parse_ranges`` reads both."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 
-def seq_ranges(seqs: list[int]) -> str:
-    """Ascending seqs as ranges."""
-    if not seqs:
-        return ""
+def seq_ranges(seqs: list[int], steps: bool = False) -> str:
+    """Ascending seqs as ranges (``steps``: and runs with a step)."""
     parts: list[str] = []
-    start = prev = seqs[0]
-    for s in seqs[1:]:
-        if s != prev + 1:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-            start = s
-        prev = s
-    parts.append(str(start) if start == prev else f"{start}-{prev}")
+    i, n = 0, len(seqs)
+    while i < n:
+        first = seqs[i]
+        if i + 1 == n:
+            parts.append(str(first))
+            break
+        step = seqs[i + 1] - first
+        j = i + 1
+        while j + 1 < n and seqs[j + 1] - seqs[j] == step:
+            j += 1
+        if step == 1:
+            parts.append(f"{first}-{seqs[j]}")
+        elif steps and j - i >= 2:
+            parts.append(f"{first}-{seqs[j]}/{step}")
+        else:  # two with a gap: the first alone, the second may begin a run
+            parts.append(str(first))
+            j = i
+        i = j + 1
     return ",".join(parts)
 
 
 def parse_ranges(text: str) -> Iterator[int]:
     for part in filter(None, text.split(",")):
-        first, _, last = part.partition("-")
-        yield from range(int(first), int(last or first) + 1)
+        span, _, step = part.partition("/")
+        first, _, last = span.partition("-")
+        yield from range(int(first), int(last or first) + 1, int(step or 1))

@@ -33,7 +33,15 @@ class DurabilityTracker:
     """The durability position of one queue: applies its durability records (``mark_durable``,
     ``mark_failed``) and answers ``ack`` (``describe``, ``wait``) and ``flush`` from them."""
 
-    def __init__(self, history: int = 100_000, durable_through: int = 0, pending_state: str = "queued") -> None:
+    def __init__(
+        self,
+        history: int = 100_000,
+        durable_through: int = 0,
+        pending_state: str = "queued",
+        committed_through: int | None = None,
+    ) -> None:
+        """``committed_through``: where the committed position starts, if not at ``durable_through`` (seqs
+        from before a restart count as committed); a queue that learns every commit from its records says 0."""
         self._history = history
         self._pending_state = pending_state  # "logged" when pending batches are already on disk
         self._cond = threading.Condition()
@@ -42,7 +50,8 @@ class DurabilityTracker:
         self._files: OrderedDict[int, str] = OrderedDict()
         self._failed: dict[int, str] = {}
         self._closed = False
-        self._committed_through = durable_through  # a restart adopts what a crash left before it serves
+        # a restart adopts what a crash left before it serves
+        self._committed_through = durable_through if committed_through is None else committed_through
         self._committed_above: set[int] = set()
         self._held: int | None = None  # committed_through from before the start, while hold_committed
         self._in_table: OrderedDict[int, None] = OrderedDict()  # seqs a table commit made safe (history)

@@ -795,8 +795,8 @@ def test_a_stream_whose_connection_was_lost_makes_every_stream_give_back_what_it
 def test_a_stream_added_to_a_running_deployment_is_taken_on_by_every_process(data_root, nats_server, monkeypatch):
     """stream_slots = 4: a writer and an ingest process run on one stream; an ingest process started with
     streams = 2 makes the second. Seqs keep their meaning (s * 4 + k) and the queue its identity; the old
-    ingest process takes the stream on for an ack of one of its seqs and before a flush (its own look
-    waits an hour here, so nothing else can), then routes by two; the writer consumes both; a dataset
+    ingest process takes the stream on when an ack asks about its seqs (its own look waits an hour here),
+    then routes by two; the writer consumes both; a dataset
     whose batches are in both streams is flushed and stored once, whole."""
     from flight_writer.queue.nats import sharded
 
@@ -825,8 +825,7 @@ def test_a_stream_added_to_a_running_deployment_is_taken_on_by_every_process(dat
                 after = [r["seq"] for r in put(b, moved, [ints(10, 30 + j * 10) for j in range(3)])]
                 assert [s % 4 for s in after] == [1, 1, 1]
                 assert [s % 4 for s in (r["seq"] for r in put(b, stays, [ints(5)]))] == [0]
-                assert action(a, "status")["nats_streams"] == 1  # not looked yet
-                acks = action(a, "ack", {"seqs": after})["acks"]  # a seq of a stream it lacks: looked for
+                acks = action(a, "ack", {"seqs": after})["acks"]  # seqs of a stream it lacks: looked for
                 assert {x["state"] for x in acks} <= {"logged", "durable"}
                 assert action(a, "status")["nats_streams"] == 2
                 again = [r["seq"] for r in put(a, moved, [ints(10, 60 + j * 10) for j in range(3)])]
@@ -988,4 +987,30 @@ def test_a_packed_batch_after_its_dataset_moved_waits_for_the_one_before_it_in_t
         finally:
             b.close()
     finally:
+        a.close()
+
+
+def test_a_stream_taken_on_while_running_counts_as_committed_only_what_its_records_say(nats_server, monkeypatch):
+    """At a start, what was durable before counts as committed (the service adopts what a crash left); a
+    stream taken on while running is another process's work: its records (all kept, the stream is new) say
+    what is committed, and a batch stored but waiting for its table commit is durable, not committed."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "LOOK_AGAIN", 0.0)
+    one = queue_settings(nats_server, stream_slots=4)
+    a = make_queue(one, role="ingest")  # one stream
+    b = make_queue(dataclasses.replace(one, streams=2))  # makes the second; ingest and write
+    try:
+        seq = b.put(in_shards(2, 2)[1], b"k", ints(10), 5).seq
+        assert seq % 4 == 1
+        [entry] = take_rows(b, 10)
+        b.confirm([entry], "sh/part-1.parquet", table=True)  # stored; its table commit is still to come
+        assert b.position.wait([seq], 30)
+        assert a.position.describe(seq)["state"] == "durable"  # looked for, taken on
+        assert a.position.committed_through < seq
+        b.committed((seq,))
+        assert a.position.wait_committed([seq], 30) and a.position.describe(seq)["state"] == "committed"
+    finally:
+        b.close()
         a.close()

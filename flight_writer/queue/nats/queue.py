@@ -60,9 +60,18 @@ class NatsQueue(Queue, SharedFeed):
     shared = True
     packs = True
 
-    def __init__(self, settings: QueueSettings, role: str = "all", history: int = 100_000, check: bool = True) -> None:
+    def __init__(
+        self,
+        settings: QueueSettings,
+        role: str = "all",
+        history: int = 100_000,
+        check: bool = True,
+        taken_on: bool = False,
+    ) -> None:
         """``check``: refuse a stream of another seq stride, and say ours in its description (link.py);
-        the sharded queue does it itself over all its streams."""
+        the sharded queue does it itself over all its streams. ``taken_on``: a stream made after this process
+        started (sharded.py): its records, all of them kept, say what is committed, so nothing counts as
+        committed before they do (at a start, what was durable before counts as committed)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self._role = role
@@ -77,7 +86,9 @@ class NatsQueue(Queue, SharedFeed):
             state = info.state
             # work-queue retention deletes a message once acknowledged, i.e. stored: below the first one, all is
             through = state.first_seq - 1 if state.messages else state.last_seq
-            self.position = DurabilityTracker(history, through, pending_state=self.ack_state)
+            self.position = DurabilityTracker(
+                history, through, pending_state=self.ack_state, committed_through=0 if taken_on else None
+            )
             self._shared = Shared(last_seq=state.last_seq)
             self._records = Records(link, self._shared, self.position, incarnation)
             self.identity = f"nats:{settings.stream}:{incarnation}"

@@ -24,8 +24,11 @@ batches, its durability records, its flush subject, its durable consumer), and t
   its ingest processes route to it. Seqs keep their meaning (the stride is fixed); what moves is a dataset's
   shard (``crc32 mod N``): while processes disagree on N, or batches queued under the old N are still
   waiting, a dataset's batches are in two streams, stored in different files, each file in order; a flush
-  of a dataset waits in every shard it can have used (``crc32 mod n`` for n up to N). Streams are never
-  removed live.
+  of a dataset waits in every shard it can have used (``crc32 mod n`` for n up to N); a packed put whose
+  previous one went to another shard waits for it (the no-batch-after-a-failed-one chain is per stream);
+  a shard taken on while running counts as committed only what its records say (``taken_on``). JetStream
+  knows a batch id per stream: one sent before its dataset moved and again after goes to the new stream
+  and is stored twice (docs: add streams when producers are not re-sending). Never removed live.
 
 Change S (or N without slots) only with the queue drained (flush, stop every process, set it everywhere,
 start): a seq names another batch under another stride, and the queue's identity (in files and table
@@ -182,6 +185,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         self._looked_at = 0.0  # when the last look ended (monotonic)
         self._refusing = self._not_taking = False  # refuse_puts, stop_taking: for shards taken on later too
         self._stopped = threading.Event()
+        self._started = False  # streams found from here on were made after this process started
         try:
             self.shards = [self._open(0)]
             link = self.shards[0]._link
@@ -196,6 +200,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             for q in self.shards:
                 q.close()
             raise
+        self._started = True
         self.position = ShardedPosition(self)  # type: ignore[assignment]
         # the same in every process of the deployment (they share the stride) however many streams each has
         self.identity = f"nats-sharded:{self.stride}:{self.shards[0].identity}"
@@ -218,7 +223,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             if needed:
                 q._link.stamp(info)
 
-    def _open(self, k: int) -> NatsQueue:
+    def _open(self, k: int, taken_on: bool = False) -> NatsQueue:
         shard = dataclasses.replace(
             self._settings,
             stream=shard_stream(self._settings.stream, k),
@@ -226,7 +231,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             streams=1,
             stream_slots=self.stride,
         )
-        return NatsQueue(shard, self._role, self._history, check=False)
+        return NatsQueue(shard, self._role, self._history, check=False, taken_on=taken_on)
 
     def _look(self, wait: bool = True) -> bool:
         """Take on the streams other processes added after ours (each the next one: they are made in
@@ -251,7 +256,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
                             f"NATS stream {name} says seq stride {link.declared_stride(info)}, this process has "
                             f"{self.stride}: every process must have the same queue.streams / stream_slots"
                         )
-                    q = self._open(k)
+                    q = self._open(k, taken_on=self._started)
                     self.shards = [*self.shards, q]
                     if self._refusing:  # set before the line above, or its loop saw q: stopping, as the others
                         q.refuse_puts()
@@ -414,6 +419,10 @@ class ShardedNatsQueue(Queue, SharedFeed):
 
     @property
     def last_seq(self) -> int:
+        """The highest seq issued, in every stream there is: a stream added meanwhile is looked for first
+        (at most every ``LOOK_AGAIN`` s), so an ack's and a flush's view of what was issued includes it."""
+        if len(self.shards) < self.stride:
+            self._look(wait=False)
         return max(self._global(k, q.last_seq) for k, q in enumerate(self.shards))
 
     def stats(self) -> dict[str, Any]:
