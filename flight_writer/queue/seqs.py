@@ -19,12 +19,16 @@ def seq_ranges(seqs: list[int], steps: bool = False) -> str:
             parts.append(str(first))
             break
         step = seqs[i + 1] - first
+        if step != 1 and not (steps and step > 1):  # no run to look for: the first alone
+            parts.append(str(first))
+            i += 1
+            continue
         j = i + 1
         while j + 1 < n and seqs[j + 1] - seqs[j] == step:
             j += 1
         if step == 1:
             parts.append(f"{first}-{seqs[j]}")
-        elif steps and j - i >= 2:
+        elif j - i >= 2:
             parts.append(f"{first}-{seqs[j]}/{step}")
         else:  # two with a gap: the first alone, the second may begin a run
             parts.append(str(first))
