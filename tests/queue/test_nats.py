@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nats.js.errors
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
@@ -874,8 +875,13 @@ def test_a_process_of_another_stride_changes_no_stream_and_streams_without_a_str
     made = make_queue(two, role="ingest")
     try:
         made.put(in_shards(2, 2)[1], b"k", ints(10), 5)  # into the second stream only
-        with pytest.raises(ValueError, match=r"stride 2, this process has 4: every process must"):
+        with pytest.raises(ValueError, match=r"stride 2 .*this process has 4: every process must"):
             make_queue(dataclasses.replace(two, streams=1, stream_slots=4), role="ingest")
+        with pytest.raises(ValueError, match=r"stride 2 .*this process has 3: every process must"):
+            make_queue(dataclasses.replace(two, streams=3), role="ingest")
+        link = made.shards[0]._link
+        with pytest.raises(nats.js.errors.NotFoundError):  # the refused process made no stream either
+            link.run(link.js.stream_info(f"{two.stream}-2"), 30)
         made.put(in_shards(2, 2)[0], b"k", ints(10), 5)  # the first stream still says 2: taken
         for q in made.shards:  # as made before streams said their stride
             link = q._link

@@ -55,6 +55,7 @@ from flight_writer.queue.nats.queue import NatsQueue
 
 LOOK_EVERY = 1.0  # seconds between looks for a stream added by another process (stream_slots > streams)
 LOOK_AGAIN = 0.1  # ... and at least between looks for a seq of a stream this process does not have
+LOOK_WAIT = 5.0  # how long such a look waits for one under way (whose result it then takes)
 
 
 def shard_stream(stream: str, k: int) -> str:
@@ -188,14 +189,14 @@ class ShardedNatsQueue(Queue, SharedFeed):
         self._started = False  # streams found from here on were made after this process started
         try:
             self.shards = [self._open(0)]
-            link = self.shards[0]._link
-            existed = link.run(link.count_streams(settings.stream), 30)  # before ours are made
+            stamp = self._check_strides()  # every stream there is, before any is made or changed
             for k in range(1, settings.streams):
                 self.shards = [*self.shards, self._open(k)]
             self._look()
-            if self._look_error is not None:  # at start, a stream not taken on (another stride) stops it
+            if self._look_error is not None:  # at start, a stream not taken on stops it
                 raise self._look_error
-            self._check_strides(existed)
+            for info in stamp:
+                self.shards[0]._link.stamp(info)
         except BaseException:
             for q in self.shards:
                 q.close()
@@ -213,15 +214,18 @@ class ShardedNatsQueue(Queue, SharedFeed):
             self._looker.start()
 
     # -- shards --------------------------------------------------------------------------------------
-    def _check_strides(self, existed: int) -> None:
-        """Every stream first (a process of another stride is refused before it changes any), then each
-        description says ours (link.py ``check_stride``); streams made by a version that did not say it had
-        the stride of their number, ``existed``."""
-        infos = [q._link.run(q._link.js.stream_info(q._link.settings.stream), 30) for q in self.shards]
-        stamp = [q._link.check_stride(info, lambda: existed) for q, info in zip(self.shards, infos, strict=True)]
-        for q, info, needed in zip(self.shards, infos, stamp, strict=True):
-            if needed:
-                q._link.stamp(info)
+    def _check_strides(self) -> list[Any]:
+        """Refuse to start if any existing stream holds batches of another stride (link.py
+        ``check_stride``), before this process makes or changes any; the infos of those whose description
+        should say ours. A stream without a stride in its description (made before they said it) has the one
+        another stream of the deployment says, else the stride of their number (what that version used)."""
+        link = self.shards[0]._link
+        existed = link.run(link.count_streams(self._settings.stream), 30)
+        names = [shard_stream(self._settings.stream, k) for k in range(existed)]
+        infos = [link.run(link.js.stream_info(name), 30) for name in names]
+        said = [d for info in infos if (d := link.declared_stride(info)) is not None]
+        legacy = said[0] if said else existed
+        return [info for info in infos if link.check_stride(info, lambda: legacy)]
 
     def _open(self, k: int, taken_on: bool = False) -> NatsQueue:
         shard = dataclasses.replace(
@@ -238,8 +242,8 @@ class ShardedNatsQueue(Queue, SharedFeed):
         order). True if one was added. NATS away, or a stream that fails to open: tried again next time
         (said once until a look succeeds)."""
         added = False
-        if not self._growing.acquire(blocking=wait):
-            return False  # another thread is looking: what it finds serves this caller too
+        if not self._growing.acquire(timeout=-1 if wait else LOOK_WAIT):
+            return False  # another thread's look is taking long (NATS away): what is known stands
         try:
             if not wait and time.monotonic() - self._looked_at < LOOK_AGAIN:
                 return False  # looked a moment ago (an ack may ask about thousands of seqs)
