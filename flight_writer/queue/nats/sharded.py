@@ -472,8 +472,10 @@ class ShardedNatsQueue(Queue, SharedFeed):
             if got:
                 return [self._to_global(k, e) for e in got]
             tried += 1
-            if self._woken.is_set() or any(q.flush_asked() for q in shards):
-                self._woken.clear()  # woken (as one stream's take is), or a flush the writer must see now
+            # woken (as one stream's take is), or a flush the writer must see now: once every shard was asked
+            # (a writer draining for a flush takes until a take comes back empty)
+            if tried >= n and (self._woken.is_set() or any(q.flush_asked() for q in shards)):
+                self._woken.clear()
                 return []
             if tried >= n and time.monotonic() >= deadline:
                 return []
