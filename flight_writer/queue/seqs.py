@@ -1,8 +1,7 @@
 """Seq sets as compact text (Parquet metadata, table commits, WAL manifest, NATS records): ``[1, 2, 3, 7, 9,
-10]`` <-> ``"1-3,7,9-10"``. With ``steps``, runs of three or more with a constant step above 1 as
-``first-last/step``: ``[5, 9, 13, 17]`` <-> ``"5-17/4"``, for the seqs of files and table commits (a sharded
-NATS queue's seqs in one file are ``s * S + k``). The logs (WAL manifest, NATS records) are written without,
-so that a process of the version before, in a rolling upgrade, reads them; ``parse_ranges`` reads both."""
+10]`` <-> ``"1-3,7,9-10"``. ``parse_ranges`` also reads runs with a step, ``"5-17/4"`` (5, 9, 13, 17), which
+``seq_ranges(steps=True)`` writes: a sharded NATS queue's seqs in one file are ``s * S + k``. Nothing writes
+them yet: ``flight_writer.seqs`` is documented metadata that readers of the files parse themselves."""
 
 from __future__ import annotations
 

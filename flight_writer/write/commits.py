@@ -404,7 +404,7 @@ class Committer:
     def _seqs_note(self, files: list[DataFile]) -> str:
         """What a commit's metadata says of the seqs its files hold: the queue's identity and their ranges."""
         seqs = sorted(s for f in files for s in f.seqs)
-        return f"{self._identity} {seq_ranges(seqs, steps=True)}" if self._identity and seqs else ""
+        return f"{self._identity} {seq_ranges(seqs)}" if self._identity and seqs else ""
 
     def _commit(self, dataset: str, patient: bool = True) -> None:
         with self._lock_of(dataset):

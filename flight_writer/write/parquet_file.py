@@ -306,7 +306,7 @@ class ParquetFile:
             b"flight_writer.dataset": self.dataset.encode(),
             b"flight_writer.seq_min": str(seqs[0]).encode(),
             b"flight_writer.seq_max": str(seqs[-1]).encode(),
-            b"flight_writer.seqs": seq_ranges(list(seqs), steps=True).encode(),
+            b"flight_writer.seqs": seq_ranges(list(seqs)).encode(),
             b"flight_writer.queue": self._ctx.queue.identity.encode(),  # whose seqs these are
             b"flight_writer.version": __version__.encode(),
         }

@@ -303,6 +303,7 @@ class Publisher:
 
     def flush(self, dataset: str | None, timeout: float | None) -> bool:
         position = self._records.position
+        self.stream_state(fresh=True)  # batches other processes put just before: counted, not 0.2 s old
         through = self.last_seq
         deadline = None if timeout is None else time.monotonic() + timeout
         asked = False
