@@ -590,7 +590,11 @@ def test_a_three_node_cluster_keeps_every_batch_when_a_node_dies(data_root):
             nats.servers[1].kill()  # one of three: the stream keeps a quorum
             put(c, "r3", [ints(100, k * 100) for k in range(5, 10)], ids=[f"r{k}" for k in range(5, 10)])
             assert action(c, "flush")["durable_through"] == 10
-        assert sorted(read_dataset(data_root, "r3").column("i").to_pylist()) == list(range(1000))
+            # a batch id's lookup (sharded.py: ids across a move) on a replicated stream: found, or not, and
+            # nothing stored either way (the next batch gets seq 11)
+            assert ingest.queue.find("r7", 30) == 8 and ingest.queue.find("r10", 30) is None
+            assert [r["seq"] for r in put(c, "r3", [ints(100, 1000)], ids=["r10"])] == [11]
+        assert sorted(read_dataset(data_root, "r3").column("i").to_pylist()) == list(range(1100))
     finally:
         nats.stop()
 
@@ -831,8 +835,7 @@ def test_a_stream_added_to_a_running_deployment_is_taken_on_by_every_process(dat
                 assert action(a, "status")["nats_streams"] == 2
                 again = [r["seq"] for r in put(a, moved, [ints(10, 60 + j * 10) for j in range(3)])]
                 assert [s % 4 for s in again] == [1, 1, 1]  # routed by two now
-                flushed = action(a, "flush", {"dataset": moved})  # in both streams it has been put into
-                assert flushed["durable_through"] >= 0
+                action(a, "flush", {"dataset": moved})  # in both streams it has been put into: the acks below
                 for client in (a, b):
                     acks = action(client, "ack", {"seqs": before + after + again})["acks"]
                     assert {x["state"] for x in acks} == {"durable"}
@@ -990,6 +993,54 @@ def test_a_packed_batch_after_its_dataset_moved_waits_for_the_one_before_it_in_t
             with pytest.raises(QueueFull):
                 first.result(30)
             assert len(a.shards) == 2 and a.shards[1].stats()["pending_batches"] == 0  # the second not kept
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it_moved_from(nats_server, monkeypatch):
+    """JetStream remembers a batch id per stream. A stream added to a running deployment takes batches with
+    an id only from the moment its metadata says (SWITCH_AFTER after it was made; an hour here, and the
+    processes' clocks are set past it); from then, for the old stream's duplicate window, a batch with an id
+    of a dataset that moved is looked up in the old stream first: one it holds is answered with its seq
+    there and not stored again, by any process; a new one goes to the new stream. The lookups store
+    nothing. Streams made with the deployment have no such moment."""
+    from flight_writer.queue import Accepted, make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    one = queue_settings(nats_server, stream_slots=4)
+    stays, moves = in_shards(2, 2)
+    a = make_queue(one, role="ingest")  # no writer: every message stays in its stream, to be counted
+    try:
+        first = a.put(moves, b"k", ints(10), 5, "x1").seq
+        assert first % 4 == 0 and a.shards[0].switch_at is None
+        b = make_queue(dataclasses.replace(one, streams=2), role="ingest")  # added live: makes the second
+        try:
+            at = b.shards[1].switch_at
+            assert at is not None and at > time.time() + 3000
+            assert b.put(moves, b"k", ints(10), 5, "x2").seq % 4 == 0  # before the moment: where it was
+            assert b.put(moves, b"k", ints(10), 5, "x1") == Accepted(first, True)
+            assert b.put(moves, b"k", ints(10), 5).seq % 4 == 1  # without an id: moved at once
+            a.flush(None, 0)  # looks for streams: takes the second on
+            assert a.shards[1].switch_at == at
+            for q in (a, b):
+                q._clock = lambda: at + 1
+            assert a.put(moves, b"k", ints(10), 5, "x1") == Accepted(first, True)  # found in the old stream
+            assert b.put(moves, b"k", ints(10), 5, "x1") == Accepted(first, True)
+            new = b.put(moves, b"k", ints(10), 5, "x3")  # not there: to the new stream
+            assert new.seq % 4 == 1 and not new.duplicate
+            assert a.put(moves, b"k", ints(10), 5, "x3") == Accepted(new.seq, True)  # the new stream's dedupe
+            assert b.put(stays, b"k", ints(10), 5, "y1").seq % 4 == 0 and b.lookups == 2  # stays: no lookup
+            pieces = b.put_many(moves, b"k", [ints(5), ints(5)], 5, ["x1", "x4"])
+            assert pieces[0] == Accepted(first, True) and pieces[1].seq % 4 == 1 and not pieces[1].duplicate
+            assert (a.stats()["nats_id_found"], b.stats()["nats_id_found"]) == (1, 2)
+            for q in (a, b):  # the window over: straight to the new stream
+                q._clock = lambda: at + 3600 + one.duplicate_window + 1
+            assert b.put(moves, b"k", ints(10), 5, "x5").seq % 4 == 1 and b.lookups == 4
+            # stored once each: x1, x2, y1 in the first stream; the one without an id, x3, x4, x5 in the second
+            assert [q.stats()["pending_batches"] for q in b.shards] == [3, 4]
         finally:
             b.close()
     finally:

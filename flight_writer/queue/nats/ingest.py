@@ -37,6 +37,8 @@ from flight_writer.queue.nats.link import Link
 from flight_writer.queue.nats.records import Records, Shared
 
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
+ROLLUP_REFUSED = 10111  # JetStream: a Nats-Rollup header refused (what ``find`` is told when the id is new)
+LOOKUP = "flight-writer-lookup"  # no rollup JetStream knows: refused with ROLLUP_REFUSED, never rolls up
 STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
 PACK_BYTES = 1 << 20  # IPC bytes a packed message holds at most (a larger batch goes alone)
 PACKS_WAITING = 16 << 20  # IPC bytes of packed puts not yet acknowledged by NATS: beyond, puts wait
@@ -56,6 +58,10 @@ class _Pack:
     batches: list[pa.RecordBatch] = field(default_factory=list)
     receipts: list[Future[Accepted]] = field(default_factory=list)
     nbytes: int = 0  # the batches' IPC message bytes
+
+
+class _NotThere(Exception):
+    """A ``find`` publish was refused: the stream holds no batch with that id within its window."""
 
 
 class Publisher:
@@ -127,6 +133,25 @@ class Publisher:
             if not ack.duplicate:
                 self._received.add(dataset, batch.num_rows, batch.get_total_buffer_size())
         return Accepted(ack.seq, bool(ack.duplicate))
+
+    def find(self, client_id: str, timeout: float) -> int | None:
+        """The stream's sequence of the batch it took with this id within its ``duplicate_window``, or None;
+        nothing is stored either way. An empty message with the id and a ``Nats-Rollup`` of a value no
+        rollup has: JetStream answers a duplicate before it looks at the rollup, and refuses the message
+        after it (nats-server 2.15.1, one server and R3, streams allowing rollups or not: tested). Not
+        ``Nats-Expected-Last-Msg-Id``, which behaves the same on one server but left an R3 stream refusing
+        every publish after it; ``Nats-Expected-Last-Sequence`` is checked before the duplicate."""
+        headers = {"Nats-Msg-Id": client_id, "Nats-Rollup": LOOKUP}
+        try:
+            ack = self._link.run(self._publish(memoryview(b""), headers, timeout))
+        except _NotThere:
+            return None
+        if not ack.duplicate:  # a server that ignores the header: stored empty, which no writer can read
+            logger.error(
+                "NATS stored the lookup of batch id {!r} as seq {}: is the server older than 2.15?", client_id, ack.seq
+            )
+            return None
+        return ack.seq
 
     def put_many(
         self,
@@ -280,6 +305,8 @@ class Publisher:
                     "or raise max_payload on the NATS servers"
                 ) from None
             except nats.js.errors.APIError as exc:
+                if exc.err_code == ROLLUP_REFUSED and headers.get("Nats-Rollup") == LOOKUP:
+                    raise _NotThere() from None
                 if exc.err_code not in FULL:
                     raise QueueWriteError(f"NATS refused the batch: {exc.description or exc}") from None
                 reason = (

@@ -9,6 +9,8 @@ or per group), and the two JetStream streams the queue uses, created if missing:
   file storage, ``replicas``, and ``duplicate_window`` for batch ids (``Nats-Msg-Id``). Its description
   says the seq stride of the processes that made it (``seq stride N``: a sequence s is seq ``s * N + k``,
   sharded.py): a process with another refuses to start while the stream holds batches (``check_stride``).
+  A stream added to a running deployment also says, in its metadata (``SWITCH_KEY``), when batches with an
+  id start going to it (sharded.py, "batch ids across a move").
 - ``<stream>_RECORDS`` on ``<stream>.records``: the durability records (plans, durable and failed seqs)
   every process reads from the start. Limits retention, kept for ``RECORDS_AGE`` seconds: a process that
   starts later takes ``durable_through`` from the data stream's first sequence and needs only the newer
@@ -39,6 +41,8 @@ from flight_writer.config.settings import QueueSettings, without_password
 T = TypeVar("T")
 RECORDS_AGE = 24 * 3600.0
 STRIDE = re.compile(r"seq stride (\d+)")
+STREAM_EXISTS = 10058  # JetStream: a stream of this name exists with another configuration
+SWITCH_KEY = "flight_writer_ids_from"  # data stream metadata: when (epoch s) batches with an id go to it
 # nats-py reads its socket DEFAULT_BUFFER_SIZE bytes at a time (32 KiB) and its stream reader pauses at twice
 # that: a 1.5 MB batch took ~48 reads, each a pass through its parser. At 1 MiB a write process spent 5.0
 # CPU-s per GiB instead of 6.8 and the topology went from 160 to 205 MB/s (8,192-row batches, 1 producer, 2
@@ -52,8 +56,11 @@ class Link:
     """A connected NATS client on its own loop thread. ``run(coro)`` runs a coroutine there and returns
     its result to the calling thread; ``spawn(coro)`` starts one without waiting."""
 
-    def __init__(self, settings: QueueSettings, name: str) -> None:
+    def __init__(self, settings: QueueSettings, name: str, metadata: dict[str, str] | None = None) -> None:
+        """``metadata``: the data stream's, if this link makes it."""
         self.settings = settings
+        self._metadata = metadata
+        self.made_data_stream = False  # this link made the data stream (it did not exist)
         self.data_subject = f"{settings.stream}.data"
         self.records_subject = f"{settings.stream}.records"
         self.flush_subject = f"{settings.stream}.flush"
@@ -124,6 +131,7 @@ class Link:
                 num_replicas=s.replicas,
                 duplicate_window=s.duplicate_window,
                 description=self.description,
+                metadata=self._metadata,
             )
         )
         await self._ensure(
@@ -190,8 +198,15 @@ class Link:
         try:
             await self.js.stream_info(config.name)
         except nats.js.errors.NotFoundError:
-            await self.js.add_stream(config)
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_EXISTS:
+                    raise
+                return  # another process made it a moment ago (with its own metadata)
             logger.info("created JetStream stream {} ({})", config.name, ", ".join(config.subjects or []))
+            if config.name == self.settings.stream:
+                self.made_data_stream = True
 
     async def _on_error(self, exc: Exception) -> None:
         self.last_error = f"NATS: {type(exc).__name__}: {exc}"

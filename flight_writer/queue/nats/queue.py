@@ -40,7 +40,7 @@ from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, Entry, Plan, Queue, SharedFeed
 from flight_writer.queue.nats.feed import WriteFeed
 from flight_writer.queue.nats.ingest import Publisher
-from flight_writer.queue.nats.link import Link
+from flight_writer.queue.nats.link import SWITCH_KEY, Link
 from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.tracker import DurabilityTracker
 
@@ -67,22 +67,30 @@ class NatsQueue(Queue, SharedFeed):
         history: int = 100_000,
         check: bool = True,
         taken_on: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         """``check``: refuse a stream of another seq stride, and say ours in its description (link.py);
         the sharded queue does it itself over all its streams. ``taken_on``: a stream made after this process
         started (sharded.py): its records, all of them kept, say what is committed, so nothing counts as
-        committed before they do (at a start, what was durable before counts as committed)."""
+        committed before they do (at a start, what was durable before counts as committed). ``metadata``: the
+        data stream's, if this process makes it."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self._role = role
         name = f"flight-writer-{role}-{uuid.uuid4().hex[:8]}"
-        self._link = link = Link(settings, name)
+        self._link = link = Link(settings, name, metadata)
+        #: this process made the data stream (it did not exist)
+        self.made = link.made_data_stream
         try:
             info = link.run(link.js.stream_info(settings.stream), timeout=30)
             if check and link.check_stride(info, lambda: link.run(link.count_streams(settings.stream), 30)):
                 link.stamp(info)
             # records of an earlier stream of the same name (deleted, made again) must not resolve this one's seqs
             incarnation = info.created.isoformat() if info.created else ""
+            #: when batches with an id start going to this stream, if it was added to a running deployment
+            #: (sharded.py); seconds JetStream remembers a batch id here
+            self.switch_at = _float((info.config.metadata or {}).get(SWITCH_KEY))
+            self.duplicate_window = info.config.duplicate_window or settings.duplicate_window
             state = info.state
             # work-queue retention deletes a message once acknowledged, i.e. stored: below the first one, all is
             through = state.first_seq - 1 if state.messages else state.last_seq
@@ -150,6 +158,11 @@ class NatsQueue(Queue, SharedFeed):
     ) -> list[Accepted]:
         """Not all or none on NATS: see ``Publisher.put_many``."""
         return self._publisher.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
+
+    def find(self, client_id: str, timeout: float) -> int | None:
+        """The sequence of the batch this stream took with this id within its duplicate window, or None;
+        stores nothing (see ``Publisher.find``)."""
+        return self._publisher.find(client_id, timeout)
 
     @property
     def max_message_bytes(self) -> int:
@@ -223,3 +236,10 @@ class NatsQueue(Queue, SharedFeed):
         self.position.close()
         self._link.close()
         self._publisher.fail_packs()
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None

@@ -26,9 +26,20 @@ batches, its durability records, its flush subject, its durable consumer), and t
   waiting, a dataset's batches are in two streams, stored in different files, each file in order; a flush
   of a dataset waits in every shard it can have used (``crc32 mod n`` for n up to N); a packed put whose
   previous one went to another shard waits for it (the no-batch-after-a-failed-one chain is per stream);
-  a shard taken on while running counts as committed only what its records say (``taken_on``). JetStream
-  knows a batch id per stream: one sent before its dataset moved and again after goes to the new stream
-  and is stored twice (docs: add streams when producers are not re-sending). Never removed live.
+  a shard taken on while running counts as committed only what its records say (``taken_on``). Never
+  removed live.
+- Batch ids across a move: JetStream remembers a batch id (``Nats-Msg-Id``) per stream, so a batch taken
+  by the old stream and sent again after its dataset moved must not simply go to the new one. A stream
+  added to a running deployment (stream 0 existed when the process that makes it started) says in its
+  metadata when batches *with an id* start going to it: ``SWITCH_AFTER`` s after it was made, the same
+  moment in every process (their clocks agree: NTP), and every process knows the stream by then (it looks
+  every ``LOOK_EVERY`` s, and a put with an id is refused while its last successful look is older than half
+  of that). From that moment, for the old stream's ``duplicate_window`` plus ``SWITCH_AFTER``, a batch with
+  an id of a dataset that moved is first looked up in the stream(s) it moved from (``NatsQueue.find``: an
+  empty publish JetStream answers as a duplicate if it holds the id, and refuses otherwise, storing
+  nothing): found, its earlier seq is the answer; not found, it goes to the new stream. Batches without an
+  id move as soon as the process knows the stream (no dedupe to keep). Streams made with the deployment
+  (stream 0 made by the same process) have no such moment: nothing was sent before them.
 
 Change S (or N without slots) only with the queue drained (flush, stop every process, set it everywhere,
 start): a seq names another batch under another stride, and the queue's identity (in files and table
@@ -50,12 +61,14 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.config.settings import QueueSettings
-from flight_writer.queue.base import Accepted, Entry, Plan, Queue, SharedFeed
+from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueFull, SharedFeed
+from flight_writer.queue.nats.link import SWITCH_KEY
 from flight_writer.queue.nats.queue import NatsQueue
 
 LOOK_EVERY = 1.0  # seconds between looks for a stream added by another process (stream_slots > streams)
 LOOK_AGAIN = 0.1  # ... and at least between looks for a seq of a stream this process does not have
 LOOK_WAIT = 5.0  # how long such a look waits for one under way (whose result it then takes)
+SWITCH_AFTER = 10.0  # seconds after a stream added live is made before batches with an id go to it
 
 
 def shard_stream(stream: str, k: int) -> str:
@@ -184,14 +197,19 @@ class ShardedNatsQueue(Queue, SharedFeed):
         self._growing = threading.Lock()
         self._look_error: Exception | None = None  # what the last look failed with (said once)
         self._looked_at = 0.0  # when the last look ended (monotonic)
+        self._looked_ok = 0.0  # ... and the last one that succeeded
+        self._clock = time.time  # for the moment batches with an id move (a stream's SWITCH_KEY)
+        self.lookups = self.found = 0  # batch ids looked up in a stream their dataset moved from; found there
         self._refusing = self._not_taking = False  # refuse_puts, stop_taking: for shards taken on later too
         self._stopped = threading.Event()
         self._started = False  # streams found from here on were made after this process started
         try:
             self.shards = [self._open(0)]
             stamp = self._check_strides()  # every stream there is, before any is made or changed
+            live = not self.shards[0].made  # a deployment that ran before: streams made now are added to it
             for k in range(1, settings.streams):
-                self.shards = [*self.shards, self._open(k)]
+                switch = {SWITCH_KEY: f"{time.time() + SWITCH_AFTER:.3f}"} if live else None
+                self.shards = [*self.shards, self._open(k, metadata=switch)]
             self._look()
             if self._look_error is not None:  # at start, a stream not taken on stops it
                 raise self._look_error
@@ -227,7 +245,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         legacy = said[0] if said else existed
         return [info for info in infos if link.check_stride(info, lambda: legacy)]
 
-    def _open(self, k: int, taken_on: bool = False) -> NatsQueue:
+    def _open(self, k: int, taken_on: bool = False, metadata: dict[str, str] | None = None) -> NatsQueue:
         shard = dataclasses.replace(
             self._settings,
             stream=shard_stream(self._settings.stream, k),
@@ -235,18 +253,17 @@ class ShardedNatsQueue(Queue, SharedFeed):
             streams=1,
             stream_slots=self.stride,
         )
-        return NatsQueue(shard, self._role, self._history, check=False, taken_on=taken_on)
+        return NatsQueue(shard, self._role, self._history, check=False, taken_on=taken_on, metadata=metadata)
 
-    def _look(self, wait: bool = True) -> bool:
+    def _look(self, wait: bool = True) -> None:
         """Take on the streams other processes added after ours (each the next one: they are made in
-        order). True if one was added. NATS away, or a stream that fails to open: tried again next time
+        order). NATS away, or a stream that fails to open: tried again next time
         (said once until a look succeeds)."""
-        added = False
         if not self._growing.acquire(timeout=-1 if wait else LOOK_WAIT):
-            return False  # another thread's look is taking long (NATS away): what is known stands
+            return  # another thread's look is taking long (NATS away): what is known stands
         try:
             if not wait and time.monotonic() - self._looked_at < LOOK_AGAIN:
-                return False  # looked a moment ago (an ack may ask about thousands of seqs)
+                return  # looked a moment ago (an ack may ask about thousands of seqs)
             try:
                 while len(self.shards) < self.stride and not self._stopped.is_set():
                     k = len(self.shards)
@@ -267,17 +284,16 @@ class ShardedNatsQueue(Queue, SharedFeed):
                     if self._not_taking:
                         q.stop_taking()
                     logger.info("NATS stream {} joined the queue: {} streams", name, k + 1)
-                    added = True
             except Exception as exc:
                 if self._look_error is None:
                     logger.warning("looking for NATS streams added by other processes failed: {}", exc)
                 self._look_error = exc
             else:
                 self._look_error = None
+                self._looked_ok = time.monotonic()
             self._looked_at = time.monotonic()
         finally:
             self._growing.release()
-        return added
 
     def _keep_looking(self) -> None:
         while not self._stopped.wait(LOOK_EVERY) and len(self.shards) < self.stride:
@@ -299,6 +315,53 @@ class ShardedNatsQueue(Queue, SharedFeed):
         shards = self.shards
         k = zlib.crc32(dataset.encode()) % len(shards)
         return k, shards[k]
+
+    def _id_route(self, dataset: str) -> tuple[int, list[int]]:
+        """Where a batch with an id goes now, and the shards it must first be looked up in (see the module
+        docstring): streams whose moment for batches with an id has not come are left out."""
+        shards, now = self.shards, self._clock()
+        n = len(shards)
+        while n > 1 and (at := shards[n - 1].switch_at) is not None and now < at:
+            n -= 1
+        crc = zlib.crc32(dataset.encode())
+        k, olds = crc % n, []
+        for m in range(n - 1, 0, -1):  # each move of the last window, newest first
+            at = shards[m].switch_at
+            if at is None or now >= at + SWITCH_AFTER + shards[crc % m].duplicate_window:
+                break
+            if (old := crc % m) != k and old not in olds:
+                olds.append(old)
+        return k, olds
+
+    def _know_streams(self, timeout: float) -> None:
+        """Before a batch with an id: the streams known here were looked up at most SWITCH_AFTER / 2 s ago
+        (a stream added since is not yet where ids go); looked up again until ``timeout``, then QueueFull."""
+        if len(self.shards) >= self.stride:
+            return
+        deadline, delay = time.monotonic() + timeout, 0.05
+        while time.monotonic() - self._looked_ok > SWITCH_AFTER / 2:  # the background looks failed lately
+            self._look(wait=False)
+            if time.monotonic() - self._looked_ok <= SWITCH_AFTER / 2:
+                return
+            if self._refusing or time.monotonic() >= deadline:
+                why = self._look_error or "no answer"
+                raise QueueFull(
+                    f"NATS did not take the batch: cannot tell which streams there are ({why}); a batch with an "
+                    "id is taken once they can be looked up (one may have been added)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _put_id(self, dataset: str, client_id: str, timeout: float) -> tuple[int, Accepted | None]:
+        """The shard for a batch with an id, or the seq a stream its dataset moved from gave it."""
+        self._know_streams(timeout)
+        k, olds = self._id_route(dataset)
+        for old in olds:
+            self.lookups += 1
+            if (local := self.shards[old].find(client_id, timeout)) is not None:
+                self.found += 1
+                return old, Accepted(self._global(old, local), True)
+        return k, None
 
     def _global(self, k: int, local: int) -> int:
         return local * self.stride + k
@@ -343,7 +406,13 @@ class ShardedNatsQueue(Queue, SharedFeed):
         *,
         wait: bool = True,
     ) -> Accepted:
-        k, q = self._route(dataset)
+        if client_id is None:
+            k, q = self._route(dataset)
+        else:
+            k, found = self._put_id(dataset, client_id, timeout)
+            if found is not None:
+                return found
+            q = self.shards[k]
         seq, duplicate = q.put(dataset, schema_key, batch, timeout, client_id, wait=wait)
         return Accepted(self._global(k, seq), duplicate)
 
@@ -386,7 +455,15 @@ class ShardedNatsQueue(Queue, SharedFeed):
         *,
         wait: bool = True,
     ) -> list[Accepted]:
-        k, q = self._route(dataset)
+        if any(c is not None for c in client_ids):
+            self._know_streams(timeout)
+            k, olds = self._id_route(dataset)
+            if olds:  # each looked up in the streams the dataset moved from
+                pairs = zip(batches, client_ids, strict=True)
+                return [self.put(dataset, schema_key, b, timeout, c, wait=wait) for b, c in pairs]
+        else:
+            k = self._route(dataset)[0]
+        q = self.shards[k]
         done = q.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
         return [Accepted(self._global(k, a.seq), a.duplicate) for a in done]
 
@@ -440,6 +517,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         stats["nats_stream"] = [s["nats_stream"] for s in each]
         stats["nats_streams"] = len(shards)
         stats["nats_stream_slots"] = self.stride
+        stats["nats_id_lookups"], stats["nats_id_found"] = self.lookups, self.found
         stats["nats_connected"] = all(s["nats_connected"] for s in each)
         errors = [s["queue_error"] for s in each if s.get("queue_error")]
         if errors:
