@@ -89,7 +89,7 @@ def test_large_object(backend):
 @contextmanager
 def paused(emulator: emulators.Emulator) -> Iterator[None]:
     """The storage server stops answering (SIGSTOP) without losing what it holds, then resumes."""
-    emulator.proc.send_signal(signal.SIGSTOP)
+    emulators.suspend(emulator.proc.pid)
     try:
         yield
     finally:

@@ -28,7 +28,7 @@ from flight_writer.queue import Plan, QueueFull, QueueLost
 from flight_writer.queue.nats.queue import NatsQueue
 
 import natsd
-from emulators import free_port
+from emulators import free_port, suspend
 from helpers import (
     REPO,
     STOP_TIMEOUT,
@@ -248,7 +248,7 @@ def test_batches_put_while_a_message_is_in_flight_share_the_next_one(nats_server
     nats = nats_server.servers[0].proc
     batches = [ints(100, k * 100) for k in range(50)]
     try:
-        os.kill(nats.pid, signal.SIGSTOP)
+        suspend(nats.pid)
         try:
             receipts = [q.put_packed("packed", b"k", b, 60) for b in batches]
             put_by = time.time()
@@ -277,7 +277,7 @@ def paused(nats: natsd.Nats) -> contextlib.AbstractContextManager:
     @contextlib.contextmanager
     def pause() -> Iterator[None]:
         pid = nats.servers[0].proc.pid
-        os.kill(pid, signal.SIGSTOP)
+        suspend(pid)
         try:
             yield
         finally:
@@ -1002,7 +1002,8 @@ def test_a_packed_batch_after_its_dataset_moved_waits_for_the_one_before_it_in_t
 def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it_moved_from(nats_server, monkeypatch):
     """JetStream remembers a batch id per stream. A stream added to a running deployment takes batches with
     an id only from the moment its metadata says (SWITCH_AFTER after it was made; an hour here, and the
-    processes' clocks are set past it); from then, for the old stream's duplicate window, a batch with an id
+    processes' clocks are set past it and the QUIET seconds after it); from then, for the old stream's
+    duplicate window, a batch with an id
     of a dataset that moved is looked up in the old stream first: one it holds is answered with its seq
     there and not stored again, by any process; a new one goes to the new stream. The lookups store
     nothing. Streams made with the deployment have no such moment."""
@@ -1025,8 +1026,8 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
             assert b.put(moves, b"k", ints(10), 5).seq % 4 == 1  # without an id: moved at once
             a.flush(None, 0)  # looks for streams: takes the second on
             assert a.shards[1].switch_at == at
-            for q in (a, b):
-                q._clock = lambda: at + 1
+            for q in (a, b):  # past the moment and the quiet seconds after it
+                q._clock = lambda: at + sharded.QUIET + 1
             assert a.put(moves, b"k", ints(10), 5, "x1") == Accepted(first, True)  # found in the old stream
             assert b.put(moves, b"k", ints(10), 5, "x1") == Accepted(first, True)
             new = b.put(moves, b"k", ints(10), 5, "x3")  # not there: to the new stream
@@ -1037,7 +1038,7 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
             assert pieces[0] == Accepted(first, True) and pieces[1].seq % 4 == 1 and not pieces[1].duplicate
             assert (a.stats()["nats_id_found"], b.stats()["nats_id_found"]) == (1, 2)
             for q in (a, b):  # the window over: straight to the new stream
-                q._clock = lambda: at + 3600 + one.duplicate_window + 1
+                q._clock = lambda: at + sharded.QUIET + 3600 + one.duplicate_window + 1
             assert b.put(moves, b"k", ints(10), 5, "x5").seq % 4 == 1 and b.lookups == 4
             # stored once each: x1, x2, y1 in the first stream; the one without an id, x3, x4, x5 in the second
             assert [q.stats()["pending_batches"] for q in b.shards] == [3, 4]
@@ -1045,6 +1046,106 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
             b.close()
     finally:
         a.close()
+
+
+def test_no_publish_of_a_moving_dataset_to_its_old_stream_outlasts_the_switch(nats_server, monkeypatch):
+    """A batch with an id put just before the moment its dataset moves, to an old stream that is full,
+    gives up at that moment rather than at its timeout: were it still retrying when the producer sends it
+    again through another process after the moment, that one's lookup would miss it and both would be
+    stored. Between the moment and QUIET seconds after it, such a batch waits (here: longer than its
+    timeout, so refused)."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    one = queue_settings(nats_server, stream_slots=4, max_bytes=20_000)
+    stays, moves = in_shards(2, 2)
+    a = make_queue(one, role="ingest")  # no writer: the first stream fills up
+    try:
+        with pytest.raises(QueueFull):
+            while True:
+                a.put(stays, b"k", ints(200), 0.5)
+        b = make_queue(dataclasses.replace(one, streams=2, max_bytes=200_000), role="ingest")  # makes the second
+        try:
+            at = b.shards[1].switch_at
+            a.flush(None, 0)  # takes the second on
+            a._clock = lambda: at - 1  # a second before the moment
+            with pytest.raises(QueueFull, match="waited 1 s"):  # not 20
+                a.put(moves, b"k", ints(10), 20, "x1")
+            b._clock = lambda: at + 1  # in the quiet seconds
+            with pytest.raises(QueueFull, match="moving to another stream"):
+                b.put(moves, b"k", ints(10), 0.5, "x1")
+            b._clock = lambda: at + sharded.QUIET + 1
+            again = b.put(moves, b"k", ints(10), 5, "x1")
+            assert again.seq % 4 == 1 and not again.duplicate and b.lookups == 1 and b.found == 0
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_a_batch_with_an_id_waits_for_the_streams_to_be_looked_up(data_root, monkeypatch):
+    """With streams that can be added (stream_slots), a batch with an id is taken only while this process's
+    last look for streams is recent (one added since would change where ids go): with NATS away and the
+    last look old, it is refused as unavailable, and taken once NATS is back."""
+    from flight_writer.queue import make_queue
+
+    nats = natsd.start()  # its own: this test stops it
+    try:
+        a = make_queue(queue_settings(nats, stream_slots=4), role="ingest")
+        try:
+            first = a.put("d", b"k", ints(10), 5, "x0").seq
+            nats.servers[0].stop()
+            a._looked_ok = time.monotonic() - 60  # as if the looks had failed for a minute
+            with pytest.raises(QueueFull, match="cannot tell which streams there are"):
+                a.put("d", b"k", ints(10), 1.0, "x1")
+            nats.servers[0].start()
+            assert a.put("d", b"k", ints(10), 60, "x1").seq == first + 4
+        finally:
+            a.close()
+    finally:
+        nats.stop()
+
+
+def test_a_batch_sent_again_across_a_stream_addition_is_stored_once(data_root, nats_server, monkeypatch):
+    """What a producer sees: a batch with an id taken through one ingest process, a stream added, the
+    dataset moved (the processes' clocks past the moment the new stream says), the batch sent again through
+    another ingest process: answered as a duplicate with its first seq; the next one goes to the new
+    stream; the writer stores each once."""
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    stream = nats_server.new_stream()
+    moves = in_shards(2, 2)[1]
+    started: list[Service] = []
+
+    def start(role: str, streams: int) -> Service:
+        settings = nats_settings(data_root, nats_server, stream, streams=streams, stream_slots=4)
+        started.append(Service(settings, role=role).start())
+        return started[-1]
+
+    try:
+        old = start("ingest", 1)
+        start("write", 1)
+        with flight.connect(old.location) as a:
+            [first] = put(a, moves, [ints(10)], ids=["m0"])
+            assert first["seq"] % 4 == 0
+            new = start("ingest", 2)  # makes the second stream
+            at = new.queue.shards[1].switch_at
+            for svc in started:
+                svc.queue._clock = lambda: at + sharded.QUIET + 1
+            with flight.connect(new.location) as b:
+                [again] = put(b, moves, [ints(10)], ids=["m0"])
+                assert again["seq"] == first["seq"] and again.get("duplicate") is True
+                [later] = put(b, moves, [ints(10, 10)], ids=["m1"])
+                assert later["seq"] % 4 == 1 and not later.get("duplicate")
+                action(a, "flush", {"dataset": moves})  # in both streams
+                acks = action(a, "ack", {"seqs": [first["seq"], later["seq"]]})["acks"]
+                assert [x["state"] for x in acks] == ["durable", "durable"]
+    finally:
+        for svc in reversed(started):
+            svc.stop(STOP_TIMEOUT)
+    assert read_dataset(data_root, moves, sort_by="i").column("i").to_pylist() == list(range(20))
 
 
 def test_a_stream_taken_on_while_running_counts_as_committed_only_what_its_records_say(nats_server, monkeypatch):

@@ -53,7 +53,7 @@ def test_a_storage_outage_during_commits_loses_nothing_and_commits_nothing_twice
         # alone once let the outage catch 5's upload, and no commit was tried while it retried)
         stored = action(client, "ack", {"seqs": [2, 3, 4, 5, 6], "wait_ms": 60_000})["acks"]
         assert [a["state"] for a in stored] == ["durable"] * 5  # waiting for their commit (an hour away)
-        moto.proc.send_signal(signal.SIGSTOP)
+        emulators.suspend(moto.proc.pid)
         answers: list[dict] = []
         flushing = threading.Thread(target=lambda: answers.append(action(client, "flush", {"until": "committed"})))
         try:

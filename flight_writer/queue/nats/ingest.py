@@ -39,6 +39,8 @@ from flight_writer.queue.nats.records import Records, Shared
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
 ROLLUP_REFUSED = 10111  # JetStream: a Nats-Rollup header refused (what ``find`` is told when the id is new)
 LOOKUP = "flight-writer-lookup"  # no rollup JetStream knows: refused with ROLLUP_REFUSED, never rolls up
+LOOKUPS_FROM = (2, 12)  # nats-server: earlier ones keep a refused message's id on replicated streams
+IN_PROCESS = 10158  # JetStream: a message with this id is being stored (replicated streams): try again
 STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
 PACK_BYTES = 1 << 20  # IPC bytes a packed message holds at most (a larger batch goes alone)
 PACKS_WAITING = 16 << 20  # IPC bytes of packed puts not yet acknowledged by NATS: beyond, puts wait
@@ -138,7 +140,8 @@ class Publisher:
         """The stream's sequence of the batch it took with this id within its ``duplicate_window``, or None;
         nothing is stored either way. An empty message with the id and a ``Nats-Rollup`` of a value no
         rollup has: JetStream answers a duplicate before it looks at the rollup, and refuses the message
-        after it (nats-server 2.15.1, one server and R3, streams allowing rollups or not: tested). Not
+        after it (nats-server 2.15.1, one server and R3, streams allowing rollups or not: tested; the 2.10
+        and 2.11 sources keep a refused message's id on replicated streams, so ``LOOKUPS_FROM``). Not
         ``Nats-Expected-Last-Msg-Id``, which behaves the same on one server but left an R3 stream refusing
         every publish after it; ``Nats-Expected-Last-Sequence`` is checked before the duplicate."""
         headers = {"Nats-Msg-Id": client_id, "Nats-Rollup": LOOKUP}
@@ -146,11 +149,9 @@ class Publisher:
             ack = self._link.run(self._publish(memoryview(b""), headers, timeout))
         except _NotThere:
             return None
-        if not ack.duplicate:  # a server that ignores the header: stored empty, which no writer can read
-            logger.error(
-                "NATS stored the lookup of batch id {!r} as seq {}: is the server older than 2.15?", client_id, ack.seq
-            )
-            return None
+        if not ack.duplicate or ack.seq <= 0:  # stored (a server that ignores the header), or a seq not yet given
+            logger.error("NATS answered the lookup of batch id {!r} with {}", client_id, ack)
+            raise QueueWriteError("NATS answered a batch id's lookup unexpectedly: see the server's log")
         return ack.seq
 
     def put_many(
@@ -307,12 +308,15 @@ class Publisher:
             except nats.js.errors.APIError as exc:
                 if exc.err_code == ROLLUP_REFUSED and headers.get("Nats-Rollup") == LOOKUP:
                     raise _NotThere() from None
-                if exc.err_code not in FULL:
+                if exc.err_code == IN_PROCESS:
+                    reason = "NATS is still storing a batch with this id"
+                elif exc.err_code in FULL:
+                    reason = (
+                        f"queue full: stream {self._stream} is at its max_bytes ({self.max_bytes}; "
+                        "queue.max_bytes when the stream was made)"
+                    )
+                else:
                     raise QueueWriteError(f"NATS refused the batch: {exc.description or exc}") from None
-                reason = (
-                    f"queue full: stream {self._stream} is at its max_bytes ({self.max_bytes}; "
-                    "queue.max_bytes when the stream was made)"
-                )
             except (TimeoutError, nats.errors.Error) as exc:
                 reason = f"NATS did not take the batch ({type(exc).__name__})"
                 self._link.last_error = reason

@@ -35,11 +35,13 @@ from concurrent.futures import Future
 from typing import Any
 
 import pyarrow as pa
+from loguru import logger
+from nats.js import api
 
 from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, Entry, Plan, Queue, SharedFeed
 from flight_writer.queue.nats.feed import WriteFeed
-from flight_writer.queue.nats.ingest import Publisher
+from flight_writer.queue.nats.ingest import LOOKUPS_FROM, Publisher
 from flight_writer.queue.nats.link import SWITCH_KEY, Link
 from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.tracker import DurabilityTracker
@@ -89,7 +91,8 @@ class NatsQueue(Queue, SharedFeed):
             incarnation = info.created.isoformat() if info.created else ""
             #: when batches with an id start going to this stream, if it was added to a running deployment
             #: (sharded.py); seconds JetStream remembers a batch id here
-            self.switch_at = _float((info.config.metadata or {}).get(SWITCH_KEY))
+            self.switch_at = _switch_at(info, link)
+            self.metadata_kept = bool(info.config.metadata and SWITCH_KEY in info.config.metadata)
             self.duplicate_window = info.config.duplicate_window or settings.duplicate_window
             state = info.state
             # work-queue retention deletes a message once acknowledged, i.e. stored: below the first one, all is
@@ -238,8 +241,20 @@ class NatsQueue(Queue, SharedFeed):
         self._publisher.fail_packs()
 
 
-def _float(text: str | None) -> float | None:
+def _switch_at(info: api.StreamInfo, link: Link) -> float | None:
+    """When batches with an id start going to this stream (its creation plus the seconds its metadata
+    says), if it was added to a running deployment and the server can look ids up (``Publisher.find``)."""
     try:
-        return None if text is None else float(text)
-    except ValueError:
+        after = float((info.config.metadata or {})[SWITCH_KEY])
+    except (KeyError, ValueError):
         return None
+    version = link.nc.connected_server_version
+    if info.created is None or (version.major, version.minor) < LOOKUPS_FROM:
+        logger.warning(
+            "NATS stream {} was added to a running deployment, but nats-server {} cannot look batch ids up "
+            "(2.12 or later can): a batch sent again with its id across its dataset's move may be stored twice",
+            info.config.name,
+            f"{version.major}.{version.minor}.{version.patch}",
+        )
+        return None
+    return info.created.timestamp() + after

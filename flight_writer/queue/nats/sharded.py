@@ -30,16 +30,19 @@ batches, its durability records, its flush subject, its durable consumer), and t
   removed live.
 - Batch ids across a move: JetStream remembers a batch id (``Nats-Msg-Id``) per stream, so a batch taken
   by the old stream and sent again after its dataset moved must not simply go to the new one. A stream
-  added to a running deployment (stream 0 existed when the process that makes it started) says in its
-  metadata when batches *with an id* start going to it: ``SWITCH_AFTER`` s after it was made, the same
-  moment in every process (their clocks agree: NTP), and every process knows the stream by then (it looks
-  every ``LOOK_EVERY`` s, and a put with an id is refused while its last successful look is older than half
-  of that). From that moment, for the old stream's ``duplicate_window`` plus ``SWITCH_AFTER``, a batch with
-  an id of a dataset that moved is first looked up in the stream(s) it moved from (``NatsQueue.find``: an
-  empty publish JetStream answers as a duplicate if it holds the id, and refuses otherwise, storing
-  nothing): found, its earlier seq is the answer; not found, it goes to the new stream. Batches without an
-  id move as soon as the process knows the stream (no dedupe to keep). Streams made with the deployment
-  (stream 0 made by the same process) have no such moment: nothing was sent before them.
+  added to a running deployment (stream 0 existed, or held batches, when the process that makes it started)
+  says in its metadata (``SWITCH_KEY``) how long after its creation batches *with an id* start going to it
+  (``SWITCH_AFTER``): a moment of the NATS server's clock, the same in every process (their clocks agree
+  with it: NTP), and every process knows the stream by then (it looks every ``LOOK_EVERY`` s, and a put with
+  an id waits, then is refused, while its last successful look is older than ``SWITCH_AFTER / 2``). A put
+  with an id to the stream its dataset leaves gives up at that moment (no publish there starts after it);
+  for ``QUIET`` s after it such puts wait (publishes to the old stream end); then, for the old stream's
+  ``duplicate_window`` plus ``SWITCH_AFTER``, a batch with an id of a dataset that moved is first looked up
+  in the streams it moved from (``NatsQueue.find``: an empty publish JetStream answers as a duplicate if
+  it holds the id, and refuses otherwise, storing nothing; nats-server 2.12 or later): found, its earlier
+  seq is the answer; not found, it goes to the new stream. Batches without an id move as soon as the
+  process knows the stream (no dedupe to keep). Streams made with the deployment (by the process that made
+  an empty stream 0) have no such moment: nothing was sent before them.
 
 Change S (or N without slots) only with the queue drained (flush, stop every process, set it everywhere,
 start): a seq names another batch under another stride, and the queue's identity (in files and table
@@ -61,7 +64,7 @@ import pyarrow as pa
 from loguru import logger
 
 from flight_writer.config.settings import QueueSettings
-from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueFull, SharedFeed
+from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueClosed, QueueFull, SharedFeed
 from flight_writer.queue.nats.link import SWITCH_KEY
 from flight_writer.queue.nats.queue import NatsQueue
 
@@ -69,6 +72,7 @@ LOOK_EVERY = 1.0  # seconds between looks for a stream added by another process 
 LOOK_AGAIN = 0.1  # ... and at least between looks for a seq of a stream this process does not have
 LOOK_WAIT = 5.0  # how long such a look waits for one under way (whose result it then takes)
 SWITCH_AFTER = 10.0  # seconds after a stream added live is made before batches with an id go to it
+QUIET = 5.0  # ... and after that moment before a moved dataset's are looked up (publishes to the old stream end)
 
 
 def shard_stream(stream: str, k: int) -> str:
@@ -206,10 +210,18 @@ class ShardedNatsQueue(Queue, SharedFeed):
         try:
             self.shards = [self._open(0)]
             stamp = self._check_strides()  # every stream there is, before any is made or changed
-            live = not self.shards[0].made  # a deployment that ran before: streams made now are added to it
+            # a deployment that ran before (or took a batch meanwhile): streams made now are added to it
+            first = self.shards[0]
+            live = not first.made or first._publisher.stream_state(fresh=True).last_seq > 0
+            switch = {SWITCH_KEY: f"{SWITCH_AFTER:g}"} if live else None  # seconds after it is made
             for k in range(1, settings.streams):
-                switch = {SWITCH_KEY: f"{time.time() + SWITCH_AFTER:.3f}"} if live else None
                 self.shards = [*self.shards, self._open(k, metadata=switch)]
+                if live and self.shards[-1].made and not self.shards[-1].metadata_kept:
+                    logger.warning(
+                        "NATS stream {} keeps no metadata (nats-server before 2.10): a batch sent again with its "
+                        "id across its dataset's move to it may be stored twice",
+                        shard_stream(settings.stream, k),
+                    )
             self._look()
             if self._look_error is not None:  # at start, a stream not taken on stops it
                 raise self._look_error
@@ -255,11 +267,12 @@ class ShardedNatsQueue(Queue, SharedFeed):
         )
         return NatsQueue(shard, self._role, self._history, check=False, taken_on=taken_on, metadata=metadata)
 
-    def _look(self, wait: bool = True) -> None:
+    def _look(self, wait: bool = True, limit: float = LOOK_WAIT) -> None:
         """Take on the streams other processes added after ours (each the next one: they are made in
-        order). NATS away, or a stream that fails to open: tried again next time
-        (said once until a look succeeds)."""
-        if not self._growing.acquire(timeout=-1 if wait else LOOK_WAIT):
+        order). NATS away, or a stream that fails to open: tried again next time (said once until a look
+        succeeds). ``wait``: for a look under way in another thread, else at most ``limit`` s (which also
+        bounds each request)."""
+        if not self._growing.acquire(timeout=-1 if wait else min(LOOK_WAIT, limit)):
             return  # another thread's look is taking long (NATS away): what is known stands
         try:
             if not wait and time.monotonic() - self._looked_at < LOOK_AGAIN:
@@ -269,7 +282,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
                     k = len(self.shards)
                     name, link = shard_stream(self._settings.stream, k), self.shards[0]._link
                     try:
-                        info = link.run(link.js.stream_info(name), timeout=5)
+                        info = link.run(link.js.stream_info(name), timeout=min(5.0, limit))
                     except nats.js.errors.NotFoundError:
                         break
                     if link.declared_stride(info) not in (None, self.stride):
@@ -316,52 +329,83 @@ class ShardedNatsQueue(Queue, SharedFeed):
         k = zlib.crc32(dataset.encode()) % len(shards)
         return k, shards[k]
 
-    def _id_route(self, dataset: str) -> tuple[int, list[int]]:
-        """Where a batch with an id goes now, and the shards it must first be looked up in (see the module
-        docstring): streams whose moment for batches with an id has not come are left out."""
-        shards, now = self.shards, self._clock()
+    def _id_route(self, dataset: str, now: float) -> tuple[int, list[int], float, float | None]:
+        """For a batch with an id at wall-clock ``now`` (see the module docstring): the shard it goes to;
+        the shards to look its id up in first; until when to wait before either (the quiet moments after the
+        switches that moved the dataset); and when the shard stops taking this dataset's ids (the next switch
+        that moves it; no publish there may start after it), or None."""
+        shards = self.shards
         n = len(shards)
         while n > 1 and (at := shards[n - 1].switch_at) is not None and now < at:
-            n -= 1
+            n -= 1  # its moment has not come
         crc = zlib.crc32(dataset.encode())
-        k, olds = crc % n, []
-        for m in range(n - 1, 0, -1):  # each move of the last window, newest first
-            at = shards[m].switch_at
-            if at is None or now >= at + SWITCH_AFTER + shards[crc % m].duplicate_window:
+        k, olds, quiet, stop = crc % n, [], 0.0, None
+        for m in range(n, len(shards)):  # switches to come: the first that moves the dataset
+            if crc % (m + 1) != k:
+                stop = shards[m].switch_at
                 break
-            if (old := crc % m) != k and old not in olds:
+        for m in range(n - 1, 0, -1):  # switches passed: where its ids went before each, if in the window
+            at, old = shards[m].switch_at, crc % m
+            if at is None or old == k or now >= at + QUIET + SWITCH_AFTER + shards[old].duplicate_window:
+                continue
+            if old not in olds:
                 olds.append(old)
-        return k, olds
+            quiet = max(quiet, at + QUIET)
+        return k, olds, quiet, stop
 
-    def _know_streams(self, timeout: float) -> None:
+    def _know_streams(self, deadline: float) -> None:
         """Before a batch with an id: the streams known here were looked up at most SWITCH_AFTER / 2 s ago
-        (a stream added since is not yet where ids go); looked up again until ``timeout``, then QueueFull."""
+        (a stream added since is not yet where ids go); looked up again until ``deadline`` (monotonic), then
+        QueueFull."""
         if len(self.shards) >= self.stride:
             return
-        deadline, delay = time.monotonic() + timeout, 0.05
+        delay = 0.05
         while time.monotonic() - self._looked_ok > SWITCH_AFTER / 2:  # the background looks failed lately
-            self._look(wait=False)
+            self._look(wait=False, limit=max(0.05, deadline - time.monotonic()))
             if time.monotonic() - self._looked_ok <= SWITCH_AFTER / 2:
                 return
-            if self._refusing or time.monotonic() >= deadline:
-                why = self._look_error or "no answer"
+            if self._refusing:
+                raise QueueClosed("queue is closed")
+            if time.monotonic() >= deadline:
+                e = self._look_error
+                why = "no answer" if e is None else f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 raise QueueFull(
                     f"NATS did not take the batch: cannot tell which streams there are ({why}); a batch with an "
                     "id is taken once they can be looked up (one may have been added)"
                 )
-            time.sleep(delay)
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
 
-    def _put_id(self, dataset: str, client_id: str, timeout: float) -> tuple[int, Accepted | None]:
-        """The shard for a batch with an id, or the seq a stream its dataset moved from gave it."""
-        self._know_streams(timeout)
-        k, olds = self._id_route(dataset)
+    def _id_target(self, dataset: str, deadline: float) -> tuple[int, list[int], float | None]:
+        """``_id_route`` once its quiet moment has passed (waited for until ``deadline``, then QueueFull)."""
+        self._know_streams(deadline)
+        while True:
+            now = self._clock()
+            k, olds, quiet, stop = self._id_route(dataset, now)
+            if now >= quiet:
+                return k, olds, stop
+            if quiet - now > deadline - time.monotonic():
+                raise QueueFull(
+                    "NATS did not take the batch: its dataset is moving to another stream, which takes batches "
+                    f"with an id in {quiet - now:.1f} s; send it again then"
+                )
+            time.sleep(quiet - now)
+
+    def _look_up(self, olds: list[int], client_id: str, deadline: float) -> Accepted | None:
+        """The seq a stream the dataset moved from gave this id, or None."""
         for old in olds:
             self.lookups += 1
-            if (local := self.shards[old].find(client_id, timeout)) is not None:
+            if (local := self.shards[old].find(client_id, max(0.0, deadline - time.monotonic()))) is not None:
                 self.found += 1
-                return old, Accepted(self._global(old, local), True)
-        return k, None
+                return Accepted(self._global(old, local), True)
+        return None
+
+    def _left(self, deadline: float, stop: float | None) -> float:
+        """A put's time left, and none past the moment its shard stops taking the dataset's ids."""
+        left = deadline - time.monotonic()
+        if stop is not None:
+            left = min(left, stop - self._clock())
+        return max(0.0, left)
 
     def _global(self, k: int, local: int) -> int:
         return local * self.stride + k
@@ -409,10 +453,11 @@ class ShardedNatsQueue(Queue, SharedFeed):
         if client_id is None:
             k, q = self._route(dataset)
         else:
-            k, found = self._put_id(dataset, client_id, timeout)
-            if found is not None:
+            deadline = time.monotonic() + timeout
+            k, olds, stop = self._id_target(dataset, deadline)
+            if (found := self._look_up(olds, client_id, deadline)) is not None:
                 return found
-            q = self.shards[k]
+            q, timeout = self.shards[k], self._left(deadline, stop)
         seq, duplicate = q.put(dataset, schema_key, batch, timeout, client_id, wait=wait)
         return Accepted(self._global(k, seq), duplicate)
 
@@ -455,17 +500,23 @@ class ShardedNatsQueue(Queue, SharedFeed):
         *,
         wait: bool = True,
     ) -> list[Accepted]:
-        if any(c is not None for c in client_ids):
-            self._know_streams(timeout)
-            k, olds = self._id_route(dataset)
+        if any(c is not None for c in client_ids):  # piece ids: all or none
+            deadline = time.monotonic() + timeout
+            k, olds, stop = self._id_target(dataset, deadline)
+            q = self.shards[k]
             if olds:  # each looked up in the streams the dataset moved from
-                pairs = zip(batches, client_ids, strict=True)
-                return [self.put(dataset, schema_key, b, timeout, c, wait=wait) for b, c in pairs]
+                done: list[Accepted] = []
+                for b, c in zip(batches, client_ids, strict=True):
+                    if c is None or (found := self._look_up(olds, c, deadline)) is None:
+                        seq, duplicate = q.put(dataset, schema_key, b, self._left(deadline, stop), c, wait=wait)
+                        found = Accepted(self._global(k, seq), duplicate)
+                    done.append(found)
+                return done
+            timeout = self._left(deadline, stop)
         else:
-            k = self._route(dataset)[0]
-        q = self.shards[k]
-        done = q.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
-        return [Accepted(self._global(k, a.seq), a.duplicate) for a in done]
+            k, q = self._route(dataset)
+        accepted = q.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
+        return [Accepted(self._global(k, a.seq), a.duplicate) for a in accepted]
 
     @property
     def max_message_bytes(self) -> int | None:  # type: ignore[override]
