@@ -3,6 +3,7 @@ processes), sharing one stream and one storage root, against a real nats-server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -17,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nats as nats_client
 import nats.js.errors
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -1049,15 +1051,16 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
 
 
 def test_no_publish_of_a_moving_dataset_to_its_old_stream_outlasts_the_switch(nats_server, monkeypatch):
-    """A batch with an id put just before the moment its dataset moves, to an old stream that is full,
-    gives up at that moment rather than at its timeout: were it still retrying when the producer sends it
-    again through another process after the moment, that one's lookup would miss it and both would be
-    stored. Between the moment and QUIET seconds after it, such a batch waits (here: longer than its
-    timeout, so refused)."""
+    """A batch with an id put just before the moment its dataset moves, to an old stream that is full, stops
+    trying there at that moment (were it still trying when the producer sends it again through another
+    process after the moment, that one's lookup would miss it and both would be stored): it waits out the
+    quiet seconds, is looked up, and goes to the new stream, where the re-send finds it. A batch in the
+    quiet seconds waits (here longer than its timeout: refused)."""
     from flight_writer.queue import make_queue
     from flight_writer.queue.nats import sharded
 
     monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    monkeypatch.setattr(sharded, "QUIET", 1.0)
     one = queue_settings(nats_server, stream_slots=4, max_bytes=20_000)
     stays, moves = in_shards(2, 2)
     a = make_queue(one, role="ingest")  # no writer: the first stream fills up
@@ -1065,23 +1068,122 @@ def test_no_publish_of_a_moving_dataset_to_its_old_stream_outlasts_the_switch(na
         with pytest.raises(QueueFull):
             while True:
                 a.put(stays, b"k", ints(200), 0.5)
+        full = a.shards[0].stats()["pending_batches"]
         b = make_queue(dataclasses.replace(one, streams=2, max_bytes=200_000), role="ingest")  # makes the second
         try:
             at = b.shards[1].switch_at
             a.flush(None, 0)  # takes the second on
-            a._clock = lambda: at - 1  # a second before the moment
-            with pytest.raises(QueueFull, match="waited 1 s"):  # not 20
-                a.put(moves, b"k", ints(10), 20, "x1")
-            b._clock = lambda: at + 1  # in the quiet seconds
+            b._clock = lambda: at + 0.1  # in the quiet second after the moment
             with pytest.raises(QueueFull, match="moving to another stream"):
                 b.put(moves, b"k", ints(10), 0.5, "x1")
+            offset = at - 1 - time.time()
+            a._clock = lambda: time.time() + offset  # a second before the moment, and going on
+            first = a.put(moves, b"k", ints(10), 60, "x1")
+            assert first.seq % 4 == 1 and not first.duplicate and a.lookups == 1
             b._clock = lambda: at + sharded.QUIET + 1
-            again = b.put(moves, b"k", ints(10), 5, "x1")
-            assert again.seq % 4 == 1 and not again.duplicate and b.lookups == 1 and b.found == 0
+            assert b.put(moves, b"k", ints(10), 5, "x1") == (first.seq, True)  # the new stream's dedupe
+            assert [q.stats()["pending_batches"] for q in b.shards] == [full, 1]
         finally:
             b.close()
     finally:
         a.close()
+
+
+def test_where_a_batch_with_an_id_goes_follows_the_moments_of_the_streams(monkeypatch):
+    """``_id_route`` against a model, over every quarter second around the moments of three layouts (one
+    left by two processes making streams at once: a stream with a moment between streams without): a
+    stream takes batches with an id once its moment and those of the streams before it have come; every
+    stream a dataset's ids went to within the window is looked up; a batch waits the quiet seconds after a
+    moment that moved its dataset; its stream stops at the next moment that moves it."""
+    import zlib
+
+    from flight_writer.queue.nats import sharded
+
+    @dataclasses.dataclass
+    class Shard:
+        switch_at: float | None
+        duplicate_window: float = 120.0
+
+    q = object.__new__(sharded.ShardedNatsQueue)
+    q._moments_of = None
+    quiet, window = sharded.QUIET, sharded.QUIET + sharded.SWITCH_AFTER + 120.0
+    for moments in ([None, 1000.0, 1003.0, 1200.0], [None, 1000.0, 1000.001, 2000.0], [None, 1000.0, None, None]):
+        q.shards = [Shard(m) for m in moments]
+
+        def streams_at(t: float, moments: list = moments) -> int:
+            return next((m for m, at in enumerate(moments) if m and at is not None and t < at), len(moments))
+
+        for name in (f"m{d}" for d in range(24)):
+            crc = zlib.crc32(name.encode())
+            for t in (x / 4 for x in range(3800, 9000)):
+                k, olds, waits_until, stop = q._id_route(name, t)
+                assert k == crc % streams_at(t)
+                # the routes over [t - window, t): piecewise constant, changing only at moments
+                since = [t - window, *(at for at in moments if at is not None and t - window < at < t)]
+                went = {crc % streams_at(u) for u in since} - {k}
+                assert went <= set(olds) and len(olds) == len(set(olds)), (moments, name, t)
+                moved = [at for at in moments if at is not None and at <= t < at + quiet]
+                moved = [at for at in moved if crc % streams_at(at - 1e-6) != crc % streams_at(at)]
+                assert (t < waits_until) == bool(moved), (moments, name, t)
+                later = [at for at in moments if at is not None and at > t and crc % streams_at(at) != k]
+                assert stop == (min(later) if later else None), (moments, name, t)
+
+
+def test_a_batch_put_before_its_process_knew_of_an_added_stream_stops_at_its_moment(nats_server, monkeypatch):
+    """A batch with an id whose put began before the process knew of a stream added meanwhile (here: still
+    trying, on a full stream) stops trying there no later than the moment of any stream its last look did
+    not see, and is routed again: the batch sent again through another process after the moment is stored
+    once, with it. Real clocks; the moment 2 s after the stream is made, the quiet 1 s."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 2.0)
+    monkeypatch.setattr(sharded, "QUIET", 1.0)
+    one = queue_settings(nats_server, stream_slots=4, max_bytes=20_000)
+    stays, moves = in_shards(2, 2)
+    a = make_queue(one, role="ingest")
+    try:
+        fill = []
+        with pytest.raises(QueueFull):
+            while True:
+                fill.append(a.put(stays, b"k", ints(200), 0.5).seq)
+        got: dict[str, object] = {}
+        trying = threading.Event()
+
+        def first() -> None:
+            trying.set()
+            try:
+                got["a"] = a.put(moves, b"k", ints(10), 60, "x1")  # to the full first stream: tries on
+            except Exception as exc:
+                got["a"] = exc
+
+        putting = threading.Thread(target=first)
+        putting.start()
+        trying.wait(30)
+        b = make_queue(dataclasses.replace(one, streams=2, max_bytes=200_000), role="ingest")  # makes the second
+        try:
+            again = b.put(moves, b"k", ints(10), 60, "x1")  # waits for the moment and the quiet second
+            assert again.seq % 4 == 1
+            delete_messages(nats_server, one.stream, [s // 4 for s in fill[:5]])  # room in the first stream
+            putting.join(60)
+            assert got["a"] == (again.seq, True) or (got["a"] == (again.seq, False) and again.duplicate)
+            assert [q.stats()["pending_batches"] for q in b.shards] == [len(fill) - 5, 1]
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def delete_messages(nats: natsd.Nats, stream: str, seqs: list[int]) -> None:
+    async def delete() -> None:
+        nc = await nats_client.connect(nats.urls[0])
+        try:
+            for s in seqs:
+                await nc.jetstream().delete_msg(stream, s)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
 
 
 def test_a_batch_with_an_id_waits_for_the_streams_to_be_looked_up(data_root, monkeypatch):

@@ -35,8 +35,10 @@ batches, its durability records, its flush subject, its durable consumer), and t
   (``SWITCH_AFTER``): a moment of the NATS server's clock, the same in every process (their clocks agree
   with it: NTP), and every process knows the stream by then (it looks every ``LOOK_EVERY`` s, and a put with
   an id waits, then is refused, while its last successful look is older than ``SWITCH_AFTER / 2``). A put
-  with an id to the stream its dataset leaves gives up at that moment (no publish there starts after it);
-  for ``QUIET`` s after it such puts wait (publishes to the old stream end); then, for the old stream's
+  with an id still trying (a full stream, NATS slow) on the stream its dataset leaves stops there at that
+  moment, or at the earliest moment a stream its last look did not see can have (that look's start plus
+  ``SWITCH_AFTER``), and is routed again: no publish there starts after the moment. For ``QUIET`` s after
+  it such puts wait (publishes to the old stream end); then, for the old stream's
   ``duplicate_window`` plus ``SWITCH_AFTER``, a batch with an id of a dataset that moved is first looked up
   in the streams it moved from (``NatsQueue.find``: an empty publish JetStream answers as a duplicate if
   it holds the id, and refuses otherwise, storing nothing; nats-server 2.12 or later): found, its earlier
@@ -203,6 +205,9 @@ class ShardedNatsQueue(Queue, SharedFeed):
         self._looked_at = 0.0  # when the last look ended (monotonic)
         self._looked_ok = 0.0  # ... and the last one that succeeded
         self._clock = time.time  # for the moment batches with an id move (a stream's SWITCH_KEY)
+        self._looked_from = 0.0  # when (wall clock) the last successful look began
+        self._moments_of: list[NatsQueue] | None = None  # the shards _moments_cache is of
+        self._moments_cache: tuple[list[tuple[float, int]], float] = ([], 0.0)  # (moments, window)
         self.lookups = self.found = 0  # batch ids looked up in a stream their dataset moved from; found there
         self._refusing = self._not_taking = False  # refuse_puts, stop_taking: for shards taken on later too
         self._stopped = threading.Event()
@@ -213,9 +218,10 @@ class ShardedNatsQueue(Queue, SharedFeed):
             # a deployment that ran before (or took a batch meanwhile): streams made now are added to it
             first = self.shards[0]
             live = not first.made or first._publisher.stream_state(fresh=True).last_seq > 0
-            switch = {SWITCH_KEY: f"{SWITCH_AFTER:g}"} if live else None  # seconds after it is made
             for k in range(1, settings.streams):
+                switch = {SWITCH_KEY: f"{SWITCH_AFTER:g}"} if live else None  # seconds after it is made
                 self.shards = [*self.shards, self._open(k, metadata=switch)]
+                live = live or self.shards[-1].metadata_kept  # made live by another process: so are the next
                 if live and self.shards[-1].made and not self.shards[-1].metadata_kept:
                     logger.warning(
                         "NATS stream {} keeps no metadata (nats-server before 2.10): a batch sent again with its "
@@ -277,6 +283,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         try:
             if not wait and time.monotonic() - self._looked_at < LOOK_AGAIN:
                 return  # looked a moment ago (an ack may ask about thousands of seqs)
+            began = self._clock()
             try:
                 while len(self.shards) < self.stride and not self._stopped.is_set():
                     k = len(self.shards)
@@ -303,7 +310,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
                 self._look_error = exc
             else:
                 self._look_error = None
-                self._looked_ok = time.monotonic()
+                self._looked_ok, self._looked_from = time.monotonic(), began
             self._looked_at = time.monotonic()
         finally:
             self._growing.release()
@@ -329,28 +336,41 @@ class ShardedNatsQueue(Queue, SharedFeed):
         k = zlib.crc32(dataset.encode()) % len(shards)
         return k, shards[k]
 
+    def _moments(self, shards: list[NatsQueue]) -> tuple[list[tuple[float, int]], float]:
+        """The moments batches with an id start going to streams added live, ``(moment, stream)`` in order
+        of time, and how long a moment's window lasts (computed again when the shards change)."""
+        if self._moments_of is not shards:
+            timed = sorted((q.switch_at, m) for m, q in enumerate(shards) if m and q.switch_at is not None)
+            self._moments_cache = (timed, QUIET + SWITCH_AFTER + max(q.duplicate_window for q in shards))
+            self._moments_of = shards
+        return self._moments_cache
+
     def _id_route(self, dataset: str, now: float) -> tuple[int, list[int], float, float | None]:
         """For a batch with an id at wall-clock ``now`` (see the module docstring): the shard it goes to;
         the shards to look its id up in first; until when to wait before either (the quiet moments after the
-        switches that moved the dataset); and when the shard stops taking this dataset's ids (the next switch
-        that moves it; no publish there may start after it), or None."""
+        switches that moved the dataset); and when the shard stops taking this dataset's ids (the next moment
+        that moves it: no publish there may start after it), or None."""
         shards = self.shards
-        n = len(shards)
-        while n > 1 and (at := shards[n - 1].switch_at) is not None and now < at:
-            n -= 1  # its moment has not come
+        timed, window = self._moments(shards)
         crc = zlib.crc32(dataset.encode())
-        k, olds, quiet, stop = crc % n, [], 0.0, None
-        for m in range(n, len(shards)):  # switches to come: the first that moves the dataset
-            if crc % (m + 1) != k:
-                stop = shards[m].switch_at
-                break
-        for m in range(n - 1, 0, -1):  # switches passed: where its ids went before each, if in the window
-            at, old = shards[m].switch_at, crc % m
-            if at is None or old == k or now >= at + QUIET + SWITCH_AFTER + shards[old].duplicate_window:
-                continue
-            if old not in olds:
-                olds.append(old)
-            quiet = max(quiet, at + QUIET)
+        if not timed or now >= timed[-1][0] + window:  # none added live, or every window over
+            return crc % len(shards), [], 0.0, None
+
+        def streams_at(t: float, strict: bool = True) -> int:
+            """How many streams take batches with an id at ``t`` (just before ``t``: not ``strict``): up to
+            the first whose moment has not come."""
+            return min((m for at, m in timed if (at > t if strict else at >= t)), default=len(shards))
+
+        k = crc % streams_at(now)
+        stop = next((at for at, _ in timed if at > now and crc % streams_at(at) != k), None)
+        olds: list[int] = []
+        quiet = 0.0
+        for at, _ in timed:  # moments passed whose window is open: where its ids went before each
+            old = crc % streams_at(at, strict=False)
+            if at <= now < at + window and old != k:
+                if old not in olds:
+                    olds.append(old)
+                quiet = max(quiet, at + QUIET)
         return k, olds, quiet, stop
 
     def _know_streams(self, deadline: float) -> None:
@@ -400,12 +420,32 @@ class ShardedNatsQueue(Queue, SharedFeed):
                 return Accepted(self._global(old, local), True)
         return None
 
-    def _left(self, deadline: float, stop: float | None) -> float:
-        """A put's time left, and none past the moment its shard stops taking the dataset's ids."""
-        left = deadline - time.monotonic()
-        if stop is not None:
-            left = min(left, stop - self._clock())
-        return max(0.0, left)
+    def _put_id(
+        self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, client_id: str, timeout: float, wait: bool
+    ) -> Accepted:
+        """A batch with an id: its seq in a stream its dataset moved from, else put where it goes now. A put
+        still trying when that stream stops taking the dataset's ids (a moment known here, or that of a
+        stream the last look did not see, which cannot come before that look began plus SWITCH_AFTER) gives
+        up there, and the batch is routed again (its id makes a retry in the same stream store it once)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            k, olds, stop = self._id_target(dataset, deadline)
+            if (found := self._look_up(olds, client_id, deadline)) is not None:
+                return found
+            if len(self.shards) < self.stride:
+                horizon = self._looked_from + SWITCH_AFTER
+                stop = horizon if stop is None else min(stop, horizon)
+            left = max(0.0, deadline - time.monotonic())
+            capped = stop is not None and stop - self._clock() < left
+            if capped:
+                left = max(0.0, stop - self._clock())  # type: ignore[operator]
+            try:
+                seq, duplicate = self.shards[k].put(dataset, schema_key, batch, left, client_id, wait=wait)
+            except QueueFull:
+                if not capped or time.monotonic() >= deadline:
+                    raise
+                continue
+            return Accepted(self._global(k, seq), duplicate)
 
     def _global(self, k: int, local: int) -> int:
         return local * self.stride + k
@@ -450,14 +490,9 @@ class ShardedNatsQueue(Queue, SharedFeed):
         *,
         wait: bool = True,
     ) -> Accepted:
-        if client_id is None:
-            k, q = self._route(dataset)
-        else:
-            deadline = time.monotonic() + timeout
-            k, olds, stop = self._id_target(dataset, deadline)
-            if (found := self._look_up(olds, client_id, deadline)) is not None:
-                return found
-            q, timeout = self.shards[k], self._left(deadline, stop)
+        if client_id is not None:
+            return self._put_id(dataset, schema_key, batch, client_id, timeout, wait)
+        k, q = self._route(dataset)
         seq, duplicate = q.put(dataset, schema_key, batch, timeout, client_id, wait=wait)
         return Accepted(self._global(k, seq), duplicate)
 
@@ -500,21 +535,11 @@ class ShardedNatsQueue(Queue, SharedFeed):
         *,
         wait: bool = True,
     ) -> list[Accepted]:
-        if any(c is not None for c in client_ids):  # piece ids: all or none
+        if any(c is not None for c in client_ids):  # piece ids (all or none): each routed as one batch
             deadline = time.monotonic() + timeout
-            k, olds, stop = self._id_target(dataset, deadline)
-            q = self.shards[k]
-            if olds:  # each looked up in the streams the dataset moved from
-                done: list[Accepted] = []
-                for b, c in zip(batches, client_ids, strict=True):
-                    if c is None or (found := self._look_up(olds, c, deadline)) is None:
-                        seq, duplicate = q.put(dataset, schema_key, b, self._left(deadline, stop), c, wait=wait)
-                        found = Accepted(self._global(k, seq), duplicate)
-                    done.append(found)
-                return done
-            timeout = self._left(deadline, stop)
-        else:
-            k, q = self._route(dataset)
+            pairs = zip(batches, client_ids, strict=True)
+            return [self.put(dataset, schema_key, b, max(0.0, deadline - time.monotonic()), c) for b, c in pairs]
+        k, q = self._route(dataset)
         accepted = q.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
         return [Accepted(self._global(k, a.seq), a.duplicate) for a in accepted]
 
