@@ -1030,6 +1030,7 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
             assert a.shards[1].switch_at == at
             for q in (a, b):  # past the moment and the quiet seconds after it
                 q._clock = lambda: at + sharded.QUIET + 1
+                q.flush(None, 0)  # a look at that time (the last one's is an hour before it)
             assert a.put(moves, b"k", ints(10), 5, "x1") == Accepted(first, True)  # found in the old stream
             assert b.put(moves, b"k", ints(10), 5, "x1") == Accepted(first, True)
             new = b.put(moves, b"k", ints(10), 5, "x3")  # not there: to the new stream
@@ -1041,6 +1042,7 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
             assert (a.stats()["nats_id_found"], b.stats()["nats_id_found"]) == (1, 2)
             for q in (a, b):  # the window over: straight to the new stream
                 q._clock = lambda: at + sharded.QUIET + 3600 + one.duplicate_window + 1
+                q.flush(None, 0)
             assert b.put(moves, b"k", ints(10), 5, "x5").seq % 4 == 1 and b.lookups == 4
             # stored once each: x1, x2, y1 in the first stream; the one without an id, x3, x4, x5 in the second
             assert [q.stats()["pending_batches"] for q in b.shards] == [3, 4]
@@ -1105,7 +1107,7 @@ def test_where_a_batch_with_an_id_goes_follows_the_moments_of_the_streams(monkey
         duplicate_window: float = 120.0
 
     q = object.__new__(sharded.ShardedNatsQueue)
-    q._moments_of = None
+    q._moments_cache = (None, [], 0.0)
     quiet, window = sharded.QUIET, sharded.QUIET + sharded.SWITCH_AFTER + 120.0
     for moments in ([None, 1000.0, 1003.0, 1200.0], [None, 1000.0, 1000.001, 2000.0], [None, 1000.0, None, None]):
         q.shards = [Shard(m) for m in moments]
@@ -1207,6 +1209,88 @@ def test_a_batch_with_an_id_waits_for_the_streams_to_be_looked_up(data_root, mon
             a.close()
     finally:
         nats.stop()
+
+
+def test_a_lookup_that_outlasts_the_next_moment_is_followed_by_routing_again(nats_server, monkeypatch):
+    """Two streams added (the dataset moves 0 -> 1 -> 2); a batch with an id looked up in stream 0 after the
+    first moment, the lookup slow (NATS busy) until after the second moment, while the producer's re-send
+    through another process is stored in stream 2: the first put routes again after its lookup, rather
+    than publish to stream 1 (which would store the batch twice), and finds it there."""
+    import zlib
+
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    moving = next(n for k in range(1000) if (c := zlib.crc32((n := f"mv{k}").encode())) % 2 == 1 and c % 3 == 2)
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    one = queue_settings(nats_server, stream_slots=4)
+    a = make_queue(one, role="ingest")
+    made = [a]
+    try:
+        a.put("other", b"k", ints(3), 5, "y0")  # a deployment that took batches: streams added are live
+        made.append(make_queue(dataclasses.replace(one, streams=2), role="ingest"))
+        monkeypatch.setattr(sharded, "SWITCH_AFTER", 3700.0)  # the third stream's moment ~100 s later
+        b = make_queue(dataclasses.replace(one, streams=3), role="ingest")
+        made.append(b)
+        monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+        a.flush(None, 0)
+        first, second = b.shards[1].switch_at, b.shards[2].switch_at
+        assert [q.switch_at for q in a.shards] == [None, first, second]
+        now = [first + sharded.QUIET + 1]  # to stream 1, after a lookup in stream 0
+        a._clock = lambda: now[0]
+        a.flush(None, 0)
+        resent, looked_up = threading.Event(), threading.Event()
+        find = a.shards[0].find
+
+        def slow(client_id: str, timeout: float) -> int | None:
+            found = find(client_id, timeout)
+            if not looked_up.is_set():
+                now[0] = second + sharded.QUIET + 1  # the lookup ends after the second moment
+                looked_up.set()
+                assert resent.wait(30)
+            return found
+
+        a.shards[0].find = slow
+        got: dict[str, object] = {}
+        putting = threading.Thread(target=lambda: got.setdefault("a", a.put(moving, b"k", ints(10), 60, "x1")))
+        putting.start()
+        assert looked_up.wait(30)
+        b._clock = lambda: second + sharded.QUIET + 1
+        b.flush(None, 0)
+        again = b.put(moving, b"k", ints(10), 30, "x1")  # the re-send: to stream 2
+        resent.set()
+        putting.join(60)
+        assert again.seq % 4 == 2 and not again.duplicate
+        assert got["a"] == (again.seq, True)
+        assert [q.stats()["pending_batches"] for q in b.shards][1:] == [0, 1]
+    finally:
+        for q in reversed(made):
+            q.close()
+
+
+def test_a_put_whose_stream_may_have_changed_looks_again_rather_than_retry_at_once(nats_server, monkeypatch):
+    """The last look began more than SWITCH_AFTER ago (it took long): a stream it did not see may take
+    batches with an id already, so a put with an id looks again first, then publishes; it does not try
+    the stream over and over without waiting."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "LOOK_EVERY", 3600.0)  # no background look during the test
+    one = queue_settings(nats_server, stream_slots=4, max_bytes=20_000)
+    a = make_queue(one, role="ingest")
+    try:
+        with pytest.raises(QueueFull):
+            while True:
+                a.put("d", b"k", ints(200), 0.5)
+        a._looked_from, a._looked_ok = time.time() - sharded.SWITCH_AFTER - 1, time.monotonic()
+        timeouts = []
+        put = a.shards[0].put
+        a.shards[0].put = lambda *args, **kwargs: (timeouts.append(args[3]), put(*args, **kwargs))[1]
+        with pytest.raises(QueueFull):
+            a.put("d", b"k", ints(10), 2, "x1")  # the stream is full: refused after its 2 s
+        assert len(timeouts) == 1 and timeouts[0] > 1.5 and a._looked_from > time.time() - 5
+    finally:
+        a.close()
 
 
 def test_a_batch_sent_again_across_a_stream_addition_is_stored_once(data_root, nats_server, monkeypatch):

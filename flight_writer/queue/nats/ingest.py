@@ -287,7 +287,9 @@ class Publisher:
     async def _publish(
         self, payload: memoryview, headers: dict[str, str], timeout: float, deadline: float | None = None
     ) -> api.PubAck:
-        """Publish until JetStream acknowledges, retrying until ``deadline`` (``timeout`` s from now)."""
+        """Publish until JetStream acknowledges, retrying until ``deadline`` (``timeout`` s from now): the
+        first attempt always, later ones only if they start before the deadline (each may end up to 0.5 s
+        after it)."""
         deadline = time.monotonic() + timeout if deadline is None else deadline
         delay = 0.01
         while True:
@@ -322,9 +324,10 @@ class Publisher:
                 self._link.last_error = reason
             if self._refusing:
                 raise QueueClosed("queue is closed")
-            if remaining <= 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.001:  # no attempt starts after the deadline (sharded.py relies on it)
                 raise QueueFull(f"{reason}; waited {timeout:g} s")
-            await asyncio.sleep(min(delay, max(remaining, 0.001)))
+            await asyncio.sleep(min(delay, remaining / 2))
             delay = min(delay * 2, 0.5)
 
     @property

@@ -206,8 +206,8 @@ class ShardedNatsQueue(Queue, SharedFeed):
         self._looked_ok = 0.0  # ... and the last one that succeeded
         self._clock = time.time  # for the moment batches with an id move (a stream's SWITCH_KEY)
         self._looked_from = 0.0  # when (wall clock) the last successful look began
-        self._moments_of: list[NatsQueue] | None = None  # the shards _moments_cache is of
-        self._moments_cache: tuple[list[tuple[float, int]], float] = ([], 0.0)  # (moments, window)
+        #: (the shards it is of, their moments, a moment's window): see _moments
+        self._moments_cache: tuple[list[NatsQueue] | None, list[tuple[float, int]], float] = (None, [], 0.0)
         self.lookups = self.found = 0  # batch ids looked up in a stream their dataset moved from; found there
         self._refusing = self._not_taking = False  # refuse_puts, stop_taking: for shards taken on later too
         self._stopped = threading.Event()
@@ -338,12 +338,14 @@ class ShardedNatsQueue(Queue, SharedFeed):
 
     def _moments(self, shards: list[NatsQueue]) -> tuple[list[tuple[float, int]], float]:
         """The moments batches with an id start going to streams added live, ``(moment, stream)`` in order
-        of time, and how long a moment's window lasts (computed again when the shards change)."""
-        if self._moments_of is not shards:
+        of time, and how long a moment's window lasts (computed again when the shards change; kept in one
+        attribute, replaced whole, so threads need no lock)."""
+        of, timed, window = self._moments_cache
+        if of is not shards:
             timed = sorted((q.switch_at, m) for m, q in enumerate(shards) if m and q.switch_at is not None)
-            self._moments_cache = (timed, QUIET + SWITCH_AFTER + max(q.duplicate_window for q in shards))
-            self._moments_of = shards
-        return self._moments_cache
+            window = QUIET + SWITCH_AFTER + max(q.duplicate_window for q in shards)
+            self._moments_cache = (shards, timed, window)
+        return timed, window
 
     def _id_route(self, dataset: str, now: float) -> tuple[int, list[int], float, float | None]:
         """For a batch with an id at wall-clock ``now`` (see the module docstring): the shard it goes to;
@@ -423,27 +425,44 @@ class ShardedNatsQueue(Queue, SharedFeed):
     def _put_id(
         self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, client_id: str, timeout: float, wait: bool
     ) -> Accepted:
-        """A batch with an id: its seq in a stream its dataset moved from, else put where it goes now. A put
-        still trying when that stream stops taking the dataset's ids (a moment known here, or that of a
-        stream the last look did not see, which cannot come before that look began plus SWITCH_AFTER) gives
-        up there, and the batch is routed again (its id makes a retry in the same stream store it once)."""
+        """A batch with an id: its seq in a stream its dataset moved from, else put where it goes now. The
+        route is decided again right before each publish (lookups take time), and a publish to a stream
+        starts only before that stream stops taking the dataset's ids: its next moment known here, or the
+        earliest moment a stream the last look did not see can have (that look's start plus SWITCH_AFTER).
+        A put still trying then stops and the batch is routed again (a retry in the same stream is deduped
+        by its id)."""
         deadline = time.monotonic() + timeout
         while True:
+            looked_from = self._looked_from  # before the shards the route is made from (a look may add one)
             k, olds, stop = self._id_target(dataset, deadline)
-            if (found := self._look_up(olds, client_id, deadline)) is not None:
-                return found
+            if olds:
+                if (found := self._look_up(olds, client_id, deadline)) is not None:
+                    return found
+                now = self._clock()  # the lookups took time: the same route still?
+                again, more, quiet, stop = self._id_route(dataset, now)
+                if again != k or not set(more) <= set(olds) or now < quiet:
+                    continue
             if len(self.shards) < self.stride:
-                horizon = self._looked_from + SWITCH_AFTER
+                horizon = looked_from + SWITCH_AFTER
                 stop = horizon if stop is None else min(stop, horizon)
-            left = max(0.0, deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QueueFull(f"NATS did not take the batch within {timeout:g} s")
             capped = stop is not None and stop - self._clock() < left
             if capped:
-                left = max(0.0, stop - self._clock())  # type: ignore[operator]
+                left = stop - self._clock()  # type: ignore[operator]
+                if left <= 0:  # past: the streams may have changed since the last look
+                    self._look(wait=False, limit=max(0.05, deadline - time.monotonic()))
+                    if self._looked_from == looked_from:  # not looked again (a moment ago, or failed)
+                        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                    continue
             try:
                 seq, duplicate = self.shards[k].put(dataset, schema_key, batch, left, client_id, wait=wait)
-            except QueueFull:
-                if not capped or time.monotonic() >= deadline:
+            except QueueFull as exc:
+                if not capped:
                     raise
+                if time.monotonic() >= deadline:
+                    raise QueueFull(f"{exc} (within {timeout:g} s, routed again at its stream's moment)") from None
                 continue
             return Accepted(self._global(k, seq), duplicate)
 
@@ -538,7 +557,8 @@ class ShardedNatsQueue(Queue, SharedFeed):
         if any(c is not None for c in client_ids):  # piece ids (all or none): each routed as one batch
             deadline = time.monotonic() + timeout
             pairs = zip(batches, client_ids, strict=True)
-            return [self.put(dataset, schema_key, b, max(0.0, deadline - time.monotonic()), c) for b, c in pairs]
+            left = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
+            return [self.put(dataset, schema_key, b, left(), c, wait=wait) for b, c in pairs]
         k, q = self._route(dataset)
         accepted = q.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
         return [Accepted(self._global(k, a.seq), a.duplicate) for a in accepted]
