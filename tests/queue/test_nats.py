@@ -1211,32 +1211,45 @@ def test_a_batch_with_an_id_waits_for_the_streams_to_be_looked_up(data_root, mon
         nats.stop()
 
 
-def test_a_lookup_that_outlasts_the_next_moment_is_followed_by_routing_again(nats_server, monkeypatch):
-    """Two streams added (the dataset moves 0 -> 1 -> 2); a batch with an id looked up in stream 0 after the
-    first moment, the lookup slow (NATS busy) until after the second moment, while the producer's re-send
-    through another process is stored in stream 2: the first put routes again after its lookup, rather
-    than publish to stream 1 (which would store the batch twice), and finds it there."""
+@pytest.mark.parametrize(
+    "routes, resend_after",
+    [((0, 1, 2), 2), ((0, 1, 0, 1), 2)],
+    ids=["moved-twice", "away-and-back"],
+)
+def test_a_lookup_that_outlasts_later_moments_is_followed_by_routing_again(
+    nats_server, monkeypatch, routes, resend_after
+):
+    """Streams added one after another (moments ~100 s apart); a dataset whose batches with an id go to
+    the streams ``routes`` in turn. A batch of it looked up in stream 0 after the first moment, the lookup
+    slow (NATS busy) until after the last moment, while the producer's re-send through another process is
+    stored after moment ``resend_after``: the first put decides its route again after its lookup, rather
+    than publish where it was going (which would store the batch twice), and finds the re-send."""
     import zlib
 
     from flight_writer.queue import make_queue
     from flight_writer.queue.nats import sharded
 
-    moving = next(n for k in range(1000) if (c := zlib.crc32((n := f"mv{k}").encode())) % 2 == 1 and c % 3 == 2)
+    n = len(routes)
+    moving = next(
+        name
+        for k in range(100_000)
+        if all(zlib.crc32((name := f"mv{k}").encode()) % (m + 1) == r for m, r in enumerate(routes))
+    )
     monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
     one = queue_settings(nats_server, stream_slots=4)
     a = make_queue(one, role="ingest")
     made = [a]
     try:
         a.put("other", b"k", ints(3), 5, "y0")  # a deployment that took batches: streams added are live
-        made.append(make_queue(dataclasses.replace(one, streams=2), role="ingest"))
-        monkeypatch.setattr(sharded, "SWITCH_AFTER", 3700.0)  # the third stream's moment ~100 s later
-        b = make_queue(dataclasses.replace(one, streams=3), role="ingest")
-        made.append(b)
+        for streams in range(2, n + 1):  # each stream's moment ~100 s after the one before
+            monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0 + 100 * (streams - 2))
+            made.append(make_queue(dataclasses.replace(one, streams=streams), role="ingest"))
         monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+        b = made[-1]
         a.flush(None, 0)
-        first, second = b.shards[1].switch_at, b.shards[2].switch_at
-        assert [q.switch_at for q in a.shards] == [None, first, second]
-        now = [first + sharded.QUIET + 1]  # to stream 1, after a lookup in stream 0
+        moments = [q.switch_at for q in b.shards]
+        assert [q.switch_at for q in a.shards] == moments
+        now = [moments[1] + sharded.QUIET + 1]  # to stream routes[1], after a lookup in stream 0
         a._clock = lambda: now[0]
         a.flush(None, 0)
         resent, looked_up = threading.Event(), threading.Event()
@@ -1245,7 +1258,7 @@ def test_a_lookup_that_outlasts_the_next_moment_is_followed_by_routing_again(nat
         def slow(client_id: str, timeout: float) -> int | None:
             found = find(client_id, timeout)
             if not looked_up.is_set():
-                now[0] = second + sharded.QUIET + 1  # the lookup ends after the second moment
+                now[0] = moments[-1] + sharded.QUIET + 1  # the lookup ends after the last moment
                 looked_up.set()
                 assert resent.wait(30)
             return found
@@ -1255,14 +1268,15 @@ def test_a_lookup_that_outlasts_the_next_moment_is_followed_by_routing_again(nat
         putting = threading.Thread(target=lambda: got.setdefault("a", a.put(moving, b"k", ints(10), 60, "x1")))
         putting.start()
         assert looked_up.wait(30)
-        b._clock = lambda: second + sharded.QUIET + 1
+        b._clock = lambda: moments[resend_after] + sharded.QUIET + 1
         b.flush(None, 0)
-        again = b.put(moving, b"k", ints(10), 30, "x1")  # the re-send: to stream 2
+        again = b.put(moving, b"k", ints(10), 30, "x1")  # the re-send
         resent.set()
         putting.join(60)
-        assert again.seq % 4 == 2 and not again.duplicate
+        assert again.seq % 4 == routes[resend_after] and not again.duplicate
         assert got["a"] == (again.seq, True)
-        assert [q.stats()["pending_batches"] for q in b.shards][1:] == [0, 1]
+        held = [q.stats()["pending_batches"] for q in b.shards]
+        assert sum(held) == 2  # y0 and x1, once
     finally:
         for q in reversed(made):
             q.close()

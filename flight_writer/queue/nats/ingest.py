@@ -325,9 +325,9 @@ class Publisher:
             if self._refusing:
                 raise QueueClosed("queue is closed")
             remaining = deadline - time.monotonic()
-            if remaining <= 0.001:  # no attempt starts after the deadline (sharded.py relies on it)
+            if remaining < min(delay, 0.05):  # no attempt starts after the deadline (sharded.py relies on it)
                 raise QueueFull(f"{reason}; waited {timeout:g} s")
-            await asyncio.sleep(min(delay, remaining / 2))
+            await asyncio.sleep(min(delay, remaining - 0.005))
             delay = min(delay * 2, 0.5)
 
     @property

@@ -432,22 +432,25 @@ class ShardedNatsQueue(Queue, SharedFeed):
         A put still trying then stops and the batch is routed again (a retry in the same stream is deduped
         by its id)."""
         deadline = time.monotonic() + timeout
+        last: QueueFull | None = None  # what the last try on a stream since left said
         while True:
             looked_from = self._looked_from  # before the shards the route is made from (a look may add one)
             k, olds, stop = self._id_target(dataset, deadline)
             if olds:
                 if (found := self._look_up(olds, client_id, deadline)) is not None:
                     return found
-                now = self._clock()  # the lookups took time: the same route still?
+                # the lookups took time: the same route still, and never another meanwhile (a route that
+                # moved away and back may have taken the batch elsewhere)?
+                now, was = self._clock(), stop
                 again, more, quiet, stop = self._id_route(dataset, now)
-                if again != k or not set(more) <= set(olds) or now < quiet:
+                if again != k or (was is not None and now >= was) or not set(more) <= set(olds) or now < quiet:
                     continue
             if len(self.shards) < self.stride:
                 horizon = looked_from + SWITCH_AFTER
                 stop = horizon if stop is None else min(stop, horizon)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise QueueFull(f"NATS did not take the batch within {timeout:g} s")
+                raise QueueFull(f"{last or 'NATS did not take the batch'} (in all {timeout:g} s, routed again)")
             capped = stop is not None and stop - self._clock() < left
             if capped:
                 left = stop - self._clock()  # type: ignore[operator]
@@ -459,10 +462,11 @@ class ShardedNatsQueue(Queue, SharedFeed):
             try:
                 seq, duplicate = self.shards[k].put(dataset, schema_key, batch, left, client_id, wait=wait)
             except QueueFull as exc:
-                if not capped:
+                if not capped and last is None:
                     raise
-                if time.monotonic() >= deadline:
-                    raise QueueFull(f"{exc} (within {timeout:g} s, routed again at its stream's moment)") from None
+                if not capped or time.monotonic() >= deadline:
+                    raise QueueFull(f"{exc} (in all {timeout:g} s, routed again)") from None
+                last = exc
                 continue
             return Accepted(self._global(k, seq), duplicate)
 
