@@ -42,7 +42,8 @@ batches, its durability records, its flush subject, its durable consumer), and t
   ``duplicate_window`` plus ``SWITCH_AFTER``, a batch with an id of a dataset that moved is first looked up
   in the streams it moved from (``NatsQueue.find``: an empty publish JetStream answers as a duplicate if
   it holds the id, and refuses otherwise, storing nothing; nats-server 2.12 or later): found, its earlier
-  seq is the answer; not found, it goes to the new stream. Batches without an id move as soon as the
+  seq is the answer; not found, it goes to the new stream (the route decided again after the lookups, which
+  take time, and looked up again if a moment passed meanwhile). Batches without an id move as soon as the
   process knows the stream (no dedupe to keep). Streams made with the deployment (by the process that made
   an empty stream 0) have no such moment: nothing was sent before them.
 
