@@ -10,6 +10,7 @@ where it fails them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -64,6 +66,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class HoldingProxy:
+    """A TCP forwarder from a free 127.0.0.1 port to ``port`` whose client-to-server bytes can be held: after
+    ``hold()`` what clients send waits in the proxy (the connection stays up, as behind a network that holds
+    a connection's bytes) until ``release()``; ``holding`` is set once some bytes wait. ``close()`` stops it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = free_port()
+        self._target = port
+        self._cond = threading.Condition()
+        self._held = False
+        self.holding = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, name="proxy", daemon=True).start()
+
+    def hold(self) -> None:
+        with self._cond:
+            self._held = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self.release()
+        for s in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, to: socket.socket, outbound: bool) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                if outbound:
+                    with self._cond:
+                        if self._held:
+                            self.holding.set()
+                        self._cond.wait_for(lambda: not self._held)
+                to.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, to):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

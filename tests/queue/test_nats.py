@@ -30,7 +30,7 @@ from flight_writer.queue import Plan, QueueFull, QueueLost
 from flight_writer.queue.nats.queue import NatsQueue
 
 import natsd
-from emulators import free_port, suspend
+from emulators import HoldingProxy, free_port, suspend
 from helpers import (
     REPO,
     STOP_TIMEOUT,
@@ -592,10 +592,15 @@ def test_a_three_node_cluster_keeps_every_batch_when_a_node_dies(data_root):
             nats.servers[1].kill()  # one of three: the stream keeps a quorum
             put(c, "r3", [ints(100, k * 100) for k in range(5, 10)], ids=[f"r{k}" for k in range(5, 10)])
             assert action(c, "flush")["durable_through"] == 10
-            # a batch id's lookup (sharded.py: ids across a move) on a replicated stream: found, or not, and
-            # nothing stored either way (the next batch gets seq 11)
-            assert ingest.queue.find("r7", 30) == 8 and ingest.queue.find("r10", 30) is None
-            assert [r["seq"] for r in put(c, "r3", [ints(100, 1000)], ids=["r10"])] == [11]
+            # claims of batch ids (sharded.py: ids across a move) on a replicated stream: a batch's id is
+            # answered with its seq; a new one is claimed (seq 11, no batch), which the writer resolves as
+            # durable and records as a claim; the next batch gets seq 12
+            q = ingest.queue
+            assert q.claim("r3", "r7", 30) == (8, True) and q.kind_of(8, 30) == "batch"
+            assert q.claim("r3", "r10", 30) == (11, False) and q.kind_of(11, 30) == "claim"
+            assert action(c, "flush")["durable_through"] == 11
+            assert q.claim("r3", "r10", 30) == (11, True) and q.kind_of(11, 30) == "claim"  # from the records
+            assert [r["seq"] for r in put(c, "r3", [ints(100, 1000)], ids=["r11"])] == [12]
         assert sorted(read_dataset(data_root, "r3").column("i").to_pylist()) == list(range(1100))
     finally:
         nats.stop()
@@ -1005,10 +1010,10 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
     """JetStream remembers a batch id per stream. A stream added to a running deployment takes batches with
     an id only from the moment its metadata says (SWITCH_AFTER after it was made; an hour here, and the
     processes' clocks are set past it and the QUIET seconds after it); from then, for the old stream's
-    duplicate window, a batch with an id
-    of a dataset that moved is looked up in the old stream first: one it holds is answered with its seq
-    there and not stored again, by any process; a new one goes to the new stream. The lookups store
-    nothing. Streams made with the deployment have no such moment."""
+    duplicate window, a batch with an id of a dataset that moved is claimed in the old stream first: one
+    it holds is answered with its seq there and not stored again, by any process; a new one is claimed
+    there (a message with its id and no batch) and goes to the new stream. Streams made with the
+    deployment have no such moment."""
     from flight_writer.queue import Accepted, make_queue
     from flight_writer.queue.nats import sharded
 
@@ -1040,12 +1045,16 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
             pieces = b.put_many(moves, b"k", [ints(5), ints(5)], 5, ["x1", "x4"])
             assert pieces[0] == Accepted(first, True) and pieces[1].seq % 4 == 1 and not pieces[1].duplicate
             assert (a.stats()["nats_id_found"], b.stats()["nats_id_found"]) == (1, 2)
+            for x in ("x3", "x4"):  # claimed in the old stream: no batch there can take the id any more
+                claimed = b.shards[0].claim(moves, x, 5)
+                assert claimed.duplicate and b.shards[0].kind_of(claimed.seq, 5) == "claim"
             for q in (a, b):  # the window over: straight to the new stream
                 q._clock = lambda: at + sharded.QUIET + 3600 + one.duplicate_window + 1
                 q.flush(None, 0)
             assert b.put(moves, b"k", ints(10), 5, "x5").seq % 4 == 1 and b.lookups == 4
-            # stored once each: x1, x2, y1 in the first stream; the one without an id, x3, x4, x5 in the second
-            assert [q.stats()["pending_batches"] for q in b.shards] == [3, 4]
+            # stored once each: x1, x2, y1 (and the claims of x3 and x4) in the first stream; the one without
+            # an id, x3, x4, x5 in the second
+            assert [q.stats()["pending_batches"] for q in b.shards] == [5, 4]
         finally:
             b.close()
     finally:
@@ -1055,9 +1064,10 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
 def test_no_publish_of_a_moving_dataset_to_its_old_stream_outlasts_the_switch(nats_server, monkeypatch):
     """A batch with an id put just before the moment its dataset moves, to an old stream that is full, stops
     trying there at that moment (were it still trying when the producer sends it again through another
-    process after the moment, that one's lookup would miss it and both would be stored): it waits out the
-    quiet seconds, is looked up, and goes to the new stream, where the re-send finds it. A batch in the
-    quiet seconds waits (here longer than its timeout: refused)."""
+    process after the moment, it would be in neither stream when that one claims it there): it waits out
+    the quiet seconds, is claimed in the old stream (once that has room: a claim is a message), and goes
+    to the new stream, where the re-send finds it. A batch in the quiet seconds waits (here longer than its
+    timeout: refused)."""
     from flight_writer.queue import make_queue
     from flight_writer.queue.nats import sharded
 
@@ -1080,6 +1090,14 @@ def test_no_publish_of_a_moving_dataset_to_its_old_stream_outlasts_the_switch(na
                 b.put(moves, b"k", ints(10), 0.5, "x1")
             offset = at - 1 - time.time()
             a._clock = lambda: time.time() + offset  # a second before the moment, and going on
+            claim, old = a.shards[0].claim, a.shards[0]
+
+            def with_room(*args: object) -> object:  # called after the moment: room for the claim, one batch less
+                first = old._publisher.stream_state(fresh=True).first_seq
+                old._link.run(old._link.js.delete_msg(old._link.settings.stream, first), 10)
+                return claim(*args)
+
+            a.shards[0].claim = with_room  # type: ignore[method-assign]
             first = a.put(moves, b"k", ints(10), 60, "x1")
             assert first.seq % 4 == 1 and not first.duplicate and a.lookups == 1
             b._clock = lambda: at + sharded.QUIET + 1
@@ -1149,13 +1167,15 @@ def test_a_batch_put_before_its_process_knew_of_an_added_stream_stops_at_its_mom
         with pytest.raises(QueueFull):
             while True:
                 fill.append(a.put(stays, b"k", ints(200), 0.5).seq)
+        # room for a claim (a message with no batch), not for the batch of 1,000 rows
+        delete_messages(nats_server, one.stream, [fill[0] // 4])
         got: dict[str, object] = {}
         trying = threading.Event()
 
         def first() -> None:
             trying.set()
             try:
-                got["a"] = a.put(moves, b"k", ints(10), 60, "x1")  # to the full first stream: tries on
+                got["a"] = a.put(moves, b"k", ints(1000), 60, "x1")  # to the full first stream: tries on
             except Exception as exc:
                 got["a"] = exc
 
@@ -1164,12 +1184,12 @@ def test_a_batch_put_before_its_process_knew_of_an_added_stream_stops_at_its_mom
         trying.wait(30)
         b = make_queue(dataclasses.replace(one, streams=2, max_bytes=200_000), role="ingest")  # makes the second
         try:
-            again = b.put(moves, b"k", ints(10), 60, "x1")  # waits for the moment and the quiet second
+            again = b.put(moves, b"k", ints(1000), 60, "x1")  # waits for the moment and the quiet second
             assert again.seq % 4 == 1
-            delete_messages(nats_server, one.stream, [s // 4 for s in fill[:5]])  # room in the first stream
             putting.join(60)
             assert got["a"] == (again.seq, True) or (got["a"] == (again.seq, False) and again.duplicate)
-            assert [q.stats()["pending_batches"] for q in b.shards] == [len(fill) - 5, 1]
+            # the first stream: the batches left and one claim of x1; the second: x1
+            assert [q.stats()["pending_batches"] for q in b.shards] == [len(fill), 1]
         finally:
             b.close()
     finally:
@@ -1216,14 +1236,17 @@ def test_a_batch_with_an_id_waits_for_the_streams_to_be_looked_up(data_root, mon
     [((0, 1, 2), 2), ((0, 1, 0, 1), 2)],
     ids=["moved-twice", "away-and-back"],
 )
-def test_a_lookup_that_outlasts_later_moments_is_followed_by_routing_again(
+def test_a_claim_that_outlasts_later_moments_is_followed_by_routing_again(
     nats_server, monkeypatch, routes, resend_after
 ):
     """Streams added one after another (moments ~100 s apart); a dataset whose batches with an id go to
-    the streams ``routes`` in turn. A batch of it looked up in stream 0 after the first moment, the lookup
-    slow (NATS busy) until after the last moment, while the producer's re-send through another process is
-    stored after moment ``resend_after``: the first put decides its route again after its lookup, rather
-    than publish where it was going (which would store the batch twice), and finds the re-send."""
+    the streams ``routes`` in turn. A batch of it claimed in stream 0 after the first moment, the claim
+    slow (NATS busy) until after the last moment, while the producer's re-send through another process
+    comes after moment ``resend_after``: the first put decides its route again after its claim, rather
+    than publish where it was going. Moved twice: the re-send is stored in the last stream, and the first
+    put finds it there. Away and back: the re-send's route (stream 0) holds the first put's claim, and
+    the first put's (stream 1) the re-send's: both are refused (the batch is in neither; it can be sent
+    again once the claims are out of the streams' duplicate window), and nothing is stored twice."""
     import zlib
 
     from flight_writer.queue import make_queue
@@ -1249,34 +1272,49 @@ def test_a_lookup_that_outlasts_later_moments_is_followed_by_routing_again(
         a.flush(None, 0)
         moments = [q.switch_at for q in b.shards]
         assert [q.switch_at for q in a.shards] == moments
-        now = [moments[1] + sharded.QUIET + 1]  # to stream routes[1], after a lookup in stream 0
+        now = [moments[1] + sharded.QUIET + 1]  # to stream routes[1], after a claim in stream 0
         a._clock = lambda: now[0]
         a.flush(None, 0)
-        resent, looked_up = threading.Event(), threading.Event()
-        find = a.shards[0].find
+        resent, claimed = threading.Event(), threading.Event()
+        claim = a.shards[0].claim
 
-        def slow(client_id: str, timeout: float) -> int | None:
-            found = find(client_id, timeout)
-            if not looked_up.is_set():
-                now[0] = moments[-1] + sharded.QUIET + 1  # the lookup ends after the last moment
-                looked_up.set()
+        def slow(dataset: str, client_id: str, timeout: float) -> object:
+            got = claim(dataset, client_id, timeout)
+            if not claimed.is_set():
+                now[0] = moments[-1] + sharded.QUIET + 1  # the claim ends after the last moment
+                claimed.set()
                 assert resent.wait(30)
-            return found
+            return got
 
-        a.shards[0].find = slow
+        a.shards[0].claim = slow  # type: ignore[method-assign]
         got: dict[str, object] = {}
-        putting = threading.Thread(target=lambda: got.setdefault("a", a.put(moving, b"k", ints(10), 60, "x1")))
+
+        def first_put() -> None:
+            try:
+                got["a"] = a.put(moving, b"k", ints(10), 60, "x1")
+            except QueueFull as exc:
+                got["a"] = exc
+
+        putting = threading.Thread(target=first_put)
         putting.start()
-        assert looked_up.wait(30)
+        assert claimed.wait(30)
         b._clock = lambda: moments[resend_after] + sharded.QUIET + 1
         b.flush(None, 0)
-        again = b.put(moving, b"k", ints(10), 30, "x1")  # the re-send
+        try:
+            again = b.put(moving, b"k", ints(10), 30, "x1")  # the re-send
+        except QueueFull as exc:
+            again = exc
         resent.set()
         putting.join(60)
-        assert again.seq % 4 == routes[resend_after] and not again.duplicate
-        assert got["a"] == (again.seq, True)
         held = [q.stats()["pending_batches"] for q in b.shards]
-        assert sum(held) == 2  # y0 and x1, once
+        if routes == (0, 1, 2):  # moved twice
+            assert again.seq % 4 == routes[resend_after] and not again.duplicate
+            assert got["a"] == (again.seq, True)
+            assert held == [2, 1, 1]  # y0 and a's claim; b's claim; x1, once (and nothing refused)
+        else:  # away and back: each route holds the other put's claim
+            for refused in (again, got["a"]):
+                assert isinstance(refused, QueueFull) and "holds a claim of its id" in str(refused)
+            assert held == [2, 1, 0, 0]  # y0 and a's claim; b's claim: x1 nowhere
     finally:
         for q in reversed(made):
             q.close()
@@ -1346,6 +1384,98 @@ def test_a_batch_sent_again_across_a_stream_addition_is_stored_once(data_root, n
         for svc in reversed(started):
             svc.stop(STOP_TIMEOUT)
     assert read_dataset(data_root, moves, sort_by="i").column("i").to_pylist() == list(range(20))
+
+
+def ids_in(q: NatsQueue) -> list[tuple[str, bool]]:
+    """(batch id, is a claim) of every message the stream of ``q`` holds, in order."""
+    link = q._link
+    state = q._publisher.stream_state(fresh=True)
+    found = []
+    for seq in range(state.first_seq, state.last_seq + 1):
+        try:
+            raw = link.run(link.js.get_msg(link.settings.stream, seq), 10)
+        except nats.js.errors.NotFoundError:
+            continue
+        headers = raw.headers or {}
+        found.append((headers.get("Nats-Msg-Id", ""), "fw-claim" in headers))
+    return found
+
+
+def test_a_publish_that_reaches_the_old_stream_after_the_claim_is_not_stored(nats_server, monkeypatch):
+    """A put with an id just before its dataset's move, whose bytes the network holds (the connection stays
+    up): the put gives up; the producer sends the batch again through another process after the moment,
+    which claims its id in the old stream and stores it in the new one; then the held publish reaches the
+    old stream. The claim makes JetStream take it as a duplicate: the batch is stored once, however late
+    the first publish arrives (a lookup that stored nothing could not say that)."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    monkeypatch.setattr(sharded, "LOOK_EVERY", 3600.0)  # no look of its own while its bytes are held
+    one = queue_settings(nats_server, stream_slots=4)
+    stays, moves = in_shards(2, 2)
+    proxy = HoldingProxy(int(nats_server.urls[0].rsplit(":", 1)[1]))
+    a = make_queue(dataclasses.replace(one, url=[f"nats://127.0.0.1:{proxy.port}"]), role="ingest")
+    try:
+        a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
+        b = make_queue(dataclasses.replace(one, streams=2), role="ingest")
+        try:
+            at = b.shards[1].switch_at
+            a.flush(None, 0)  # takes the second stream on: before its moment, where ids still go to the first
+            proxy.hold()
+            with pytest.raises(QueueFull):
+                a.put(moves, b"k", ints(10), 1.0, "x1")
+            assert proxy.holding.is_set()  # its publish waits in the network
+            b._clock = lambda: at + sharded.QUIET + 1
+            b.flush(None, 0)
+            again = b.put(moves, b"k", ints(10), 5, "x1")
+            assert again.seq % 4 == 1 and not again.duplicate  # claimed in the first stream, stored in the second
+            proxy.release()
+            a.put(stays, b"k", ints(3), 30)  # after the held publish on the same connection: that one was handled
+            held = ids_in(b.shards[0])  # y0, the claim of x1, the last batch (an id of the process's making)
+            assert held[:2] == [("y0", False), ("x1", True)] and len(held) == 3 and not held[2][1]
+            assert ids_in(b.shards[1]) == [("x1", False)]
+        finally:
+            b.close()
+    finally:
+        a.close()
+        proxy.close()
+
+
+def test_a_batch_whose_id_is_claimed_where_it_goes_is_refused_until_it_goes_where_the_claim_sent_it(
+    nats_server, monkeypatch
+):
+    """A put claimed a batch id in the old stream and stopped there (its process died); a process whose
+    route for the dataset is still the old stream (its clock before the moment) is refused the batch (a
+    claim holds its id there: storing it anyway could make a second copy of one stored elsewhere) and
+    takes it once past the moment, in the new stream, where a re-send finds it."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    one = queue_settings(nats_server, stream_slots=4)
+    stays, moves = in_shards(2, 2)
+    a = make_queue(one, role="ingest")
+    try:
+        a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
+        b = make_queue(dataclasses.replace(one, streams=2), role="ingest")
+        try:
+            at = b.shards[1].switch_at
+            a.flush(None, 0)
+            claimed = b.shards[0].claim(moves, "x1", 5)  # a put's claim, its process gone before storing
+            assert not claimed.duplicate and b.shards[0].kind_of(claimed.seq, 5) == "claim"
+            with pytest.raises(QueueFull, match="holds a claim of its id"):
+                a.put(moves, b"k", ints(10), 5, "x1")  # before the moment: to the first stream
+            a._clock = b._clock = lambda: at + sharded.QUIET + 1
+            a.flush(None, 0)
+            stored = a.put(moves, b"k", ints(10), 5, "x1")
+            assert stored.seq % 4 == 1 and not stored.duplicate
+            assert b.put(moves, b"k", ints(10), 5, "x1") == (stored.seq, True)
+            assert [x for x, _ in ids_in(b.shards[0])] == ["y0", "x1"] and ids_in(b.shards[1]) == [("x1", False)]
+        finally:
+            b.close()
+    finally:
+        a.close()
 
 
 def test_a_stream_taken_on_while_running_counts_as_committed_only_what_its_records_say(nats_server, monkeypatch):

@@ -4,7 +4,9 @@ confirmations.
 Every fetched message is held (kept alive by ``in_progress`` every ack_wait / 3) until the durability record
 of the object holding it is published; then it is acknowledged. A message of an unconfirmed plan is stored
 as that plan says, with the plan's other batches read from the stream by sequence; the first plan of a seq
-in the records stream holds it, and a later plan that names it is withdrawn and its file not stored.
+in the records stream holds it, and a later plan that names it is withdrawn and its file not stored. A
+message that claims a batch id (header ``CLAIM``, no batch: sharded.py) is recorded as a claim, durable
+without a file, and acknowledged at once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from nats.js import JetStreamContext, api
 from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Entry, Plan, QueueLost
 from flight_writer.queue.ipc import decode_ipc
-from flight_writer.queue.nats.link import Link
+from flight_writer.queue.nats.link import CLAIM, Link
 from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.seqs import seq_ranges
 
@@ -131,6 +133,16 @@ class WriteFeed:
                     fresh.append((seq, msg, plan))
         for msg in done:
             self._link.spawn(msg.ack())
+        if claims := [seq for seq, msg, _ in fresh if CLAIM in (msg.headers or {})]:
+            # a batch id's claim (sharded.py), no batch: durable at once, recorded as a claim before its ack
+            try:
+                self._records.record_claims(claims)
+                self._ack(claims)
+            except Exception as exc:  # NATS away: they come again
+                logger.warning("NATS: claims {} not recorded ({}); trying later", seq_ranges(claims), exc)
+                self._let_go(claims, "nak")
+            claimed = set(claims)
+            fresh = [f for f in fresh if f[0] not in claimed]
         for seq, msg, plan in fresh:
             try:
                 entry = _entry(seq, msg.data, msg.headers or {}, msg)

@@ -33,13 +33,10 @@ from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError, put_alone
 from flight_writer.queue.counting import Counts
 from flight_writer.queue.ipc import encode_ipc, encode_ipc_many, has_dictionary, write_options
-from flight_writer.queue.nats.link import Link
+from flight_writer.queue.nats.link import CLAIM, Link
 from flight_writer.queue.nats.records import Records, Shared
 
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
-ROLLUP_REFUSED = 10111  # JetStream: a Nats-Rollup header refused (what ``find`` is told when the id is new)
-LOOKUP = "flight-writer-lookup"  # no rollup JetStream knows: refused with ROLLUP_REFUSED, never rolls up
-LOOKUPS_FROM = (2, 12)  # nats-server: earlier ones keep a refused message's id on replicated streams
 IN_PROCESS = 10158  # JetStream: a message with this id is being stored (replicated streams): try again
 STATE_TTL = 0.2  # seconds a stream_info answer is reused (room, last_seq)
 PACK_BYTES = 1 << 20  # IPC bytes a packed message holds at most (a larger batch goes alone)
@@ -60,10 +57,6 @@ class _Pack:
     batches: list[pa.RecordBatch] = field(default_factory=list)
     receipts: list[Future[Accepted]] = field(default_factory=list)
     nbytes: int = 0  # the batches' IPC message bytes
-
-
-class _NotThere(Exception):
-    """A ``find`` publish was refused: the stream holds no batch with that id within its window."""
 
 
 class Publisher:
@@ -136,23 +129,17 @@ class Publisher:
                 self._received.add(dataset, batch.num_rows, batch.get_total_buffer_size())
         return Accepted(ack.seq, bool(ack.duplicate))
 
-    def find(self, client_id: str, timeout: float) -> int | None:
-        """The stream's sequence of the batch it took with this id within its ``duplicate_window``, or None;
-        nothing is stored either way. An empty message with the id and a ``Nats-Rollup`` of a value no
-        rollup has: JetStream answers a duplicate before it looks at the rollup, and refuses the message
-        after it (nats-server 2.15.1, one server and R3, streams allowing rollups or not: tested; the 2.10
-        and 2.11 sources keep a refused message's id on replicated streams, so ``LOOKUPS_FROM``). Not
-        ``Nats-Expected-Last-Msg-Id``, which behaves the same on one server but left an R3 stream refusing
-        every publish after it; ``Nats-Expected-Last-Sequence`` is checked before the duplicate."""
-        headers = {"Nats-Msg-Id": client_id, "Nats-Rollup": LOOKUP}
-        try:
-            ack = self._link.run(self._publish(memoryview(b""), headers, timeout))
-        except _NotThere:
-            return None
-        if not ack.duplicate or ack.seq <= 0:  # stored (a server that ignores the header), or a seq not yet given
-            logger.error("NATS answered the lookup of batch id {!r} with {}", client_id, ack)
-            raise QueueWriteError("NATS answered a batch id's lookup unexpectedly: see the server's log")
-        return ack.seq
+    def claim(self, dataset: str, client_id: str, timeout: float) -> Accepted:
+        """Store a *claim* of this batch id: a message with the id and no batch (header ``CLAIM``), which
+        writers resolve as durable without a file (feed.py). A duplicate answer is the seq of what the stream
+        took with this id within its ``duplicate_window``, a batch or an earlier claim (``NatsQueue.kind_of``
+        tells which); otherwise the claim is stored, and from then the stream refuses the id as a duplicate
+        for that window, however late a publish of it arrives. A full stream refuses it like a batch."""
+        headers = {"fw-dataset": dataset, "fw-at": repr(time.time()), "Nats-Msg-Id": client_id, CLAIM: "1"}
+        ack = self._link.run(self._publish(memoryview(b""), headers, timeout))
+        with self._shared.lock:
+            self._shared.last_seq = max(self._shared.last_seq, ack.seq)
+        return Accepted(ack.seq, bool(ack.duplicate))
 
     def put_many(
         self,
@@ -308,8 +295,6 @@ class Publisher:
                     "or raise max_payload on the NATS servers"
                 ) from None
             except nats.js.errors.APIError as exc:
-                if exc.err_code == ROLLUP_REFUSED and headers.get("Nats-Rollup") == LOOKUP:
-                    raise _NotThere() from None
                 if exc.err_code == IN_PROCESS:
                     reason = "NATS is still storing a batch with this id"
                 elif exc.err_code in FULL:

@@ -43,6 +43,7 @@ RECORDS_AGE = 24 * 3600.0
 STRIDE = re.compile(r"seq stride (\d+)")
 STREAM_EXISTS = 10058  # JetStream: a stream of this name exists with another configuration
 SWITCH_KEY = "flight_writer_ids_from"  # data stream metadata: when (epoch s) batches with an id go to it
+CLAIM = "fw-claim"  # the header of a data message that claims a batch id and holds no batch (ingest.py)
 # nats-py reads its socket DEFAULT_BUFFER_SIZE bytes at a time (32 KiB) and its stream reader pauses at twice
 # that: a 1.5 MB batch took ~48 reads, each a pass through its parser. At 1 MiB a write process spent 5.0
 # CPU-s per GiB instead of 6.8 and the topology went from 160 to 205 MB/s (8,192-row batches, 1 producer, 2

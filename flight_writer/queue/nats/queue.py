@@ -34,15 +34,15 @@ import uuid
 from concurrent.futures import Future
 from typing import Any
 
+import nats.js.errors
 import pyarrow as pa
-from loguru import logger
 from nats.js import api
 
 from flight_writer.config.settings import QueueSettings
-from flight_writer.queue.base import Accepted, Entry, Plan, Queue, SharedFeed
+from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueFull, SharedFeed
 from flight_writer.queue.nats.feed import WriteFeed
-from flight_writer.queue.nats.ingest import LOOKUPS_FROM, Publisher
-from flight_writer.queue.nats.link import SWITCH_KEY, Link
+from flight_writer.queue.nats.ingest import Publisher
+from flight_writer.queue.nats.link import CLAIM, SWITCH_KEY, Link
 from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.tracker import DurabilityTracker
 
@@ -91,7 +91,7 @@ class NatsQueue(Queue, SharedFeed):
             incarnation = info.created.isoformat() if info.created else ""
             #: when batches with an id start going to this stream, if it was added to a running deployment
             #: (sharded.py); seconds JetStream remembers a batch id here
-            self.switch_at = _switch_at(info, link)
+            self.switch_at = _switch_at(info)
             self.metadata_kept = bool(info.config.metadata and SWITCH_KEY in info.config.metadata)
             self.duplicate_window = info.config.duplicate_window or settings.duplicate_window
             state = info.state
@@ -101,7 +101,7 @@ class NatsQueue(Queue, SharedFeed):
                 history, through, pending_state=self.ack_state, committed_through=0 if taken_on else None
             )
             self._shared = Shared(last_seq=state.last_seq)
-            self._records = Records(link, self._shared, self.position, incarnation)
+            self._records = Records(link, self._shared, self.position, incarnation, self.duplicate_window)
             self.identity = f"nats:{settings.stream}:{incarnation}"
             max_bytes = info.config.max_bytes or settings.max_bytes  # the stream's, if made with another
             self._publisher = Publisher(settings, link, self._shared, self._records, name, role, max_bytes, state)
@@ -162,10 +162,32 @@ class NatsQueue(Queue, SharedFeed):
         """Not all or none on NATS: see ``Publisher.put_many``."""
         return self._publisher.put_many(dataset, schema_key, batches, timeout, client_ids, wait=wait)
 
-    def find(self, client_id: str, timeout: float) -> int | None:
-        """The sequence of the batch this stream took with this id within its duplicate window, or None;
-        stores nothing (see ``Publisher.find``)."""
-        return self._publisher.find(client_id, timeout)
+    def claim(self, dataset: str, client_id: str, timeout: float) -> Accepted:
+        """Claim a batch id in this stream (``Publisher.claim``): stored, or the seq that holds it already."""
+        return self._publisher.claim(dataset, client_id, timeout)
+
+    def kind_of(self, seq: int, timeout: float) -> str:
+        """What this stream took at ``seq`` (a duplicate answer's): ``"claim"`` or ``"batch"``. Read from the
+        stream while it holds the message; once a writer took it, from the records (the record of a claim or a
+        batch is published before its message is acknowledged, so deleted). QueueFull if neither tells
+        within ``timeout`` s (NATS away)."""
+        if self._records.is_claim(seq):
+            return "claim"
+        link = self._link
+        try:
+            raw = link.run(link.js.get_msg(link.settings.stream, seq), timeout=max(0.1, timeout))
+        except nats.js.errors.NotFoundError:  # taken by a writer: resolved, and recorded before that
+            if self._records.catch_up(max(0.1, timeout)):
+                if self._records.is_claim(seq):
+                    return "claim"
+                if self.position.is_resolved(seq):
+                    return "batch"
+            why = "its record was not read in time"
+        except Exception as exc:  # NATS away
+            why = type(exc).__name__
+        else:
+            return "claim" if CLAIM in (raw.headers or {}) else "batch"
+        raise QueueFull(f"NATS did not take the batch: cannot tell what holds its id in {link.settings.stream} ({why})")
 
     @property
     def max_message_bytes(self) -> int:
@@ -241,20 +263,11 @@ class NatsQueue(Queue, SharedFeed):
         self._publisher.fail_packs()
 
 
-def _switch_at(info: api.StreamInfo, link: Link) -> float | None:
+def _switch_at(info: api.StreamInfo) -> float | None:
     """When batches with an id start going to this stream (its creation plus the seconds its metadata
-    says), if it was added to a running deployment and the server can look ids up (``Publisher.find``)."""
+    says), if it was added to a running deployment."""
     try:
         after = float((info.config.metadata or {})[SWITCH_KEY])
     except (KeyError, ValueError):
         return None
-    version = link.nc.connected_server_version
-    if info.created is None or (version.major, version.minor) < LOOKUPS_FROM:
-        logger.warning(
-            "NATS stream {} was added to a running deployment, but nats-server {} cannot look batch ids up "
-            "(2.12 or later can): a batch sent again with its id across its dataset's move may be stored twice",
-            info.config.name,
-            f"{version.major}.{version.minor}.{version.patch}",
-        )
-        return None
-    return info.created.timestamp() + after
+    return None if info.created is None else info.created.timestamp() + after

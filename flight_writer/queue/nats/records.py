@@ -9,13 +9,19 @@ stream of the same name (deleted, made again) resolve nothing here.
 - ``{"withdraw": path, "seqs"}``: that plan lost a seq to an earlier one; its file is not stored and its
   batches come again.
 - ``{"durable": seqs, "file"}`` and ``{"failed": seqs, "error"}``: resolved. The durability position
-  advances, the seqs' plans end, and messages of them delivered here again are acknowledged.
+  advances, the seqs' plans end, and messages of them delivered here again are acknowledged. With
+  ``"claim": true`` (and no file) the seqs were claims of batch ids, no batches (sharded.py): kept here for
+  twice the stream's duplicate window plus a minute, for ``NatsQueue.kind_of`` (which asks about a seq
+  JetStream answered a duplicate with, so one stored within the window; a process of an earlier version
+  reads them as empty batches).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +55,10 @@ class Records:
     """Reads and applies the records (a subscription on the loop thread, from ``subscribe``), publishes
     them, and owns what they decide: the plans table and the durability position's updates."""
 
-    def __init__(self, link: Link, shared: Shared, position: DurabilityTracker, incarnation: str) -> None:
+    def __init__(
+        self, link: Link, shared: Shared, position: DurabilityTracker, incarnation: str, window: float = 120.0
+    ) -> None:
+        """``window``: the data stream's duplicate window (s)."""
         self._link = link
         self._shared = shared
         #: advanced here only: by durable and failed records, and by the data stream's first sequence
@@ -57,6 +66,9 @@ class Records:
         self._incarnation = incarnation  # the data stream's creation time: the records' "of"
         #: seq -> the unconfirmed plan holding it (the first plan of the seq); under ``shared.lock``
         self.plans: dict[int, Plan] = {}
+        #: seq -> when its claim record was applied (monotonic), oldest first; under ``shared.lock``
+        self._claims: OrderedDict[int, float] = OrderedDict()
+        self._claims_kept = 2 * window + 60.0
         self._applied_seq = 0  # the records stream's sequence applied so far (on the loop thread)
         self._applied = threading.Condition()
         self._subscription: JetStreamContext.PushSubscription | None = None
@@ -118,6 +130,15 @@ class Records:
             record["table"] = True
         self._record(record)
 
+    def record_claims(self, seqs: list[int]) -> None:
+        """Publish that ``seqs`` are claims of batch ids (durable, no file), and apply it here."""
+        self._record({"durable": seq_ranges(sorted(seqs)), "file": None, "claim": True})
+
+    def is_claim(self, seq: int) -> bool:
+        """Whether a claim record of ``seq`` was applied here (lately: see the module docstring)."""
+        with self._shared.lock:
+            return seq in self._claims
+
     def record_committed(self, seqs: list[int]) -> None:
         """Publish that a table commit holding ``seqs`` landed, and apply it here."""
         self._record({"committed": seq_ranges(sorted(seqs))})
@@ -176,6 +197,14 @@ class Records:
             return
         if "durable" in record:
             seqs = list(parse_ranges(record["durable"]))
+            if record.get("claim"):
+                now = time.monotonic()
+                with shared.lock:
+                    claims = self._claims
+                    for s in seqs:
+                        claims[s] = now
+                    while claims and next(iter(claims.values())) < now - self._claims_kept:
+                        claims.popitem(last=False)
             self.position.mark_durable(seqs, record.get("file"), bool(record.get("table")))
         elif "failed" in record:
             seqs = list(parse_ranges(record["failed"]))

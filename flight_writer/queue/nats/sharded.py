@@ -39,12 +39,20 @@ batches, its durability records, its flush subject, its durable consumer), and t
   moment, or at the earliest moment a stream its last look did not see can have (that look's start plus
   ``SWITCH_AFTER``), and is routed again: no publish there starts after the moment. For ``QUIET`` s after
   it such puts wait (publishes to the old stream end); then, for the old stream's
-  ``duplicate_window`` plus ``SWITCH_AFTER``, a batch with an id of a dataset that moved is first looked up
-  in the streams it moved from (``NatsQueue.find``: an empty publish JetStream answers as a duplicate if
-  it holds the id, and refuses otherwise, storing nothing; nats-server 2.12 or later): found, its earlier
-  seq is the answer; not found, it goes to the new stream (the route decided again after the lookups, which
-  take time, and looked up again if a moment passed meanwhile). Batches without an id move as soon as the
-  process knows the stream (no dedupe to keep). Streams made with the deployment (by the process that made
+  ``duplicate_window`` plus ``SWITCH_AFTER``, a batch with an id of a dataset that moved is first *claimed*
+  in the streams it moved from (``NatsQueue.claim``: a message with the id and no batch): a stream that
+  holds the batch answers with its seq, which is the answer; otherwise the claim is stored (or another's is
+  there), and the batch goes to the new stream (the route decided again after the claims, which take time,
+  and claimed again if a moment passed meanwhile). A stored claim makes the old stream refuse the id as a
+  duplicate for its window, so a publish of it that arrives there late (a stalled process, a network path
+  holding its bytes, a reconnect buffer) is not stored. The moments, caps and quiet time above only make
+  it rare that a claim meets a publish still on its way; they no longer decide whether a batch is stored
+  twice. Writers take a claim as durable with no file (feed.py). A put answered with a duplicate that is a
+  claim (``NatsQueue.kind_of``) is refused: a process still sending to the old stream after another
+  claimed the id there, or a route that came back to a stream the dataset left in the same window (its
+  claims block the id there until the window ends; passing them would let two puts with different routes
+  each store the batch). Batches without an id move as soon as the process knows the stream (no dedupe to
+  keep). Streams made with the deployment (by the process that made
   an empty stream 0) have no such moment: nothing was sent before them.
 
 Change S (or N without slots) only with the queue drained (flush, stop every process, set it everywhere,
@@ -414,11 +422,14 @@ class ShardedNatsQueue(Queue, SharedFeed):
                 )
             time.sleep(quiet - now)
 
-    def _look_up(self, olds: list[int], client_id: str, deadline: float) -> Accepted | None:
-        """The seq a stream the dataset moved from gave this id, or None."""
+    def _claim(self, dataset: str, olds: list[int], client_id: str, deadline: float) -> Accepted | None:
+        """Claim the id in every stream the dataset moved from: the seq of a batch one of them took with it,
+        or None (claimed in each: none of them takes it from now on, however late a publish arrives)."""
         for old in olds:
             self.lookups += 1
-            if (local := self.shards[old].find(client_id, max(0.0, deadline - time.monotonic()))) is not None:
+            q = self.shards[old]
+            local, duplicate = q.claim(dataset, client_id, max(0.0, deadline - time.monotonic()))
+            if duplicate and q.kind_of(local, max(0.0, deadline - time.monotonic())) == "batch":
                 self.found += 1
                 return Accepted(self._global(old, local), True)
         return None
@@ -438,7 +449,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             looked_from = self._looked_from  # before the shards the route is made from (a look may add one)
             k, olds, stop = self._id_target(dataset, deadline)
             if olds:
-                if (found := self._look_up(olds, client_id, deadline)) is not None:
+                if (found := self._claim(dataset, olds, client_id, deadline)) is not None:
                     return found
                 # the lookups took time: the same route still, and never another meanwhile (a route that
                 # moved away and back may have taken the batch elsewhere)?
@@ -469,7 +480,21 @@ class ShardedNatsQueue(Queue, SharedFeed):
                     raise QueueFull(f"{exc} (in all {timeout:g} s, routed again)") from None
                 last = exc
                 continue
+            if duplicate and (self._moments(self.shards)[0] or len(self.shards) < self.stride):
+                self._not_claimed(k, seq, deadline)
             return Accepted(self._global(k, seq), duplicate)
+
+    def _not_claimed(self, k: int, local: int, deadline: float) -> None:
+        """A put with an id answered as a duplicate of ``local`` in shard ``k``: QueueFull if that is a claim
+        (the stream's dedupe refuses the batch there for its duplicate window, and where the claim's put
+        went, if anywhere, is not known here)."""
+        q = self.shards[k]
+        if q.kind_of(local, max(0.0, deadline - time.monotonic())) == "claim":
+            raise QueueFull(
+                f"NATS did not take the batch: stream {shard_stream(self._settings.stream, k)} holds a claim of its "
+                "id (a put of it in another process, across a stream addition, claimed it there and did not "
+                f"finish); the stream takes the id again {q.duplicate_window:g} s after the claim: send it again"
+            )
 
     def _global(self, k: int, local: int) -> int:
         return local * self.stride + k
