@@ -1049,7 +1049,7 @@ def test_a_batch_id_sent_again_after_its_dataset_moved_is_found_in_the_stream_it
                 claimed = b.shards[0].claim(moves, x, 5)
                 assert claimed.duplicate and b.shards[0].kind_of(claimed.seq, 5) == "claim"
             for q in (a, b):  # the window over: straight to the new stream
-                q._clock = lambda: at + sharded.QUIET + 3600 + one.duplicate_window + 1
+                q._clock = lambda: at + sharded.QUIET + 3600 + sharded.CLOCKS + one.duplicate_window + 1
                 q.flush(None, 0)
             assert b.put(moves, b"k", ints(10), 5, "x5").seq % 4 == 1 and b.lookups == 4
             # stored once each: x1, x2, y1 (and the claims of x3 and x4) in the first stream; the one without
@@ -1126,7 +1126,7 @@ def test_where_a_batch_with_an_id_goes_follows_the_moments_of_the_streams(monkey
 
     q = object.__new__(sharded.ShardedNatsQueue)
     q._moments_cache = (None, [], 0.0)
-    quiet, window = sharded.QUIET, sharded.QUIET + sharded.SWITCH_AFTER + 120.0
+    quiet, window = sharded.QUIET, sharded.QUIET + sharded.SWITCH_AFTER + sharded.CLOCKS + 120.0
     for moments in ([None, 1000.0, 1003.0, 1200.0], [None, 1000.0, 1000.001, 2000.0], [None, 1000.0, None, None]):
         q.shards = [Shard(m) for m in moments]
 
@@ -1472,6 +1472,82 @@ def test_a_batch_whose_id_is_claimed_where_it_goes_is_refused_until_it_goes_wher
             assert stored.seq % 4 == 1 and not stored.duplicate
             assert b.put(moves, b"k", ints(10), 5, "x1") == (stored.seq, True)
             assert [x for x, _ in ids_in(b.shards[0])] == ["y0", "x1"] and ids_in(b.shards[1]) == [("x1", False)]
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_a_claim_taken_by_a_writer_stays_in_the_stream_through_a_nats_restart(data_root, monkeypatch):
+    """A writer takes a claim (durable, recorded as a claim) but leaves it in the stream for its duplicate
+    window: nats-server, restarted, rebuilds the ids it refuses from the messages it holds, so a publish of
+    the claimed id to the old stream after the restart (a process whose route is still the old one) is
+    still refused, and a fresh process tells the claim from the records."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    nats = natsd.start()  # its own: this test restarts it
+    try:
+        one = queue_settings(nats, stream_slots=4)
+        stays, moves = in_shards(2, 2)
+        a = make_queue(one, role="ingest")
+        try:
+            a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
+            b = make_queue(dataclasses.replace(one, streams=2))  # ingest and write
+            try:
+                at = b.shards[1].switch_at
+                a.flush(None, 0)
+                b._clock = lambda: at + sharded.QUIET + 1
+                b.flush(None, 0)
+                again = b.put(moves, b"k", ints(10), 5, "x1")  # claimed in the first stream, stored in the second
+                claim = next(s for s in range(1, 10) if b.shards[0].kind_of(s, 5) == "claim")
+                assert [e.dataset for e in b.shards[0].take(10, 5)] == [stays]  # the claim is no batch
+                assert b.shards[0].position.describe(claim)["state"] == "durable"
+                assert ids_in(b.shards[0]) == [("y0", False), ("x1", True)]  # still there
+                nats.servers[0].stop()
+                nats.servers[0].start()
+                with pytest.raises(QueueFull, match="holds a claim of its id"):
+                    a.put(moves, b"k", ints(10), 30, "x1")  # its route: the first stream (before the moment)
+                fresh = make_queue(one, role="ingest")
+                try:
+                    assert fresh.shards[0].kind_of(claim, 5) == "claim"
+                    assert ids_in(fresh.shards[0]) == [("y0", False), ("x1", True)]
+                finally:
+                    fresh.close()
+                assert ids_in(b.shards[1]) == [("x1", False)] and again.seq % 4 == 1
+            finally:
+                b.close()
+        finally:
+            a.close()
+    finally:
+        nats.stop()
+
+
+@pytest.mark.parametrize("ahead", [0.0, 30.0, 59.0])
+def test_claims_cover_a_re_send_within_the_window_through_a_process_whose_clock_is_ahead(
+    nats_server, monkeypatch, ahead
+):
+    """A batch with an id stored in the old stream just before the moment; the producer sends it again
+    a moment before that batch's duplicate window ends, through a process whose clock is ``ahead`` s ahead:
+    that process still claims (the claims last CLOCKS s beyond the window for such clocks) and finds it."""
+    from flight_writer.queue import make_queue
+
+    one = queue_settings(nats_server, stream_slots=4)
+    stays, moves = in_shards(2, 2)
+    a = make_queue(one, role="ingest")
+    try:
+        a.put(stays, b"k", ints(3), 5, "y0")
+        b = make_queue(dataclasses.replace(one, streams=2), role="ingest")
+        try:
+            at = b.shards[1].switch_at
+            a.flush(None, 0)
+            a._clock = lambda: at - 0.1
+            first = a.put(moves, b"k", ints(10), 5, "x1")
+            assert first.seq % 4 == 0
+            b._clock = lambda: at + b.shards[0].duplicate_window - 1 + ahead
+            b.flush(None, 0)
+            assert b.put(moves, b"k", ints(10), 5, "x1") == (first.seq, True)
         finally:
             b.close()
     finally:

@@ -6,7 +6,7 @@ of the object holding it is published; then it is acknowledged. A message of an 
 as that plan says, with the plan's other batches read from the stream by sequence; the first plan of a seq
 in the records stream holds it, and a later plan that names it is withdrawn and its file not stored. A
 message that claims a batch id (header ``CLAIM``, no batch: sharded.py) is recorded as a claim, durable
-without a file, and acknowledged at once.
+without a file, and left in the stream for its duplicate window (``claim_hold``), then acknowledged.
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ class WriteFeed:
         self._not_taking = False
         self._subscriptions: list[Subscription] = []
         self._keeper: asyncio.Task[None] | None = None
+        #: seconds a claim stays in the stream after a writer took it: the stream's duplicate window and a
+        #: margin (queue.py sets it), so that a restarted NATS server, which rebuilds its ids from the
+        #: messages it holds, still refuses the claimed id
+        self.claim_hold = 130.0
         link.reconnect_listeners.append(self._on_reconnect)
 
     @classmethod
@@ -134,13 +138,18 @@ class WriteFeed:
         for msg in done:
             self._link.spawn(msg.ack())
         if claims := [seq for seq, msg, _ in fresh if CLAIM in (msg.headers or {})]:
-            # a batch id's claim (sharded.py), no batch: durable at once, recorded as a claim before its ack
+            # a batch id's claim (sharded.py), no batch: durable at once, recorded as a claim; left in the stream
+            # for its duplicate window (given back with that delay, then acknowledged as resolved)
             try:
                 self._records.record_claims(claims)
-                self._ack(claims)
             except Exception as exc:  # NATS away: they come again
                 logger.warning("NATS: claims {} not recorded ({}); trying later", seq_ranges(claims), exc)
                 self._let_go(claims, "nak")
+            else:
+                with shared.lock:
+                    kept = [m for s in claims if (m := self._held.pop(s, None)) is not None]
+                for msg in kept:
+                    self._link.spawn(msg.nak(delay=self.claim_hold))
             claimed = set(claims)
             fresh = [f for f in fresh if f[0] not in claimed]
         for seq, msg, plan in fresh:

@@ -414,12 +414,21 @@ class Publisher:
         return stats
 
     def _age_of(self, seq: int) -> float | None:
-        """Seconds since the batch ``seq`` was received (one read of the stream)."""
-        try:
-            raw = self._link.run(self._link.js.get_msg(self._stream, seq), timeout=10)
-        except Exception:  # stored meanwhile, or NATS away: no age to tell
-            return None
-        return round(max(0.0, time.time() - float((raw.headers or {}).get("fw-at", time.time()))), 3)
+        """Seconds since the oldest batch from ``seq`` on that is not durable was received: claims (durable,
+        kept in the stream for their window) and batches stored but not yet acknowledged are passed, from
+        the durability position on (a read of the stream each, at most 16)."""
+        link, position = self._link, self._records.position
+        seq = max(seq, position.durable_through + 1)
+        for _ in range(16):
+            try:
+                raw = link.run(link.js.get_msg(self._stream, seq, subject=link.data_subject, next=True), timeout=10)
+            except Exception:  # none left, or NATS away: no age to tell
+                return None
+            headers = raw.headers or {}
+            if CLAIM not in headers and not position.is_resolved(raw.seq):
+                return round(max(0.0, time.time() - float(headers.get("fw-at", time.time()))), 3)
+            seq = raw.seq + 1
+        return None
 
     def received_by_dataset(self) -> dict[str, tuple[int, int, int]]:
         with self._shared.lock:

@@ -117,7 +117,9 @@ class NatsQueue(Queue, SharedFeed):
         await self._records.subscribe()
         if self._role == "ingest":
             return None
-        return await WriteFeed.open(settings, self._link, self._shared, self._records)
+        feed = await WriteFeed.open(settings, self._link, self._shared, self._records)
+        feed.claim_hold = self.duplicate_window + 10.0
+        return feed
 
     def _write_side(self) -> WriteFeed:
         if self._feed is None:
@@ -175,18 +177,19 @@ class NatsQueue(Queue, SharedFeed):
             return "claim"
         link = self._link
         try:
-            raw = link.run(link.js.get_msg(link.settings.stream, seq), timeout=max(0.1, timeout))
-        except nats.js.errors.NotFoundError:  # taken by a writer: resolved, and recorded before that
-            if self._records.catch_up(max(0.1, timeout)):
-                if self._records.is_claim(seq):
-                    return "claim"
-                if self.position.is_resolved(seq):
-                    return "batch"
-            why = "its record was not read in time"
+            try:
+                raw = link.run(link.js.get_msg(link.settings.stream, seq), timeout=max(0.1, timeout))
+            except nats.js.errors.NotFoundError:  # taken by a writer: resolved, and recorded before that
+                if self._records.catch_up(max(0.1, timeout)):
+                    if self._records.is_claim(seq):
+                        return "claim"
+                    if self.position.is_resolved(seq):
+                        return "batch"
+                why = "its record was not read in time"
+            else:
+                return "claim" if CLAIM in (raw.headers or {}) else "batch"
         except Exception as exc:  # NATS away
-            why = type(exc).__name__
-        else:
-            return "claim" if CLAIM in (raw.headers or {}) else "batch"
+            why = f"{type(exc).__name__}"
         raise QueueFull(f"NATS did not take the batch: cannot tell what holds its id in {link.settings.stream} ({why})")
 
     @property

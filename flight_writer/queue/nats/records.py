@@ -86,7 +86,7 @@ class Records:
     def catch_up(self, timeout: float) -> bool:
         """Wait until every record stored so far is applied (plans and confirmations of other processes);
         False if ``timeout`` s passed first."""
-        state = self._link.run(self._link.js.stream_info(self._link.records_stream), timeout=30).state
+        state = self._link.run(self._link.js.stream_info(self._link.records_stream), timeout=min(30.0, timeout)).state
         return not state.messages or self._wait_applied(state.last_seq, timeout)
 
     def _wait_applied(self, seq: int, timeout: float) -> bool:

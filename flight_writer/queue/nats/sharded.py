@@ -38,8 +38,8 @@ batches, its durability records, its flush subject, its durable consumer), and t
   with an id still trying (a full stream, NATS slow) on the stream its dataset leaves stops there at that
   moment, or at the earliest moment a stream its last look did not see can have (that look's start plus
   ``SWITCH_AFTER``), and is routed again: no publish there starts after the moment. For ``QUIET`` s after
-  it such puts wait (publishes to the old stream end); then, for the old stream's
-  ``duplicate_window`` plus ``SWITCH_AFTER``, a batch with an id of a dataset that moved is first *claimed*
+  it such puts wait (publishes to the old stream end); then, for the old stream's ``duplicate_window``
+  plus ``SWITCH_AFTER`` plus ``CLOCKS``, a batch with an id of a dataset that moved is first *claimed*
   in the streams it moved from (``NatsQueue.claim``: a message with the id and no batch): a stream that
   holds the batch answers with its seq, which is the answer; otherwise the claim is stored (or another's is
   there), and the batch goes to the new stream (the route decided again after the claims, which take time,
@@ -47,13 +47,15 @@ batches, its durability records, its flush subject, its durable consumer), and t
   duplicate for its window, so a publish of it that arrives there late (a stalled process, a network path
   holding its bytes, a reconnect buffer) is not stored. The moments, caps and quiet time above only make
   it rare that a claim meets a publish still on its way; they no longer decide whether a batch is stored
-  twice. Writers take a claim as durable with no file (feed.py). A put answered with a duplicate that is a
-  claim (``NatsQueue.kind_of``) is refused: a process still sending to the old stream after another
-  claimed the id there, or a route that came back to a stream the dataset left in the same window (its
-  claims block the id there until the window ends; passing them would let two puts with different routes
-  each store the batch). Batches without an id move as soon as the process knows the stream (no dedupe to
-  keep). Streams made with the deployment (by the process that made
-  an empty stream 0) have no such moment: nothing was sent before them.
+  twice. Writers take a claim as durable with no file and leave it in the stream for its window (feed.py: a
+  restarted NATS server rebuilds the ids it refuses from the messages it holds). Every process must run a
+  version with claims before a stream is added (an earlier one cannot tell a claim from a batch). A put
+  answered with a duplicate that is a claim (``NatsQueue.kind_of``) is refused: a process still sending to the
+  old stream after another claimed the id there, or a route that came back to a stream the dataset left in the
+  same window (its claims block the id there until the window ends; passing them would let two puts with
+  different routes each store the batch). Batches without an id move as soon as the process knows the stream
+  (no dedupe to keep). Streams made with the deployment (by the process that made an empty stream 0) have no
+  such moment: nothing was sent before them.
 
 Change S (or N without slots) only with the queue drained (flush, stop every process, set it everywhere,
 start): a seq names another batch under another stride, and the queue's identity (in files and table
@@ -83,7 +85,11 @@ LOOK_EVERY = 1.0  # seconds between looks for a stream added by another process 
 LOOK_AGAIN = 0.1  # ... and at least between looks for a seq of a stream this process does not have
 LOOK_WAIT = 5.0  # how long such a look waits for one under way (whose result it then takes)
 SWITCH_AFTER = 10.0  # seconds after a stream added live is made before batches with an id go to it
-QUIET = 5.0  # ... and after that moment before a moved dataset's are looked up (publishes to the old stream end)
+QUIET = 5.0  # ... and after that moment before a moved dataset's are claimed (publishes to the old stream end)
+# ... and how far apart two processes' clocks may be for claims to cover every re-send within the duplicate
+# window of its first attempt: the claims go on this much longer (a first attempt can start as late as the
+# moment by its clock, and the re-send's process ends the claims by its own)
+CLOCKS = 60.0
 
 
 def shard_stream(stream: str, k: int) -> str:
@@ -352,7 +358,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         of, timed, window = self._moments_cache
         if of is not shards:
             timed = sorted((q.switch_at, m) for m, q in enumerate(shards) if m and q.switch_at is not None)
-            window = QUIET + SWITCH_AFTER + max(q.duplicate_window for q in shards)
+            window = QUIET + SWITCH_AFTER + CLOCKS + max(q.duplicate_window for q in shards)
             self._moments_cache = (shards, timed, window)
         return timed, window
 
