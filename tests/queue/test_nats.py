@@ -1554,6 +1554,95 @@ def test_claims_cover_a_re_send_within_the_window_through_a_process_whose_clock_
         a.close()
 
 
+def test_a_claim_given_back_early_is_kept_in_the_stream_all_the_same(data_root, monkeypatch):
+    """Whichever way a claim comes to a writer again (here: its record was stored but its answer came too
+    late, so the writer gave the claim back for a retry at once), the writer keeps it in the stream until
+    its window is over, then acknowledges it: a restart of NATS before that still refuses the claimed id."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    nats = natsd.start()  # its own: this test restarts it
+    try:
+        one = queue_settings(nats, stream_slots=4)
+        stays, moves = in_shards(2, 2)
+        a = make_queue(one, role="ingest")
+        try:
+            a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
+            b = make_queue(dataclasses.replace(one, streams=2))  # ingest and write
+            try:
+                old = b.shards[0]
+                records, feed = old._records, old._feed
+                record, keep, kept = records.record_claims, feed._keep_claims, []
+
+                def stored_then_late(seqs: list[int]) -> None:
+                    record(seqs)
+                    if not kept:
+                        raise TimeoutError("the answer came too late")
+
+                def counted(claims: list) -> None:
+                    keep(claims)
+                    kept.append(len(claims))
+
+                records.record_claims, feed._keep_claims = stored_then_late, counted  # type: ignore[method-assign]
+                at = b.shards[1].switch_at
+                a.flush(None, 0)
+                b._clock = lambda: at + sharded.QUIET + 1
+                b.flush(None, 0)
+                assert b.put(moves, b"k", ints(10), 5, "x1").seq % 4 == 1  # claimed in the first stream
+                wait_for(lambda: (old.take(10, 0.2), len(kept) >= 2)[1], "the claim to come again")
+                old._link.run(old._link.nc.flush(), 10)  # whatever the writer answered has reached NATS
+                nats.servers[0].stop()
+                nats.servers[0].start()
+                with pytest.raises(QueueFull, match="holds a claim of its id"):
+                    a.put(moves, b"k", ints(10), 30, "x1")  # its route: the first stream (before the moment)
+            finally:
+                b.close()
+        finally:
+            a.close()
+    finally:
+        nats.stop()
+
+
+def test_a_stream_holding_only_claims_takes_a_process_of_another_stride(nats_server, monkeypatch):
+    """A drained queue may still hold claims (durable, kept for their window): it counts as empty for a
+    change of stride; a batch in it still refuses one."""
+    from flight_writer.queue import make_queue
+    from flight_writer.queue.nats import sharded
+
+    monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
+    one = queue_settings(nats_server, stream_slots=4)
+    a = make_queue(one)
+    try:
+        a.shards[0].claim("d", "x1", 5)  # a claim, taken by the writer and kept in the stream
+        assert a.take(10, 1) == [] and a.position.durable_through == 4
+        assert ids_in(a.shards[0]) == [("x1", True)]
+    finally:
+        a.close()
+    other = make_queue(dataclasses.replace(one, stream_slots=8), role="ingest")  # not refused
+    try:
+        assert other.put("d", b"k", ints(3), 5).seq == 16  # stream seq 2, stride 8
+    finally:
+        other.close()
+    with pytest.raises(ValueError, match="seqs have stride 8"):
+        make_queue(one, role="ingest")
+
+
+def test_a_claim_leaves_the_stream_once_its_window_is_over(nats_server):
+    """A writer acknowledges a claim it took once ``claim_hold`` s have passed since it was stored (here
+    half a second): it comes again after the time left, and goes."""
+    from flight_writer.queue import make_queue
+
+    a = make_queue(queue_settings(nats_server, stream_slots=4))
+    try:
+        a.shards[0]._feed.claim_hold = 0.5
+        a.shards[0].claim("d", "x1", 5)
+        wait_for(lambda: (a.take(10, 0.2), ids_in(a.shards[0]) == [])[1], "the claim to leave")
+        assert a.shards[0].kind_of(1, 5) == "claim"  # from the records
+    finally:
+        a.close()
+
+
 def test_a_stream_taken_on_while_running_counts_as_committed_only_what_its_records_say(nats_server, monkeypatch):
     """At a start, what was durable before counts as committed (the service adopts what a crash left); a
     stream taken on while running is another process's work: its records (all kept, the stream is new) say

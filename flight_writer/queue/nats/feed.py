@@ -6,7 +6,8 @@ of the object holding it is published; then it is acknowledged. A message of an 
 as that plan says, with the plan's other batches read from the stream by sequence; the first plan of a seq
 in the records stream holds it, and a later plan that names it is withdrawn and its file not stored. A
 message that claims a batch id (header ``CLAIM``, no batch: sharded.py) is recorded as a claim, durable
-without a file, and left in the stream for its duplicate window (``claim_hold``), then acknowledged.
+without a file, and left in the stream for its duplicate window (``claim_hold`` after it was stored, checked
+at every delivery), then acknowledged.
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ class WriteFeed:
         self._not_taking = False
         self._subscriptions: list[Subscription] = []
         self._keeper: asyncio.Task[None] | None = None
-        #: seconds a claim stays in the stream after a writer took it: the stream's duplicate window and a
-        #: margin (queue.py sets it), so that a restarted NATS server, which rebuilds its ids from the
-        #: messages it holds, still refuses the claimed id
-        self.claim_hold = 130.0
+        #: seconds a claim stays in the stream after it was stored (by the NATS server's clock): its duplicate
+        #: window and a margin for the clocks (queue.py sets it), so that a restarted NATS server, which
+        #: rebuilds the ids it refuses from the messages it holds, still refuses the claimed id
+        self.claim_hold = 180.0
         link.reconnect_listeners.append(self._on_reconnect)
 
     @classmethod
@@ -108,25 +109,30 @@ class WriteFeed:
             except nats.errors.Error as exc:
                 self._link.last_error = f"NATS: fetch failed ({type(exc).__name__})"
                 msgs = []
-            if msgs or self._woken.is_set() or time.monotonic() >= deadline:
+            entries: list[Entry] = []
+            if msgs:
+                # the largest, not the mean: a fetch of many messages sized by small ones could pass the server's
+                # max_pending (64 MB) when large ones follow; decaying, so small batches get large fetches again
+                self._msg_size = max(max(len(m.data) for m in msgs), self._msg_size * 7 // 8)
+                entries = self._entries(msgs)  # none: claims, or batches stored already (fetch on)
+            if entries or self._woken.is_set() or time.monotonic() >= deadline:
                 break
         self._woken.clear()
-        if msgs:
-            # the largest, not the mean: a fetch of many messages sized by small ones could pass the server's
-            # max_pending (64 MB) when large ones follow; decaying, so small batches get large fetches again
-            self._msg_size = max(max(len(m.data) for m in msgs), self._msg_size * 7 // 8)
-        return self._entries(msgs)
+        return entries
 
     def _entries(self, msgs: list[Msg]) -> list[Entry]:
         shared, plans, position = self._shared, self._records.plans, self._records.position
         entries: list[Entry] = []
         done: list[Msg] = []
         fresh: list[tuple[int, Msg, Plan | None]] = []
+        claims: list[tuple[int, Msg]] = []
         with shared.lock:  # all held at once: the keepalive covers them while the rest is read
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 plan = plans.get(seq)
-                if position.is_resolved(seq):  # already in a stored object (its writer died before acking)
+                if CLAIM in (msg.headers or {}):  # a batch id's claim (sharded.py), no batch
+                    claims.append((seq, msg))
+                elif position.is_resolved(seq):  # already in a stored object (its writer died before acking)
                     done.append(msg)
                 elif seq in self._held or (plan is not None and plan.path in shared.redoing):
                     # delivered again while a buffer or a plan of this process holds it: acknowledged once
@@ -137,21 +143,8 @@ class WriteFeed:
                     fresh.append((seq, msg, plan))
         for msg in done:
             self._link.spawn(msg.ack())
-        if claims := [seq for seq, msg, _ in fresh if CLAIM in (msg.headers or {})]:
-            # a batch id's claim (sharded.py), no batch: durable at once, recorded as a claim; left in the stream
-            # for its duplicate window (given back with that delay, then acknowledged as resolved)
-            try:
-                self._records.record_claims(claims)
-            except Exception as exc:  # NATS away: they come again
-                logger.warning("NATS: claims {} not recorded ({}); trying later", seq_ranges(claims), exc)
-                self._let_go(claims, "nak")
-            else:
-                with shared.lock:
-                    kept = [m for s in claims if (m := self._held.pop(s, None)) is not None]
-                for msg in kept:
-                    self._link.spawn(msg.nak(delay=self.claim_hold))
-            claimed = set(claims)
-            fresh = [f for f in fresh if f[0] not in claimed]
+        if claims:
+            self._keep_claims(claims)
         for seq, msg, plan in fresh:
             try:
                 entry = _entry(seq, msg.data, msg.headers or {}, msg)
@@ -171,6 +164,24 @@ class WriteFeed:
             if not redoing:
                 entries.extend(self._redo(plan, entry))
         return entries
+
+    def _keep_claims(self, claims: list[tuple[int, Msg]]) -> None:
+        """Claims (no batch): recorded as claims (durable, no file) unless they are resolved already, then
+        left in the stream until ``claim_hold`` s after they were stored, checked at every delivery (given
+        back with the time left, whichever way it came again), then acknowledged."""
+        new = [seq for seq, _ in claims if not self._records.position.is_resolved(seq)]
+        if new:
+            try:
+                self._records.record_claims(new)
+            except Exception as exc:  # NATS away: they come again
+                logger.warning("NATS: claims {} not recorded ({}); trying later", seq_ranges(new), exc)
+                for _, msg in claims:
+                    self._link.spawn(msg.nak(delay=min(5.0, self._ack_wait)))
+                return
+        now = time.time()
+        for _, msg in claims:
+            left = msg.metadata.timestamp.timestamp() + self.claim_hold - now
+            self._link.spawn(msg.nak(delay=left) if left > 0 else msg.ack())
 
     def _redo(self, plan: Plan, mine: Entry) -> list[Entry]:
         """The entries of an unconfirmed plan, to store again as planned: ``mine`` and the others read from

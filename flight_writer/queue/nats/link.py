@@ -44,6 +44,11 @@ STRIDE = re.compile(r"seq stride (\d+)")
 STREAM_EXISTS = 10058  # JetStream: a stream of this name exists with another configuration
 SWITCH_KEY = "flight_writer_ids_from"  # data stream metadata: when (epoch s) batches with an id go to it
 CLAIM = "fw-claim"  # the header of a data message that claims a batch id and holds no batch (ingest.py)
+# how far apart two processes' clocks (and the NATS server's) may be for claims to work as sharded.py says:
+# the claims go on this much longer than the duplicate window (a first attempt can start as late as the
+# moment by its clock, and the re-send's process ends the claims by its own), and writers keep a claim in the
+# stream this much longer than its window after the server stored it (feed.py)
+CLOCKS = 60.0
 # nats-py reads its socket DEFAULT_BUFFER_SIZE bytes at a time (32 KiB) and its stream reader pauses at twice
 # that: a 1.5 MB batch took ~48 reads, each a pass through its parser. At 1 MiB a write process spent 5.0
 # CPU-s per GiB instead of 6.8 and the topology went from 160 to 205 MB/s (8,192-row batches, 1 producer, 2
@@ -163,7 +168,7 @@ class Link:
         stride = self.settings.seq_stride
         if declared == stride:
             return False
-        if info.state.messages:
+        if info.state.messages and self._holds_batches(info):
             held = declared if declared is not None else legacy()
             if held != stride:
                 raise ValueError(
@@ -171,6 +176,20 @@ class Link:
                     f"(queue.streams / stream_slots of the processes that put them), this process has {stride}: "
                     "every process must have the same; change them only with the queue drained"
                 )
+        return True
+
+    def _holds_batches(self, info: api.StreamInfo) -> bool:
+        """Whether a data stream holds a batch, not only claims (writers leave those for their window after
+        a stream was added, durable: sharded.py); read message by message, at most 10,000."""
+        subject, seq = f"{info.config.name}.data", info.state.first_seq
+        for _ in range(10_000):
+            try:
+                raw = self.run(self.js.get_msg(info.config.name, seq, subject=subject, next=True), 30)
+            except nats.js.errors.NotFoundError:
+                return False
+            if CLAIM not in (raw.headers or {}):
+                return True
+            seq = raw.seq + 1
         return True
 
     def stamp(self, info: api.StreamInfo) -> None:

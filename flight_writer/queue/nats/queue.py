@@ -42,7 +42,7 @@ from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueFull, SharedFeed
 from flight_writer.queue.nats.feed import WriteFeed
 from flight_writer.queue.nats.ingest import Publisher
-from flight_writer.queue.nats.link import CLAIM, SWITCH_KEY, Link
+from flight_writer.queue.nats.link import CLAIM, CLOCKS, SWITCH_KEY, Link
 from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.tracker import DurabilityTracker
 
@@ -118,7 +118,7 @@ class NatsQueue(Queue, SharedFeed):
         if self._role == "ingest":
             return None
         feed = await WriteFeed.open(settings, self._link, self._shared, self._records)
-        feed.claim_hold = self.duplicate_window + 10.0
+        feed.claim_hold = self.duplicate_window + CLOCKS
         return feed
 
     def _write_side(self) -> WriteFeed:

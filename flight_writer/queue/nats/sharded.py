@@ -78,7 +78,7 @@ from loguru import logger
 
 from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, Entry, Plan, Queue, QueueClosed, QueueFull, SharedFeed
-from flight_writer.queue.nats.link import SWITCH_KEY
+from flight_writer.queue.nats.link import CLOCKS, SWITCH_KEY
 from flight_writer.queue.nats.queue import NatsQueue
 
 LOOK_EVERY = 1.0  # seconds between looks for a stream added by another process (stream_slots > streams)
@@ -86,10 +86,6 @@ LOOK_AGAIN = 0.1  # ... and at least between looks for a seq of a stream this pr
 LOOK_WAIT = 5.0  # how long such a look waits for one under way (whose result it then takes)
 SWITCH_AFTER = 10.0  # seconds after a stream added live is made before batches with an id go to it
 QUIET = 5.0  # ... and after that moment before a moved dataset's are claimed (publishes to the old stream end)
-# ... and how far apart two processes' clocks may be for claims to cover every re-send within the duplicate
-# window of its first attempt: the claims go on this much longer (a first attempt can start as late as the
-# moment by its clock, and the re-send's process ends the claims by its own)
-CLOCKS = 60.0
 
 
 def shard_stream(stream: str, k: int) -> str:
@@ -486,9 +482,18 @@ class ShardedNatsQueue(Queue, SharedFeed):
                     raise QueueFull(f"{exc} (in all {timeout:g} s, routed again)") from None
                 last = exc
                 continue
-            if duplicate and (self._moments(self.shards)[0] or len(self.shards) < self.stride):
+            if duplicate and self._claims_possible():
                 self._not_claimed(k, seq, deadline)
             return Accepted(self._global(k, seq), duplicate)
+
+    def _claims_possible(self) -> bool:
+        """Whether a stream can hold a claim a put may meet: while streams can be added that this process
+        does not have, and until the claims after the last moment known here are out of their window."""
+        shards = self.shards
+        if len(shards) < self.stride:
+            return True
+        timed, window = self._moments(shards)
+        return bool(timed) and self._clock() < timed[-1][0] + window + max(q.duplicate_window for q in shards)
 
     def _not_claimed(self, k: int, local: int, deadline: float) -> None:
         """A put with an id answered as a duplicate of ``local`` in shard ``k``: QueueFull if that is a claim
