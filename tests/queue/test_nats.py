@@ -1643,6 +1643,22 @@ def test_a_claim_leaves_the_stream_once_its_window_is_over(nats_server):
         a.close()
 
 
+def test_claims_ahead_of_a_batch_neither_hide_it_from_a_take_nor_shrink_the_fetches(nats_server):
+    """Claims (no batch) ahead of a batch: a take that does not wait (a flush's drain) still gets the
+    batch, and the claims, 0 bytes each, do not make the writer take the batches behind them in larger
+    fetches (sized by the largest message lately: NATS drops a consumer whose fetch passes max_pending)."""
+    q = NatsQueue(queue_settings(nats_server))
+    try:
+        for k in range(300):
+            q.claim("d", f"x{k}", 5)
+        q.put("d", b"k", ints(10), 5)
+        size = q._feed._msg_size
+        assert [e.seq for e in q.take(1000, 0.0)] == [301]
+        assert q._feed._msg_size >= size * 7 // 8  # one batch of 10 rows: shrunk once, not by each claim fetch
+    finally:
+        q.close()
+
+
 def test_a_stream_taken_on_while_running_counts_as_committed_only_what_its_records_say(nats_server, monkeypatch):
     """At a start, what was durable before counts as committed (the service adopts what a crash left); a
     stream taken on while running is another process's work: its records (all kept, the stream is new) say

@@ -112,10 +112,12 @@ class WriteFeed:
             entries: list[Entry] = []
             if msgs:
                 # the largest, not the mean: a fetch of many messages sized by small ones could pass the server's
-                # max_pending (64 MB) when large ones follow; decaying, so small batches get large fetches again
-                self._msg_size = max(max(len(m.data) for m in msgs), self._msg_size * 7 // 8)
-                entries = self._entries(msgs)  # none: claims, or batches stored already (fetch on)
-            if entries or self._woken.is_set() or time.monotonic() >= deadline:
+                # max_pending (64 MB) when large ones follow; decaying, so small batches get large fetches again.
+                # Claims (no batch, 0 bytes) say nothing about the batches behind them: not counted
+                if sized := [len(m.data) for m in msgs if m.data]:
+                    self._msg_size = max(max(sized), self._msg_size * 7 // 8)
+                entries = self._entries(msgs)  # none: claims, or batches stored already: fetch on, even if late
+            if entries or self._woken.is_set() or (not msgs and time.monotonic() >= deadline):
                 break
         self._woken.clear()
         return entries

@@ -488,12 +488,14 @@ class ShardedNatsQueue(Queue, SharedFeed):
 
     def _claims_possible(self) -> bool:
         """Whether a stream can hold a claim a put may meet: while streams can be added that this process
-        does not have, and until the claims after the last moment known here are out of their window."""
+        does not have, and until the claims after the last moment known here are out of their window (by
+        the clocks of the processes claiming, up to CLOCKS behind this one)."""
         shards = self.shards
         if len(shards) < self.stride:
             return True
         timed, window = self._moments(shards)
-        return bool(timed) and self._clock() < timed[-1][0] + window + max(q.duplicate_window for q in shards)
+        last = timed[-1][0] + window + max(q.duplicate_window for q in shards) + CLOCKS if timed else 0.0
+        return self._clock() < last
 
     def _not_claimed(self, k: int, local: int, deadline: float) -> None:
         """A put with an id answered as a duplicate of ``local`` in shard ``k``: QueueFull if that is a claim
