@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats as nats_client
 import nats.js.errors
@@ -1401,28 +1402,44 @@ def ids_in(q: NatsQueue) -> list[tuple[str, bool]]:
     return found
 
 
+@contextlib.contextmanager
+def added_live(nats: natsd.Nats, role: str = "ingest", a_url: str | None = None) -> Iterator[tuple[Any, ...]]:
+    """A deployment that ran (process ``a``, ingest, on one stream of ``stream_slots = 4``, took a batch,
+    y0) and a process ``b`` (``role``) started with two: it makes the second stream, live (its moment
+    ``SWITCH_AFTER`` after it was made), and ``a`` has taken it on. Yields (a, b, a's and b's settings with
+    one stream, a dataset that stays in the first stream, one that moves to the second, the moment).
+    ``a_url``: where ``a`` connects instead (a proxy)."""
+    from flight_writer.queue import make_queue
+
+    one = queue_settings(nats, stream_slots=4)
+    stays, moves = in_shards(2, 2)
+    a = make_queue(dataclasses.replace(one, url=[a_url]) if a_url else one, role="ingest")
+    try:
+        a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
+        b = make_queue(dataclasses.replace(one, streams=2), role=role)
+        try:
+            a.flush(None, 0)  # takes the second stream on
+            yield a, b, one, stays, moves, b.shards[1].switch_at
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
 def test_a_publish_that_reaches_the_old_stream_after_the_claim_is_not_stored(nats_server, monkeypatch):
     """A put with an id just before its dataset's move, whose bytes the network holds (the connection stays
     up): the put gives up; the producer sends the batch again through another process after the moment,
     which claims its id in the old stream and stores it in the new one; then the held publish reaches the
     old stream. The claim makes JetStream take it as a duplicate: the batch is stored once, however late
     the first publish arrives (a lookup that stored nothing could not say that)."""
-    from flight_writer.queue import make_queue
     from flight_writer.queue.nats import sharded
 
     monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
     monkeypatch.setattr(sharded, "LOOK_EVERY", 3600.0)  # no look of its own while its bytes are held
-    one = queue_settings(nats_server, stream_slots=4)
-    stays, moves = in_shards(2, 2)
     proxy = HoldingProxy(int(nats_server.urls[0].rsplit(":", 1)[1]))
-    a = make_queue(dataclasses.replace(one, url=[f"nats://127.0.0.1:{proxy.port}"]), role="ingest")
     try:
-        a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
-        b = make_queue(dataclasses.replace(one, streams=2), role="ingest")
-        try:
-            at = b.shards[1].switch_at
-            a.flush(None, 0)  # takes the second stream on: before its moment, where ids still go to the first
-            proxy.hold()
+        with added_live(nats_server, a_url=f"nats://127.0.0.1:{proxy.port}") as (a, b, _, stays, moves, at):
+            proxy.hold()  # before the moment: a's batches with an id still go to the first stream
             with pytest.raises(QueueFull):
                 a.put(moves, b"k", ints(10), 1.0, "x1")
             assert proxy.holding.is_set()  # its publish waits in the network
@@ -1435,10 +1452,7 @@ def test_a_publish_that_reaches_the_old_stream_after_the_claim_is_not_stored(nat
             held = ids_in(b.shards[0])  # y0, the claim of x1, the last batch (an id of the process's making)
             assert held[:2] == [("y0", False), ("x1", True)] and len(held) == 3 and not held[2][1]
             assert ids_in(b.shards[1]) == [("x1", False)]
-        finally:
-            b.close()
     finally:
-        a.close()
         proxy.close()
 
 
@@ -1449,33 +1463,20 @@ def test_a_batch_whose_id_is_claimed_where_it_goes_is_refused_until_it_goes_wher
     route for the dataset is still the old stream (its clock before the moment) is refused the batch (a
     claim holds its id there: storing it anyway could make a second copy of one stored elsewhere) and
     takes it once past the moment, in the new stream, where a re-send finds it."""
-    from flight_writer.queue import make_queue
     from flight_writer.queue.nats import sharded
 
     monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
-    one = queue_settings(nats_server, stream_slots=4)
-    stays, moves = in_shards(2, 2)
-    a = make_queue(one, role="ingest")
-    try:
-        a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
-        b = make_queue(dataclasses.replace(one, streams=2), role="ingest")
-        try:
-            at = b.shards[1].switch_at
-            a.flush(None, 0)
-            claimed = b.shards[0].claim(moves, "x1", 5)  # a put's claim, its process gone before storing
-            assert not claimed.duplicate and b.shards[0].kind_of(claimed.seq, 5) == "claim"
-            with pytest.raises(QueueFull, match="holds a claim of its id"):
-                a.put(moves, b"k", ints(10), 5, "x1")  # before the moment: to the first stream
-            a._clock = b._clock = lambda: at + sharded.QUIET + 1
-            a.flush(None, 0)
-            stored = a.put(moves, b"k", ints(10), 5, "x1")
-            assert stored.seq % 4 == 1 and not stored.duplicate
-            assert b.put(moves, b"k", ints(10), 5, "x1") == (stored.seq, True)
-            assert [x for x, _ in ids_in(b.shards[0])] == ["y0", "x1"] and ids_in(b.shards[1]) == [("x1", False)]
-        finally:
-            b.close()
-    finally:
-        a.close()
+    with added_live(nats_server) as (a, b, _, _, moves, at):
+        claimed = b.shards[0].claim(moves, "x1", 5)  # a put's claim, its process gone before storing
+        assert not claimed.duplicate and b.shards[0].kind_of(claimed.seq, 5) == "claim"
+        with pytest.raises(QueueFull, match="holds a claim of its id"):
+            a.put(moves, b"k", ints(10), 5, "x1")  # before the moment: to the first stream
+        a._clock = b._clock = lambda: at + sharded.QUIET + 1
+        a.flush(None, 0)
+        stored = a.put(moves, b"k", ints(10), 5, "x1")
+        assert stored.seq % 4 == 1 and not stored.duplicate
+        assert b.put(moves, b"k", ints(10), 5, "x1") == (stored.seq, True)
+        assert [x for x, _ in ids_in(b.shards[0])] == ["y0", "x1"] and ids_in(b.shards[1]) == [("x1", False)]
 
 
 def test_a_claim_taken_by_a_writer_stays_in_the_stream_through_a_nats_restart(data_root, monkeypatch):
@@ -1489,117 +1490,76 @@ def test_a_claim_taken_by_a_writer_stays_in_the_stream_through_a_nats_restart(da
     monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
     nats = natsd.start()  # its own: this test restarts it
     try:
-        one = queue_settings(nats, stream_slots=4)
-        stays, moves = in_shards(2, 2)
-        a = make_queue(one, role="ingest")
-        try:
-            a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
-            b = make_queue(dataclasses.replace(one, streams=2))  # ingest and write
+        with added_live(nats, role="all") as (a, b, one, stays, moves, at):
+            b._clock = lambda: at + sharded.QUIET + 1
+            b.flush(None, 0)
+            again = b.put(moves, b"k", ints(10), 5, "x1")  # claimed in the first stream, stored in the second
+            claim = next(s for s in range(1, 10) if b.shards[0].kind_of(s, 5) == "claim")
+            assert [e.dataset for e in b.shards[0].take(10, 5)] == [stays]  # the claim is no batch
+            assert b.shards[0].position.describe(claim)["state"] == "durable"
+            assert ids_in(b.shards[0]) == [("y0", False), ("x1", True)]  # still there
+            nats.servers[0].stop()
+            nats.servers[0].start()
+            with pytest.raises(QueueFull, match="holds a claim of its id"):
+                a.put(moves, b"k", ints(10), 30, "x1")  # its route: the first stream (before the moment)
+            fresh = make_queue(one, role="ingest")
             try:
-                at = b.shards[1].switch_at
-                a.flush(None, 0)
-                b._clock = lambda: at + sharded.QUIET + 1
-                b.flush(None, 0)
-                again = b.put(moves, b"k", ints(10), 5, "x1")  # claimed in the first stream, stored in the second
-                claim = next(s for s in range(1, 10) if b.shards[0].kind_of(s, 5) == "claim")
-                assert [e.dataset for e in b.shards[0].take(10, 5)] == [stays]  # the claim is no batch
-                assert b.shards[0].position.describe(claim)["state"] == "durable"
-                assert ids_in(b.shards[0]) == [("y0", False), ("x1", True)]  # still there
-                nats.servers[0].stop()
-                nats.servers[0].start()
-                with pytest.raises(QueueFull, match="holds a claim of its id"):
-                    a.put(moves, b"k", ints(10), 30, "x1")  # its route: the first stream (before the moment)
-                fresh = make_queue(one, role="ingest")
-                try:
-                    assert fresh.shards[0].kind_of(claim, 5) == "claim"
-                    assert ids_in(fresh.shards[0]) == [("y0", False), ("x1", True)]
-                finally:
-                    fresh.close()
-                assert ids_in(b.shards[1]) == [("x1", False)] and again.seq % 4 == 1
+                assert fresh.shards[0].kind_of(claim, 5) == "claim"
+                assert ids_in(fresh.shards[0]) == [("y0", False), ("x1", True)]
             finally:
-                b.close()
-        finally:
-            a.close()
+                fresh.close()
+            assert ids_in(b.shards[1]) == [("x1", False)] and again.seq % 4 == 1
     finally:
         nats.stop()
 
 
 @pytest.mark.parametrize("ahead", [0.0, 30.0, 59.0])
-def test_claims_cover_a_re_send_within_the_window_through_a_process_whose_clock_is_ahead(
-    nats_server, monkeypatch, ahead
-):
+def test_claims_cover_a_re_send_within_the_window_through_a_process_whose_clock_is_ahead(nats_server, ahead):
     """A batch with an id stored in the old stream just before the moment; the producer sends it again
     a moment before that batch's duplicate window ends, through a process whose clock is ``ahead`` s ahead:
     that process still claims (the claims last CLOCKS s beyond the window for such clocks) and finds it."""
-    from flight_writer.queue import make_queue
-
-    one = queue_settings(nats_server, stream_slots=4)
-    stays, moves = in_shards(2, 2)
-    a = make_queue(one, role="ingest")
-    try:
-        a.put(stays, b"k", ints(3), 5, "y0")
-        b = make_queue(dataclasses.replace(one, streams=2), role="ingest")
-        try:
-            at = b.shards[1].switch_at
-            a.flush(None, 0)
-            a._clock = lambda: at - 0.1
-            first = a.put(moves, b"k", ints(10), 5, "x1")
-            assert first.seq % 4 == 0
-            b._clock = lambda: at + b.shards[0].duplicate_window - 1 + ahead
-            b.flush(None, 0)
-            assert b.put(moves, b"k", ints(10), 5, "x1") == (first.seq, True)
-        finally:
-            b.close()
-    finally:
-        a.close()
+    with added_live(nats_server) as (a, b, _, _, moves, at):
+        a._clock = lambda: at - 0.1
+        first = a.put(moves, b"k", ints(10), 5, "x1")
+        assert first.seq % 4 == 0
+        b._clock = lambda: at + b.shards[0].duplicate_window - 1 + ahead
+        b.flush(None, 0)
+        assert b.put(moves, b"k", ints(10), 5, "x1") == (first.seq, True)
 
 
 def test_a_claim_given_back_early_is_kept_in_the_stream_all_the_same(data_root, monkeypatch):
     """Whichever way a claim comes to a writer again (here: its record was stored but its answer came too
     late, so the writer gave the claim back for a retry at once), the writer keeps it in the stream until
     its window is over, then acknowledges it: a restart of NATS before that still refuses the claimed id."""
-    from flight_writer.queue import make_queue
     from flight_writer.queue.nats import sharded
 
     monkeypatch.setattr(sharded, "SWITCH_AFTER", 3600.0)
     nats = natsd.start()  # its own: this test restarts it
     try:
-        one = queue_settings(nats, stream_slots=4)
-        stays, moves = in_shards(2, 2)
-        a = make_queue(one, role="ingest")
-        try:
-            a.put(stays, b"k", ints(3), 5, "y0")  # a deployment that took batches: a stream added is live
-            b = make_queue(dataclasses.replace(one, streams=2))  # ingest and write
-            try:
-                old = b.shards[0]
-                records, feed = old._records, old._feed
-                record, keep, kept = records.record_claims, feed._keep_claims, []
+        with added_live(nats, role="all") as (a, b, _, _, moves, at):
+            old = b.shards[0]
+            records, feed = old._records, old._feed
+            record, keep, kept = records.record_claims, feed._keep_claims, []
 
-                def stored_then_late(seqs: list[int]) -> None:
-                    record(seqs)
-                    if not kept:
-                        raise TimeoutError("the answer came too late")
+            def stored_then_late(seqs: list[int]) -> None:
+                record(seqs)
+                if not kept:
+                    raise TimeoutError("the answer came too late")
 
-                def counted(claims: list) -> None:
-                    keep(claims)
-                    kept.append(len(claims))
+            def counted(claims: list) -> None:
+                keep(claims)
+                kept.append(len(claims))
 
-                records.record_claims, feed._keep_claims = stored_then_late, counted  # type: ignore[method-assign]
-                at = b.shards[1].switch_at
-                a.flush(None, 0)
-                b._clock = lambda: at + sharded.QUIET + 1
-                b.flush(None, 0)
-                assert b.put(moves, b"k", ints(10), 5, "x1").seq % 4 == 1  # claimed in the first stream
-                wait_for(lambda: (old.take(10, 0.2), len(kept) >= 2)[1], "the claim to come again")
-                old._link.run(old._link.nc.flush(), 10)  # whatever the writer answered has reached NATS
-                nats.servers[0].stop()
-                nats.servers[0].start()
-                with pytest.raises(QueueFull, match="holds a claim of its id"):
-                    a.put(moves, b"k", ints(10), 30, "x1")  # its route: the first stream (before the moment)
-            finally:
-                b.close()
-        finally:
-            a.close()
+            records.record_claims, feed._keep_claims = stored_then_late, counted  # type: ignore[method-assign]
+            b._clock = lambda: at + sharded.QUIET + 1
+            b.flush(None, 0)
+            assert b.put(moves, b"k", ints(10), 5, "x1").seq % 4 == 1  # claimed in the first stream
+            wait_for(lambda: (old.take(10, 0.2), len(kept) >= 2)[1], "the claim to come again")
+            old._link.run(old._link.nc.flush(), 10)  # whatever the writer answered has reached NATS
+            nats.servers[0].stop()
+            nats.servers[0].start()
+            with pytest.raises(QueueFull, match="holds a claim of its id"):
+                a.put(moves, b"k", ints(10), 30, "x1")  # its route: the first stream (before the moment)
     finally:
         nats.stop()
 

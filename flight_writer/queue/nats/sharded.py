@@ -219,7 +219,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         self._looked_from = 0.0  # when (wall clock) the last successful look began
         #: (the shards it is of, their moments, a moment's window): see _moments
         self._moments_cache: tuple[list[NatsQueue] | None, list[tuple[float, int]], float] = (None, [], 0.0)
-        self.lookups = self.found = 0  # batch ids looked up in a stream their dataset moved from; found there
+        self.lookups = self.found = 0  # batch ids claimed in a stream their dataset moved from; found there
         self._refusing = self._not_taking = False  # refuse_puts, stop_taking: for shards taken on later too
         self._stopped = threading.Event()
         self._started = False  # streams found from here on were made after this process started
@@ -440,7 +440,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
         self, dataset: str, schema_key: bytes, batch: pa.RecordBatch, client_id: str, timeout: float, wait: bool
     ) -> Accepted:
         """A batch with an id: its seq in a stream its dataset moved from, else put where it goes now. The
-        route is decided again right before each publish (lookups take time), and a publish to a stream
+        route is decided again right before each publish (claims take time), and a publish to a stream
         starts only before that stream stops taking the dataset's ids: its next moment known here, or the
         earliest moment a stream the last look did not see can have (that look's start plus SWITCH_AFTER).
         A put still trying then stops and the batch is routed again (a retry in the same stream is deduped
@@ -453,7 +453,7 @@ class ShardedNatsQueue(Queue, SharedFeed):
             if olds:
                 if (found := self._claim(dataset, olds, client_id, deadline)) is not None:
                     return found
-                # the lookups took time: the same route still, and never another meanwhile (a route that
+                # the claims took time: the same route still, and never another meanwhile (a route that
                 # moved away and back may have taken the batch elsewhere)?
                 now, was = self._clock(), stop
                 again, more, quiet, stop = self._id_route(dataset, now)
