@@ -90,7 +90,7 @@ class Ingestor:
                 nbytes = stream.check(batch, meta)
                 batch, pieces = stream.conform(batch, nbytes)
                 client_id = _client_id(meta) if meta is not None and meta.size else None
-                if client_id is not None and len(client_id) > MAX_ID_CHARS:
+                if client_id is not None and (len(client_id) > MAX_ID_CHARS or _surrogate(client_id) is not None):
                     stream.refuse_id(client_id)
                 stream.answer(batch, client_id, *stream.put(batch, pieces, client_id))
             stream.finish()
@@ -216,6 +216,12 @@ class _Stream:
         raise flight.FlightServerError(problem)
 
     def refuse_id(self, client_id: str) -> NoReturn:
+        if (at := _surrogate(client_id)) is not None:  # JSON's "\ud800" escapes: no UTF-8 holds it
+            self._refuse(
+                f"the batch id holds a lone surrogate (U+{ord(client_id[at]):04X}) at character {at}: "
+                "an id must be a valid Unicode string",
+                "limits",
+            )
         self._refuse(
             f"a batch id of {len(client_id)} characters is over the limit of {MAX_ID_CHARS}: the server keeps "
             "the last queue.dedupe_window ids, so their length is bounded (use a UUID or a counter)",
@@ -420,6 +426,18 @@ def _piece_id(client_id: str | None, k: int) -> str | None:
     """The id of a batch's k-th partition piece: a re-sent batch splits the same way, so each piece is
     recognised again."""
     return client_id if client_id is None or k == 0 else f"{client_id}#{k}"
+
+
+def _surrogate(client_id: str) -> int | None:
+    """Where an id holds a lone surrogate (JSON lets ``"\\ud800"`` through; UTF-8 cannot hold it, so a
+    queue could not keep the id), or None."""
+    if client_id.isascii():
+        return None
+    try:
+        client_id.encode()
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def _client_id(metadata: pa.Buffer) -> str | None:

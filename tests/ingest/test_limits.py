@@ -101,3 +101,18 @@ def test_a_batch_id_longer_than_256_characters_is_refused_naming_the_limit(clien
         writer.close()
     assert action(client, "flush")["durable_through"] == 1
     assert read_dataset(data_root, "ids").num_rows == 10
+
+
+def test_a_batch_id_with_a_lone_surrogate_is_refused_naming_it(client, data_root):
+    """JSON lets "\\ud800" through; no UTF-8 (a WAL record, a NATS header) can hold it."""
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path("bad_ids"), GOOD.schema)
+    writer.write_with_metadata(GOOD, pa.py_buffer(b'{"id": "ok-\\u00e9"}'))
+    assert json.loads(reader.read().to_pybytes())["id"] == "ok-\u00e9"
+    writer.write_with_metadata(GOOD, pa.py_buffer(b'{"id": "ab\\ud800"}'))
+    with pytest.raises(flight.FlightServerError, match=r"batch id holds a lone surrogate \(U\+D800\) at character 2"):
+        reader.read()
+        writer.close()
+    assert action(client, "flush")["durable_through"] == 1  # the batch before it, and the server goes on
+    put(client, "bad_ids", [GOOD])
+    action(client, "flush")
+    assert read_dataset(data_root, "bad_ids").num_rows == 20

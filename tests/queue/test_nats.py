@@ -242,6 +242,39 @@ def test_the_dedupe_window_is_a_duration(nats_server):
         q.close()
 
 
+def test_a_producer_id_never_meets_the_ids_a_process_makes(nats_server):
+    """Batches without an id get one from their process (so a retried publish is stored once): a producer
+    that sends that very string as its id stores a batch of its own, and leaves the process's alone."""
+    q = NatsQueue(queue_settings(nats_server))
+    try:
+        assert q.put("ds", b"k", ints(1), 5) == (1, False)  # made id: the process's name + "-1"
+        made = f"{q._publisher._name}-1"
+        assert made.startswith("~") and q.put("ds", b"k", ints(2), 5, made) == (2, False)
+        assert q.put("ds", b"k", ints(3), 5) == (3, False)
+        taken = q.take(10, 0)
+        assert [(e.seq, e.client_id, e.batch.num_rows) for e in taken] == [(1, None, 1), (2, made, 2), (3, None, 3)]
+    finally:
+        q.close()
+
+
+def test_a_connection_whose_loop_thread_starts_late_opens_all_the_same(nats_server, monkeypatch):
+    """On a loaded machine the loop's thread may not run before the connection is first used: a write
+    process then failed to start ("Cannot close a running event loop", the chaos tests saw it once)."""
+    from flight_writer.queue.nats import link
+
+    class LateLoop(asyncio.SelectorEventLoop):
+        def run_forever(self) -> None:
+            time.sleep(0.2)  # stands for a thread the scheduler has not run yet
+            super().run_forever()
+
+    monkeypatch.setattr(link.asyncio, "new_event_loop", LateLoop)
+    q = NatsQueue(queue_settings(nats_server))
+    try:
+        assert q.put("ds", b"k", ints(1), 5) == (1, False)
+    finally:
+        q.close()
+
+
 # -- processes: kill -9 of writers and ingest processes, of NATS itself -----------------------------------
 def test_batches_put_while_a_message_is_in_flight_share_the_next_one(nats_server):
     """Packing, made certain by pausing NATS: the first message cannot be acknowledged, so the batches put

@@ -251,6 +251,20 @@ def test_an_empty_batch_takes_a_seq_like_any_other(new_queue):
     assert q.put("ds", b"k", empty, 1, "e") == (seq(2), False) and q.put("ds", b"k", empty, 1, "e") == (seq(2), True)
 
 
+# ids that a NATS header would make one (stripped, CR/LF turned into spaces), the encoding's own marker,
+# what a process names the batches without an id, and non-ASCII: each a batch id of its own, on every queue
+NEAR_IDS = ["a", " a", "a ", "a\n", "a\r", "a b", "a  b", "", " ", "~b64~YQ==", "~b64~", "é", "e\u0301", "~x-1"]
+
+
+def test_ids_that_differ_anywhere_are_different_batches_and_come_back_as_sent(new_queue):
+    q, seq = new_queue(), new_queue.seq
+    firsts = [q.put("ds", b"k", BATCH, 1, cid) for cid in NEAR_IDS]
+    assert firsts == [(seq(n), False) for n in range(1, len(NEAR_IDS) + 1)]
+    assert [q.put("ds", b"k", BATCH, 1, cid) for cid in NEAR_IDS] == [(a.seq, True) for a in firsts]
+    taken = take_rows(q, len(NEAR_IDS) * BATCH.num_rows)
+    assert [(e.seq, e.client_id) for e in taken] == [(a.seq, cid) for a, cid in zip(firsts, NEAR_IDS, strict=True)]
+
+
 # -- the write side's records reach the position, and flush goes through the feed ---------------------------
 def test_confirm_and_reject_advance_the_position_and_release_capacity(new_queue):
     q, seq = new_queue(), new_queue.seq

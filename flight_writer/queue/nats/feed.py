@@ -26,7 +26,7 @@ from nats.js import JetStreamContext, api
 from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Entry, Plan, QueueLost
 from flight_writer.queue.ipc import decode_ipc
-from flight_writer.queue.nats.link import CLAIM, Link
+from flight_writer.queue.nats.link import CLAIM, Link, id_of_header
 from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.seqs import seq_ranges
 
@@ -364,6 +364,6 @@ def _entry(seq: int, data: bytes, headers: dict[str, str], msg: Msg | None) -> E
         batch,
         float(headers.get("fw-at", time.time())),
         len(data),  # what it takes of the stream's max_bytes
-        headers.get("Nats-Msg-Id") if headers.get("fw-id") else None,
+        id_of_header(headers.get("Nats-Msg-Id", "")) if headers.get("fw-id") else None,
         msg,
     )

@@ -33,7 +33,7 @@ from flight_writer.config.settings import QueueSettings
 from flight_writer.queue.base import Accepted, QueueClosed, QueueFull, QueueWriteError, put_alone
 from flight_writer.queue.counting import Counts
 from flight_writer.queue.ipc import encode_ipc, encode_ipc_many, has_dictionary, write_options
-from flight_writer.queue.nats.link import CLAIM, Link
+from flight_writer.queue.nats.link import CLAIM, PROCESS_ID, Link, header_id
 from flight_writer.queue.nats.records import Records, Shared
 
 FULL = (10047, 10077)  # JetStream: stream maximum bytes / messages exceeded
@@ -79,7 +79,7 @@ class Publisher:
         self._link = link
         self._shared = shared  # its lock; last_seq
         self._records = records
-        self._name = name  # this process's client name: the prefix of the batch ids it makes
+        self._name = PROCESS_ID + name  # the prefix of the batch ids this process makes (never a producer's)
         self._role = role
         self.max_bytes = max_bytes  # the stream's (queue.max_bytes when it was made)
         self._ipc = write_options(settings.compression)
@@ -117,7 +117,7 @@ class Publisher:
             )
         headers = {"fw-dataset": dataset, "fw-at": repr(time.time())}
         if client_id is not None:
-            headers["Nats-Msg-Id"], headers["fw-id"] = client_id, "1"
+            headers["Nats-Msg-Id"], headers["fw-id"] = header_id(client_id), "1"
         else:
             with self._shared.lock:
                 self._ids += 1
@@ -135,7 +135,8 @@ class Publisher:
         took with this id within its ``duplicate_window``, a batch or an earlier claim (``NatsQueue.kind_of``
         tells which); otherwise the claim is stored, and from then the stream refuses the id as a duplicate
         for that window, however late a publish of it arrives. A full stream refuses it like a batch."""
-        headers = {"fw-dataset": dataset, "fw-at": repr(time.time()), "Nats-Msg-Id": client_id, CLAIM: "1"}
+        at = repr(time.time())
+        headers = {"fw-dataset": dataset, "fw-at": at, "Nats-Msg-Id": header_id(client_id), CLAIM: "1"}
         ack = self._link.run(self._publish(memoryview(b""), headers, timeout))
         with self._shared.lock:
             self._shared.last_seq = max(self._shared.last_seq, ack.seq)

@@ -22,6 +22,7 @@ or per group), and the two JetStream streams the queue uses, created if missing:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import re
@@ -49,12 +50,37 @@ CLAIM = "fw-claim"  # the header of a data message that claims a batch id and ho
 # moment by its clock, and the re-send's process ends the claims by its own), and writers keep a claim in the
 # stream this much longer than its window after the server stored it (feed.py)
 CLOCKS = 60.0
+# a batch id as its Nats-Msg-Id: nats-py strips a header value and turns its CR and LF into spaces, and
+# nats-server reads the value trimmed, so "a", " a" and "a\n" would be one id to JetStream (the second
+# batch answered as a duplicate of the first, and never stored). An id of printable ASCII without spaces
+# that does not start with "~" (a UUID, a counter, `flight-writer send`'s ids) goes as it is; any other goes
+# as ENCODED_ID + the URL-safe base64 of its UTF-8: one header value per id, and back. Ids a process makes
+# for batches without one start with PROCESS_ID ("~" + its name, ingest.py), which no producer's id becomes
+SAFE_ID = re.compile(r"[!-}][!-~]*")
+ENCODED_ID = "~b64~"
+PROCESS_ID = "~"
 # nats-py reads its socket DEFAULT_BUFFER_SIZE bytes at a time (32 KiB) and its stream reader pauses at twice
 # that: a 1.5 MB batch took ~48 reads, each a pass through its parser. At 1 MiB a write process spent 5.0
 # CPU-s per GiB instead of 6.8 and the topology went from 160 to 205 MB/s (8,192-row batches, 1 producer, 2
 # vCPUs; 256 KiB: 5.25, 4 MiB: 5.17, 16 MiB: 5.7). The module reads it at each call: set once, for every
 # connection of this process.
 nats.aio.client.DEFAULT_BUFFER_SIZE = 1 << 20
+
+
+def header_id(client_id: str) -> str:
+    """The ``Nats-Msg-Id`` of a batch id (``SAFE_ID``): itself, or encoded where a header would change it."""
+    if SAFE_ID.fullmatch(client_id):
+        return client_id
+    return ENCODED_ID + base64.urlsafe_b64encode(client_id.encode()).decode("ascii")
+
+
+def id_of_header(value: str) -> str:
+    """The batch id a ``Nats-Msg-Id`` made by ``header_id`` stands for."""
+    if value.startswith(ENCODED_ID):
+        return base64.urlsafe_b64decode(value[len(ENCODED_ID) :]).decode()
+    return value
+
+
 CONNECT_TIMEOUT = 15.0  # at start: then the process exits and its supervisor starts it again
 
 
@@ -79,7 +105,10 @@ class Link:
         self.reconnect_listeners: list[Callable[[float], None]] = []
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="flight-writer-nats", daemon=True)
+        running = threading.Event()
+        self.loop.call_soon(running.set)  # the loop's first step: until then `run` would take it for closed
         self._thread.start()
+        running.wait()
         try:
             self.nc: Client = self.run(self._connect(name), timeout=60)
             self.js: JetStreamContext = self.nc.jetstream()
