@@ -257,6 +257,30 @@ def test_a_producer_id_never_meets_the_ids_a_process_makes(nats_server):
         q.close()
 
 
+def test_an_id_that_looks_encoded_from_an_earlier_version_is_taken_as_it_is(nats_server):
+    """An ingest process of an earlier version sent ids as they were: one that starts like an encoded id but
+    is none is the batch's id all the same, and the batch is taken like any other (not dropped as broken)."""
+    from flight_writer.queue.ipc import encode_ipc, write_options
+
+    settings = queue_settings(nats_server)
+    q = NatsQueue(settings)
+
+    async def publish_as_before() -> None:
+        nc = await nats_client.connect(nats_server.urls[0])
+        try:
+            headers = {"fw-dataset": "ds", "fw-at": repr(time.time()), "Nats-Msg-Id": "~b64~zz!", "fw-id": "1"}
+            payload = encode_ipc(ints(4), write_options("none")).to_pybytes()
+            await nc.jetstream().publish(f"{settings.stream}.data", payload, headers=headers)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(publish_as_before())
+        taken = q.take(10, 30)
+        assert [(e.seq, e.client_id, e.batch.num_rows) for e in taken] == [(1, "~b64~zz!", 4)]
+    finally:
+        q.close()
+
 def test_a_connection_whose_loop_thread_starts_late_opens_all_the_same(nats_server, monkeypatch):
     """On a loaded machine the loop's thread may not run before the connection is first used: a write
     process then failed to start ("Cannot close a running event loop", the chaos tests saw it once)."""

@@ -75,9 +75,11 @@ def header_id(client_id: str) -> str:
 
 
 def id_of_header(value: str) -> str:
-    """The batch id a ``Nats-Msg-Id`` made by ``header_id`` stands for."""
+    """The batch id a ``Nats-Msg-Id`` made by ``header_id`` stands for (a value no ``header_id`` made, from a
+    process of an earlier version, as it is: the id is the batch's label, never a reason to drop it)."""
     if value.startswith(ENCODED_ID):
-        return base64.urlsafe_b64decode(value[len(ENCODED_ID) :]).decode()
+        with contextlib.suppress(ValueError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return base64.urlsafe_b64decode(value[len(ENCODED_ID) :].encode("ascii")).decode()
     return value
 
 
