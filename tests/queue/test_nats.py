@@ -281,6 +281,7 @@ def test_an_id_that_looks_encoded_from_an_earlier_version_is_taken_as_it_is(nats
     finally:
         q.close()
 
+
 def test_a_connection_whose_loop_thread_starts_late_opens_all_the_same(nats_server, monkeypatch):
     """On a loaded machine the loop's thread may not run before the connection is first used: a write
     process then failed to start ("Cannot close a running event loop", the chaos tests saw it once)."""
