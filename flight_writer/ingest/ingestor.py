@@ -290,10 +290,11 @@ class _Stream:
                 self.rows += batch.num_rows
                 return receipt, False, None
             if pieces is None or len(pieces) == 1:
-                seq, duplicate = self._put(self._dataset, self._schema_key, batch, self._timeout, client_id, wait=False)
+                key = _queue_id(client_id, 0)
+                seq, duplicate = self._put(self._dataset, self._schema_key, batch, self._timeout, key, wait=False)
                 split_seqs = None
             else:  # a seq per partition, each piece with an id of its own, all taken or none
-                ids = [_piece_id(client_id, k) for k in range(len(pieces))]
+                ids = [_queue_id(client_id, k) for k in range(len(pieces))]
                 accepted = self._put_many(self._dataset, self._schema_key, pieces, self._timeout, ids, wait=False)
                 split_seqs = [a.seq for a in accepted]
                 seq, duplicate = max(split_seqs), all(a.duplicate for a in accepted)
@@ -422,10 +423,16 @@ def _fitting(batches: list[pa.RecordBatch], limit: int) -> list[pa.RecordBatch]:
     return out
 
 
-def _piece_id(client_id: str | None, k: int) -> str | None:
-    """The id of a batch's k-th partition piece: a re-sent batch splits the same way, so each piece is
-    recognised again."""
-    return client_id if client_id is None or k == 0 else f"{client_id}#{k}"
+def _queue_id(client_id: str | None, k: int) -> str | None:
+    """The id the queue keeps a batch's k-th piece by (a partition, or a slice that fits a NATS message; a
+    batch that goes whole is piece 0): a re-sent batch splits the same way, so each piece is recognised
+    again. The producer's id with every "#" doubled, and "#k" after it for k >= 1: an odd run of "#" marks
+    a piece, so no id a producer sends is ever another batch's piece ("a#1" was piece 1 of "a", and a batch
+    sent with the id "a#1" was answered as its duplicate, never stored). An id without "#" is kept as sent."""
+    if client_id is None:
+        return None
+    key = client_id.replace("#", "##") if "#" in client_id else client_id
+    return key if k == 0 else f"{key}#{k}"
 
 
 def _surrogate(client_id: str) -> int | None:

@@ -110,8 +110,9 @@ class Link:
         running = threading.Event()
         self.loop.call_soon(running.set)  # the loop's first step: until then `run` would take it for closed
         self._thread.start()
-        running.wait()
         try:
+            if not running.wait(60):
+                raise ConnectionError("the NATS connection's event loop did not start")
             self.nc: Client = self.run(self._connect(name), timeout=60)
             self.js: JetStreamContext = self.nc.jetstream()
             self.run(self._ensure_streams(), timeout=60)
