@@ -257,6 +257,18 @@ def test_a_producer_id_never_meets_the_ids_a_process_makes(nats_server):
         q.close()
 
 
+def test_a_batch_split_into_messages_leaves_an_id_like_its_pieces_to_other_batches(data_root, nats_server):
+    """A batch over a message's size goes as pieces, each kept by an id of its own: a producer's id that
+    reads like a piece's ("a#1") is another batch, stored (it was answered as a duplicate of piece 1)."""
+    with roles(data_root, nats_server, "write", "ingest") as (_, ingest), flight.connect(ingest.location) as c:
+        [whole] = put(c, "pieces", [ints(200_000)], ids=["a"])  # 1.6 MB of int64: over max_message_bytes
+        [other] = put(c, "pieces", [ints(7, 1_000_000)], ids=["a#1"])
+        [again] = put(c, "pieces", [ints(200_000)], ids=["a"])  # re-sent: splits the same way
+        assert len(whole["seqs"]) > 1 and "duplicate" not in other and other["seq"] not in whole["seqs"]
+        assert again["duplicate"] and again["seqs"] == whole["seqs"]
+        action(c, "flush")
+    assert read_dataset(data_root, "pieces").num_rows == 200_007
+
 def test_an_id_that_looks_encoded_from_an_earlier_version_is_taken_as_it_is(nats_server):
     """An ingest process of an earlier version sent ids as they were: one that starts like an encoded id but
     is none is the batch's id all the same, and the batch is taken like any other (not dropped as broken)."""
