@@ -269,6 +269,7 @@ def test_a_batch_split_into_messages_leaves_an_id_like_its_pieces_to_other_batch
         action(c, "flush")
     assert read_dataset(data_root, "pieces").num_rows == 200_007
 
+
 def test_an_id_that_looks_encoded_from_an_earlier_version_is_taken_as_it_is(nats_server):
     """An ingest process of an earlier version sent ids as they were: one that starts like an encoded id but
     is none is the batch's id all the same, and the batch is taken like any other (not dropped as broken)."""
