@@ -135,8 +135,7 @@ class Publisher:
         took with this id within its ``duplicate_window``, a batch or an earlier claim (``NatsQueue.kind_of``
         tells which); otherwise the claim is stored, and from then the stream refuses the id as a duplicate
         for that window, however late a publish of it arrives. A full stream refuses it like a batch."""
-        at = repr(time.time())
-        headers = {"fw-dataset": dataset, "fw-at": at, "Nats-Msg-Id": header_id(client_id), CLAIM: "1"}
+        headers = {"fw-dataset": dataset, "fw-at": repr(time.time()), "Nats-Msg-Id": header_id(client_id), CLAIM: "1"}
         ack = self._link.run(self._publish(memoryview(b""), headers, timeout))
         with self._shared.lock:
             self._shared.last_seq = max(self._shared.last_seq, ack.seq)

@@ -65,6 +65,7 @@ PROCESS_ID = "~"
 # vCPUs; 256 KiB: 5.25, 4 MiB: 5.17, 16 MiB: 5.7). The module reads it at each call: set once, for every
 # connection of this process.
 nats.aio.client.DEFAULT_BUFFER_SIZE = 1 << 20
+CONNECT_TIMEOUT = 15.0  # at start: then the process exits and its supervisor starts it again
 
 
 def header_id(client_id: str) -> str:
@@ -81,9 +82,6 @@ def id_of_header(value: str) -> str:
         with contextlib.suppress(ValueError):  # binascii.Error and UnicodeDecodeError are ValueErrors
             return base64.urlsafe_b64decode(value[len(ENCODED_ID) :].encode("ascii")).decode()
     return value
-
-
-CONNECT_TIMEOUT = 15.0  # at start: then the process exits and its supervisor starts it again
 
 
 class Link:
