@@ -313,6 +313,25 @@ def test_a_connection_whose_loop_thread_starts_late_opens_all_the_same(nats_serv
         q.close()
 
 
+def test_a_flush_with_nats_away_returns_when_its_timeout_ends(nats_server):
+    """A flush asks NATS for the stream's state and publishes its request: with NATS paused each waited for
+    its own timeout (the state 5-10 s) before the flush's own was looked at."""
+    q = NatsQueue(queue_settings(nats_server))
+    nats = nats_server.servers[0].proc
+    try:
+        q.put("ds", b"k", ints(1), 5)  # not written: no write process takes it
+        suspend(nats.pid)
+        try:
+            started = time.monotonic()
+            assert q.flush(None, 0.2) is False
+            took = time.monotonic() - started
+        finally:
+            os.kill(nats.pid, signal.SIGCONT)
+        assert took < 3.0, took  # 0.2 s asked; it took 10.2 s before (two stream-info requests of 5 s)
+    finally:
+        q.close()
+
+
 # -- processes: kill -9 of writers and ingest processes, of NATS itself -----------------------------------
 def test_batches_put_while_a_message_is_in_flight_share_the_next_one(nats_server):
     """Packing, made certain by pausing NATS: the first message cannot be acknowledged, so the batches put

@@ -322,9 +322,13 @@ class Publisher:
 
     def flush(self, dataset: str | None, timeout: float | None) -> bool:
         position = self._records.position
-        self.stream_state(fresh=True)  # batches other processes put just before: counted, not 0.2 s old
-        through = self.last_seq
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def within(limit: float) -> float:  # a NATS request's time, never past the deadline (NATS may be away)
+            return limit if deadline is None else max(0.05, min(limit, deadline - time.monotonic()))
+
+        # what other processes put just before is counted
+        through = self._last_seq(self.stream_state(fresh=True, timeout=within(10)))
         asked = False
         while True:
             if position.durable_through >= through and asked:
@@ -334,7 +338,7 @@ class Publisher:
             asked = True  # asked once even when all is durable: stored files may wait for a table commit
             try:
                 # empty: every writer writes out every buffer (a dataset's seqs are not known across processes)
-                self._link.run(self._link.nc.publish(self._link.flush_subject, b""), timeout=10)
+                self._link.run(self._link.nc.publish(self._link.flush_subject, b""), timeout=within(10))
             except Exception as exc:  # NATS away: keep waiting, ask again
                 self._link.last_error = f"NATS: flush request not sent ({type(exc).__name__})"
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -357,7 +361,9 @@ class Publisher:
 
     @property
     def last_seq(self) -> int:
-        state = self.stream_state()
+        return self._last_seq(self.stream_state())
+
+    def _last_seq(self, state: api.StreamState) -> int:
         with self._shared.lock:
             self._shared.last_seq = max(self._shared.last_seq, state.last_seq)
             return self._shared.last_seq
@@ -369,13 +375,13 @@ class Publisher:
         """The stream changed (messages acknowledged, so deleted): ask it again at the next question."""
         self._state = (0.0, self._state[1])
 
-    def stream_state(self, fresh: bool = False) -> api.StreamState:
+    def stream_state(self, fresh: bool = False, timeout: float = 10) -> api.StreamState:
         """The data stream's state, at most ``STATE_TTL`` s old unless ``fresh`` (the last one known while
-        NATS does not answer)."""
+        NATS does not answer within ``timeout`` s)."""
         at, state = self._state
         if fresh or time.monotonic() - at > STATE_TTL:
             try:
-                info = self._link.run(self._link.js.stream_info(self._stream), timeout=10)
+                info = self._link.run(self._link.js.stream_info(self._stream), timeout=timeout)
             except Exception as exc:
                 self._link.last_error = f"NATS: stream info unavailable ({type(exc).__name__})"
             else:
