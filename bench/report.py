@@ -128,6 +128,17 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
                 by_n[1]["memory_vs_direct"] >= 0.9,
             )
         )
+    for r in report.get("topology", []):
+        if r["cores"] >= 16:  # the scale-out issue's target, for a machine with 16 cores or more
+            best = max(r["shapes"], key=lambda s: s["vs_direct"])
+            rows.append(
+                (
+                    f"{r['cores']} producers, the topology on one {r['cores']}-core machine: nats >= 0.6 x "
+                    f"{r['cores']} direct threads",
+                    f"{best['vs_direct']} ({best['name']})",
+                    best["vs_direct"] >= 0.6,
+                )
+            )
     g = report.get("gil", {})
     if g.get("available"):
         rows.append(
@@ -143,6 +154,56 @@ def targets(report: dict) -> list[tuple[str, str, bool]]:
 def print_tables(report: dict) -> None:
     """The Markdown tables of BENCHMARKS.md (``python bench/run.py --tables`` prints them again): throughput,
     CPU seconds per GiB sent (client + server), the targets."""
+    if report.get("throughput"):
+        _print_throughput(report)
+    if report.get("cores"):
+        print(
+            "\n| producers = datasets = writer.threads | discard MB/s | direct MB/s (that many threads) | memory MB/s "
+            "| memory/direct |\n|---|---|---|---|---|"
+        )
+        for r in report["cores"]:
+            print(
+                f"| {r['producers']} | {r['discard']['mb_s']} | {r['direct']['mb_s']} | {r['memory']['mb_s']} | "
+                f"{r['memory_vs_direct']} |"
+            )
+    if report.get("nats"):
+        _print_nats(report["nats"])
+    for r in report.get("topology", []):
+        print(
+            f"\nThe topology on {r['cores']} cores: {r['producers']} producers, 8,192-row batches, {r['mb']} MB "
+            f"(J ingest x K write processes x N streams, T writer threads each; CPU-s per GiB of nats-server + "
+            f"ingest + write; memory: one process, writer.threads = {r['cores']}):\n"
+            "\n| contender | MB/s | x direct | x memory | server CPU-s per GiB |\n|---|---|---|---|---|"
+        )
+        gib = r["mb"] * 1e6 / (1 << 30)
+        for s in r["shapes"]:
+            by = r[s["name"]]["cpu_s_per_gib_by_process"]
+            cpu = " + ".join(f"{by[p]}" for p in ("nats-server", "ingest", "write"))
+            print(f"| {s['name']} | {r[s['name']]['mb_s']} | {s['vs_direct']} | {s['vs_memory']} | {cpu} |")
+        memory_cpu = round(r["memory"]["server_cpu_s"] / gib, 2)
+        print(f"| memory | {r['memory']['mb_s']} | {r['memory_vs_direct']} | 1.0 | {memory_cpu} |")
+        print(f"| direct ({r['cores']} threads) | {r['direct']['mb_s']} | 1.0 | | |")
+    if "burst" in report:
+        b = report["burst"]
+        print(
+            f"\nBurst of {b['mb']} MB then flush: direct {b['direct']['mb_s']} MB/s, memory {b['memory']['mb_s']} "
+            f"MB/s ({b['memory_vs_direct']} x direct)."
+        )
+    g = report.get("gil", {})
+    if g.get("available"):
+        print(
+            f"\nGIL (py-spy --gil, 8,192 rows, 1 producer, {g['mb_s']} MB/s): held {100 * g['gil_share']:.1f}% of "
+            f"wall time, {g['gil_s_per_gb']} s per GB. Held most by:"
+        )
+        for name, share in g["top"]:
+            print(f"- {100 * share:.0f}% {name}")
+    print("\n| target | measured | |\n|---|---|---|")
+    for t in report["targets"]:
+        print(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else 'missed'} |")
+
+
+def _print_throughput(report: dict) -> None:
+    """MB/s of every contender per scenario, then CPU seconds per GiB sent (client + server)."""
     print(
         "\n| batch rows | producers | datasets | discard MB/s | reply MB/s | direct MB/s | memory MB/s | wal MB/s | "
         "memory rows/s | memory/direct | memory/discard | memory/reply | wal/memory |"
@@ -165,33 +226,24 @@ def print_tables(report: dict) -> None:
             for n in CONTENDERS
         ]
         print(f"| {r['batch_rows']}, {r['producers']}/{r['datasets']} | {' | '.join(cells)} |")
-    if report.get("cores"):
-        print(
-            "\n| producers = datasets = writer.threads | discard MB/s | direct MB/s (that many threads) | memory MB/s "
-            "| memory/direct |\n|---|---|---|---|---|"
-        )
-        for r in report["cores"]:
-            print(
-                f"| {r['producers']} | {r['discard']['mb_s']} | {r['direct']['mb_s']} | {r['memory']['mb_s']} | "
-                f"{r['memory_vs_direct']} |"
-            )
-    if "burst" in report:
-        b = report["burst"]
-        print(
-            f"\nBurst of {b['mb']} MB then flush: direct {b['direct']['mb_s']} MB/s, memory {b['memory']['mb_s']} "
-            f"MB/s ({b['memory_vs_direct']} x direct)."
-        )
-    g = report.get("gil", {})
-    if g.get("available"):
-        print(
-            f"\nGIL (py-spy --gil, 8,192 rows, 1 producer, {g['mb_s']} MB/s): held {100 * g['gil_share']:.1f}% of "
-            f"wall time, {g['gil_s_per_gb']} s per GB. Held most by:"
-        )
-        for name, share in g["top"]:
-            print(f"- {100 * share:.0f}% {name}")
-    print("\n| target | measured | |\n|---|---|---|")
-    for t in report["targets"]:
-        print(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else 'missed'} |")
+
+
+def _print_nats(rows: list[dict]) -> None:
+    """The nats part: MB/s of each topology (x the memory queue) and its CPU-s per GiB by process."""
+    names = [n for n in rows[0] if n.startswith("nats-")]
+    print("\nThe nats part (MB/s, x memory; CPU-s per GiB of nats-server + ingest + write):\n")
+    print(f"| batch rows, producers/datasets | memory | {' | '.join(names)} |\n|---|---|{'---|' * len(names)}")
+    for r in rows:
+        cells = []
+        for n in names:
+            if n in r:
+                by = r[n]["cpu_s_per_gib_by_process"]
+                cpu = " + ".join(str(by[p]) for p in ("nats-server", "ingest", "write"))
+                ratio = r[n.replace("-", "_") + "_vs_memory"]
+                cells.append(f"{r[n]['mb_s']} ({ratio} x; {cpu})")
+            else:
+                cells.append("")
+        print(f"| {r['batch_rows']}, {r['producers']}/{r['datasets']} | {r['memory']['mb_s']} | {' | '.join(cells)} |")
 
 
 def write(report: dict, partial: bool) -> None:

@@ -5,6 +5,8 @@
   cores        N producers, N datasets, writer.threads = N, for N up to the machine's cores
   burst        50 MB from one producer, then `flush`
   nats         the scale-out topology (1 ingest + K write processes) against the memory queue
+  topology     the scale-out topology sized to the machine's cores (J ingest, K write processes, N streams)
+               against as many direct writer threads as cores
   gil          the share of wall time the server holds the GIL (py-spy)
   latency      durable-ack latency at a steady load, per flush interval
   memory       the server's peak RSS while 10 x queue.max_bytes goes through a slowed storage
@@ -12,13 +14,14 @@
                commit latency by files per commit, commits over time with maintenance
 """
 
-from bench.scenarios import burst, cores, gil, latency, memory, nats, tables, throughput
+from bench.scenarios import burst, cores, gil, latency, memory, nats, tables, throughput, topology
 
 PARTS = {
     "throughput": throughput.throughput,
     "cores": cores.cores,
     "burst": burst.burst,
     "nats": nats.nats,
+    "topology": topology.topology,
     "gil": gil.gil_share,
     "latency": latency.latency,
     "memory": memory.peak_memory,
