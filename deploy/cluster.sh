@@ -4,7 +4,8 @@
 # one storage root (configs/settings.toml's, ./data by default). Ctrl-C stops the ingest process first,
 # then the writers (each writes what it holds), then NATS (each runs in a session of its own, so the
 # terminal's Ctrl-C reaches only this script, which stops them in that order).
-#   NATS_PORT (4222), WRITERS (2), CLUSTER_DIR (./cluster: NATS's store and the logs)
+#   NATS_PORT (4222), WRITERS (2), CLUSTER_DIR (./cluster: NATS's store and the logs), METRICS_PORT (unset: no
+#   metrics; set: the ingest process serves /metrics on it, write process i on METRICS_PORT + i)
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 NATS_PORT=${NATS_PORT:-4222}
@@ -20,12 +21,16 @@ for _ in $(seq 100); do  # until it listens
 done
 
 export QUEUE_TYPE=nats FLIGHT_WRITER_QUEUE__URL="nats://127.0.0.1:$NATS_PORT"
+metrics() {  # the metrics listener of the process at offset $1 from METRICS_PORT, if any
+    if [ -n "${METRICS_PORT:-}" ]; then echo "FLIGHT_WRITER_METRICS__LISTEN=127.0.0.1:$((METRICS_PORT + $1))"; fi
+}
 writers=()
 for i in $(seq "$WRITERS"); do
-    setsid "$BIN/flight-writer" serve --config configs/settings.toml --role write 2>"$DIR/writer-$i.log" &
+    env $(metrics "$i") setsid "$BIN/flight-writer" serve --config configs/settings.toml --role write \
+        2>"$DIR/writer-$i.log" &
     writers+=($!)
 done
-setsid "$BIN/flight-writer" serve --config configs/settings.toml --role ingest &
+env $(metrics 0) setsid "$BIN/flight-writer" serve --config configs/settings.toml --role ingest &
 ingest=$!
 
 stop() {

@@ -166,5 +166,9 @@ def seconds(s: float | None) -> str:
 
 
 def lag(status: dict[str, Any]) -> int | None:
+    """Received seq - durable seq: batches not yet durable, where seqs are one dense series. Not with a seq
+    stride (NATS with queue.streams or stream_slots > 1: seqs of several streams interleave): None."""
+    if (status.get("nats_stream_slots") or 1) > 1:
+        return None
     received, durable = status.get("received_seq"), status.get("durable_through")
     return received - durable if isinstance(received, int) and isinstance(durable, int) else None

@@ -21,6 +21,7 @@ import pytest
 
 from flight_writer import __version__
 from flight_writer.cli import main
+from flight_writer.console.common import lag
 from flight_writer.console.send import durable_summary
 from flight_writer.ingest.auth import hash_secret, new_token
 
@@ -135,6 +136,15 @@ def test_top_once_prints_whole_dataset_names_and_no_keys(service, client, capsys
     out = capsys.readouterr().out
     assert any(line.strip().startswith(name + " ") for line in out.splitlines()), out
     assert "quits" not in out and "rates over 0.1 s" in out
+
+
+def test_the_lag_in_seqs_is_shown_only_where_seqs_are_one_series():
+    """received_seq - durable_through counts the batches not yet durable while seqs are dense; under a seq
+    stride (NATS streams or slots > 1) seqs of several streams interleave (a new user saw a lag of 211 with
+    one batch pending, stride 4), so status and top show none."""
+    assert lag({"received_seq": 10, "durable_through": 7}) == 3
+    assert lag({"received_seq": 10, "durable_through": 7, "nats_streams": 1, "nats_stream_slots": 1}) == 3
+    assert lag({"received_seq": 224, "durable_through": 13, "nats_streams": 3, "nats_stream_slots": 4}) is None
 
 
 # -- the command itself ------------------------------------------------------------------------------------

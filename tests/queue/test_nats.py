@@ -10,10 +10,13 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -199,6 +202,41 @@ def test_two_live_writers_holding_one_batch_store_it_once(nats_server):
     finally:
         slow.close()
         fast.close()
+
+
+def test_a_plan_its_writer_must_withdraw_is_never_redone_by_another(nats_server):
+    """A writer's plan that meets an earlier, unconfirmed plan is withdrawn by its writer; if that writer
+    stalls between the two records (SIGSTOP, a VM paused) and a third writer gets a seq of the doomed plan,
+    it must not redo it: the redo reads the earlier plan's batches from the stream and stores them in a
+    second object (a review reproduced it with processes: batches twice in Parquet, Delta and Iceberg)."""
+    settings = queue_settings(nats_server, ack_wait=30.0)
+    a, b, c = NatsQueue(settings), NatsQueue(settings, "write"), NatsQueue(settings, "write")
+    try:
+        for k in range(3):
+            a.put("ds", b"k", ints(10, 10 * k), 5)
+        held = a.take(10, 5)
+        assert [e.seq for e in held] == [1, 2, 3]
+        for e in held:  # A stalls past ack_wait: JetStream gives its messages to other writers
+            a._link.run(e.handle.nak())
+        early = b.take(2, 10)
+        assert [e.seq for e in early] == [1, 2]
+        b.plan(Plan("ds/part-b.parquet", "parquet", (1, 2)), early)  # holds 1, 2; B is slow to store it
+        doomed = Plan("ds/part-a.parquet", "parquet", (1, 2, 3))
+        a._records.record_plan(doomed)  # A wakes and records its plan ...
+        assert a._records.taken(doomed) == [1, 2]  # ... which it must withdraw, but stalls again first
+        c._records.catch_up(10)
+        got = c.take(10, 10)  # seq 3 (B holds 1, 2): a batch of its own, not the doomed plan redone
+        assert [(e.seq, e.planned) for e in got] == [(3, None)]
+        a._records.withdraw(doomed)
+        b.confirm(early, "ds/part-b.parquet")
+        c.plan(Plan("ds/part-c.parquet", "parquet", (3,)), got)
+        c.confirm(got, "ds/part-c.parquet")
+        files = {s: c.position.describe(s)["file"] for s in (1, 2, 3)}
+        assert files == {1: "ds/part-b.parquet", 2: "ds/part-b.parquet", 3: "ds/part-c.parquet"}
+    finally:
+        a.close()
+        b.close()
+        c.close()
 
 
 def test_a_batch_already_in_a_confirmed_object_is_dropped_when_redelivered(nats_server):
@@ -698,7 +736,11 @@ def test_a_three_node_cluster_keeps_every_batch_when_a_node_dies(data_root):
 
 
 def test_the_cluster_script_runs_the_topology_and_stops_in_order(tmp_path, server_process):
+    """make cluster: nats-server, two write processes and an ingest process; with METRICS_PORT each has a
+    metrics listener (the ingest's on the port, write process i's on port + i), which is where the files
+    written are seen (an ingest process writes none)."""
     root, cluster = tmp_path / "data", tmp_path / "cluster"
+    metrics = _free_run(3)
     env = {
         "NATS_PORT": str(free_port()),
         "CLUSTER_DIR": str(cluster),
@@ -706,12 +748,19 @@ def test_the_cluster_script_runs_the_topology_and_stops_in_order(tmp_path, serve
         "FLIGHT_WRITER_SERVER__LOCATION": "grpc://127.0.0.1:0",
         "FLIGHT_WRITER_STORAGE__ROOT": str(root),
         "FLIGHT_WRITER_WRITER__FLUSH_INTERVAL": "600",
+        "METRICS_PORT": str(metrics),
     }
     proc = server_process(None, env=env, cmd=["deploy/cluster.sh"])  # what make cluster runs
     try:
         with flight.connect(proc.location) as c:
             put(c, "tryout", [ints(1000, k * 1000) for k in range(10)])
             assert action(c, "flush")["durable_through"] == 10
+            assert _metric(metrics, "flight_writer_files_written_total") == 0  # the ingest process
+            # the write processes (a slow one may still be starting): whichever took the batches wrote them
+            written = wait_for(
+                lambda: _metrics(metrics, (1, 2), "flight_writer_files_written_total"), "writers' metrics"
+            )
+            assert sum(written) >= 1, written
             put(c, "tryout", [ints(1000, 10_000)])  # left buffered: the stop writes it
         os.killpg(proc.proc.pid, signal.SIGTERM)  # as a terminal's Ctrl-C: the script stops them in order
         assert proc.proc.wait(60) == 0
@@ -721,6 +770,37 @@ def test_the_cluster_script_runs_the_topology_and_stops_in_order(tmp_path, serve
             for pid in (cluster / "pids").read_text().split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
+
+
+def _free_run(n: int) -> int:
+    """A port p with p .. p + n - 1 free now."""
+    while True:
+        base = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(base + 1, base + n):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+
+
+def _metrics(base: int, offsets: tuple[int, ...], name: str) -> list[float] | None:
+    """A metric of each listener at base + offset; None while one does not answer yet."""
+    try:
+        return [_metric(base + k, name) for k in offsets]
+    except urllib.error.URLError:
+        return None
+
+
+def _metric(port: int, name: str) -> float:
+    """A metric's value on a metrics listener (the first sample of that name)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} on port {port}")
 
 
 def test_a_stopping_write_process_stores_what_it_holds_and_leaves_the_rest(data_root, nats_server):
@@ -946,17 +1026,22 @@ def test_a_stream_added_to_a_running_deployment_is_taken_on_by_every_process(dat
     assert read_dataset(data_root, stays).column("i").to_pylist() == list(range(5))
 
 
-def test_a_stream_holding_batches_refuses_a_process_with_another_seq_stride(nats_server):
+def test_a_stream_holding_batches_refuses_a_process_with_another_seq_stride(nats_server, caplog_loguru):
     """Every stream says the stride its seqs were given under; a process with another (queue.streams or
     stream_slots changed without a drain) is refused while the stream holds batches. An empty stream takes
-    the stride of the process that opens it."""
+    the stride of the process that opens it, and the process says so."""
     from flight_writer.queue import make_queue
 
     sliced = queue_settings(nats_server, stream_slots=4)
-    make_queue(sliced, role="ingest").close()  # made for stride 4, empty
+    made = make_queue(sliced, role="ingest")  # made for stride 4, empty
+    assert made.stats()["nats_stream_slots"] == 4
+    made.close()
+    assert "seq stride is now" not in caplog_loguru.text
     plain = dataclasses.replace(sliced, stream_slots=0)
     one = make_queue(plain, role="ingest")  # empty: takes stride 1
     try:
+        assert f"NATS stream {sliced.stream} held no batch: its seq stride is now 1 (it was 4" in caplog_loguru.text
+        assert (one.stats()["nats_streams"], one.stats()["nats_stream_slots"]) == (1, 1)  # said with one stream too
         assert one.put("ds", b"k", ints(10), 5).seq == 1
         with pytest.raises(ValueError, match=r"seqs have stride 1 .* this process has 4: every process must"):
             make_queue(sliced, role="ingest")

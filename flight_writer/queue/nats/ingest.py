@@ -410,6 +410,8 @@ class Publisher:
                 "received_bytes": self._received.total[2],
                 "oldest_pending_age_s": age,
                 "nats_stream": self._stream,
+                "nats_streams": 1,  # a sharded queue (queue.streams, stream_slots) says its own
+                "nats_stream_slots": 1,
                 "nats_connected": self._link.nc.is_connected,
                 "role": self._role,
             }

@@ -206,6 +206,14 @@ class Link:
                     f"(queue.streams / stream_slots of the processes that put them), this process has {stride}: "
                     "every process must have the same; change them only with the queue drained"
                 )
+        if declared is not None:  # a drained stream taken over: its seqs from now on mean this stride's
+            logger.warning(
+                "NATS stream {} held no batch: its seq stride is now {} (it was {}; queue.streams / stream_slots "
+                "must be the same in every process)",
+                info.config.name,
+                stride,
+                declared,
+            )
         return True
 
     def _holds_batches(self, info: api.StreamInfo) -> bool:
