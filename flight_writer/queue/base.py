@@ -219,7 +219,9 @@ class Feed(abc.ABC):
 
     @abc.abstractmethod
     def room(self) -> int:
-        """Bytes that can still be put before producers wait (negative when over the bound)."""
+        """Bytes that can still be put before producers wait (negative when over the bound); the writer's
+        buffers hold no more than that. NATS: the stream's bound less what writers hold, not what waits
+        in the stream for them (nats/queue.py)."""
 
     @abc.abstractmethod
     def wake(self) -> None:

@@ -12,9 +12,9 @@ batch is ``flush_interval`` seconds old, when the queue asks for a flush (``Feed
 close; when a new buffer would make more than ``max_open_buffers`` (or its dataset's ``max_partitions``),
 the oldest is sealed (a bound on the state kept per buffer, whatever number of datasets producers name);
 and when the buffers together hold more than the queue has room left (``Feed.room``: the one byte bound,
-``queue.max_bytes``, counted by the queue), the largest is sealed early, so a full queue always drains
-without waiting for ``flush_interval``. With nothing in flight that is the old rule "buffers over half the
-bound"; uploads in flight make it act sooner.
+``queue.max_bytes``, counted by the queue; on NATS less only what writers hold), the largest is sealed
+early, so a full queue always drains without waiting for ``flush_interval``. With nothing in flight that is
+the old rule "buffers over half the bound"; uploads in flight make it act sooner.
 
 A sealed file is stored under one name, with retries and backoff (retries.py): a retry after an ambiguous
 failure overwrites the same object rather than adding a second copy. Only after storage confirmed the

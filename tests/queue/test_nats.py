@@ -239,6 +239,36 @@ def test_a_plan_its_writer_must_withdraw_is_never_redone_by_another(nats_server)
         c.close()
 
 
+def test_the_writers_room_is_the_stream_less_what_writers_hold_not_what_waits_for_them(nats_server):
+    """The writer seals its largest buffer once its buffers hold more than ``room()``. Messages no writer has
+    taken yet do not count against it: a stream full of them means the writers are behind, and sealing
+    would only make smaller files (with the old rule, a full stream had the writer seal a file per batch or
+    two). What writers hold, delivered and not acknowledged, does count, this process's or another's."""
+    settings = queue_settings(nats_server, ack_wait=30.0, max_bytes=400_000)
+    q, other = NatsQueue(settings), NatsQueue(settings, "write")
+    try:
+        for k in range(22):
+            q.put("ds", b"k", ints(4000, k * 4000), 5)  # ~16.5 KB each with lz4: the stream is nearly full
+        state = q._publisher.stream_state(fresh=True)
+        each = state.bytes // state.messages
+        assert q._publisher.room() < 50_000  # what producers may still put
+        assert q.room() == 400_000  # the writer's: nothing held yet
+        mine = q.take(3, 5)
+
+        def held() -> float:  # messages held by writers, in mean message sizes
+            return (400_000 - q.room()) / each
+
+        assert len(mine) == 3 and round(held(), 3) == 3
+        theirs = other.take(2, 5)  # another writer's buffers count too ...
+        q._feed.forget_held()  # ... once this process asks the consumer again (every 0.2 s)
+        assert len(theirs) == 2 and round(held(), 3) == 5
+        q.confirm(mine, "ds/part-1.parquet")  # acknowledged: gone from the stream
+        assert round(held(), 3) == 2
+    finally:
+        q.close()
+        other.close()
+
+
 def test_a_batch_already_in_a_confirmed_object_is_dropped_when_redelivered(nats_server):
     settings = queue_settings(nats_server)
     slow = NatsQueue(settings)

@@ -31,6 +31,7 @@ from flight_writer.queue.nats.records import Records, Shared
 from flight_writer.queue.seqs import seq_ranges
 
 FETCH_BYTES = 8 << 20  # per fetch: NATS drops a connection whose pending bytes pass max_pending (64 MB)
+HELD_TTL = 0.2  # seconds the consumer's count of messages delivered and not yet acknowledged is reused
 
 
 class WriteFeed:
@@ -57,6 +58,7 @@ class WriteFeed:
         self.flushes: list[str | None] = []  # flush requests not yet handed out (under shared.lock)
         self._woken = threading.Event()
         self._msg_size = 1 << 20  # the fetch's size per message: the largest lately (decays by 1/8 per fetch)
+        self._ack_pending: tuple[float, int | None] = (0.0, None)  # (when asked, the consumer's answer)
         self._lost = False
         self._not_taking = False
         self._subscriptions: list[Subscription] = []
@@ -347,6 +349,26 @@ class WriteFeed:
 
     def wake(self) -> None:
         self._woken.set()
+
+    def held_bytes(self, state: api.StreamState) -> int:
+        """Bytes of the stream's messages delivered to writers, this one and others, and not yet
+        acknowledged: the consumer's count of them at the stream's mean message size (asked at most every
+        ``HELD_TTL`` s); where the consumer does not answer, what this process holds."""
+        at, pending = self._ack_pending
+        if time.monotonic() - at > HELD_TTL:
+            try:
+                pending = self._link.run(self._pull.consumer_info(), timeout=5).num_ack_pending
+            except Exception:  # NATS away: what this process knows
+                pending = None
+            self._ack_pending = (time.monotonic(), pending)
+        if pending is None:
+            with self._shared.lock:
+                return sum(len(m.data or b"") for m in self._held.values())
+        return min(state.bytes, pending * state.bytes // state.messages) if state.messages else 0
+
+    def forget_held(self) -> None:
+        """Messages were acknowledged: ask the consumer again at the next question."""
+        self._ack_pending = (0.0, None)
 
 
 async def _ack_all(msgs: list[Msg]) -> None:

@@ -386,6 +386,7 @@ class Publisher:
                 self._link.last_error = f"NATS: stream info unavailable ({type(exc).__name__})"
             else:
                 state = info.state
+                self._state = (time.monotonic(), state)  # kept for STATE_TTL (lost in 9599da9: every call asked)
                 declared, stride = self._link.declared_stride(info), self._link.settings.seq_stride
                 if declared not in (None, stride) and self.stride_error is None:  # another process took it over
                     self.stride_error = (

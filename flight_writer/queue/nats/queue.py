@@ -215,7 +215,11 @@ class NatsQueue(Queue, SharedFeed):
 
     # -- Feed ------------------------------------------------------------------------------------------
     def take(self, max_items: int, timeout: float) -> list[Entry]:
-        return self._write_side().take(max_items, timeout)
+        feed = self._write_side()
+        entries = feed.take(max_items, timeout)
+        if entries:
+            feed.forget_held()  # this process holds more now: room() asks the consumer again
+        return entries
 
     def flush_requests(self) -> list[str | None]:
         return [] if self._feed is None else self._feed.flush_requests()
@@ -229,17 +233,28 @@ class NatsQueue(Queue, SharedFeed):
 
     def confirm(self, entries: list[Entry], path: str | None, table: bool = False) -> None:
         if self._write_side().confirm(entries, path, table):
-            self._publisher.forget_state()  # room changed: ask the stream again
+            self._forget()  # room changed: ask the stream again
 
     def committed(self, seqs: tuple[int, ...]) -> None:
         self._write_side().committed(seqs)
 
     def reject(self, entries: list[Entry], error: str) -> None:
         if self._write_side().reject(entries, error):
-            self._publisher.forget_state()
+            self._forget()
+
+    def _forget(self) -> None:
+        self._publisher.forget_state()
+        self._write_side().forget_held()
 
     def room(self) -> int:
-        return self._publisher.room()
+        """What the writers' buffers may hold (the writer seals its largest buffer beyond it): the stream's
+        max_bytes less what writers hold, delivered and not yet acknowledged. Not less the messages no
+        writer has taken yet: a stream full of those means the writers are behind, and sealing early would
+        not make room, only smaller files. (It did: with the stream full, 2 producers on 2 vCPUs, the writer
+        sealed 170 files of 1-15 8,192-row batches where 10 of ~25 MB hold the same 1 GB.)"""
+        if self._feed is None:
+            return self._publisher.room()
+        return self._publisher.max_bytes - self._feed.held_bytes(self._publisher.stream_state())
 
     def wake(self) -> None:
         if self._feed is not None:
