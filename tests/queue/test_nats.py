@@ -255,12 +255,12 @@ def test_the_writers_room_is_the_stream_less_what_writers_hold_not_what_waits_fo
         assert q.room() == 400_000  # the writer's: nothing held yet
         mine = q.take(3, 5)
 
-        def held() -> float:  # messages held by writers, in mean message sizes
+        def held() -> float:  # messages held by writers, in mean message sizes, as the consumer says now
+            q._feed.forget_held()  # (room() asks it at most every 0.2 s)
             return (400_000 - q.room()) / each
 
         assert len(mine) == 3 and round(held(), 3) == 3
-        theirs = other.take(2, 5)  # another writer's buffers count too ...
-        q._feed.forget_held()  # ... once this process asks the consumer again (every 0.2 s)
+        theirs = other.take(2, 5)  # another writer's buffers count too
         assert len(theirs) == 2 and round(held(), 3) == 5
         q.confirm(mine, "ds/part-1.parquet")  # acknowledged: gone from the stream
         assert round(held(), 3) == 2

@@ -215,11 +215,7 @@ class NatsQueue(Queue, SharedFeed):
 
     # -- Feed ------------------------------------------------------------------------------------------
     def take(self, max_items: int, timeout: float) -> list[Entry]:
-        feed = self._write_side()
-        entries = feed.take(max_items, timeout)
-        if entries:
-            feed.forget_held()  # this process holds more now: room() asks the consumer again
-        return entries
+        return self._write_side().take(max_items, timeout)
 
     def flush_requests(self) -> list[str | None]:
         return [] if self._feed is None else self._feed.flush_requests()
