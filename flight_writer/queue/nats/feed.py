@@ -134,8 +134,6 @@ class WriteFeed:
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 plan = plans.get(seq)
-                if plan is not None and any(plans.get(s) is not plan for s in plan.seqs):
-                    plan = None  # a plan holds all its seqs or none (records.py): never redo part of one
                 if CLAIM in (msg.headers or {}):  # a batch id's claim (sharded.py), no batch
                     claims.append((seq, msg))
                 elif position.is_resolved(seq):  # already in a stored object (its writer died before acking)

@@ -242,6 +242,9 @@ class NatsQueue(Queue, SharedFeed):
         self._publisher.forget_state()
         self._write_side().forget_held()
 
+    def refresh(self) -> None:
+        self._publisher.forget_state()
+
     def room(self) -> int:
         """What the writers' buffers may hold (the writer seals its largest buffer beyond it): the stream's
         max_bytes less what writers hold, delivered and not yet acknowledged. Not less the messages no

@@ -5,9 +5,8 @@ A record is one JSON object, stamped ``"of"``: the data stream's creation time, 
 stream of the same name (deleted, made again) resolve nothing here.
 
 - ``{"plan": path, "kind", "seqs", "error"?}``: a writer is about to store ``path`` holding ``seqs``. The first
-  plan of a seq holds it: a message of that seq delivered again is stored as that plan says. A plan holds
-  all its seqs or none: one that meets a resolved seq or an earlier plan's holds nothing (its writer
-  withdraws it).
+  plan of a seq holds it: a message of that seq delivered again is stored as that plan says. A plan that
+  meets an earlier plan's seq holds none (its writer withdraws it).
 - ``{"withdraw": path, "seqs"}``: that plan lost a seq to an earlier one; its file is not stored and its
   batches come again.
 - ``{"durable": seqs, "file"}`` and ``{"failed": seqs, "error"}``: resolved. The durability position
@@ -103,12 +102,11 @@ class Records:
     def taken(self, plan: Plan) -> list[int]:
         """The seqs of ``plan`` that are resolved, or that an earlier plan holds."""
         with self._shared.lock:
-            return [s for s in plan.seqs if self._held_elsewhere(s, plan)]
-
-    def _held_elsewhere(self, seq: int, plan: Plan) -> bool:
-        """Under ``shared.lock``: ``seq`` is resolved, or a plan other than ``plan`` holds it."""
-        other = self.plans.get(seq)
-        return self.position.is_resolved(seq) or (other is not None and other.path != plan.path)
+            return [
+                s
+                for s in plan.seqs
+                if self.position.is_resolved(s) or ((other := self.plans.get(s)) and other.path != plan.path)
+            ]
 
     # -- publishing ------------------------------------------------------------------------------------
     def record_plan(self, plan: Plan) -> None:
@@ -185,14 +183,17 @@ class Records:
         if "plan" in record:
             plan = Plan(record["plan"], record["kind"], tuple(parse_ranges(record["seqs"])), record.get("error"))
             with shared.lock:
-                # the first plan of a seq holds it, and a plan holds all its seqs or none: one that meets a
-                # resolved seq or an earlier plan's is withdrawn by its writer (``taken``, at this point of the
-                # records), so no process may redo it meanwhile. Registered for its free seqs, it was redone
-                # by a third writer while its own was stalled between the two records, and the redo stored
-                # the earlier plan's batches (read from the stream) a second time.
-                if not any(self._held_elsewhere(seq, plan) for seq in plan.seqs):
+                # the first plan of a seq holds it. A plan that meets an earlier plan's seq holds none: its
+                # writer withdraws it (``taken``), so no process may redo it meanwhile (registered for its
+                # free seqs, it was redone by a third writer while its own was stalled between the two
+                # records, and the redo stored the earlier plan's batches, read from the stream, a second
+                # time). Decided by the plans alone, which only records change, so alike in every process;
+                # seqs already resolved are skipped as before (the data stream's first sequence, read at any
+                # moment, also resolves seqs: not a ground for a verdict that must be the same everywhere).
+                if not any((other := self.plans.get(seq)) is not None and other.path != plan.path for seq in plan.seqs):
                     for seq in plan.seqs:
-                        self.plans.setdefault(seq, plan)
+                        if not self.position.is_resolved(seq):
+                            self.plans.setdefault(seq, plan)
             return
         if "withdraw" in record:  # a plan that lost a seq to an earlier one: its batches come again
             with shared.lock:

@@ -637,6 +637,10 @@ class ShardedNatsQueue(Queue, SharedFeed):
         for q in self.shards:
             q.refuse_puts()
 
+    def refresh(self) -> None:
+        for q in self.shards:
+            q.refresh()
+
     @property
     def last_seq(self) -> int:
         """The highest seq issued, in every stream there is: a stream added meanwhile is looked for first
