@@ -192,11 +192,11 @@ class Service:
             self._stop_calls()
         finished = True
         if self.writer is not None:
-            pending = self.queue.stats()["pending_batches"]
-            if self.queue.type == "nats":  # the stream's messages: every process's, claims of batch ids too
-                logger.info("stopping: writing what this process holds ({} messages in the stream)", pending)
-            else:
-                logger.info("stopping: writing {} pending batches", pending)
+            # pending: on NATS the stream's messages, every process's (claims of batch ids too)
+            logger.info(
+                "stopping: writing what this process holds ({} pending in the queue)",
+                self.queue.stats()["pending_batches"],
+            )
             finished = self.writer.close(timeout)
         if self.committer is not None:
             self.committer.close(timeout)  # commit what the writer stored last

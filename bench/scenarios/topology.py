@@ -45,9 +45,9 @@ def name(shape: tuple[int, int, int, int]) -> str:
 
 def topology(base: pa.Table) -> list[dict]:
     cores = os.cpu_count() or 1
-    producers = cores
+    producers, chosen = cores, shapes(cores)
     contenders = {}
-    for shape in shapes(cores):
+    for shape in chosen:
         j, k, n, t = shape
         env = {
             "FLIGHT_WRITER_WRITER__THREADS": str(t),
@@ -65,8 +65,7 @@ def topology(base: pa.Table) -> list[dict]:
     row = compare(Workload(base, 8192, producers * BYTES_PER_RUN / 4), producers, producers, contenders)
     row["cores"] = cores
     row["shapes"] = [
-        {"name": name(s), "ingests": s[0], "writers": s[1], "streams": s[2], "writer_threads": s[3]}
-        for s in shapes(cores)
+        {"name": name(s), "ingests": s[0], "writers": s[1], "streams": s[2], "writer_threads": s[3]} for s in chosen
     ]
     for s in row["shapes"]:
         s["vs_direct"] = round(row["direct"]["seconds"] / row[s["name"]]["seconds"], 2)

@@ -137,13 +137,14 @@ class Actions:
         if who is not None and not is_admin(who) and (dataset is None or not who.may_write(dataset)):
             what = f"flush dataset {dataset!r}" if dataset else 'flush every dataset (name one: {"dataset": ...})'
             raise flight.FlightUnauthorizedError(f"principal {who.name!r} may not {what}")
-        until = _until(request)
-        self._queue.refresh()  # everything put before this flush, by any process
-        through = self._queue.last_seq
+        through = None
+        if _until(request) == "committed":  # everything put before this flush, by any process (NATS: asked)
+            self._queue.refresh()
+            through = self._queue.last_seq
         if not self._queue.flush(dataset, None):
             raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")
         position = self._position
-        if until == "committed" and not position.wait_committed_through(through, None):
+        if through is not None and not position.wait_committed_through(through, None):
             raise flight.FlightUnavailableError("server is shutting down: flush again once it is back")
         return {"durable_through": position.durable_through, "committed_through": position.committed_through}
 
